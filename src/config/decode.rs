@@ -1,0 +1,462 @@
+//! From a KDL document to a [`Config`], collecting every problem on the way.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use kdl::{KdlDocument, KdlError, KdlNode};
+use miette::SourceSpan;
+
+use super::diag::{Problem, Problems};
+use super::matchers::{HeaderMatch, HostPattern, PathPattern, RouteMatch};
+use super::model::*;
+use super::reader::{arguments, children, name_span, Reader, Repeat};
+use super::value::{self, Spanned};
+use crate::handlers::{self, HandlerKind, MiddlewareConfig, TerminalConfig};
+
+/// Turns kdl's syntax errors into problems, with a clearer word for the most
+/// common KDL v1 habit: bare `true`, `false` and `null`.
+pub fn syntax_problems(text: &str, err: &KdlError) -> Vec<Problem> {
+    err.diagnostics
+        .iter()
+        .map(|d| {
+            let span = d.span;
+            let found = text.get(span.offset()..span.offset() + span.len()).unwrap_or("");
+            if let Some(word) = ["true", "false", "null"].into_iter().find(|w| *w == found) {
+                return Problem::error(span, format!("bare `{word}` is not a KDL v2 value"))
+                    .label(format!("use #{word}"))
+                    .help(format!(
+                        "KDL v2 writes booleans and null with a #: use #{word} (or \"{word}\" if you meant a string)"
+                    ));
+            }
+            let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
+            let mut p = Problem::error(span, format!("KDL syntax error: {message}"))
+                .label(d.label.clone().unwrap_or_else(|| "here".into()));
+            if let Some(help) = &d.help {
+                p = p.help(help.clone());
+            }
+            p
+        })
+        .collect()
+}
+
+/// Decodes a parsed document. Returns `None` when any error was recorded.
+pub fn document(doc: &KdlDocument, base_dir: PathBuf, source: super::Source, problems: &mut Problems) -> Option<Config> {
+    let mut r = Reader::new(problems);
+    let mut global_node: Option<&KdlNode> = None;
+    let mut sites = Vec::new();
+    let mut site_count = 0;
+    for node in doc.nodes() {
+        match node.name().value() {
+            "global" => {
+                if let Some(first) = global_node {
+                    r.push(
+                        Problem::error(name_span(node), "duplicate `global` block")
+                            .label("second global")
+                            .also(name_span(first), "first global")
+                            .help("put every global option in one `global` block"),
+                    );
+                    continue;
+                }
+                global_node = Some(node);
+            }
+            "site" => {
+                site_count += 1;
+                sites.extend(site(node, &mut r));
+            }
+            other => {
+                let p = Problem::error(name_span(node), format!("unknown top-level node `{other}`"))
+                    .label("unknown node");
+                r.push(match value::suggest(other, ["global", "site"]) {
+                    Some(near) => p.help(format!("did you mean `{near}`?")),
+                    None => p.help("the top level holds one `global` block and `site` blocks"),
+                });
+            }
+        }
+    }
+    let global = match global_node {
+        Some(node) => global(node, &mut r),
+        None => Some(Global {
+            log: LogConfig::default(),
+            grace_period: DEFAULT_GRACE_PERIOD,
+            admin: None,
+        }),
+    };
+    if site_count == 0 {
+        r.push(
+            Problem::error(SourceSpan::new(0.into(), 0), "no `site` block: nothing to serve")
+                .help("add one, e.g. site \"127.0.0.1:8080\" { route \"/*\" { respond 200 \"hello\\n\" } }"),
+        );
+    }
+    check_shared_addresses(&sites, &mut r);
+    if r.has_errors() {
+        return None;
+    }
+    Some(Config {
+        source,
+        base_dir,
+        global: global?,
+        sites,
+    })
+}
+
+fn global(node: &KdlNode, r: &mut Reader) -> Option<Global> {
+    r.no_properties(node);
+    r.args_only(node, 0, "no arguments");
+    let opts = r.options(
+        node,
+        &[("admin", Repeat::Once), ("log", Repeat::Once), ("grace_period", Repeat::Once)],
+    );
+    let log = opts.one("log").map(|n| log(n, r)).unwrap_or(Some(LogConfig::default()));
+    let grace_period = opts
+        .one("grace_period")
+        .map(|n| r.value(n, "a duration such as \"10s\"", value::duration))
+        .unwrap_or(Some(DEFAULT_GRACE_PERIOD));
+    let admin = opts.one("admin").map(|n| admin(n, r));
+    Some(Global {
+        log: log?,
+        grace_period: grace_period?,
+        admin: match admin {
+            Some(a) => Some(a?),
+            None => None,
+        },
+    })
+}
+
+fn log(node: &KdlNode, r: &mut Reader) -> Option<LogConfig> {
+    r.no_children(node);
+    r.known_properties(node, &["level", "format"]);
+    r.args_only(node, 0, "no arguments (write level=\"info\" format=\"text\")")?;
+    let mut config = LogConfig::default();
+    if let Some(entry) = node.entry("level") {
+        config.level = Some(r.check(value::one_of(entry, &["trace", "debug", "info", "warn", "error"]))?);
+    }
+    if let Some(entry) = node.entry("format") {
+        config.format = match r.check(value::one_of(entry, &["text", "json"]))? {
+            "json" => LogFormat::Json,
+            _ => LogFormat::Text,
+        };
+    }
+    Some(config)
+}
+
+fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
+    r.no_properties(node);
+    let args = r.args_only(node, 1, "one listen address, such as \"127.0.0.1:2019\"")?;
+    let address = r.check(value::listen_address(args[0]).map(|a| Spanned::new(a, value::value_span(args[0]))));
+    let opts = r.options(
+        node,
+        &[
+            ("user", Repeat::Many),
+            ("users_file", Repeat::Once),
+            ("allow_target", Repeat::Once),
+            ("state_file", Repeat::Once),
+        ],
+    );
+    let mut users = Vec::new();
+    for user in opts.all("user") {
+        if let Some(args) = r.args(user, 2, "a user name and a bcrypt hash") {
+            let name = r.check(value::non_empty_string(args[0]));
+            let hash = r.check(value::non_empty_string(args[1]));
+            if let (Some(name), Some(hash)) = (name, hash) {
+                users.push((name, hash));
+            }
+        }
+    }
+    let users_file = opts
+        .one("users_file")
+        .and_then(|n| r.value(n, "a file path", value::non_empty_string))
+        .map(PathBuf::from);
+    let allow_target = match opts.one("allow_target") {
+        Some(n) => {
+            r.no_children(n);
+            r.no_properties(n);
+            let args = r.some_args(n, "one or more URL patterns")?;
+            r.each(&args, value::non_empty_string)?
+        }
+        None => Vec::new(),
+    };
+    let state_file = opts
+        .one("state_file")
+        .and_then(|n| r.value(n, "a file path", value::non_empty_string))
+        .map(PathBuf::from);
+    Some(AdminConfig {
+        address: address?,
+        users,
+        users_file,
+        allow_target,
+        state_file,
+    })
+}
+
+fn site(node: &KdlNode, r: &mut Reader) -> Option<Site> {
+    r.no_properties(node);
+    let addresses = match r.some_args(node, "one or more listen addresses, such as \"127.0.0.1:8080\"") {
+        Some(args) => {
+            let mut seen: Vec<Spanned<SocketAddr>> = Vec::new();
+            for entry in args {
+                let Some(addr) = r.check(value::listen_address(entry)) else { continue };
+                let span = value::value_span(entry);
+                if let Some(first) = seen.iter().find(|a| a.value == addr) {
+                    r.push(
+                        Problem::error(span, format!("address {addr} is listed twice"))
+                            .label("again")
+                            .also(first.span, "first here"),
+                    );
+                    continue;
+                }
+                seen.push(Spanned::new(addr, span));
+            }
+            Some(seen)
+        }
+        None => None,
+    };
+    if node.children().is_none() {
+        r.push(
+            Problem::error(name_span(node), "`site` needs a block with at least one `route`")
+                .label("no block")
+                .help("site \"127.0.0.1:8080\" { route \"/*\" { respond 200 } }"),
+        );
+        return None;
+    }
+    let opts = r.options(
+        node,
+        &[
+            ("host", Repeat::Once),
+            ("tls", Repeat::Once),
+            ("access_log", Repeat::Once),
+            ("route", Repeat::Many),
+        ],
+    );
+    let hosts = match opts.one("host") {
+        Some(n) => {
+            r.no_children(n);
+            r.no_properties(n);
+            r.some_args(n, "one or more host names").and_then(|args| r.each(&args, HostPattern::parse))
+        }
+        None => Some(Vec::new()),
+    };
+    let tls = opts.one("tls").map(|n| tls(n, r));
+    let access_log = opts.one("access_log").map(|n| {
+        r.value(n, "\"stdout\", \"stderr\" or a file path", value::non_empty_string)
+            .map(|s| match s.as_str() {
+                "stdout" => AccessLogTarget::Stdout,
+                "stderr" => AccessLogTarget::Stderr,
+                _ => AccessLogTarget::File(PathBuf::from(s)),
+            })
+    });
+    let route_nodes = opts.all("route");
+    if route_nodes.is_empty() {
+        r.push(
+            Problem::error(name_span(node), "this site has no `route`")
+                .label("no routes")
+                .help("add route \"/*\" { ... } to answer requests"),
+        );
+    }
+    let routes: Vec<Option<Route>> = route_nodes.iter().map(|n| route(n, r)).collect();
+    let routes: Option<Vec<Route>> = routes.into_iter().collect();
+    Some(Site {
+        addresses: addresses?,
+        hosts: hosts?,
+        tls: match tls {
+            Some(t) => Some(t?),
+            None => None,
+        },
+        access_log: match access_log {
+            Some(a) => Some(a?),
+            None => None,
+        },
+        routes: routes?,
+        span: node.span(),
+    })
+}
+
+fn tls(node: &KdlNode, r: &mut Reader) -> Option<Spanned<TlsConfig>> {
+    r.no_children(node);
+    r.known_properties(node, &["cert", "key"]);
+    r.args_only(node, 0, "no arguments (write cert=\"site.pem\" key=\"site-key.pem\")")?;
+    let mut path = |key: &str| match node.entry(key) {
+        Some(entry) => r.check(value::non_empty_string(entry)).map(PathBuf::from),
+        None => {
+            r.push(
+                Problem::error(name_span(node), format!("`tls` needs {key}=\"...\""))
+                    .label(format!("no {key}"))
+                    .help("write tls cert=\"site.pem\" key=\"site-key.pem\""),
+            );
+            None
+        }
+    };
+    let cert = path("cert");
+    let key = path("key");
+    Some(Spanned::new(
+        TlsConfig {
+            cert: cert?,
+            key: key?,
+        },
+        node.span(),
+    ))
+}
+
+/// One handler node, decoded, with its place in the chain.
+enum Step {
+    Middleware(Option<Box<dyn MiddlewareConfig>>),
+    Terminal(Option<Box<dyn TerminalConfig>>),
+}
+
+fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
+    r.no_properties(node);
+    let path = r
+        .args_only(node, 1, "one path pattern, such as \"/api/*\" or \"/*\"")
+        .and_then(|args| r.check(PathPattern::parse(args[0])));
+    let mut methods = Vec::new();
+    let mut headers = Vec::new();
+    let mut steps: Vec<(Step, &KdlNode)> = Vec::new();
+    let mut ok = true;
+    for child in children(node) {
+        let name = child.name().value();
+        // `header` with a block edits response headers; without one it is a
+        // matcher on request headers (see README).
+        let is_matcher = name == "method" || (name == "header" && child.children().is_none());
+        if is_matcher {
+            ok &= route_matcher(child, r, &mut methods, &mut headers).is_some();
+            continue;
+        }
+        match handlers::find(name) {
+            Some(HandlerKind::Middleware { decode, .. }) => {
+                steps.push((Step::Middleware(decode(child, r)), child))
+            }
+            Some(HandlerKind::Terminal { decode, .. }) => steps.push((Step::Terminal(decode(child, r)), child)),
+            None => {
+                ok = false;
+                let known = ["method", "header"]
+                    .into_iter()
+                    .chain(handlers::REGISTRY.iter().map(|k| k.name()));
+                let p = Problem::error(name_span(child), format!("unknown handler or matcher `{name}`"))
+                    .label("unknown");
+                r.push(match value::suggest(name, known.clone()) {
+                    Some(near) => p.help(format!("did you mean `{near}`?")),
+                    None => p.help(format!("a route holds: {}", known.collect::<Vec<_>>().join(", "))),
+                });
+            }
+        }
+    }
+    let mut middleware = Vec::new();
+    let mut terminal: Option<(Option<Box<dyn TerminalConfig>>, &KdlNode)> = None;
+    for (step, child) in steps {
+        if let Some((_, end)) = &terminal {
+            ok = false;
+            r.push(
+                Problem::error(
+                    name_span(child),
+                    format!("`{}` comes after `{}`, which ends the chain", child.name().value(), end.name().value()),
+                )
+                .label("never runs")
+                .also(name_span(end), "the chain ends here")
+                .help(format!("move `{}` before `{}`", child.name().value(), end.name().value())),
+            );
+            continue;
+        }
+        match step {
+            Step::Middleware(Some(m)) => middleware.push(m),
+            Step::Terminal(t) => terminal = Some((t, child)),
+            Step::Middleware(None) => ok = false,
+        }
+    }
+    let terminal = match terminal {
+        Some((t, _)) => t,
+        None => {
+            r.push(
+                Problem::error(name_span(node), "this route has no handler that answers")
+                    .label("no terminal handler")
+                    .help(format!("end the route with one of: {}", handlers::terminal_names().join(", "))),
+            );
+            None
+        }
+    };
+    if !ok {
+        return None;
+    }
+    Some(Route {
+        matcher: RouteMatch {
+            path: path?,
+            methods,
+            headers,
+        },
+        middleware,
+        terminal: terminal?,
+        span: node.span(),
+    })
+}
+
+fn route_matcher(node: &KdlNode, r: &mut Reader, methods: &mut Vec<http::Method>, headers: &mut Vec<HeaderMatch>) -> Option<()> {
+    r.no_properties(node);
+    if node.name().value() == "method" {
+        let args = r.some_args(node, "one or more methods, such as \"GET\" \"POST\"")?;
+        methods.extend(r.each(&args, value::method)?);
+        return Some(());
+    }
+    let args = arguments(node);
+    let Some((name, wanted)) = args.split_first() else {
+        r.push(
+            Problem::error(name_span(node), "`header` needs a header name")
+                .label("missing argument")
+                .help("match with header \"X-Canary\" \"1\"; edit response headers with header { \"X-Frame-Options\" \"DENY\" }"),
+        );
+        return None;
+    };
+    let text = r.check(value::non_empty_string(name))?;
+    if text.starts_with(['-', '+']) {
+        r.push(
+            Problem::error(name.span(), format!("`header \"{text}\"` without a block is a request matcher"))
+                .label("not a header name")
+                .help(format!("to edit response headers, write header {{ \"{text}\" }}")),
+        );
+        return None;
+    }
+    let header = r.check(value::header_name(name))?;
+    let values = r.each(wanted, value::string)?;
+    headers.push(HeaderMatch { name: header, values });
+    Some(())
+}
+
+/// Sites may share an address only when `host` tells them apart; one site
+/// per address may leave `host` out and catches every other name.
+fn check_shared_addresses(sites: &[Site], r: &mut Reader) {
+    let mut by_addr: HashMap<SocketAddr, Vec<(&Site, SourceSpan)>> = HashMap::new();
+    for site in sites {
+        for addr in &site.addresses {
+            by_addr.entry(addr.value).or_default().push((site, addr.span));
+        }
+    }
+    let mut addrs: Vec<_> = by_addr.into_iter().collect();
+    addrs.sort_by_key(|(_, sites)| sites[0].1.offset());
+    for (addr, sharing) in addrs {
+        let mut catch_all: Option<SourceSpan> = None;
+        let mut names: Vec<(&HostPattern, SourceSpan)> = Vec::new();
+        for (site, span) in sharing {
+            if site.hosts.is_empty() {
+                match catch_all {
+                    Some(first) => r.push(
+                        Problem::error(span, format!("two sites listen on {addr} and neither has `host`"))
+                            .label("second site without host")
+                            .also(first, "first site without host")
+                            .help("give each site on a shared address a `host`, e.g. host \"api.example.com\""),
+                    ),
+                    None => catch_all = Some(span),
+                }
+                continue;
+            }
+            for host in &site.hosts {
+                if let Some((_, first)) = names.iter().find(|(h, _)| *h == host) {
+                    r.push(
+                        Problem::error(span, format!("host `{host}` is served twice on {addr}"))
+                            .label("second site for this host")
+                            .also(*first, "first site for this host"),
+                    );
+                } else {
+                    names.push((host, span));
+                }
+            }
+        }
+    }
+}

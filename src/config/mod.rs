@@ -1,0 +1,90 @@
+//! The site file: KDL text → typed [`Config`] with spans → checked.
+//!
+//! Loading never stops at the first mistake: syntax errors, decoding errors
+//! and cross-checks are all collected into one [`ConfigError`].
+
+mod decode;
+pub mod diag;
+pub mod matchers;
+pub mod model;
+pub mod reader;
+pub mod value;
+
+use std::path::{Path, PathBuf};
+
+pub use diag::{ConfigError, Problem, Source, Style};
+pub use model::*;
+
+/// Why a site file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// A valid config, and the warnings found while checking it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Problem>,
+}
+
+impl Loaded {
+    pub fn render_warnings(&self, style: Style) -> String {
+        diag::render_problems(&self.config.source, &self.warnings, style)
+    }
+}
+
+/// Reads and checks a site file.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(parse(&path.display().to_string(), &text, base_dir)?)
+}
+
+/// Checks site file text. `name` is what diagnostics call the file.
+pub fn parse(name: &str, text: &str, base_dir: PathBuf) -> Result<Loaded, ConfigError> {
+    let source = Source::new(name, text);
+    let doc: kdl::KdlDocument = match text.parse() {
+        Ok(doc) => doc,
+        Err(err) => {
+            return Err(ConfigError {
+                problems: decode::syntax_problems(text, &err),
+                file: source,
+            })
+        }
+    };
+    let mut problems = diag::Problems::default();
+    let config = decode::document(&doc, base_dir, source.clone(), &mut problems);
+    let problems = problems.into_vec();
+    match config {
+        Some(config) if !problems.iter().any(Problem::is_error) => Ok(Loaded {
+            config,
+            warnings: problems,
+        }),
+        _ => Err(ConfigError { file: source, problems }),
+    }
+}
+
+/// The site file in its normal layout (`teebox fmt`): indentation and
+/// spacing normalised, comments kept. Only KDL syntax is checked.
+pub fn format(name: &str, text: &str) -> Result<String, ConfigError> {
+    let mut doc: kdl::KdlDocument = text.parse().map_err(|err| ConfigError {
+        problems: decode::syntax_problems(text, &err),
+        file: Source::new(name, text),
+    })?;
+    doc.autoformat();
+    Ok(doc.to_string())
+}

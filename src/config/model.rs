@@ -1,0 +1,90 @@
+//! The typed site file. Every value here has been checked; spans are kept
+//! where a later step (building, reload) may need to point back at the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use miette::SourceSpan;
+
+use super::diag::Source;
+use super::matchers::{HostPattern, RouteMatch};
+use super::value::Spanned;
+use crate::handlers::{MiddlewareConfig, TerminalConfig};
+
+#[derive(Debug)]
+pub struct Config {
+    pub source: Source,
+    /// Relative paths in the file (access logs, certificates) start here.
+    pub base_dir: PathBuf,
+    pub global: Global,
+    pub sites: Vec<Site>,
+}
+
+#[derive(Debug)]
+pub struct Global {
+    pub log: LogConfig,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub grace_period: Duration,
+    pub admin: Option<AdminConfig>,
+}
+
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default)]
+pub struct LogConfig {
+    /// `RUST_LOG` overrides this.
+    pub level: Option<&'static str>,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `global { admin ... }`. Decoded and checked now; served by the admin issue.
+#[derive(Debug)]
+pub struct AdminConfig {
+    pub address: Spanned<SocketAddr>,
+    pub users: Vec<(String, String)>,
+    pub users_file: Option<PathBuf>,
+    pub allow_target: Vec<String>,
+    pub state_file: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct Site {
+    pub addresses: Vec<Spanned<SocketAddr>>,
+    /// Empty: this site answers any host on its addresses.
+    pub hosts: Vec<HostPattern>,
+    pub tls: Option<Spanned<TlsConfig>>,
+    pub access_log: Option<AccessLogTarget>,
+    pub routes: Vec<Route>,
+    pub span: SourceSpan,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub matcher: RouteMatch,
+    /// The non-terminal handlers, in file order.
+    pub middleware: Vec<Box<dyn MiddlewareConfig>>,
+    /// The handler that answers; always last.
+    pub terminal: Box<dyn TerminalConfig>,
+    pub span: SourceSpan,
+}

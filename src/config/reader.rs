@@ -1,0 +1,309 @@
+//! Reading KDL nodes: argument counts, option blocks, duplicates and unknown
+//! names. Handlers decode their nodes with these helpers so that every
+//! handler reports mistakes the same way.
+
+use kdl::{KdlEntry, KdlNode};
+use miette::SourceSpan;
+
+use super::diag::{Problem, Problems};
+use super::value::{self, Parsed};
+use crate::http::header_ops::{HeaderOp, HeaderOps};
+
+/// Whether an option may be given more than once in a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    Once,
+    Many,
+}
+
+/// The span of a node's name, which is where most node-level errors point.
+pub fn name_span(node: &KdlNode) -> SourceSpan {
+    node.name().span()
+}
+
+/// The span of a whole node, children included.
+pub fn node_span(node: &KdlNode) -> SourceSpan {
+    node.span()
+}
+
+pub fn arguments(node: &KdlNode) -> Vec<&KdlEntry> {
+    node.entries().iter().filter(|e| e.name().is_none()).collect()
+}
+
+pub fn properties(node: &KdlNode) -> Vec<&KdlEntry> {
+    node.entries().iter().filter(|e| e.name().is_some()).collect()
+}
+
+/// The children of a node, or none.
+pub fn children(node: &KdlNode) -> &[KdlNode] {
+    node.children().map(|d| d.nodes()).unwrap_or(&[])
+}
+
+/// Records problems while decoding. Methods return `None` after recording a
+/// problem, so callers carry on decoding and report everything at once.
+pub struct Reader<'p> {
+    problems: &'p mut Problems,
+}
+
+impl<'p> Reader<'p> {
+    pub fn new(problems: &'p mut Problems) -> Self {
+        Reader { problems }
+    }
+
+    pub fn push(&mut self, problem: Problem) {
+        self.problems.push(problem);
+    }
+
+    /// Keeps a parsed value, or records why it could not be parsed.
+    pub fn check<T>(&mut self, parsed: Parsed<T>) -> Option<T> {
+        parsed.map_err(|p| self.push(p)).ok()
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.problems.has_errors()
+    }
+
+    /// A node that takes no children: reports a block if there is one.
+    pub fn no_children(&mut self, node: &KdlNode) {
+        if let Some(doc) = node.children() {
+            self.push(
+                Problem::error(doc.span(), format!("`{}` takes no block", node.name().value()))
+                    .label("unexpected block"),
+            );
+        }
+    }
+
+    /// Reports every property on a node that takes none.
+    pub fn no_properties(&mut self, node: &KdlNode) {
+        for entry in properties(node) {
+            self.push(
+                Problem::error(
+                    entry.span(),
+                    format!("`{}` takes no properties", node.name().value()),
+                )
+                .label("unexpected property"),
+            );
+        }
+    }
+
+    /// Reports properties other than `allowed`, and duplicated ones.
+    pub fn known_properties(&mut self, node: &KdlNode, allowed: &[&str]) {
+        let mut seen: Vec<(&str, SourceSpan)> = Vec::new();
+        for entry in properties(node) {
+            let key = entry.name().map(|n| n.value()).unwrap_or_default();
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                self.push(
+                    Problem::error(entry.span(), format!("duplicate property `{key}`"))
+                        .label("set again here")
+                        .also(*first, "first set here"),
+                );
+            } else if !allowed.contains(&key) {
+                let mut p = Problem::error(
+                    entry.span(),
+                    format!("unknown property `{key}` on `{}`", node.name().value()),
+                )
+                .label("unknown property");
+                p = match value::suggest(key, allowed.iter().copied()) {
+                    Some(near) => p.help(format!("did you mean `{near}`?")),
+                    None if allowed.is_empty() => p.help("this node takes no properties"),
+                    None => p.help(format!("expected one of: {}", allowed.join(", "))),
+                };
+                self.push(p);
+            }
+            seen.push((key, entry.span()));
+        }
+    }
+
+    /// Exactly `count` arguments described by `what`, no properties, no block.
+    pub fn args<'n>(&mut self, node: &'n KdlNode, count: usize, what: &str) -> Option<Vec<&'n KdlEntry>> {
+        self.no_children(node);
+        self.no_properties(node);
+        self.args_only(node, count, what)
+    }
+
+    /// Exactly `count` arguments; properties and block are the caller's business.
+    pub fn args_only<'n>(&mut self, node: &'n KdlNode, count: usize, what: &str) -> Option<Vec<&'n KdlEntry>> {
+        let args = arguments(node);
+        let name = node.name().value();
+        if args.len() < count {
+            self.push(
+                Problem::error(name_span(node), format!("`{name}` needs {what}"))
+                    .label("missing argument"),
+            );
+            return None;
+        }
+        if args.len() > count {
+            for extra in &args[count..] {
+                self.push(
+                    Problem::error(extra.span(), format!("`{name}` takes only {what}"))
+                        .label("unexpected argument"),
+                );
+            }
+            return None;
+        }
+        Some(args)
+    }
+
+    /// At least one argument, e.g. a list of upstreams.
+    pub fn some_args<'n>(&mut self, node: &'n KdlNode, what: &str) -> Option<Vec<&'n KdlEntry>> {
+        let args = arguments(node);
+        if args.is_empty() {
+            self.push(
+                Problem::error(name_span(node), format!("`{}` needs {what}", node.name().value()))
+                    .label("missing argument"),
+            );
+            return None;
+        }
+        Some(args)
+    }
+
+    /// The single value of an option node such as `sample 0.25`.
+    pub fn value<T>(&mut self, node: &KdlNode, what: &str, parse: impl FnOnce(&KdlEntry) -> Parsed<T>) -> Option<T> {
+        let args = self.args(node, 1, what)?;
+        self.check(parse(args[0]))
+    }
+
+    /// Each argument parsed by `parse`; `None` if any fails (all are reported).
+    pub fn each<T>(&mut self, args: &[&KdlEntry], parse: impl Fn(&KdlEntry) -> Parsed<T>) -> Option<Vec<T>> {
+        let mut out = Vec::with_capacity(args.len());
+        let mut ok = true;
+        for entry in args {
+            match parse(entry) {
+                Ok(v) => out.push(v),
+                Err(p) => {
+                    ok = false;
+                    self.push(p);
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A header operation: `"Name" "value"` sets, `"-Name"` removes,
+    /// `"+Name" "value"` adds another value.
+    pub fn header_op(&mut self, node: &KdlNode) -> Option<HeaderOp> {
+        self.no_children(node);
+        self.no_properties(node);
+        let args = arguments(node);
+        let option = node.name().value();
+        let usage = || format!("write `{option} \"Name\" \"value\"` to set a header or `{option} \"-Name\"` to remove it");
+        let Some(first) = args.first() else {
+            self.push(
+                Problem::error(name_span(node), format!("`{option}` needs a header name"))
+                    .label("missing argument")
+                    .help(usage()),
+            );
+            return None;
+        };
+        let name = self.check(value::non_empty_string(first))?;
+        self.header_op_from(&name, first.span(), &args[1..], usage())
+    }
+
+    /// Builds a header operation from a name (with its `-`/`+` prefix) and
+    /// the entries after it.
+    pub fn header_op_from(&mut self, name: &str, span: SourceSpan, rest: &[&KdlEntry], usage: String) -> Option<HeaderOp> {
+        let (prefix, bare) = match name.as_bytes().first() {
+            Some(&c @ (b'-' | b'+')) => (Some(c), &name[1..]),
+            _ => (None, name),
+        };
+        let Ok(header) = http::HeaderName::from_bytes(bare.as_bytes()) else {
+            self.push(
+                Problem::error(span, format!("`{bare}` is not a valid header name"))
+                    .label("not a header name")
+                    .help("header names are tokens: letters, digits and !#$%&'*+-.^_`|~"),
+            );
+            return None;
+        };
+        match (prefix, rest) {
+            (Some(b'-'), []) => Some(HeaderOp::Remove(header)),
+            (Some(b'-'), [extra, ..]) => {
+                self.push(
+                    Problem::error(extra.span(), "a header removal takes no value")
+                        .label("unexpected value")
+                        .help(usage),
+                );
+                None
+            }
+            (_, [value]) => {
+                let value = self.check(value::header_value(value))?;
+                Some(match prefix {
+                    Some(_) => HeaderOp::Add(header, value),
+                    None => HeaderOp::Set(header, value),
+                })
+            }
+            (_, []) => {
+                self.push(
+                    Problem::error(span, format!("header `{bare}` needs a value"))
+                        .label("missing value")
+                        .help(usage),
+                );
+                None
+            }
+            (_, [_, extra, ..]) => {
+                self.push(
+                    Problem::error(extra.span(), "a header takes one value")
+                        .label("unexpected argument")
+                        .help(usage),
+                );
+                None
+            }
+        }
+    }
+
+    /// Sorts a block's children by option name, reporting unknown names and
+    /// options given twice that may be given once.
+    pub fn options<'n>(&mut self, node: &'n KdlNode, known: &[(&'static str, Repeat)]) -> Options<'n> {
+        let mut found: Vec<(&'static str, &'n KdlNode)> = Vec::new();
+        let block = node.name().value();
+        for child in children(node) {
+            let name = child.name().value();
+            let Some(&(key, repeat)) = known.iter().find(|(k, _)| *k == name) else {
+                let names = known.iter().map(|(k, _)| *k);
+                let mut p = Problem::error(name_span(child), format!("unknown option `{name}` in `{block}`"))
+                    .label("unknown option");
+                p = match value::suggest(name, names.clone()) {
+                    Some(near) => p.help(format!("did you mean `{near}`?")),
+                    None if known.is_empty() => p.help(format!("`{block}` takes no options")),
+                    None => p.help(format!("`{block}` takes: {}", names.collect::<Vec<_>>().join(", "))),
+                };
+                self.push(p);
+                continue;
+            };
+            if repeat == Repeat::Once {
+                if let Some((_, first)) = found.iter().find(|(k, _)| *k == key) {
+                    self.push(
+                        Problem::error(name_span(child), format!("duplicate option `{name}` in `{block}`"))
+                            .label("set again here")
+                            .also(name_span(first), "first set here")
+                            .help("give each option once"),
+                    );
+                    continue;
+                }
+            }
+            found.push((key, child));
+        }
+        Options { found }
+    }
+
+    /// Decodes every `header_up`-style node of an option block.
+    pub fn header_ops(&mut self, nodes: &[&KdlNode]) -> HeaderOps {
+        HeaderOps::new(nodes.iter().filter_map(|n| self.header_op(n)).collect())
+    }
+}
+
+/// The options of a block, by name, in file order.
+pub struct Options<'n> {
+    found: Vec<(&'static str, &'n KdlNode)>,
+}
+
+impl<'n> Options<'n> {
+    /// The node for an option given at most once.
+    pub fn one(&self, name: &str) -> Option<&'n KdlNode> {
+        self.found.iter().find(|(k, _)| *k == name).map(|(_, n)| *n)
+    }
+
+    /// Every node for a repeatable option.
+    pub fn all(&self, name: &str) -> Vec<&'n KdlNode> {
+        self.found.iter().filter(|(k, _)| *k == name).map(|(_, n)| *n).collect()
+    }
+}

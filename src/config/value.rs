@@ -1,0 +1,392 @@
+//! Typed values read from KDL entries: strings, numbers, durations, sizes,
+//! addresses and URLs. Each reader explains what it expected when it fails.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use kdl::{KdlEntry, KdlValue};
+use miette::SourceSpan;
+
+use super::diag::Problem;
+
+/// A value and the place in the site file it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: SourceSpan,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(value: T, span: SourceSpan) -> Self {
+        Spanned { value, span }
+    }
+}
+
+impl<T> std::ops::Deref for Spanned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+pub type Parsed<T> = Result<T, Problem>;
+
+/// The span of an entry's value, leaving out `key=` for properties.
+pub fn value_span(entry: &KdlEntry) -> SourceSpan {
+    let whole = entry.span();
+    match entry.name() {
+        Some(name) => {
+            let skip = name.span().len() + 1;
+            SourceSpan::new(
+                (whole.offset() + skip).into(),
+                whole.len().saturating_sub(skip),
+            )
+        }
+        None => whole,
+    }
+}
+
+fn kind(value: &KdlValue) -> &'static str {
+    match value {
+        KdlValue::String(_) => "a string",
+        KdlValue::Integer(_) => "an integer",
+        KdlValue::Float(_) => "a number",
+        KdlValue::Bool(_) => "a boolean",
+        KdlValue::Null => "#null",
+    }
+}
+
+fn wrong_type(entry: &KdlEntry, expected: &str) -> Problem {
+    Problem::error(
+        value_span(entry),
+        format!("expected {expected}, found {}", kind(entry.value())),
+    )
+    .label(format!("expected {expected}"))
+}
+
+pub fn string(entry: &KdlEntry) -> Parsed<String> {
+    match entry.value() {
+        KdlValue::String(s) => Ok(s.clone()),
+        _ => Err(wrong_type(entry, "a string")),
+    }
+}
+
+pub fn non_empty_string(entry: &KdlEntry) -> Parsed<String> {
+    let s = string(entry)?;
+    if s.is_empty() {
+        return Err(Problem::error(value_span(entry), "this may not be empty").label("empty"));
+    }
+    Ok(s)
+}
+
+pub fn boolean(entry: &KdlEntry) -> Parsed<bool> {
+    match entry.value() {
+        KdlValue::Bool(b) => Ok(*b),
+        KdlValue::String(s) if s == "true" || s == "false" => Err(wrong_type(entry, "a boolean")
+            .help(format!("KDL v2 spells booleans #true and #false: write #{s}"))),
+        _ => Err(wrong_type(entry, "a boolean").help("write #true or #false")),
+    }
+}
+
+/// An integer within `min..=max`.
+pub fn integer(entry: &KdlEntry, min: i128, max: i128) -> Parsed<i128> {
+    let Some(n) = entry.value().as_integer() else {
+        return Err(wrong_type(entry, "an integer"));
+    };
+    if n < min || n > max {
+        return Err(Problem::error(
+            value_span(entry),
+            format!("{n} is out of range: expected {min} to {max}"),
+        )
+        .label("out of range"));
+    }
+    Ok(n)
+}
+
+/// A fraction between 0 and 1 inclusive, as used by `sample`.
+pub fn fraction(entry: &KdlEntry) -> Parsed<f64> {
+    let f = match entry.value() {
+        KdlValue::Float(f) => *f,
+        KdlValue::Integer(i) => *i as f64,
+        _ => return Err(wrong_type(entry, "a number between 0 and 1")),
+    };
+    if !(0.0..=1.0).contains(&f) {
+        return Err(Problem::error(
+            value_span(entry),
+            format!("{f} is out of range: expected a fraction from 0 to 1"),
+        )
+        .label("out of range")
+        .help("0.25 copies a quarter of the requests; 1 copies all of them"));
+    }
+    Ok(f)
+}
+
+/// `"500ms"`, `"2s"`, `"1m"`, `"1h"` (and sums such as `"1m30s"`).
+pub fn duration(entry: &KdlEntry) -> Parsed<Duration> {
+    let bad = || {
+        Problem::error(value_span(entry), "invalid duration")
+            .label("not a duration")
+            .help("write a number with a unit: \"500ms\", \"2s\", \"1m\" or \"1h\"")
+    };
+    let text = match entry.value() {
+        KdlValue::String(s) => s.as_str(),
+        KdlValue::Integer(_) | KdlValue::Float(_) => {
+            return Err(Problem::error(value_span(entry), "a duration needs a unit")
+                .label("no unit")
+                .help("write it as a string with a unit, such as \"2s\" or \"500ms\""))
+        }
+        _ => return Err(bad()),
+    };
+    parse_duration(text).ok_or_else(bad)
+}
+
+/// A duration that must be more than zero (timeouts, intervals).
+pub fn positive_duration(entry: &KdlEntry) -> Parsed<Duration> {
+    let d = duration(entry)?;
+    if d.is_zero() {
+        return Err(Problem::error(value_span(entry), "this duration must be more than zero")
+            .label("zero"));
+    }
+    Ok(d)
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.checked_mul(60)?),
+            "h" => Duration::from_secs(number.checked_mul(3600)?),
+            _ => return None,
+        };
+        total = total.checked_add(part)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// A byte size: an integer, or a string such as `"64KiB"`, `"1MiB"`, `"10MB"`.
+pub fn size(entry: &KdlEntry) -> Parsed<u64> {
+    let bad = || {
+        Problem::error(value_span(entry), "invalid size")
+            .label("not a size")
+            .help("write bytes as an integer, or a string with a unit: \"64KiB\", \"1MiB\", \"1GiB\", \"10MB\"")
+    };
+    match entry.value() {
+        KdlValue::Integer(n) => u64::try_from(*n).map_err(|_| bad()),
+        KdlValue::String(s) => parse_size(s).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    if digits == 0 {
+        return None;
+    }
+    let number: u64 = text[..digits].parse().ok()?;
+    let multiplier: u64 = match text[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+/// An HTTP status code, 100 to 599.
+pub fn status(entry: &KdlEntry) -> Parsed<StatusCode> {
+    let n = integer(entry, 100, 599)?;
+    StatusCode::from_u16(n as u16).map_err(|_| wrong_type(entry, "an HTTP status code"))
+}
+
+pub fn method(entry: &KdlEntry) -> Parsed<Method> {
+    let s = non_empty_string(entry)?;
+    if s.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Problem::error(value_span(entry), "HTTP methods are case-sensitive")
+            .label("lower case")
+            .help(format!("write \"{}\"", s.to_ascii_uppercase())));
+    }
+    Method::from_bytes(s.as_bytes()).map_err(|_| {
+        Problem::error(value_span(entry), format!("`{s}` is not a valid HTTP method"))
+            .label("not a method")
+    })
+}
+
+pub fn header_name(entry: &KdlEntry) -> Parsed<HeaderName> {
+    let s = non_empty_string(entry)?;
+    HeaderName::from_bytes(s.as_bytes()).map_err(|_| bad_header_name(entry, &s))
+}
+
+pub fn bad_header_name(entry: &KdlEntry, name: &str) -> Problem {
+    Problem::error(value_span(entry), format!("`{name}` is not a valid header name"))
+        .label("not a header name")
+        .help("header names are tokens: letters, digits and !#$%&'*+-.^_`|~")
+}
+
+pub fn header_value(entry: &KdlEntry) -> Parsed<HeaderValue> {
+    let s = string(entry)?;
+    HeaderValue::from_str(&s).map_err(|_| {
+        Problem::error(value_span(entry), "header values may not hold control characters")
+            .label("not a header value")
+    })
+}
+
+/// A listen address: `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"`
+/// or `":8080"` (every IPv4 interface).
+pub fn listen_address(entry: &KdlEntry) -> Parsed<SocketAddr> {
+    let text = non_empty_string(entry)?;
+    let bad = |why: &str| {
+        Problem::error(value_span(entry), format!("invalid listen address `{text}`: {why}"))
+            .label("not an address")
+            .help("write an IP address and port: \"127.0.0.1:8080\", \"[::1]:8080\" or \":8080\"")
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    let ip = match host {
+        "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        _ => return Err(bad("the host must be an IP address")),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Where an upstream or mirror target lives: scheme and authority only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl UpstreamUrl {
+    /// The authority with the default port written out (`host:port`).
+    pub fn host_port(&self) -> String {
+        match self.authority.port_u16() {
+            Some(_) => self.authority.to_string(),
+            None => format!("{}:80", self.authority.host()),
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// `"http://host:port"`. The path must be empty: paths are changed with
+/// `rewrite`, as in Caddy.
+pub fn upstream_url(entry: &KdlEntry) -> Parsed<UpstreamUrl> {
+    let text = non_empty_string(entry)?;
+    let bad = |why: &str| {
+        Problem::error(value_span(entry), format!("invalid upstream URL `{text}`: {why}"))
+            .label("bad URL")
+    };
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| bad("not a URL").help("write it as \"http://host:port\""))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| bad("no scheme").help(format!("write \"http://{text}\"")))?;
+    if scheme != Scheme::HTTP {
+        let why = if scheme == Scheme::HTTPS {
+            "https:// upstreams are not supported yet"
+        } else {
+            "the scheme must be http://"
+        };
+        return Err(bad(why));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| bad("no host").help("write it as \"http://host:port\""))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("user information is not allowed in upstream URLs"));
+    }
+    if authority.host().is_empty() {
+        return Err(bad("no host"));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err(bad("an upstream URL has no path or query")
+            .help("use `rewrite` before the handler to change the path"));
+    }
+    Ok(UpstreamUrl { scheme, authority })
+}
+
+/// One of a fixed set of words, e.g. `lb_policy`.
+pub fn one_of(entry: &KdlEntry, choices: &[&'static str]) -> Parsed<&'static str> {
+    let s = string(entry)?;
+    choices.iter().find(|c| **c == s).copied().ok_or_else(|| {
+        let list = choices.join(", ");
+        let p = Problem::error(value_span(entry), format!("unknown value `{s}`"))
+            .label(format!("expected one of: {list}"));
+        match suggest(&s, choices.iter().copied()) {
+            Some(near) => p.help(format!("did you mean `{near}`?")),
+            None => p,
+        }
+    })
+}
+
+/// The closest known word to a misspelling, if one is close enough.
+pub fn suggest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
+        .map(|k| (strsim::jaro_winkler(word, k), k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("2 weeks"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("1 MiB"), Some(1 << 20));
+        assert_eq!(parse_size("1.5MiB"), None);
+        assert_eq!(parse_size("MiB"), None);
+        assert_eq!(parse_size("99999999999GiB"), None);
+    }
+}

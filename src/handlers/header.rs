@@ -1,0 +1,66 @@
+//! `header { "Name" "value"; "-Name"; "+Name" "value" }`: edits the
+//! response's headers on its way back to the client.
+//!
+//! Written with a block so that it cannot be mistaken for the `header`
+//! request matcher (`header "X-Canary" "1"`).
+
+use std::sync::Arc;
+
+use kdl::KdlNode;
+
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
+use crate::config::reader::{arguments, children, name_span, Reader};
+use crate::config::Problem;
+use crate::http::header_ops::HeaderOps;
+use crate::http::{Request, Response};
+
+pub static KIND: HandlerKind = HandlerKind::Middleware {
+    name: "header",
+    decode,
+};
+
+#[derive(Debug, Clone)]
+pub struct Header {
+    ops: HeaderOps,
+}
+
+fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
+    r.no_properties(node);
+    r.args_only(node, 0, "a block of header edits, e.g. header { \"-Server\" }")?;
+    let mut ops = Vec::new();
+    let mut ok = true;
+    for child in children(node) {
+        r.no_children(child);
+        r.no_properties(child);
+        let usage = "inside `header`, write \"Name\" \"value\" to set, \"+Name\" \"value\" to add, \"-Name\" to remove".to_string();
+        match r.header_op_from(child.name().value(), name_span(child), &arguments(child), usage) {
+            Some(op) => ops.push(op),
+            None => ok = false,
+        }
+    }
+    if ok && ops.is_empty() {
+        r.push(
+            Problem::error(name_span(node), "`header` has no edits")
+                .label("empty")
+                .help("write header { \"X-Frame-Options\" \"DENY\"; \"-Server\" }"),
+        );
+        return None;
+    }
+    ok.then(|| Box::new(Header { ops: HeaderOps::new(ops) }) as Box<dyn MiddlewareConfig>)
+}
+
+impl MiddlewareConfig for Header {
+    fn build(&self, _: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError> {
+        Ok(Arc::new(self.clone()))
+    }
+}
+
+impl Middleware for Header {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        Box::pin(async move {
+            let mut response = next.run(req).await;
+            self.ops.apply(response.headers_mut());
+            response
+        })
+    }
+}

@@ -1,0 +1,148 @@
+//! Handlers: the steps of a route's chain.
+//!
+//! A route runs its [`Middleware`] in file order, each deciding whether and
+//! how to call the rest of the chain through [`Next`], and ends in exactly
+//! one [`Terminal`] handler that produces the response (the shape of Caddy's
+//! `ServeHTTP(w, r, next)`). The split into two traits means a chain that
+//! does not end in a terminal handler cannot be built.
+//!
+//! Adding a handler: write one file in this folder that defines its config
+//! (decoded from its KDL node), its runtime, and a `KIND`, then add its name
+//! to the `handlers!` list below.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use kdl::KdlNode;
+
+use crate::config::reader::Reader;
+use crate::http::{Request, Response};
+
+macro_rules! handlers {
+    ($($module:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        /// Every handler the site file knows, by node name.
+        pub static REGISTRY: &[&HandlerKind] = &[$(&$module::KIND),*];
+    };
+}
+
+handlers![respond, reverse_proxy, header, rewrite];
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A handler that passes the request on (possibly changed) and may change
+/// the response on its way back.
+pub trait Middleware: Send + Sync + 'static {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response>;
+}
+
+/// A handler that answers: the end of every chain.
+pub trait Terminal: Send + Sync + 'static {
+    fn serve(&self, req: Request) -> BoxFuture<'_, Response>;
+}
+
+/// The rest of a chain, as seen from one middleware.
+#[derive(Clone, Copy)]
+pub struct Next<'a> {
+    rest: &'a [Arc<dyn Middleware>],
+    terminal: &'a dyn Terminal,
+}
+
+impl<'a> Next<'a> {
+    pub fn run(self, req: Request) -> BoxFuture<'a, Response> {
+        match self.rest.split_first() {
+            Some((first, rest)) => first.handle(
+                req,
+                Next {
+                    rest,
+                    terminal: self.terminal,
+                },
+            ),
+            None => self.terminal.serve(req),
+        }
+    }
+}
+
+/// A route's built handlers.
+pub struct Chain {
+    middleware: Vec<Arc<dyn Middleware>>,
+    terminal: Arc<dyn Terminal>,
+}
+
+impl Chain {
+    pub fn new(middleware: Vec<Arc<dyn Middleware>>, terminal: Arc<dyn Terminal>) -> Self {
+        Chain {
+            middleware,
+            terminal,
+        }
+    }
+
+    pub fn run(&self, req: Request) -> BoxFuture<'_, Response> {
+        Next {
+            rest: &self.middleware,
+            terminal: &*self.terminal,
+        }
+        .run(req)
+    }
+}
+
+/// What building a handler may need to know about where it sits.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// Names the route in logs, e.g. `127.0.0.1:8080 /api/*`.
+    pub route: String,
+    /// Where relative paths in the site file are resolved from.
+    pub base_dir: std::path::PathBuf,
+}
+
+/// A handler could not be built from a valid config (a file that cannot be
+/// opened, say). Shown against the handler's node.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+/// A decoded middleware node, ready to be built.
+pub trait MiddlewareConfig: Debug + Send + Sync {
+    fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError>;
+}
+
+/// A decoded terminal node, ready to be built.
+pub trait TerminalConfig: Debug + Send + Sync {
+    fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Terminal>, BuildError>;
+}
+
+pub type Decode<T> = fn(&KdlNode, &mut Reader) -> Option<Box<T>>;
+
+/// A handler's name, role and decoder, as registered above.
+pub enum HandlerKind {
+    Middleware {
+        name: &'static str,
+        decode: Decode<dyn MiddlewareConfig>,
+    },
+    Terminal {
+        name: &'static str,
+        decode: Decode<dyn TerminalConfig>,
+    },
+}
+
+impl HandlerKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            HandlerKind::Middleware { name, .. } | HandlerKind::Terminal { name, .. } => name,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, HandlerKind::Terminal { .. })
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static HandlerKind> {
+    REGISTRY.iter().copied().find(|k| k.name() == name)
+}
+
+pub fn terminal_names() -> Vec<&'static str> {
+    REGISTRY.iter().filter(|k| k.is_terminal()).map(|k| k.name()).collect()
+}

@@ -1,0 +1,394 @@
+//! `reverse_proxy "http://app-1:8080" ... { options }`: forwards the request
+//! to an upstream and streams its response back.
+//!
+//! Bodies stream in both directions; nothing is buffered whole. Upstream
+//! connections are pooled and kept alive (unless `keepalive #false`).
+//! `Upgrade` requests (WebSocket) are tunnelled once the upstream answers 101.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kdl::KdlNode;
+
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig};
+use crate::config::reader::{Reader, Repeat};
+use crate::config::value::{self, UpstreamUrl};
+use crate::http::body::{self, Guarded};
+use crate::http::header_ops::HeaderOps;
+use crate::http::{forwarded, hop_by_hop, ConnInfo, Request, Response};
+
+pub static KIND: HandlerKind = HandlerKind::Terminal {
+    name: "reverse_proxy",
+    decode,
+};
+
+const LB_POLICIES: [&str; 4] = ["round_robin", "random", "least_conn", "first"];
+
+/// How long an upstream that refused a connection is passed over, as
+/// nginx's `max_fails=1 fail_timeout=10s`.
+const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    Random,
+    LeastConn,
+    First,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReverseProxyConfig {
+    pub upstreams: Vec<UpstreamUrl>,
+    pub lb_policy: LbPolicy,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub header_up: HeaderOps,
+    pub header_down: HeaderOps,
+    pub preserve_host: bool,
+    pub forwarded: bool,
+    pub keepalive: bool,
+}
+
+fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
+    r.no_properties(node);
+    let upstreams = r
+        .some_args(node, "one or more upstream URLs, such as \"http://127.0.0.1:9000\"")
+        .and_then(|args| r.each(&args, value::upstream_url));
+    let opts = r.options(
+        node,
+        &[
+            ("lb_policy", Repeat::Once),
+            ("connect_timeout", Repeat::Once),
+            ("timeout", Repeat::Once),
+            ("header_up", Repeat::Many),
+            ("header_down", Repeat::Many),
+            ("preserve_host", Repeat::Once),
+            ("forwarded", Repeat::Once),
+            ("keepalive", Repeat::Once),
+        ],
+    );
+    let duration = |r: &mut Reader, name: &str, default: u64| match opts.one(name) {
+        Some(n) => r.value(n, "a duration such as \"5s\"", value::positive_duration),
+        None => Some(Duration::from_secs(default)),
+    };
+    let flag = |r: &mut Reader, name: &str, default: bool| match opts.one(name) {
+        Some(n) => r.value(n, "#true or #false", value::boolean),
+        None => Some(default),
+    };
+    let lb_policy = match opts.one("lb_policy") {
+        Some(n) => r.value(n, "a policy name", |e| value::one_of(e, &LB_POLICIES)),
+        None => Some("round_robin"),
+    }
+    .map(|name| match name {
+        "random" => LbPolicy::Random,
+        "least_conn" => LbPolicy::LeastConn,
+        "first" => LbPolicy::First,
+        _ => LbPolicy::RoundRobin,
+    });
+    let connect_timeout = duration(r, "connect_timeout", 5);
+    let timeout = duration(r, "timeout", 60);
+    let header_up = r.header_ops(&opts.all("header_up"));
+    let header_down = r.header_ops(&opts.all("header_down"));
+    let preserve_host = flag(r, "preserve_host", true);
+    let forwarded = flag(r, "forwarded", true);
+    let keepalive = flag(r, "keepalive", true);
+    Some(Box::new(ReverseProxyConfig {
+        upstreams: upstreams?,
+        lb_policy: lb_policy?,
+        connect_timeout: connect_timeout?,
+        timeout: timeout?,
+        header_up,
+        header_down,
+        preserve_host: preserve_host?,
+        forwarded: forwarded?,
+        keepalive: keepalive?,
+    }))
+}
+
+impl TerminalConfig for ReverseProxyConfig {
+    fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Terminal>, BuildError> {
+        Ok(Arc::new(ReverseProxy::new(self.clone(), cx)))
+    }
+}
+
+/// One upstream and what the balancer knows of it.
+struct Upstream {
+    url: UpstreamUrl,
+    /// Requests in flight, for `least_conn`.
+    active: AtomicUsize,
+    /// Milliseconds since `ReverseProxy::epoch` until which it is passed over.
+    down_until_ms: AtomicU64,
+}
+
+pub struct ReverseProxy {
+    config: ReverseProxyConfig,
+    upstreams: Vec<Arc<Upstream>>,
+    client: Client<HttpConnector, body::Body>,
+    next: AtomicUsize,
+    epoch: Instant,
+    route: String,
+}
+
+/// Why no upstream answered.
+enum Failure {
+    /// Nothing could be reached, or the upstream broke the exchange: 502.
+    BadGateway,
+    /// No response head within `timeout`: 504.
+    Timeout,
+}
+
+impl ReverseProxy {
+    fn new(config: ReverseProxyConfig, cx: &BuildContext) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(90));
+        if !config.keepalive {
+            builder.pool_max_idle_per_host(0);
+        }
+        let client = builder.build(connector);
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|url| {
+                Arc::new(Upstream {
+                    url: url.clone(),
+                    active: AtomicUsize::new(0),
+                    down_until_ms: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        ReverseProxy {
+            config,
+            upstreams,
+            client,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            route: cx.route.clone(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Upstreams in the order to try them: the policy's pick first, those
+    /// recently refusing connections last.
+    fn candidates(&self) -> Vec<Arc<Upstream>> {
+        let n = self.upstreams.len();
+        let start = match self.config.lb_policy {
+            LbPolicy::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            LbPolicy::Random => rand::random_range(0..n),
+            LbPolicy::First | LbPolicy::LeastConn => 0,
+        };
+        let mut order: Vec<Arc<Upstream>> = (0..n).map(|i| self.upstreams[(start + i) % n].clone()).collect();
+        if self.config.lb_policy == LbPolicy::LeastConn {
+            order.sort_by_key(|u| u.active.load(Ordering::Relaxed));
+        }
+        let now = self.now_ms();
+        // A stable sort keeps the policy's order among the healthy ones.
+        order.sort_by_key(|u| u.down_until_ms.load(Ordering::Relaxed) > now);
+        order
+    }
+
+    /// The request as the upstream should see it (headers, version), minus
+    /// the URI's authority, which depends on the upstream picked.
+    fn prepare(&self, req: Request) -> (http::request::Parts, body::Body, Option<HeaderValue>) {
+        let (mut parts, body) = req.into_parts();
+        let conn = parts.extensions.get::<ConnInfo>().copied();
+        let original_host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let upgrade = match parts.version {
+            Version::HTTP_11 => hop_by_hop::upgrade_protocol(&parts.headers),
+            _ => None,
+        };
+        hop_by_hop::strip(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+        if self.config.forwarded {
+            if let Some(conn) = conn {
+                forwarded::add(&mut parts.headers, &conn, original_host.as_ref());
+            }
+        }
+        parts.headers.remove(header::HOST);
+        if self.config.preserve_host {
+            if let Some(host) = &original_host {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+        }
+        self.config.header_up.apply(&mut parts.headers);
+        parts.version = Version::HTTP_11;
+        (parts, body, upgrade)
+    }
+
+    fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Uri {
+        let mut out = http::uri::Parts::default();
+        out.scheme = Some(upstream.url.scheme.clone());
+        out.authority = Some(upstream.url.authority.clone());
+        out.path_and_query = uri.path_and_query().cloned().or_else(|| Some("/".parse().expect("static path")));
+        Uri::from_parts(out).expect("scheme, authority and path make a URI")
+    }
+
+    async fn forward(&self, mut req: Request) -> Response {
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, body, upgrade) = self.prepare(req);
+        // Without a body the request can be sent again, so an upstream that
+        // refuses the connection is skipped for the next one.
+        let replayable = http_body::Body::is_end_stream(&body);
+        let mut body = Some(body);
+        let mut failure = Failure::BadGateway;
+        for upstream in self.candidates() {
+            let Some(this_body) = body.take().or_else(|| replayable.then(body::empty)) else {
+                break;
+            };
+            let mut upstream_req = Request::new(this_body);
+            *upstream_req.method_mut() = parts.method.clone();
+            *upstream_req.uri_mut() = Self::upstream_uri(&upstream, &parts.uri);
+            *upstream_req.version_mut() = parts.version;
+            *upstream_req.headers_mut() = parts.headers.clone();
+            if !self.config.preserve_host || !upstream_req.headers().contains_key(header::HOST) {
+                if let Ok(host) = HeaderValue::from_str(upstream.url.authority.as_str()) {
+                    upstream_req.headers_mut().insert(header::HOST, host);
+                }
+            }
+            upstream.active.fetch_add(1, Ordering::Relaxed);
+            let guard = ActiveGuard(upstream.clone());
+            let sent = tokio::time::timeout(self.config.timeout, self.client.request(upstream_req)).await;
+            match sent {
+                Ok(Ok(response)) => {
+                    return self.respond(response, guard, upgrade.is_some(), client_upgrade);
+                }
+                Ok(Err(err)) if err.is_connect() => {
+                    upstream
+                        .down_until_ms
+                        .store(self.now_ms() + FAIL_TIMEOUT.as_millis() as u64, Ordering::Relaxed);
+                    tracing::warn!(route = %self.route, upstream = %upstream.url, error = %error_chain(&err), "upstream unreachable");
+                    failure = Failure::BadGateway;
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(route = %self.route, upstream = %upstream.url, error = %error_chain(&err), "upstream failed before answering");
+                    failure = Failure::BadGateway;
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(route = %self.route, upstream = %upstream.url, timeout = ?self.config.timeout, "upstream did not answer in time");
+                    failure = Failure::Timeout;
+                    break;
+                }
+            }
+        }
+        match failure {
+            Failure::BadGateway => error_response(StatusCode::BAD_GATEWAY),
+            Failure::Timeout => error_response(StatusCode::GATEWAY_TIMEOUT),
+        }
+    }
+
+    fn respond(
+        &self,
+        mut response: http::Response<hyper::body::Incoming>,
+        guard: ActiveGuard,
+        upgrade_requested: bool,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+    ) -> Response {
+        let mut guard = Some(guard);
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upgrade_to = switching.then(|| response.headers().get(header::UPGRADE).cloned()).flatten();
+        if switching {
+            if let (true, Some(_)) = (upgrade_requested, &upgrade_to) {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                let route = self.route.clone();
+                let guard = guard.take();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    tunnel(client_upgrade, upstream_upgrade, &route).await;
+                });
+            } else {
+                tracing::warn!(route = %self.route, "upstream switched protocols without being asked");
+                return error_response(StatusCode::BAD_GATEWAY);
+            }
+        }
+        let (mut parts, incoming) = response.into_parts();
+        strip_response_headers(&mut parts.headers);
+        if let Some(protocol) = upgrade_to {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        self.config.header_down.apply(&mut parts.headers);
+        let body = if switching {
+            body::empty()
+        } else {
+            body::boxed(Guarded::new(incoming, guard))
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+impl Terminal for ReverseProxy {
+    fn serve(&self, req: Request) -> BoxFuture<'_, Response> {
+        Box::pin(self.forward(req))
+    }
+}
+
+/// Response headers that must not reach the client from the upstream.
+fn strip_response_headers(headers: &mut HeaderMap) {
+    hop_by_hop::strip(headers);
+}
+
+/// Keeps an upstream's in-flight count up until the response is done.
+struct ActiveGuard(Arc<Upstream>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, route: &str) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            tracing::debug!(%route, error = %err, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%route, error = %err, "upgraded connection ended with an error");
+    }
+}
+
+fn error_response(status: StatusCode) -> Response {
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// An error and its causes on one line: hyper's top-level messages alone
+/// ("client error (Connect)") do not say what went wrong.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

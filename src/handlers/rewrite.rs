@@ -1,0 +1,216 @@
+//! `rewrite`: changes the request path before the rest of the chain sees it.
+//!
+//! - `rewrite "/new/path"` replaces the path (and the query, if the new
+//!   value has one);
+//! - `rewrite strip_prefix="/api" add_prefix="/v2" regex=#"..."# replace="..."`
+//!   edits it: the prefix is stripped, then the regex applied, then the new
+//!   prefix added. Any subset of these may be given.
+
+use std::sync::Arc;
+
+use http::uri::PathAndQuery;
+use http::{StatusCode, Uri};
+use kdl::KdlNode;
+use regex::Regex;
+
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
+use crate::config::reader::{arguments, name_span, properties, Reader};
+use crate::config::value::{self, value_span};
+use crate::config::Problem;
+use crate::http::{body, Request, Response};
+
+pub static KIND: HandlerKind = HandlerKind::Middleware {
+    name: "rewrite",
+    decode,
+};
+
+#[derive(Debug, Clone)]
+pub enum Rewrite {
+    /// Replace the path, and the query when `Some`.
+    Replace { path: String, query: Option<String> },
+    Edit(PathEdit),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PathEdit {
+    strip_prefix: Option<String>,
+    regex: Option<(Regex, String)>,
+    add_prefix: Option<String>,
+}
+
+impl PathEdit {
+    pub fn apply(&self, path: &str) -> String {
+        let mut out = path;
+        if let Some(prefix) = &self.strip_prefix {
+            out = out.strip_prefix(prefix.as_str()).unwrap_or(out);
+        }
+        let mut out = match &self.regex {
+            Some((re, replace)) => re.replace(out, replace.as_str()).into_owned(),
+            None => out.to_string(),
+        };
+        if let Some(prefix) = &self.add_prefix {
+            out.insert_str(0, prefix);
+        }
+        if !out.starts_with('/') {
+            out.insert(0, '/');
+        }
+        out
+    }
+}
+
+const USAGE: &str = "write rewrite \"/new/path\", or rewrite strip_prefix=\"/api\" add_prefix=\"/v2\" regex=#\"^/a/(\\d+)\"# replace=\"/b/$1\"";
+
+fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
+    r.no_children(node);
+    r.known_properties(node, &["strip_prefix", "add_prefix", "regex", "replace"]);
+    let args = arguments(node);
+    let props = properties(node);
+    match (args.as_slice(), props.is_empty()) {
+        ([target], true) => {
+            let text = r.check(value::string(target))?;
+            if !text.starts_with('/') {
+                r.push(
+                    Problem::error(value_span(target), "a rewritten path must start with /")
+                        .label("no leading /")
+                        .help(USAGE),
+                );
+                return None;
+            }
+            let (path, query) = match text.split_once('?') {
+                Some((p, q)) => (p.to_string(), Some(q.to_string())),
+                None => (text, None),
+            };
+            if PathAndQuery::try_from(path.as_str()).is_err() {
+                r.push(Problem::error(value_span(target), "not a valid URI path").label("invalid path"));
+                return None;
+            }
+            Some(Box::new(Rewrite::Replace { path, query }))
+        }
+        ([], false) => {
+            let prefix = |r: &mut Reader, key: &str| -> Option<Option<String>> {
+                match node.entry(key) {
+                    None => Some(None),
+                    Some(entry) => {
+                        let s = r.check(value::non_empty_string(entry))?;
+                        if !s.starts_with('/') {
+                            r.push(
+                                Problem::error(value_span(entry), format!("`{key}` must start with /"))
+                                    .label("no leading /"),
+                            );
+                            return None;
+                        }
+                        Some(Some(s))
+                    }
+                }
+            };
+            let strip_prefix = prefix(r, "strip_prefix");
+            let add_prefix = prefix(r, "add_prefix");
+            let regex = match (node.entry("regex"), node.entry("replace")) {
+                (None, None) => Some(None),
+                (Some(re), Some(replace)) => {
+                    let pattern = r.check(value::non_empty_string(re));
+                    let replace = r.check(value::string(replace));
+                    let compiled = pattern.and_then(|p| {
+                        Regex::new(&p)
+                            .map_err(|e| {
+                                r.push(
+                                    Problem::error(value_span(re), "invalid regular expression")
+                                        .label(e.to_string().lines().last().unwrap_or("invalid").to_string()),
+                                )
+                            })
+                            .ok()
+                    });
+                    Some(Some((compiled?, replace?)))
+                }
+                (Some(entry), None) | (None, Some(entry)) => {
+                    r.push(
+                        Problem::error(entry.span(), "`regex` and `replace` go together")
+                            .label("needs its partner")
+                            .help(USAGE),
+                    );
+                    None
+                }
+            };
+            Some(Box::new(Rewrite::Edit(PathEdit {
+                strip_prefix: strip_prefix?,
+                regex: regex?,
+                add_prefix: add_prefix?,
+            })))
+        }
+        _ => {
+            r.push(
+                Problem::error(name_span(node), "`rewrite` takes either one new path or edit properties")
+                    .label("ambiguous rewrite")
+                    .help(USAGE),
+            );
+            None
+        }
+    }
+}
+
+impl MiddlewareConfig for Rewrite {
+    fn build(&self, _: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError> {
+        Ok(Arc::new(self.clone()))
+    }
+}
+
+impl Rewrite {
+    fn rewrite(&self, uri: &Uri) -> Option<Uri> {
+        let path_and_query = match self {
+            Rewrite::Replace { path, query } => match query.as_deref().or(uri.query()) {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            },
+            Rewrite::Edit(edit) => {
+                let path = edit.apply(uri.path());
+                match uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                }
+            }
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
+        Uri::from_parts(parts).ok()
+    }
+}
+
+impl Middleware for Rewrite {
+    fn handle<'a>(&'a self, mut req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        match self.rewrite(req.uri()) {
+            Some(uri) => {
+                *req.uri_mut() = uri;
+                next.run(req)
+            }
+            None => {
+                // Only a regex replacement can produce this; the client's
+                // request was fine, so it is our error.
+                tracing::error!(uri = %req.uri(), "rewrite produced an invalid URI");
+                let mut response = Response::new(body::full("rewrite produced an invalid URI\n"));
+                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                Box::pin(std::future::ready(response))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_in_order() {
+        let edit = PathEdit {
+            strip_prefix: Some("/api".into()),
+            regex: Some((Regex::new(r"^/users/(\d+)").unwrap(), "/people/$1".into())),
+            add_prefix: Some("/v2".into()),
+        };
+        assert_eq!(edit.apply("/api/users/7/x"), "/v2/people/7/x");
+        assert_eq!(edit.apply("/other"), "/v2/other");
+        let strip = PathEdit {
+            strip_prefix: Some("/api".into()),
+            ..Default::default()
+        };
+        assert_eq!(strip.apply("/api"), "/");
+    }
+}

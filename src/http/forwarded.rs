@@ -1,0 +1,102 @@
+//! `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) on requests a
+//! proxy sends upstream.
+//!
+//! Like nginx's `$proxy_add_x_forwarded_for`, the client's address is
+//! appended to any `X-Forwarded-For` and `Forwarded` the request already had,
+//! so a chain of proxies is kept; `X-Forwarded-Proto` and `-Host` describe
+//! this hop and replace what the client sent.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED};
+
+use super::ConnInfo;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>) {
+    let ip = conn.client.ip().to_canonical();
+    append_list(headers, X_FORWARDED_FOR, &ip.to_string());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
+    match host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+    let mut element = format!("for={}", node(ip));
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        element.push_str(&format!(";host={}", quoted(host)));
+    }
+    element.push_str(&format!(";proto={}", conn.scheme()));
+    append_list(headers, FORWARDED, &element);
+}
+
+/// RFC 7239 §6: IPv6 addresses are bracketed, and then must be quoted.
+fn node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+fn quoted(value: &str) -> String {
+    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{escaped}\"")
+}
+
+/// Appends to a comma-separated header, joining several lines into one.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut joined = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !joined.is_empty() {
+        joined.push_str(", ");
+    }
+    joined.push_str(item);
+    match HeaderValue::from_str(&joined) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        // The old value was not valid text: start the list afresh.
+        Err(_) => {
+            if let Ok(value) = HeaderValue::from_str(item) {
+                headers.insert(name, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(ip: &str) -> ConnInfo {
+        ConnInfo {
+            client: format!("{ip}:1234").parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn appends_to_existing_chain() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
+        add(&mut h, &conn("192.0.2.7"), Some(&HeaderValue::from_static("example.com")));
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "example.com");
+        assert_eq!(h[FORWARDED], "for=192.0.2.7;host=\"example.com\";proto=http");
+    }
+
+    #[test]
+    fn ipv6_is_quoted() {
+        let mut h = HeaderMap::new();
+        add(&mut h, &conn("[::1]"), None);
+        assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http");
+    }
+}

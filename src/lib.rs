@@ -1,0 +1,12 @@
+//! teebox: a Caddy-style HTTP server whose handler chains make traffic
+//! mirroring first-class.
+//!
+//! The pieces, in the order a request meets them: [`config`] turns the site
+//! file into typed structs; [`server`] listens, picks a site and a route, and
+//! runs the route's chain of [`handlers`]; [`http`] holds what the handlers
+//! share.
+
+pub mod config;
+pub mod handlers;
+pub mod http;
+pub mod server;

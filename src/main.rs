@@ -1,0 +1,195 @@
+//! The `teebox` command: run, validate and format site files.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use teebox::config::{self, LoadError, LogConfig, LogFormat, Style};
+
+#[derive(Parser)]
+#[command(name = "teebox", version, about = "A Caddy-style HTTP server with first-class traffic mirroring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the site file until SIGTERM or SIGINT.
+    Run {
+        /// The site file.
+        #[arg(default_value = "site.kdl")]
+        file: PathBuf,
+    },
+    /// Check a site file and report every mistake in it.
+    ///
+    /// Exit status: 0 valid, 1 invalid, 2 unreadable.
+    Validate { file: PathBuf },
+    /// Print the site file in its normal layout.
+    Fmt {
+        file: PathBuf,
+        /// Write the result back to the file instead of printing it.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+/// Exit statuses shared by every command that reads a site file.
+const INVALID: u8 = 1;
+const UNREADABLE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { file } => run(&file),
+        Command::Validate { file } => validate(&file),
+        Command::Fmt { file, overwrite } => fmt(&file, overwrite),
+    }
+}
+
+fn style() -> Style {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    if std::io::stderr().is_terminal() && !no_color {
+        Style::Color
+    } else {
+        Style::Plain
+    }
+}
+
+/// Loads a site file, printing what is wrong with it; `Err` holds the exit status.
+fn load(file: &Path) -> Result<config::Loaded, u8> {
+    match config::load(file) {
+        Ok(loaded) => {
+            eprint!("{}", loaded.render_warnings(style()));
+            Ok(loaded)
+        }
+        Err(LoadError::Invalid(err)) => {
+            eprint!("{}", err.render(style()));
+            Err(INVALID)
+        }
+        Err(err @ LoadError::Unreadable { .. }) => {
+            eprintln!("teebox: {err}");
+            Err(UNREADABLE)
+        }
+    }
+}
+
+fn validate(file: &Path) -> ExitCode {
+    match load(file) {
+        Ok(loaded) => {
+            let warnings = loaded.warnings.len();
+            match warnings {
+                0 => println!("{}: valid", file.display()),
+                n => println!("{}: valid, {n} warning{}", file.display(), if n == 1 { "" } else { "s" }),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(status) => ExitCode::from(status),
+    }
+}
+
+fn fmt(file: &Path, overwrite: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("teebox: cannot read {}: {err}", file.display());
+            return ExitCode::from(UNREADABLE);
+        }
+    };
+    let formatted = match config::format(&file.display().to_string(), &text) {
+        Ok(formatted) => formatted,
+        Err(err) => {
+            eprint!("{}", err.render(style()));
+            return ExitCode::from(INVALID);
+        }
+    };
+    if !overwrite {
+        print!("{formatted}");
+        return ExitCode::SUCCESS;
+    }
+    match write_atomically(file, &formatted) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("teebox: cannot write {}: {err}", file.display());
+            ExitCode::from(UNREADABLE)
+        }
+    }
+}
+
+/// Writes beside the file and renames over it, so a crash never leaves half a file.
+fn write_atomically(file: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".teebox-fmt.tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn init_tracing(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    // `debug` and `trace` are for teebox itself: hyper and h2 at those
+    // levels would drown it. RUST_LOG reaches everything.
+    let directives = match log.level.unwrap_or("info") {
+        verbose @ ("debug" | "trace") => format!("info,teebox={verbose}"),
+        level => level.to_string(),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(style() == Style::Color).init(),
+    }
+}
+
+fn run(file: &Path) -> ExitCode {
+    let loaded = match load(file) {
+        Ok(loaded) => loaded,
+        Err(status) => return ExitCode::from(status),
+    };
+    let config = loaded.config;
+    init_tracing(&config.global.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        if config.global.admin.is_some() {
+            tracing::warn!("the admin endpoint is configured but not served by this version of teebox");
+        }
+        let running = match teebox::server::start(&config).await {
+            Ok(running) => running,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(file = %file.display(), version = env!("CARGO_PKG_VERSION"), "teebox serving");
+        let signal = shutdown_signal().await;
+        let grace = config.global.grace_period;
+        tracing::info!(%signal, ?grace, "shutting down");
+        if running.shutdown(grace).await {
+            tracing::info!("stopped");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for signals; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,226 @@
+//! One line per request, written when the response body is finished (or
+//! abandoned), so the line has the real byte count and duration.
+//!
+//! Lines go through a bounded queue to a writer thread: a slow disk never
+//! holds a request. When the queue is full the line is dropped and counted.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use crossbeam_channel::{Sender, TrySendError};
+use http::header;
+use http_body::{Frame, SizeHint};
+
+use crate::config::{AccessLogTarget, LogFormat};
+use crate::http::{body, BoxError, ConnInfo, Request, Response};
+
+const QUEUE: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: Sender<String>,
+    format: LogFormat,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    pub fn open(target: &AccessLogTarget, base_dir: &Path, format: LogFormat) -> io::Result<Self> {
+        let out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Stdout => Box::new(io::stdout()),
+            AccessLogTarget::Stderr => Box::new(io::stderr()),
+            AccessLogTarget::File(path) => {
+                let path = base_dir.join(path);
+                Box::new(OpenOptions::new().create(true).append(true).open(&path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot open access log {}: {e}", path.display()))
+                })?)
+            }
+        };
+        let (tx, rx) = crossbeam_channel::bounded::<String>(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut out = io::BufWriter::new(out);
+                // Blocks for the next line, then writes whatever else is
+                // queued before flushing: one flush per burst.
+                while let Ok(line) = rx.recv() {
+                    let mut ok = out.write_all(line.as_bytes()).is_ok();
+                    while let Ok(line) = rx.try_recv() {
+                        ok &= out.write_all(line.as_bytes()).is_ok();
+                    }
+                    if !(ok && out.flush().is_ok()) {
+                        tracing::error!("cannot write access log");
+                    }
+                }
+            })?;
+        Ok(AccessLog {
+            tx,
+            format,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Returns the response with a body that logs the request when done.
+    pub fn wrap(&self, entry: Entry, response: Response) -> Response {
+        let (parts, inner) = response.into_parts();
+        let record = Record {
+            log: self.clone(),
+            entry,
+            status: parts.status.as_u16(),
+            bytes: 0,
+        };
+        Response::from_parts(parts, body::boxed(Logged { inner, record }))
+    }
+
+    fn write(&self, line: String) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 10_000 == 0 {
+                tracing::warn!(dropped = n + 1, "access log cannot keep up; lines dropped");
+            }
+        }
+    }
+}
+
+/// What is known of a request before the chain runs.
+pub struct Entry {
+    time: SystemTime,
+    start: Instant,
+    client: SocketAddr,
+    method: String,
+    uri: String,
+    version: http::Version,
+    host: String,
+    referer: String,
+    user_agent: String,
+}
+
+impl Entry {
+    pub fn begin(req: &Request, conn: ConnInfo, start: Instant) -> Self {
+        let header = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        Entry {
+            time: SystemTime::now(),
+            start,
+            client: conn.client,
+            method: req.method().to_string(),
+            uri: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            version: req.version(),
+            host: header(header::HOST),
+            referer: header(header::REFERER),
+            user_agent: header(header::USER_AGENT),
+        }
+    }
+}
+
+struct Record {
+    log: AccessLog,
+    entry: Entry,
+    status: u16,
+    bytes: u64,
+}
+
+impl Record {
+    fn line(&self) -> String {
+        let e = &self.entry;
+        let seconds = e.start.elapsed().as_secs_f64();
+        let time = humantime::format_rfc3339_millis(e.time);
+        match self.log.format {
+            LogFormat::Json => {
+                let mut line = serde_json::json!({
+                    "ts": time.to_string(),
+                    "client": e.client.to_string(),
+                    "method": e.method,
+                    "uri": e.uri,
+                    "proto": format!("{:?}", e.version),
+                    "host": e.host,
+                    "status": self.status,
+                    "bytes": self.bytes,
+                    "duration_s": seconds,
+                    "referer": e.referer,
+                    "user_agent": e.user_agent,
+                })
+                .to_string();
+                line.push('\n');
+                line
+            }
+            // The combined log format, with an RFC 3339 time and the
+            // duration in seconds at the end.
+            LogFormat::Text => format!(
+                "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" {:.6}\n",
+                e.client.ip(),
+                time,
+                e.method,
+                escape(&e.uri),
+                e.version,
+                self.status,
+                self.bytes,
+                escape(&e.referer),
+                escape(&e.user_agent),
+                seconds
+            ),
+        }
+    }
+}
+
+/// Keeps quotes and control bytes from breaking a text log line; an empty
+/// field is `-`, as in the combined log format.
+fn escape(text: &str) -> String {
+    if text.is_empty() {
+        return "-".into();
+    }
+    text.chars()
+        .flat_map(|c| match c {
+            '"' => "\\\"".chars().collect::<Vec<_>>(),
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect()
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.log.write(self.line());
+    }
+}
+
+/// A response body that counts its bytes and logs when dropped.
+struct Logged {
+    inner: body::Body,
+    record: Record,
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.record.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,105 @@
+//! Accepts TCP connections on one address and serves HTTP/1.1 and HTTP/2
+//! (prior knowledge, h2c) on each, with upgrades, until told to stop.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::router::AddressRouter;
+use crate::http::{body, ConnInfo};
+
+/// Request head limit, as `limits { max_header_size }` will make settable.
+const MAX_HEADER_SIZE: usize = 64 * 1024;
+
+pub fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(MAX_HEADER_SIZE);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_SIZE as u32);
+    builder
+}
+
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub router: Arc<AddressRouter>,
+}
+
+impl Listener {
+    /// Accepts until `stop` turns true; each connection is watched by the
+    /// graceful-shutdown watcher that `watcher` makes.
+    pub async fn serve(self, mut stop: watch::Receiver<bool>, watcher: impl Fn() -> Watcher) {
+        let local = match self.tcp.local_addr() {
+            Ok(addr) => addr,
+            Err(err) => {
+                tracing::error!(error = %err, "listener has no local address");
+                return;
+            }
+        };
+        let builder = Arc::new(http_builder());
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.tcp.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let conn = ConnInfo {
+                        client: peer,
+                        local,
+                        tls: false,
+                    };
+                    serve_connection(stream, conn, self.router.clone(), builder.clone(), watcher());
+                }
+                Err(err) => {
+                    // Usually out of file descriptors: back off instead of
+                    // spinning, and keep the listener.
+                    tracing::warn!(%local, error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracing::debug!(%local, "stopped accepting");
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    conn: ConnInfo,
+    router: Arc<AddressRouter>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        let service = service_fn(move |req: http::Request<Incoming>| {
+            let router = router.clone();
+            async move {
+                let req = req.map(body::boxed);
+                Ok::<_, Infallible>(router.handle(req, conn).await)
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        if let Err(err) = watcher.watch(connection.into_owned()).await {
+            tracing::debug!(client = %conn.client, error = %err, "connection ended with an error");
+        }
+    });
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
