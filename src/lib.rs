@@ -9,4 +9,5 @@
 pub mod config;
 pub mod handlers;
 pub mod http;
+pub mod mirror;
 pub mod server;

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use teebox::config::{self, LoadError, LogConfig, LogFormat, Style};
 
 #[derive(Parser)]
-#[command(name = "teebox", version, about = "A Caddy-style HTTP server with first-class traffic mirroring")]
+#[command(
+    name = "teebox",
+    version,
+    about = "A Caddy-style HTTP server with first-class traffic mirroring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,7 +85,11 @@ fn validate(file: &Path) -> ExitCode {
             let warnings = loaded.warnings.len();
             match warnings {
                 0 => println!("{}: valid", file.display()),
-                n => println!("{}: valid, {n} warning{}", file.display(), if n == 1 { "" } else { "s" }),
+                n => println!(
+                    "{}: valid, {n} warning{}",
+                    file.display(),
+                    if n == 1 { "" } else { "s" }
+                ),
             }
             ExitCode::SUCCESS
         }
@@ -153,7 +161,10 @@ fn run(file: &Path) -> ExitCode {
     };
     let config = loaded.config;
     init_tracing(&config.global.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             tracing::error!(error = %err, "cannot start the async runtime");
@@ -184,7 +195,10 @@ fn run(file: &Path) -> ExitCode {
 
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot listen for signals; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -17,35 +17,90 @@ use crate::handlers::{self, HandlerKind, MiddlewareConfig, TerminalConfig};
 /// Turns kdl's syntax errors into problems, with a clearer word for the most
 /// common KDL v1 habit: bare `true`, `false` and `null`.
 pub fn syntax_problems(text: &str, err: &KdlError) -> Vec<Problem> {
-    err.diagnostics
-        .iter()
-        .map(|d| {
-            let span = d.span;
-            let found = text.get(span.offset()..span.offset() + span.len()).unwrap_or("");
-            if let Some(word) = ["true", "false", "null"].into_iter().find(|w| *w == found) {
-                return Problem::error(span, format!("bare `{word}` is not a KDL v2 value"))
+    let mut bare_words = Vec::new();
+    let mut others = Vec::new();
+    for d in &err.diagnostics {
+        let span = d.span;
+        let found = text
+            .get(span.offset()..span.offset() + span.len())
+            .unwrap_or("");
+        if let Some(word) = ["true", "false", "null"].into_iter().find(|w| *w == found) {
+            bare_words.push(
+                Problem::error(span, format!("bare `{word}` is not a KDL v2 value"))
                     .label(format!("use #{word}"))
                     .help(format!(
                         "KDL v2 writes booleans and null with a #: use #{word} (or \"{word}\" if you meant a string)"
-                    ));
+                    )),
+            );
+            continue;
+        }
+        let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
+        let digits = !found.is_empty() && found.bytes().all(|b| b.is_ascii_digit());
+        let known = match message.as_str() {
+            "No closing '}' for child block" => Some((
+                "unclosed block: this `{` has no matching `}`",
+                "opened here",
+                "add the missing `}`",
+            )),
+            "Unexpected newline in single-line quoted string" => Some((
+                "unclosed string",
+                "not closed on this line",
+                "close it with \" on the same line; a multi-line string starts and ends with \"\"\" on lines of their own",
+            )),
+            "Expected quoted string" if found.starts_with("\"\"\"") => Some((
+                "unclosed multi-line string",
+                "opened here",
+                "end it with \"\"\" on a line of its own",
+            )),
+            "Expected end of document" if found == "}" => Some((
+                "unexpected `}`: no block is open here",
+                "nothing to close",
+                "remove it, or look for a block closed too early above",
+            )),
+            _ if digits => Some((
+                "number out of range",
+                "too large",
+                "integers must fit in 128 bits; no option takes one this large",
+            )),
+            _ => None,
+        };
+        let cascade = matches!(
+            message.as_str(),
+            "No closing '}' for child block" | "Closing '}' was not found after nodes" | "Expected end of document"
+        );
+        others.push((cascade, match known {
+            Some((message, label, help)) => Problem::error(span, message).label(label).help(help),
+            None => {
+                let p = Problem::error(span, format!("KDL syntax error: {message}"))
+                    .label(d.label.clone().unwrap_or_else(|| "here".into()));
+                match &d.help {
+                    Some(help) => p.help(help.clone()),
+                    None => p,
+                }
             }
-            let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
-            let mut p = Problem::error(span, format!("KDL syntax error: {message}"))
-                .label(d.label.clone().unwrap_or_else(|| "here".into()));
-            if let Some(help) = &d.help {
-                p = p.help(help.clone());
-            }
-            p
-        })
-        .collect()
+        }));
+    }
+    // After a real syntax error kdl's recovery reports follow-on errors
+    // that only confuse; the first one is the one to fix. Bare `true` and
+    // friends are independent of each other, so each is kept.
+    // A block left open is often the echo of another mistake inside it.
+    others.sort_by_key(|(cascade, p)| (*cascade, p.span().offset()));
+    bare_words.extend(others.into_iter().take(1).map(|(_, p)| p));
+    bare_words
 }
 
 /// Decodes a parsed document. Returns `None` when any error was recorded.
-pub fn document(doc: &KdlDocument, base_dir: PathBuf, source: super::Source, problems: &mut Problems) -> Option<Config> {
+pub fn document(
+    doc: &KdlDocument,
+    base_dir: PathBuf,
+    source: super::Source,
+    problems: &mut Problems,
+) -> Option<Config> {
     let mut r = Reader::new(problems);
     let mut global_node: Option<&KdlNode> = None;
     let mut sites = Vec::new();
     let mut site_count = 0;
+    let mut unknown = false;
     for node in doc.nodes() {
         match node.name().value() {
             "global" => {
@@ -65,8 +120,10 @@ pub fn document(doc: &KdlDocument, base_dir: PathBuf, source: super::Source, pro
                 sites.extend(site(node, &mut r));
             }
             other => {
-                let p = Problem::error(name_span(node), format!("unknown top-level node `{other}`"))
-                    .label("unknown node");
+                unknown = true;
+                let p =
+                    Problem::error(name_span(node), format!("unknown top-level node `{other}`"))
+                        .label("unknown node");
                 r.push(match value::suggest(other, ["global", "site"]) {
                     Some(near) => p.help(format!("did you mean `{near}`?")),
                     None => p.help("the top level holds one `global` block and `site` blocks"),
@@ -82,7 +139,7 @@ pub fn document(doc: &KdlDocument, base_dir: PathBuf, source: super::Source, pro
             admin: None,
         }),
     };
-    if site_count == 0 {
+    if site_count == 0 && !unknown {
         r.push(
             Problem::error(SourceSpan::new(0.into(), 0), "no `site` block: nothing to serve")
                 .help("add one, e.g. site \"127.0.0.1:8080\" { route \"/*\" { respond 200 \"hello\\n\" } }"),
@@ -102,12 +159,23 @@ pub fn document(doc: &KdlDocument, base_dir: PathBuf, source: super::Source, pro
 
 fn global(node: &KdlNode, r: &mut Reader) -> Option<Global> {
     r.no_properties(node);
-    r.args_only(node, 0, "no arguments");
+    r.args_only(
+        node,
+        0,
+        "options go inside the block: global { grace_period \"10s\" }",
+    );
     let opts = r.options(
         node,
-        &[("admin", Repeat::Once), ("log", Repeat::Once), ("grace_period", Repeat::Once)],
+        &[
+            ("admin", Repeat::Once),
+            ("log", Repeat::Once),
+            ("grace_period", Repeat::Once),
+        ],
     );
-    let log = opts.one("log").map(|n| log(n, r)).unwrap_or(Some(LogConfig::default()));
+    let log = opts
+        .one("log")
+        .map(|n| log(n, r))
+        .unwrap_or(Some(LogConfig::default()));
     let grace_period = opts
         .one("grace_period")
         .map(|n| r.value(n, "a duration such as \"10s\"", value::duration))
@@ -126,10 +194,13 @@ fn global(node: &KdlNode, r: &mut Reader) -> Option<Global> {
 fn log(node: &KdlNode, r: &mut Reader) -> Option<LogConfig> {
     r.no_children(node);
     r.known_properties(node, &["level", "format"]);
-    r.args_only(node, 0, "no arguments (write level=\"info\" format=\"text\")")?;
+    r.args_only(node, 0, "write log level=\"info\" format=\"text\"")?;
     let mut config = LogConfig::default();
     if let Some(entry) = node.entry("level") {
-        config.level = Some(r.check(value::one_of(entry, &["trace", "debug", "info", "warn", "error"]))?);
+        config.level = Some(r.check(value::one_of(
+            entry,
+            &["trace", "debug", "info", "warn", "error"],
+        ))?);
     }
     if let Some(entry) = node.entry("format") {
         config.format = match r.check(value::one_of(entry, &["text", "json"]))? {
@@ -143,7 +214,8 @@ fn log(node: &KdlNode, r: &mut Reader) -> Option<LogConfig> {
 fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
     r.no_properties(node);
     let args = r.args_only(node, 1, "one listen address, such as \"127.0.0.1:2019\"")?;
-    let address = r.check(value::listen_address(args[0]).map(|a| Spanned::new(a, value::value_span(args[0]))));
+    let address = r
+        .check(value::listen_address(args[0]).map(|a| Spanned::new(a, value::value_span(args[0]))));
     let opts = r.options(
         node,
         &[
@@ -191,11 +263,16 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
 
 fn site(node: &KdlNode, r: &mut Reader) -> Option<Site> {
     r.no_properties(node);
-    let addresses = match r.some_args(node, "one or more listen addresses, such as \"127.0.0.1:8080\"") {
+    let addresses = match r.some_args(
+        node,
+        "one or more listen addresses, such as \"127.0.0.1:8080\"",
+    ) {
         Some(args) => {
             let mut seen: Vec<Spanned<SocketAddr>> = Vec::new();
             for entry in args {
-                let Some(addr) = r.check(value::listen_address(entry)) else { continue };
+                let Some(addr) = r.check(value::listen_address(entry)) else {
+                    continue;
+                };
                 let span = value::value_span(entry);
                 if let Some(first) = seen.iter().find(|a| a.value == addr) {
                     r.push(
@@ -213,9 +290,12 @@ fn site(node: &KdlNode, r: &mut Reader) -> Option<Site> {
     };
     if node.children().is_none() {
         r.push(
-            Problem::error(name_span(node), "`site` needs a block with at least one `route`")
-                .label("no block")
-                .help("site \"127.0.0.1:8080\" { route \"/*\" { respond 200 } }"),
+            Problem::error(
+                name_span(node),
+                "`site` needs a block with at least one `route`",
+            )
+            .label("no block")
+            .help("site \"127.0.0.1:8080\" { route \"/*\" { respond 200 } }"),
         );
         return None;
     }
@@ -232,18 +312,26 @@ fn site(node: &KdlNode, r: &mut Reader) -> Option<Site> {
         Some(n) => {
             r.no_children(n);
             r.no_properties(n);
-            r.some_args(n, "one or more host names").and_then(|args| r.each(&args, HostPattern::parse))
+            r.some_args(n, "one or more host names").and_then(|args| {
+                r.each(&args, |e| {
+                    HostPattern::parse(e).map(|h| Spanned::new(h, value::value_span(e)))
+                })
+            })
         }
         None => Some(Vec::new()),
     };
     let tls = opts.one("tls").map(|n| tls(n, r));
     let access_log = opts.one("access_log").map(|n| {
-        r.value(n, "\"stdout\", \"stderr\" or a file path", value::non_empty_string)
-            .map(|s| match s.as_str() {
-                "stdout" => AccessLogTarget::Stdout,
-                "stderr" => AccessLogTarget::Stderr,
-                _ => AccessLogTarget::File(PathBuf::from(s)),
-            })
+        r.value(
+            n,
+            "\"stdout\", \"stderr\" or a file path",
+            value::non_empty_string,
+        )
+        .map(|s| match s.as_str() {
+            "stdout" => AccessLogTarget::Stdout,
+            "stderr" => AccessLogTarget::Stderr,
+            _ => AccessLogTarget::File(PathBuf::from(s)),
+        })
     });
     let route_nodes = opts.all("route");
     if route_nodes.is_empty() {
@@ -274,7 +362,7 @@ fn site(node: &KdlNode, r: &mut Reader) -> Option<Site> {
 fn tls(node: &KdlNode, r: &mut Reader) -> Option<Spanned<TlsConfig>> {
     r.no_children(node);
     r.known_properties(node, &["cert", "key"]);
-    r.args_only(node, 0, "no arguments (write cert=\"site.pem\" key=\"site-key.pem\")")?;
+    r.args_only(node, 0, "write tls cert=\"site.pem\" key=\"site-key.pem\"")?;
     let mut path = |key: &str| match node.entry(key) {
         Some(entry) => r.check(value::non_empty_string(entry)).map(PathBuf::from),
         None => {
@@ -308,6 +396,14 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
     let path = r
         .args_only(node, 1, "one path pattern, such as \"/api/*\" or \"/*\"")
         .and_then(|args| r.check(PathPattern::parse(args[0])));
+    if node.children().is_none() {
+        r.push(
+            Problem::error(name_span(node), "`route` needs a block of handlers")
+                .label("no block")
+                .help("route \"/*\" { respond 200 \"hello\\n\" }"),
+        );
+        return None;
+    }
     let mut methods = Vec::new();
     let mut headers = Vec::new();
     let mut steps: Vec<(Step, &KdlNode)> = Vec::new();
@@ -325,17 +421,30 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
             Some(HandlerKind::Middleware { decode, .. }) => {
                 steps.push((Step::Middleware(decode(child, r)), child))
             }
-            Some(HandlerKind::Terminal { decode, .. }) => steps.push((Step::Terminal(decode(child, r)), child)),
+            Some(HandlerKind::Terminal { decode, .. }) => {
+                steps.push((Step::Terminal(decode(child, r)), child))
+            }
             None => {
                 ok = false;
-                let known = ["method", "header"]
-                    .into_iter()
-                    .chain(handlers::REGISTRY.iter().map(|k| k.name()));
-                let p = Problem::error(name_span(child), format!("unknown handler or matcher `{name}`"))
-                    .label("unknown");
+                let mut known = vec!["method", "header"];
+                known.extend(
+                    handlers::REGISTRY
+                        .iter()
+                        .map(|k| k.name())
+                        .filter(|n| *n != "header"),
+                );
+                let known = known.into_iter();
+                let p = Problem::error(
+                    name_span(child),
+                    format!("unknown handler or matcher `{name}`"),
+                )
+                .label("unknown");
                 r.push(match value::suggest(name, known.clone()) {
                     Some(near) => p.help(format!("did you mean `{near}`?")),
-                    None => p.help(format!("a route holds: {}", known.collect::<Vec<_>>().join(", "))),
+                    None => p.help(format!(
+                        "a route holds: {}",
+                        known.collect::<Vec<_>>().join(", ")
+                    )),
                 });
             }
         }
@@ -345,14 +454,22 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
     for (step, child) in steps {
         if let Some((_, end)) = &terminal {
             ok = false;
+            let (this, end_span, end) = (child.name().value(), name_span(end), end.name().value());
+            let help = match step {
+                Step::Middleware(_) => format!("move `{this}` before `{end}`"),
+                Step::Terminal(_) => format!(
+                    "a route ends with exactly one of {}: remove one, or give it a route of its own",
+                    handlers::terminal_names().join(", ")
+                ),
+            };
             r.push(
                 Problem::error(
                     name_span(child),
-                    format!("`{}` comes after `{}`, which ends the chain", child.name().value(), end.name().value()),
+                    format!("`{this}` comes after `{end}`, which ends the chain"),
                 )
                 .label("never runs")
-                .also(name_span(end), "the chain ends here")
-                .help(format!("move `{}` before `{}`", child.name().value(), end.name().value())),
+                .also(end_span, "the chain ends here")
+                .help(help),
             );
             continue;
         }
@@ -364,11 +481,17 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
     }
     let terminal = match terminal {
         Some((t, _)) => t,
+        // An unknown node may well be the misspelled terminal: its own
+        // error says so, and a second one would only distract.
+        None if !ok => None,
         None => {
             r.push(
                 Problem::error(name_span(node), "this route has no handler that answers")
                     .label("no terminal handler")
-                    .help(format!("end the route with one of: {}", handlers::terminal_names().join(", "))),
+                    .help(format!(
+                        "end the route with one of: {}",
+                        handlers::terminal_names().join(", ")
+                    )),
             );
             None
         }
@@ -388,7 +511,12 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
     })
 }
 
-fn route_matcher(node: &KdlNode, r: &mut Reader, methods: &mut Vec<http::Method>, headers: &mut Vec<HeaderMatch>) -> Option<()> {
+fn route_matcher(
+    node: &KdlNode,
+    r: &mut Reader,
+    methods: &mut Vec<http::Method>,
+    headers: &mut Vec<HeaderMatch>,
+) -> Option<()> {
     r.no_properties(node);
     if node.name().value() == "method" {
         let args = r.some_args(node, "one or more methods, such as \"GET\" \"POST\"")?;
@@ -407,15 +535,23 @@ fn route_matcher(node: &KdlNode, r: &mut Reader, methods: &mut Vec<http::Method>
     let text = r.check(value::non_empty_string(name))?;
     if text.starts_with(['-', '+']) {
         r.push(
-            Problem::error(name.span(), format!("`header \"{text}\"` without a block is a request matcher"))
-                .label("not a header name")
-                .help(format!("to edit response headers, write header {{ \"{text}\" }}")),
+            Problem::error(
+                name.span(),
+                format!("`header \"{text}\"` without a block is a request matcher"),
+            )
+            .label("not a header name")
+            .help(format!(
+                "to edit response headers, write header {{ \"{text}\" }}"
+            )),
         );
         return None;
     }
     let header = r.check(value::header_name(name))?;
     let values = r.each(wanted, value::string)?;
-    headers.push(HeaderMatch { name: header, values });
+    headers.push(HeaderMatch {
+        name: header,
+        values,
+    });
     Some(())
 }
 
@@ -425,14 +561,34 @@ fn check_shared_addresses(sites: &[Site], r: &mut Reader) {
     let mut by_addr: HashMap<SocketAddr, Vec<(&Site, SourceSpan)>> = HashMap::new();
     for site in sites {
         for addr in &site.addresses {
-            by_addr.entry(addr.value).or_default().push((site, addr.span));
+            by_addr
+                .entry(addr.value)
+                .or_default()
+                .push((site, addr.span));
         }
     }
     let mut addrs: Vec<_> = by_addr.into_iter().collect();
     addrs.sort_by_key(|(_, sites)| sites[0].1.offset());
+    // A wildcard address takes its port on every interface: a specific
+    // address with the same port could not be bound beside it.
+    for (wild, sharing) in addrs.iter().filter(|(a, _)| a.ip().is_unspecified()) {
+        for (other, other_sites) in addrs
+            .iter()
+            .filter(|(a, _)| a != wild && a.port() == wild.port() && a.port() != 0)
+        {
+            if other.is_ipv4() == wild.is_ipv4() || wild.is_ipv6() {
+                r.push(
+                    Problem::error(other_sites[0].1, format!("{other} overlaps {wild}, which already takes port {} on every interface", wild.port()))
+                        .label("cannot be bound as well")
+                        .also(sharing[0].1, "every interface")
+                        .help(format!("list the sites on {wild} and tell them apart with `host`, or use a specific address for both")),
+                );
+            }
+        }
+    }
     for (addr, sharing) in addrs {
         let mut catch_all: Option<SourceSpan> = None;
-        let mut names: Vec<(&HostPattern, SourceSpan)> = Vec::new();
+        let mut names: Vec<&Spanned<HostPattern>> = Vec::new();
         for (site, span) in sharing {
             if site.hosts.is_empty() {
                 match catch_all {
@@ -447,14 +603,15 @@ fn check_shared_addresses(sites: &[Site], r: &mut Reader) {
                 continue;
             }
             for host in &site.hosts {
-                if let Some((_, first)) = names.iter().find(|(h, _)| *h == host) {
+                if let Some(first) = names.iter().find(|h| h.value == host.value) {
                     r.push(
-                        Problem::error(span, format!("host `{host}` is served twice on {addr}"))
+                        Problem::error(host.span, format!("host `{}` is served twice on {addr}", host.value))
                             .label("second site for this host")
-                            .also(*first, "first site for this host"),
+                            .also(first.span, "first site for this host")
+                            .help("each name may belong to one site per address; merge the two sites' routes"),
                     );
                 } else {
-                    names.push((host, span));
+                    names.push(host);
                 }
             }
         }

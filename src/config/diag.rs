@@ -134,7 +134,11 @@ fn summary(problems: &[Problem]) -> String {
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     match warnings {
         0 => plural(errors, "error"),
-        _ => format!("{}, {}", plural(errors, "error"), plural(warnings, "warning")),
+        _ => format!(
+            "{}, {}",
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        ),
     }
 }
 
@@ -154,7 +158,7 @@ pub fn render_problems(source: &Source, problems: &[Problem], style: Style) -> S
     // A fixed width keeps the output identical on every terminal, which is
     // what the `.expected` files in testdata/ rely on.
     let handler = GraphicalReportHandler::new_themed(theme)
-        .with_width(100)
+        .with_width(120)
         .with_links(false);
     let mut sorted: Vec<&Problem> = problems.iter().collect();
     sorted.sort_by_key(|p| p.span.offset());
@@ -204,7 +208,8 @@ impl Diagnostic for Located<'_> {
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        let primary = LabeledSpan::new_primary_with_span(self.problem.label.clone(), self.problem.span);
+        let primary =
+            LabeledSpan::new_primary_with_span(self.problem.label.clone(), self.problem.span);
         let secondary = self
             .problem
             .secondary

@@ -18,9 +18,12 @@ impl PathPattern {
     pub fn parse(entry: &kdl::KdlEntry) -> Parsed<PathPattern> {
         let text = value::string(entry)?;
         let bad = |why: &str| {
-            Problem::error(value::value_span(entry), format!("invalid path pattern `{text}`: {why}"))
-                .label("bad pattern")
-                .help("write an exact path \"/health\", a prefix \"/api/*\", or \"/*\" for every path")
+            Problem::error(
+                value::value_span(entry),
+                format!("invalid path pattern `{text}`: {why}"),
+            )
+            .label("bad pattern")
+            .help("write an exact path \"/health\", a prefix \"/api/*\", or \"/*\" for every path")
         };
         if !text.starts_with('/') {
             return Err(bad("it must start with /"));
@@ -52,16 +55,23 @@ impl HostPattern {
     pub fn parse(entry: &kdl::KdlEntry) -> Parsed<HostPattern> {
         let text = value::non_empty_string(entry)?.to_ascii_lowercase();
         let bad = |why: &str| {
-            Problem::error(value::value_span(entry), format!("invalid host `{text}`: {why}"))
-                .label("bad host")
-                .help("write a name such as \"example.com\" or \"*.example.com\", without scheme or port")
+            Problem::error(
+                value::value_span(entry),
+                format!("invalid host `{text}`: {why}"),
+            )
+            .label("bad host")
+            .help(
+                "write a name such as \"example.com\" or \"*.example.com\", without scheme or port",
+            )
         };
         let name = match text.strip_prefix("*.") {
             Some(rest) => rest,
             None => text.as_str(),
         };
         if name.contains('*') {
-            return Err(bad("`*` may only stand for the first label, as in *.example.com"));
+            return Err(bad(
+                "`*` may only stand for the first label, as in *.example.com",
+            ));
         }
         if name.contains(['/', ':', '@', ' ']) {
             return Err(bad("a host is a bare name"));
@@ -108,7 +118,11 @@ impl HeaderMatch {
         if self.values.is_empty() {
             return present.peek().is_some();
         }
-        present.any(|v| self.values.iter().any(|want| v.as_bytes() == want.as_bytes()))
+        present.any(|v| {
+            self.values
+                .iter()
+                .any(|want| v.as_bytes() == want.as_bytes())
+        })
     }
 }
 

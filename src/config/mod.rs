@@ -74,7 +74,10 @@ pub fn parse(name: &str, text: &str, base_dir: PathBuf) -> Result<Loaded, Config
             config,
             warnings: problems,
         }),
-        _ => Err(ConfigError { file: source, problems }),
+        _ => Err(ConfigError {
+            file: source,
+            problems,
+        }),
     }
 }
 

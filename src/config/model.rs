@@ -59,7 +59,7 @@ pub struct AdminConfig {
 pub struct Site {
     pub addresses: Vec<Spanned<SocketAddr>>,
     /// Empty: this site answers any host on its addresses.
-    pub hosts: Vec<HostPattern>,
+    pub hosts: Vec<Spanned<HostPattern>>,
     pub tls: Option<Spanned<TlsConfig>>,
     pub access_log: Option<AccessLogTarget>,
     pub routes: Vec<Route>,

@@ -27,11 +27,17 @@ pub fn node_span(node: &KdlNode) -> SourceSpan {
 }
 
 pub fn arguments(node: &KdlNode) -> Vec<&KdlEntry> {
-    node.entries().iter().filter(|e| e.name().is_none()).collect()
+    node.entries()
+        .iter()
+        .filter(|e| e.name().is_none())
+        .collect()
 }
 
 pub fn properties(node: &KdlNode) -> Vec<&KdlEntry> {
-    node.entries().iter().filter(|e| e.name().is_some()).collect()
+    node.entries()
+        .iter()
+        .filter(|e| e.name().is_some())
+        .collect()
 }
 
 /// The children of a node, or none.
@@ -67,8 +73,11 @@ impl<'p> Reader<'p> {
     pub fn no_children(&mut self, node: &KdlNode) {
         if let Some(doc) = node.children() {
             self.push(
-                Problem::error(doc.span(), format!("`{}` takes no block", node.name().value()))
-                    .label("unexpected block"),
+                Problem::error(
+                    doc.span(),
+                    format!("`{}` takes no block", node.name().value()),
+                )
+                .label("unexpected block"),
             );
         }
     }
@@ -115,14 +124,24 @@ impl<'p> Reader<'p> {
     }
 
     /// Exactly `count` arguments described by `what`, no properties, no block.
-    pub fn args<'n>(&mut self, node: &'n KdlNode, count: usize, what: &str) -> Option<Vec<&'n KdlEntry>> {
+    pub fn args<'n>(
+        &mut self,
+        node: &'n KdlNode,
+        count: usize,
+        what: &str,
+    ) -> Option<Vec<&'n KdlEntry>> {
         self.no_children(node);
         self.no_properties(node);
         self.args_only(node, count, what)
     }
 
     /// Exactly `count` arguments; properties and block are the caller's business.
-    pub fn args_only<'n>(&mut self, node: &'n KdlNode, count: usize, what: &str) -> Option<Vec<&'n KdlEntry>> {
+    pub fn args_only<'n>(
+        &mut self,
+        node: &'n KdlNode,
+        count: usize,
+        what: &str,
+    ) -> Option<Vec<&'n KdlEntry>> {
         let args = arguments(node);
         let name = node.name().value();
         if args.len() < count {
@@ -133,11 +152,16 @@ impl<'p> Reader<'p> {
             return None;
         }
         if args.len() > count {
+            let message = match count {
+                0 => format!("`{name}` takes no arguments"),
+                _ => format!("`{name}` takes only {what}"),
+            };
             for extra in &args[count..] {
-                self.push(
-                    Problem::error(extra.span(), format!("`{name}` takes only {what}"))
-                        .label("unexpected argument"),
-                );
+                let p = Problem::error(extra.span(), message.clone()).label("unexpected argument");
+                self.push(match count {
+                    0 => p.help(what.to_string()),
+                    _ => p,
+                });
             }
             return None;
         }
@@ -149,8 +173,11 @@ impl<'p> Reader<'p> {
         let args = arguments(node);
         if args.is_empty() {
             self.push(
-                Problem::error(name_span(node), format!("`{}` needs {what}", node.name().value()))
-                    .label("missing argument"),
+                Problem::error(
+                    name_span(node),
+                    format!("`{}` needs {what}", node.name().value()),
+                )
+                .label("missing argument"),
             );
             return None;
         }
@@ -158,13 +185,22 @@ impl<'p> Reader<'p> {
     }
 
     /// The single value of an option node such as `sample 0.25`.
-    pub fn value<T>(&mut self, node: &KdlNode, what: &str, parse: impl FnOnce(&KdlEntry) -> Parsed<T>) -> Option<T> {
+    pub fn value<T>(
+        &mut self,
+        node: &KdlNode,
+        what: &str,
+        parse: impl FnOnce(&KdlEntry) -> Parsed<T>,
+    ) -> Option<T> {
         let args = self.args(node, 1, what)?;
         self.check(parse(args[0]))
     }
 
     /// Each argument parsed by `parse`; `None` if any fails (all are reported).
-    pub fn each<T>(&mut self, args: &[&KdlEntry], parse: impl Fn(&KdlEntry) -> Parsed<T>) -> Option<Vec<T>> {
+    pub fn each<T>(
+        &mut self,
+        args: &[&KdlEntry],
+        parse: impl Fn(&KdlEntry) -> Parsed<T>,
+    ) -> Option<Vec<T>> {
         let mut out = Vec::with_capacity(args.len());
         let mut ok = true;
         for entry in args {
@@ -179,6 +215,29 @@ impl<'p> Reader<'p> {
         ok.then_some(out)
     }
 
+    /// Upstream or target URLs, each given once.
+    pub fn urls(&mut self, args: &[&KdlEntry]) -> Option<Vec<value::UpstreamUrl>> {
+        let mut urls: Vec<value::UpstreamUrl> = Vec::new();
+        let mut ok = true;
+        for entry in args {
+            let Some(url) = self.check(value::upstream_url(entry)) else {
+                ok = false;
+                continue;
+            };
+            if urls.contains(&url) {
+                self.push(
+                    Problem::error(value::value_span(entry), format!("{url} is listed twice"))
+                        .label("again")
+                        .help("list each URL once"),
+                );
+                ok = false;
+                continue;
+            }
+            urls.push(url);
+        }
+        ok.then_some(urls)
+    }
+
     /// A header operation: `"Name" "value"` sets, `"-Name"` removes,
     /// `"+Name" "value"` adds another value.
     pub fn header_op(&mut self, node: &KdlNode) -> Option<HeaderOp> {
@@ -186,7 +245,9 @@ impl<'p> Reader<'p> {
         self.no_properties(node);
         let args = arguments(node);
         let option = node.name().value();
-        let usage = || format!("write `{option} \"Name\" \"value\"` to set a header or `{option} \"-Name\"` to remove it");
+        let usage = || {
+            format!("write `{option} \"Name\" \"value\"` to set a header or `{option} \"-Name\"` to remove it")
+        };
         let Some(first) = args.first() else {
             self.push(
                 Problem::error(name_span(node), format!("`{option}` needs a header name"))
@@ -201,7 +262,13 @@ impl<'p> Reader<'p> {
 
     /// Builds a header operation from a name (with its `-`/`+` prefix) and
     /// the entries after it.
-    pub fn header_op_from(&mut self, name: &str, span: SourceSpan, rest: &[&KdlEntry], usage: String) -> Option<HeaderOp> {
+    pub fn header_op_from(
+        &mut self,
+        name: &str,
+        span: SourceSpan,
+        rest: &[&KdlEntry],
+        usage: String,
+    ) -> Option<HeaderOp> {
         let (prefix, bare) = match name.as_bytes().first() {
             Some(&c @ (b'-' | b'+')) => (Some(c), &name[1..]),
             _ => (None, name),
@@ -252,19 +319,29 @@ impl<'p> Reader<'p> {
 
     /// Sorts a block's children by option name, reporting unknown names and
     /// options given twice that may be given once.
-    pub fn options<'n>(&mut self, node: &'n KdlNode, known: &[(&'static str, Repeat)]) -> Options<'n> {
+    pub fn options<'n>(
+        &mut self,
+        node: &'n KdlNode,
+        known: &[(&'static str, Repeat)],
+    ) -> Options<'n> {
         let mut found: Vec<(&'static str, &'n KdlNode)> = Vec::new();
         let block = node.name().value();
         for child in children(node) {
             let name = child.name().value();
             let Some(&(key, repeat)) = known.iter().find(|(k, _)| *k == name) else {
                 let names = known.iter().map(|(k, _)| *k);
-                let mut p = Problem::error(name_span(child), format!("unknown option `{name}` in `{block}`"))
-                    .label("unknown option");
+                let mut p = Problem::error(
+                    name_span(child),
+                    format!("unknown option `{name}` in `{block}`"),
+                )
+                .label("unknown option");
                 p = match value::suggest(name, names.clone()) {
                     Some(near) => p.help(format!("did you mean `{near}`?")),
                     None if known.is_empty() => p.help(format!("`{block}` takes no options")),
-                    None => p.help(format!("`{block}` takes: {}", names.collect::<Vec<_>>().join(", "))),
+                    None => p.help(format!(
+                        "`{block}` takes: {}",
+                        names.collect::<Vec<_>>().join(", ")
+                    )),
                 };
                 self.push(p);
                 continue;
@@ -272,10 +349,13 @@ impl<'p> Reader<'p> {
             if repeat == Repeat::Once {
                 if let Some((_, first)) = found.iter().find(|(k, _)| *k == key) {
                     self.push(
-                        Problem::error(name_span(child), format!("duplicate option `{name}` in `{block}`"))
-                            .label("set again here")
-                            .also(name_span(first), "first set here")
-                            .help("give each option once"),
+                        Problem::error(
+                            name_span(child),
+                            format!("duplicate option `{name}` in `{block}`"),
+                        )
+                        .label("set again here")
+                        .also(name_span(first), "first set here")
+                        .help("give each option once"),
                     );
                     continue;
                 }
@@ -304,6 +384,10 @@ impl<'n> Options<'n> {
 
     /// Every node for a repeatable option.
     pub fn all(&self, name: &str) -> Vec<&'n KdlNode> {
-        self.found.iter().filter(|(k, _)| *k == name).map(|(_, n)| *n).collect()
+        self.found
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, n)| *n)
+            .collect()
     }
 }

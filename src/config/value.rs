@@ -85,7 +85,9 @@ pub fn boolean(entry: &KdlEntry) -> Parsed<bool> {
     match entry.value() {
         KdlValue::Bool(b) => Ok(*b),
         KdlValue::String(s) if s == "true" || s == "false" => Err(wrong_type(entry, "a boolean")
-            .help(format!("KDL v2 spells booleans #true and #false: write #{s}"))),
+            .help(format!(
+                "KDL v2 spells booleans #true and #false: write #{s}"
+            ))),
         _ => Err(wrong_type(entry, "a boolean").help("write #true or #false")),
     }
 }
@@ -146,8 +148,9 @@ pub fn duration(entry: &KdlEntry) -> Parsed<Duration> {
 pub fn positive_duration(entry: &KdlEntry) -> Parsed<Duration> {
     let d = duration(entry)?;
     if d.is_zero() {
-        return Err(Problem::error(value_span(entry), "this duration must be more than zero")
-            .label("zero"));
+        return Err(
+            Problem::error(value_span(entry), "this duration must be more than zero").label("zero"),
+        );
     }
     Ok(d)
 }
@@ -159,13 +162,17 @@ fn parse_duration(text: &str) -> Option<Duration> {
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let number: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(number),
             "s" => Duration::from_secs(number),
@@ -195,7 +202,9 @@ pub fn size(entry: &KdlEntry) -> Parsed<u64> {
 
 fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     if digits == 0 {
         return None;
     }
@@ -222,13 +231,18 @@ pub fn status(entry: &KdlEntry) -> Parsed<StatusCode> {
 pub fn method(entry: &KdlEntry) -> Parsed<Method> {
     let s = non_empty_string(entry)?;
     if s.bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(Problem::error(value_span(entry), "HTTP methods are case-sensitive")
-            .label("lower case")
-            .help(format!("write \"{}\"", s.to_ascii_uppercase())));
+        return Err(
+            Problem::error(value_span(entry), "HTTP methods are case-sensitive")
+                .label("lower case")
+                .help(format!("write \"{}\"", s.to_ascii_uppercase())),
+        );
     }
     Method::from_bytes(s.as_bytes()).map_err(|_| {
-        Problem::error(value_span(entry), format!("`{s}` is not a valid HTTP method"))
-            .label("not a method")
+        Problem::error(
+            value_span(entry),
+            format!("`{s}` is not a valid HTTP method"),
+        )
+        .label("not a method")
     })
 }
 
@@ -238,16 +252,22 @@ pub fn header_name(entry: &KdlEntry) -> Parsed<HeaderName> {
 }
 
 pub fn bad_header_name(entry: &KdlEntry, name: &str) -> Problem {
-    Problem::error(value_span(entry), format!("`{name}` is not a valid header name"))
-        .label("not a header name")
-        .help("header names are tokens: letters, digits and !#$%&'*+-.^_`|~")
+    Problem::error(
+        value_span(entry),
+        format!("`{name}` is not a valid header name"),
+    )
+    .label("not a header name")
+    .help("header names are tokens: letters, digits and !#$%&'*+-.^_`|~")
 }
 
 pub fn header_value(entry: &KdlEntry) -> Parsed<HeaderValue> {
     let s = string(entry)?;
     HeaderValue::from_str(&s).map_err(|_| {
-        Problem::error(value_span(entry), "header values may not hold control characters")
-            .label("not a header value")
+        Problem::error(
+            value_span(entry),
+            "header values may not hold control characters",
+        )
+        .label("not a header value")
     })
 }
 
@@ -256,9 +276,12 @@ pub fn header_value(entry: &KdlEntry) -> Parsed<HeaderValue> {
 pub fn listen_address(entry: &KdlEntry) -> Parsed<SocketAddr> {
     let text = non_empty_string(entry)?;
     let bad = |why: &str| {
-        Problem::error(value_span(entry), format!("invalid listen address `{text}`: {why}"))
-            .label("not an address")
-            .help("write an IP address and port: \"127.0.0.1:8080\", \"[::1]:8080\" or \":8080\"")
+        Problem::error(
+            value_span(entry),
+            format!("invalid listen address `{text}`: {why}"),
+        )
+        .label("not an address")
+        .help("write an IP address and port: \"127.0.0.1:8080\", \"[::1]:8080\" or \":8080\"")
     };
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
@@ -266,7 +289,9 @@ pub fn listen_address(entry: &KdlEntry) -> Parsed<SocketAddr> {
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(bad("no port"));
     };
-    let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
     let ip = match host {
         "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -303,9 +328,24 @@ impl std::fmt::Display for UpstreamUrl {
 pub fn upstream_url(entry: &KdlEntry) -> Parsed<UpstreamUrl> {
     let text = non_empty_string(entry)?;
     let bad = |why: &str| {
-        Problem::error(value_span(entry), format!("invalid upstream URL `{text}`: {why}"))
-            .label("bad URL")
+        Problem::error(
+            value_span(entry),
+            format!("invalid upstream URL `{text}`: {why}"),
+        )
+        .label("bad URL")
     };
+    if text.ends_with(':')
+        && text[..text.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic())
+    {
+        return Err(Problem::error(
+            value_span(entry),
+            "this URL is cut short: `//` starts a comment in KDL",
+        )
+        .label("the rest became a comment")
+        .help("quote the URL: \"http://host:port\""));
+    }
     let uri: http::Uri = text
         .parse()
         .map_err(|_| bad("not a URL").help("write it as \"http://host:port\""))?;

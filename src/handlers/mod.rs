@@ -28,7 +28,7 @@ macro_rules! handlers {
     };
 }
 
-handlers![respond, reverse_proxy, header, rewrite];
+handlers![respond, reverse_proxy, header, rewrite, mirror];
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -95,6 +95,8 @@ pub struct BuildContext {
     pub route: String,
     /// Where relative paths in the site file are resolved from.
     pub base_dir: std::path::PathBuf,
+    /// Where mirrors make themselves known, for shutdown and the admin API.
+    pub mirrors: crate::mirror::MirrorRegistry,
 }
 
 /// A handler could not be built from a valid config (a file that cannot be
@@ -144,5 +146,9 @@ pub fn find(name: &str) -> Option<&'static HandlerKind> {
 }
 
 pub fn terminal_names() -> Vec<&'static str> {
-    REGISTRY.iter().filter(|k| k.is_terminal()).map(|k| k.name()).collect()
+    REGISTRY
+        .iter()
+        .filter(|k| k.is_terminal())
+        .map(|k| k.name())
+        .collect()
 }

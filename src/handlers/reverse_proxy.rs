@@ -59,7 +59,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
     r.no_properties(node);
     let upstreams = r
         .some_args(node, "one or more upstream URLs, such as \"http://127.0.0.1:9000\"")
-        .and_then(|args| r.each(&args, value::upstream_url));
+        .and_then(|args| r.urls(&args));
     let opts = r.options(
         node,
         &[

@@ -86,11 +86,18 @@ mod tests {
     fn appends_to_existing_chain() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
-        add(&mut h, &conn("192.0.2.7"), Some(&HeaderValue::from_static("example.com")));
+        add(
+            &mut h,
+            &conn("192.0.2.7"),
+            Some(&HeaderValue::from_static("example.com")),
+        );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 192.0.2.7");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "example.com");
-        assert_eq!(h[FORWARDED], "for=192.0.2.7;host=\"example.com\";proto=http");
+        assert_eq!(
+            h[FORWARDED],
+            "for=192.0.2.7;host=\"example.com\";proto=http"
+        );
     }
 
     #[test]

@@ -38,9 +38,18 @@ impl AccessLog {
             AccessLogTarget::Stderr => Box::new(io::stderr()),
             AccessLogTarget::File(path) => {
                 let path = base_dir.join(path);
-                Box::new(OpenOptions::new().create(true).append(true).open(&path).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot open access log {}: {e}", path.display()))
-                })?)
+                Box::new(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| {
+                            io::Error::new(
+                                e.kind(),
+                                format!("cannot open access log {}: {e}", path.display()),
+                            )
+                        })?,
+                )
             }
         };
         let (tx, rx) = crossbeam_channel::bounded::<String>(QUEUE);
@@ -116,7 +125,11 @@ impl Entry {
             start,
             client: conn.client,
             method: req.method().to_string(),
-            uri: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            uri: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             version: req.version(),
             host: header(header::HOST),
             referer: header(header::REFERER),
@@ -206,7 +219,10 @@ impl http_body::Body for Logged {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {

@@ -63,7 +63,13 @@ impl Listener {
                         local,
                         tls: false,
                     };
-                    serve_connection(stream, conn, self.router.clone(), builder.clone(), watcher());
+                    serve_connection(
+                        stream,
+                        conn,
+                        self.router.clone(),
+                        builder.clone(),
+                        watcher(),
+                    );
                 }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of

@@ -7,7 +7,7 @@ pub mod router;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, LogFormat};
 use crate::handlers::{BuildContext, Chain};
+use crate::mirror::{Mirror, MirrorRegistry};
 use access_log::AccessLog;
 use listener::Listener;
 use router::{AddressRouter, RouteRuntime, SiteRuntime};
@@ -23,7 +24,10 @@ use router::{AddressRouter, RouteRuntime, SiteRuntime};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Build(String),
 }
@@ -43,6 +47,7 @@ pub struct Running {
     accept_loops: JoinSet<()>,
     /// Shared with the accept loops, which make a watcher per connection.
     graceful: Arc<GracefulShutdown>,
+    mirrors: MirrorRegistry,
 }
 
 impl Running {
@@ -69,17 +74,30 @@ impl Running {
         if open > 0 {
             tracing::info!(connections = open, grace = ?grace, "waiting for open connections");
         }
-        let finished = tokio::time::timeout(grace, graceful.shutdown()).await.is_ok();
+        let finished = tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_ok();
         if !finished {
             tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
         }
+        // Copies queued by the last requests get their own grace period.
+        let deadline = Instant::now() + grace;
+        for mirror in self.mirrors.all() {
+            mirror.drain(deadline).await;
+        }
         finished
+    }
+
+    /// The mirrors this server runs, for inspection (tests, admin).
+    pub fn mirrors(&self) -> Vec<Arc<Mirror>> {
+        self.mirrors.all()
     }
 }
 
 /// Builds every site and handler, binds every address, and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let format = config.global.log.format;
+    let mirrors = MirrorRegistry::default();
     // Addresses in the order the file first names them.
     let mut by_addr: Vec<(SocketAddr, Vec<Arc<SiteRuntime>>)> = Vec::new();
     for site in &config.sites {
@@ -88,7 +106,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 "TLS termination (`tls`) is not available in this version of teebox yet".into(),
             ));
         }
-        let runtime = Arc::new(build_site(config, site, format)?);
+        let runtime = Arc::new(build_site(config, site, format, &mirrors)?);
         for addr in &site.addresses {
             match by_addr.iter_mut().find(|(a, _)| *a == addr.value) {
                 Some((_, sites)) => sites.push(runtime.clone()),
@@ -103,9 +121,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let tcp = listener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let local = tcp.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let local = tcp
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
         tracing::info!(address = %local, "listening");
-        bound.push(Bound { configured: addr, local });
+        bound.push(Bound {
+            configured: addr,
+            local,
+        });
         listeners.push(Listener {
             tcp,
             router: Arc::new(AddressRouter::new(sites)),
@@ -118,17 +141,24 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     for listener in listeners {
         let graceful = graceful.clone();
         let stop_rx = stop_rx.clone();
-        accept_loops.spawn(async move { listener.serve(stop_rx, move || graceful.watcher()).await });
+        accept_loops
+            .spawn(async move { listener.serve(stop_rx, move || graceful.watcher()).await });
     }
     Ok(Running {
         bound,
         stop,
         accept_loops,
         graceful,
+        mirrors,
     })
 }
 
-fn build_site(config: &Config, site: &crate::config::Site, format: LogFormat) -> Result<SiteRuntime, StartError> {
+fn build_site(
+    config: &Config,
+    site: &crate::config::Site,
+    format: LogFormat,
+    mirrors: &MirrorRegistry,
+) -> Result<SiteRuntime, StartError> {
     let name = site
         .addresses
         .iter()
@@ -137,7 +167,8 @@ fn build_site(config: &Config, site: &crate::config::Site, format: LogFormat) ->
         .join(" ");
     let access_log = match &site.access_log {
         Some(target) => Some(
-            AccessLog::open(target, &config.base_dir, format).map_err(|e| StartError::Build(e.to_string()))?,
+            AccessLog::open(target, &config.base_dir, format)
+                .map_err(|e| StartError::Build(e.to_string()))?,
         ),
         None => None,
     };
@@ -146,6 +177,7 @@ fn build_site(config: &Config, site: &crate::config::Site, format: LogFormat) ->
         let cx = BuildContext {
             route: format!("{name} {:?}", route.matcher.path),
             base_dir: config.base_dir.clone(),
+            mirrors: mirrors.clone(),
         };
         let fail = |e: crate::handlers::BuildError| StartError::Build(format!("{}: {e}", cx.route));
         let middleware = route
@@ -160,7 +192,7 @@ fn build_site(config: &Config, site: &crate::config::Site, format: LogFormat) ->
         });
     }
     Ok(SiteRuntime {
-        hosts: site.hosts.clone(),
+        hosts: site.hosts.iter().map(|h| h.value.clone()).collect(),
         routes,
         access_log,
     })

@@ -24,10 +24,10 @@ pub struct SiteRuntime {
 
 impl SiteRuntime {
     async fn handle(&self, req: Request) -> Response {
-        let route = self
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(req.method(), req.uri().path(), req.headers()));
+        let route = self.routes.iter().find(|r| {
+            r.matcher
+                .matches(req.method(), req.uri().path(), req.headers())
+        });
         match route {
             Some(route) => route.chain.run(req).await,
             None => plain(StatusCode::NOT_FOUND, "404 Not Found\n"),
@@ -53,15 +53,22 @@ impl AddressRouter {
     }
 
     fn site_for(&self, host: Option<&str>) -> Option<&Arc<SiteRuntime>> {
-        host.and_then(|host| self.named.iter().find(|s| s.hosts.iter().any(|p| p.matches(host))))
-            .or(self.catch_all.as_ref())
+        host.and_then(|host| {
+            self.named
+                .iter()
+                .find(|s| s.hosts.iter().any(|p| p.matches(host)))
+        })
+        .or(self.catch_all.as_ref())
     }
 
     pub async fn handle(&self, mut req: Request, conn: ConnInfo) -> Response {
         let start = Instant::now();
         let host = request_host(&req);
         let Some(site) = self.site_for(host.as_deref()) else {
-            return plain(StatusCode::NOT_FOUND, "404 Not Found: no site for this host\n");
+            return plain(
+                StatusCode::NOT_FOUND,
+                "404 Not Found: no site for this host\n",
+            );
         };
         req.extensions_mut().insert(conn);
         let Some(log) = &site.access_log else {
@@ -92,9 +99,10 @@ fn request_host(req: &Request) -> Option<String> {
 pub fn plain(status: StatusCode, text: &'static str) -> Response {
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 

@@ -1,0 +1,339 @@
+//! The mirror engine behind the `mirror` handler: sampling, the copy of each
+//! request, and per-target backlogs and worker pools that live apart from
+//! the client's request.
+//!
+//! The request path does three cheap things: decide (sampling), tee the body
+//! (reference-counted chunks, no copying), and offer the finished copy to
+//! each target with a non-blocking send. Everything slow happens in the
+//! targets' workers, so a slow, hanging or dead shadow changes nothing for
+//! the client.
+
+pub mod breaker;
+pub mod copy;
+pub mod stats;
+pub mod target;
+pub mod tee;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::value::UpstreamUrl;
+use crate::http::header_ops::HeaderOps;
+use crate::http::{forwarded, hop_by_hop, ConnInfo};
+use copy::CopyRequest;
+use stats::{bump, Counts};
+use target::{CopyClient, Target, TargetSettings};
+use tee::Abandon;
+
+/// Everything a `mirror` block says, checked.
+#[derive(Debug, Clone)]
+pub struct MirrorOptions {
+    pub name: Option<String>,
+    pub sample: f64,
+    pub max_body: u64,
+    pub alert_interval: Duration,
+    pub header_up: HeaderOps,
+    pub targets: TargetSettings,
+}
+
+/// The live targets of one mirror. Swapped whole on every change, so the
+/// request path reads it without a lock.
+pub struct TargetSet {
+    targets: ArcSwap<Vec<Arc<Target>>>,
+    /// Serialises changes (adds and removes), not reads.
+    changes: Mutex<()>,
+}
+
+impl TargetSet {
+    pub fn current(&self) -> Arc<Vec<Arc<Target>>> {
+        self.targets.load_full()
+    }
+
+    /// Takes a target out; its queued copies are dropped and counted.
+    pub fn remove(&self, url: &UpstreamUrl) -> bool {
+        let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.targets.load_full();
+        let Some(index) = current.iter().position(|t| t.url() == url) else {
+            return false;
+        };
+        current[index].mark_removed();
+        let mut next = current.as_ref().clone();
+        next.remove(index);
+        self.targets.store(Arc::new(next));
+        true
+    }
+
+    fn add(&self, target: Target) -> Result<(), Target> {
+        let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.targets.load_full();
+        if current.iter().any(|t| t.url() == target.url()) {
+            return Err(target);
+        }
+        let mut next = current.as_ref().clone();
+        next.push(Arc::new(target));
+        self.targets.store(Arc::new(next));
+        Ok(())
+    }
+}
+
+pub struct Mirror {
+    options: MirrorOptions,
+    /// Names the mirror in logs: its `name`, or its route.
+    label: String,
+    set: Arc<TargetSet>,
+    client: CopyClient,
+    /// Upgrade requests (WebSocket) are never copied: a copy could not
+    /// take part in the conversation.
+    skipped_upgrade: AtomicU64,
+}
+
+impl Mirror {
+    /// Starts the targets' workers and the alert task on the current runtime.
+    pub fn start(options: MirrorOptions, urls: &[UpstreamUrl], label: String) -> Arc<Mirror> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(options.targets.timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(options.targets.concurrency)
+            .build(connector);
+        let set = Arc::new(TargetSet {
+            targets: ArcSwap::from_pointee(Vec::new()),
+            changes: Mutex::new(()),
+        });
+        for url in urls {
+            // URLs were checked for duplicates when the file was read.
+            let _ = set.add(Target::start(url.clone(), &options.targets, &client, &set));
+        }
+        tokio::spawn(alerts(
+            Arc::downgrade(&set),
+            options.alert_interval,
+            label.clone(),
+        ));
+        Arc::new(Mirror {
+            options,
+            label,
+            set,
+            client,
+            skipped_upgrade: AtomicU64::new(0),
+        })
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.options.name.as_deref()
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn targets(&self) -> Arc<Vec<Arc<Target>>> {
+        self.set.current()
+    }
+
+    /// Adds a target at runtime, with the mirror's options. `false` if it
+    /// is already there.
+    pub fn add_target(&self, url: UpstreamUrl) -> bool {
+        let target = Target::start(url, &self.options.targets, &self.client, &self.set);
+        match self.set.add(target) {
+            Ok(()) => true,
+            Err(target) => {
+                target.abort();
+                false
+            }
+        }
+    }
+
+    pub fn remove_target(&self, url: &UpstreamUrl) -> bool {
+        self.set.remove(url)
+    }
+
+    pub fn skipped_upgrade(&self) -> u64 {
+        self.skipped_upgrade.load(Ordering::Relaxed)
+    }
+
+    pub fn count_upgrade(&self) {
+        bump(&self.skipped_upgrade);
+    }
+
+    /// Decides, once per request, whether it is copied; counts it per
+    /// target when it is not.
+    pub fn sampled(&self, targets: &[Arc<Target>]) -> bool {
+        let sample = self.options.sample;
+        if sample >= 1.0 || (sample > 0.0 && rand::random::<f64>() < sample) {
+            return true;
+        }
+        for target in targets {
+            bump(&target.state().stats.sampled_out);
+        }
+        false
+    }
+
+    /// Takes what the copy needs from the request head, as `reverse_proxy`
+    /// would send it upstream, plus the mirror's own `header_up`.
+    pub fn pending(
+        self: &Arc<Self>,
+        head: &http::request::Parts,
+        targets: Arc<Vec<Arc<Target>>>,
+    ) -> PendingCopy {
+        let mut headers = head.headers.clone();
+        let host = headers
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| head.uri.authority().and_then(|a| a.as_str().parse().ok()));
+        let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
+        hop_by_hop::strip(&mut headers);
+        if let Some(conn) = head.extensions.get::<ConnInfo>() {
+            forwarded::add(&mut headers, conn, host.as_ref());
+        }
+        headers.remove(http::header::HOST);
+        self.options.header_up.apply(&mut headers);
+        let uri = head
+            .uri
+            .path_and_query()
+            .and_then(|pq| Uri::try_from(pq.as_str()).ok())
+            .unwrap_or_else(|| Uri::from_static("/"));
+        PendingCopy {
+            mirror: self.clone(),
+            targets,
+            method: head.method.clone(),
+            uri,
+            headers,
+            had_length,
+        }
+    }
+
+    /// Gives queued copies until `deadline` to be sent, then stops every
+    /// worker and counts what was left as dropped.
+    pub async fn drain(&self, deadline: Instant) {
+        let targets = self.targets();
+        let busy = || {
+            targets
+                .iter()
+                .any(|t| t.backlog_depth() > 0 || t.in_flight() > 0)
+        };
+        while busy() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if busy() {
+            tracing::warn!(mirror = %self.label, "grace period over; dropping queued copies");
+        }
+        for target in targets.iter() {
+            target.abort();
+        }
+    }
+}
+
+/// The copy of one request, waiting for the body to end.
+pub struct PendingCopy {
+    mirror: Arc<Mirror>,
+    /// The targets when the request arrived: a copy goes where the request
+    /// was meant to be mirrored, even if the set changes meanwhile.
+    targets: Arc<Vec<Arc<Target>>>,
+    method: http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+    had_length: bool,
+}
+
+impl PendingCopy {
+    pub fn max_body(&self) -> u64 {
+        self.mirror.options.max_body
+    }
+
+    pub fn dispatch(self, chunks: Vec<Bytes>, trailers: Option<HeaderMap>) {
+        let copy = Arc::new(CopyRequest {
+            method: self.method,
+            uri: self.uri,
+            headers: self.headers,
+            chunks,
+            trailers,
+            had_length: self.had_length,
+        });
+        for target in self.targets.iter() {
+            target.offer(&copy);
+        }
+    }
+
+    pub fn abandon(self, why: Abandon) {
+        for target in self.targets.iter() {
+            let stats = &target.state().stats;
+            match why {
+                Abandon::TooLarge => bump(&stats.skipped_too_large),
+                Abandon::Incomplete => bump(&stats.incomplete),
+            }
+        }
+    }
+}
+
+/// At most one warning per target per interval, summing up what went wrong
+/// since the last one: never a line per failed copy.
+async fn alerts(set: std::sync::Weak<TargetSet>, interval: Duration, label: String) {
+    let mut last: HashMap<String, Counts> = HashMap::new();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(set) = set.upgrade() else { return };
+        let mut seen = HashMap::new();
+        for target in set.current().iter() {
+            let url = target.url().to_string();
+            let now = target.state().stats.counts();
+            let before = last.get(&url).copied().unwrap_or_default();
+            let delta = |f: fn(&Counts) -> u64| f(&now) - f(&before);
+            let dropped = delta(|c| c.dropped);
+            let failed = delta(|c| c.failed);
+            let timed_out = delta(|c| c.timed_out);
+            let skipped = delta(|c| c.skipped_paused + c.skipped_too_large + c.incomplete);
+            let paused = delta(|c| c.paused);
+            if dropped + failed + timed_out + skipped + paused > 0 {
+                tracing::warn!(
+                    mirror = %label,
+                    target_url = %url,
+                    dropped, failed, timed_out, skipped, paused,
+                    succeeded = delta(|c| c.succeeded),
+                    paused_now = target.state().breaker.is_paused(),
+                    "mirror target trouble in the last {}",
+                    humantime::format_duration(interval),
+                );
+            }
+            seen.insert(url, now);
+        }
+        last = seen;
+    }
+}
+
+/// Every mirror built from one config, for shutdown (and the admin
+/// endpoint) to find.
+#[derive(Clone, Default)]
+pub struct MirrorRegistry(Arc<Mutex<Vec<Arc<Mirror>>>>);
+
+impl MirrorRegistry {
+    pub fn register(&self, mirror: Arc<Mirror>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(mirror);
+    }
+
+    pub fn all(&self) -> Vec<Arc<Mirror>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl std::fmt::Debug for MirrorRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorRegistry")
+            .field("mirrors", &self.all().len())
+            .finish()
+    }
+}

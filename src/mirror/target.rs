@@ -1,0 +1,279 @@
+//! One mirror target: its bounded backlog, its fixed pool of workers, its
+//! breaker and its counters.
+//!
+//! The request path only ever calls [`Target::offer`], a non-blocking send
+//! into the backlog. Workers are tasks that take copies from the backlog one
+//! at a time each, so at most `concurrency` copies are in flight per target.
+//! A target owns the only sender of its backlog: when it is dropped, its
+//! workers send what is queued and exit (or, if it was removed, drop it).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Request, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::AbortHandle;
+
+use super::breaker::{Admit, Breaker, BreakerConfig, Transition};
+use super::copy::{CopyBody, CopyRequest};
+use super::stats::{bump, TargetStats};
+use super::TargetSet;
+use crate::config::value::UpstreamUrl;
+use crate::handlers::reverse_proxy::error_chain;
+
+pub type CopyClient = Client<HttpConnector, CopyBody>;
+
+/// A shadow's response body is read (so the connection can be reused) up to
+/// this much, then dropped: an endless response costs nothing more.
+const DRAIN_CAP: usize = 1 << 20;
+
+/// Settings every target of a mirror shares.
+#[derive(Debug, Clone)]
+pub struct TargetSettings {
+    pub concurrency: usize,
+    pub backlog: usize,
+    pub timeout: Duration,
+    pub breaker: BreakerConfig,
+    /// `host`: the Host of copies; default the target's own authority.
+    pub host: Option<HeaderValue>,
+}
+
+struct Job {
+    copy: Arc<CopyRequest>,
+    probe: bool,
+}
+
+/// What workers share with the target, without the backlog's sender.
+pub struct TargetState {
+    pub url: UpstreamUrl,
+    pub stats: TargetStats,
+    pub breaker: Breaker,
+    host: HeaderValue,
+    removed: AtomicBool,
+    in_flight: AtomicU64,
+}
+
+pub struct Target {
+    state: Arc<TargetState>,
+    tx: mpsc::Sender<Job>,
+    workers: Vec<AbortHandle>,
+}
+
+impl Target {
+    /// Starts the target's workers on the current tokio runtime.
+    pub fn start(
+        url: UpstreamUrl,
+        settings: &TargetSettings,
+        client: &CopyClient,
+        set: &Arc<TargetSet>,
+    ) -> Target {
+        let host = settings
+            .host
+            .clone()
+            .or_else(|| HeaderValue::from_str(url.authority.as_str()).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        let state = Arc::new(TargetState {
+            url,
+            stats: TargetStats::default(),
+            breaker: Breaker::new(settings.breaker),
+            host,
+            removed: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(settings.backlog.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..settings.concurrency.max(1))
+            .map(|_| {
+                let worker = Worker {
+                    state: state.clone(),
+                    rx: rx.clone(),
+                    client: client.clone(),
+                    timeout: settings.timeout,
+                    set: Arc::downgrade(set),
+                };
+                tokio::spawn(worker.run()).abort_handle()
+            })
+            .collect();
+        Target { state, tx, workers }
+    }
+
+    pub fn state(&self) -> &Arc<TargetState> {
+        &self.state
+    }
+
+    pub fn url(&self) -> &UpstreamUrl {
+        &self.state.url
+    }
+
+    /// Copies waiting in the backlog.
+    pub fn backlog_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Hands a copy to the backlog without waiting. Full: dropped, counted.
+    pub fn offer(&self, copy: &Arc<CopyRequest>) {
+        let stats = &self.state.stats;
+        let probe = match self.state.breaker.admit(Instant::now()) {
+            Admit::Send => false,
+            Admit::Probe => true,
+            Admit::Skip => return bump(&stats.skipped_paused),
+        };
+        let job = Job {
+            copy: copy.clone(),
+            probe,
+        };
+        if self.tx.try_send(job).is_err() {
+            bump(&stats.dropped);
+            if probe {
+                self.state.breaker.probe_lost();
+            }
+        }
+    }
+
+    /// Taken out of its mirror: workers drop (and count) what is still queued.
+    pub fn mark_removed(&self) {
+        self.state.removed.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the workers; what was queued or in flight is counted dropped.
+    pub fn abort(&self) {
+        let left = self.backlog_depth() as u64 + self.in_flight();
+        self.state.stats.dropped.fetch_add(left, Ordering::Relaxed);
+        self.state.removed.store(true, Ordering::Relaxed);
+        for worker in &self.workers {
+            worker.abort();
+        }
+    }
+}
+
+struct Worker {
+    state: Arc<TargetState>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    client: CopyClient,
+    timeout: Duration,
+    /// To take the target out of its mirror when the breaker says so.
+    set: std::sync::Weak<TargetSet>,
+}
+
+/// How one copy went.
+enum Outcome {
+    Succeeded,
+    Failed(String),
+    TimedOut,
+}
+
+impl Worker {
+    async fn run(self) {
+        loop {
+            let job = { self.rx.lock().await.recv().await };
+            let Some(job) = job else { return };
+            let stats = &self.state.stats;
+            if self.state.removed.load(Ordering::Relaxed) {
+                bump(&stats.dropped);
+                continue;
+            }
+            // Copies queued before the target was paused are not sent.
+            if !job.probe && self.state.breaker.is_paused() {
+                bump(&stats.skipped_paused);
+                continue;
+            }
+            bump(&stats.sent);
+            self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let outcome = match tokio::time::timeout(self.timeout, self.send(&job.copy)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Outcome::TimedOut,
+            };
+            stats.latency.record(started.elapsed());
+            self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let success = match &outcome {
+                Outcome::Succeeded => {
+                    bump(&stats.succeeded);
+                    true
+                }
+                Outcome::Failed(why) => {
+                    bump(&stats.failed);
+                    tracing::debug!(target_url = %self.state.url, error = %why, probe = job.probe, "copy failed");
+                    false
+                }
+                Outcome::TimedOut => {
+                    bump(&stats.timed_out);
+                    tracing::debug!(target_url = %self.state.url, probe = job.probe, "copy timed out");
+                    false
+                }
+            };
+            self.after(self.state.breaker.record(success, Instant::now()));
+        }
+    }
+
+    fn after(&self, transition: Transition) {
+        let url = &self.state.url;
+        match transition {
+            Transition::None => {}
+            Transition::Paused => {
+                bump(&self.state.stats.paused);
+                tracing::debug!(target_url = %url, "target paused after consecutive failures");
+            }
+            Transition::Resumed => {
+                tracing::info!(target_url = %url, "target answers again; copies resumed")
+            }
+            Transition::Remove => {
+                if let Some(set) = self.set.upgrade() {
+                    if set.remove(url) {
+                        tracing::warn!(target_url = %url, "target removed: it has been failing for too long");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, copy: &CopyRequest) -> Outcome {
+        let mut req = Request::new(copy.body());
+        *req.method_mut() = copy.method.clone();
+        *req.uri_mut() = match target_uri(&self.state.url, &copy.uri) {
+            Some(uri) => uri,
+            None => return Outcome::Failed("cannot form the copy's URI".into()),
+        };
+        *req.headers_mut() = copy.headers.clone();
+        req.headers_mut()
+            .insert(header::HOST, self.state.host.clone());
+        let response = match self.client.request(req).await {
+            Ok(response) => response,
+            Err(err) => return Outcome::Failed(error_chain(&err)),
+        };
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut read = 0;
+        while read <= DRAIN_CAP {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                Some(Err(err)) => return Outcome::Failed(format!("response body: {err}")),
+                None => break,
+            }
+        }
+        if status.is_server_error() {
+            Outcome::Failed(format!("status {status}"))
+        } else {
+            Outcome::Succeeded
+        }
+    }
+}
+
+fn target_uri(url: &UpstreamUrl, origin: &Uri) -> Option<Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(url.scheme.clone());
+    parts.authority = Some(url.authority.clone());
+    parts.path_and_query = origin
+        .path_and_query()
+        .cloned()
+        .or_else(|| "/".parse().ok());
+    Uri::from_parts(parts).ok()
+}

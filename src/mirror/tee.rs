@@ -1,0 +1,170 @@
+//! The request body as the primary reads it, with a copy kept on the side.
+//!
+//! Frames pass through untouched and in step with the primary: the tee
+//! never waits for the whole body. Data chunks are kept by reference count
+//! up to `max_body`; past that the copy is abandoned and the primary goes on
+//! unaffected. If the primary stops reading early (a `respond` that never
+//! looks at the body, an upstream that answers before the upload ends), the
+//! tee finishes reading in a task of its own so the copy is still whole.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use super::PendingCopy;
+use crate::http::{Body, BoxError};
+
+/// Why a copy was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandon {
+    /// The body grew past `max_body`.
+    TooLarge,
+    /// The client's body ended in an error (an abort): a truncated copy
+    /// would lie about what the client sent.
+    Incomplete,
+}
+
+/// The copy being collected.
+pub struct Capture {
+    pending: PendingCopy,
+    chunks: Vec<Bytes>,
+    len: u64,
+    trailers: Option<HeaderMap>,
+}
+
+impl Capture {
+    pub fn new(pending: PendingCopy) -> Self {
+        Capture {
+            pending,
+            chunks: Vec::new(),
+            len: 0,
+            trailers: None,
+        }
+    }
+
+    /// Keeps what a frame holds, or says why the copy must be given up.
+    fn observe(&mut self, frame: &Frame<Bytes>) -> Result<(), Abandon> {
+        if let Some(data) = frame.data_ref() {
+            self.len += data.len() as u64;
+            if self.len > self.pending.max_body() {
+                return Err(Abandon::TooLarge);
+            }
+            if !data.is_empty() {
+                self.chunks.push(data.clone());
+            }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            self.trailers = Some(trailers.clone());
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) {
+        self.pending.dispatch(self.chunks, self.trailers);
+    }
+
+    fn abandon(self, why: Abandon) {
+        self.pending.abandon(why);
+    }
+}
+
+pub struct Tee {
+    inner: Option<Body>,
+    capture: Option<Capture>,
+}
+
+impl Tee {
+    pub fn new(inner: Body, capture: Capture) -> Self {
+        Tee {
+            inner: Some(inner),
+            capture: Some(capture),
+        }
+    }
+
+    fn see(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>) {
+        let outcome = match polled {
+            Poll::Ready(Some(Ok(frame))) => match self.capture.as_mut().map(|c| c.observe(frame)) {
+                Some(Err(why)) => Some(Err(why)),
+                _ => None,
+            },
+            Poll::Ready(Some(Err(_))) => Some(Err(Abandon::Incomplete)),
+            Poll::Ready(None) => Some(Ok(())),
+            Poll::Pending => None,
+        };
+        if let (Some(outcome), Some(capture)) = (outcome, self.capture.take()) {
+            match outcome {
+                Ok(()) => capture.finish(),
+                Err(why) => capture.abandon(why),
+            }
+        }
+    }
+}
+
+impl http_body::Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        self.see(&polled);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        let Some(capture) = self.capture.take() else {
+            return;
+        };
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        // Readers such as hyper stop at `is_end_stream` without polling
+        // for the end: the copy is complete.
+        if inner.is_end_stream() {
+            capture.finish();
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(read_rest(inner, capture));
+            }
+            Err(_) => capture.abandon(Abandon::Incomplete),
+        }
+    }
+}
+
+/// Reads what the primary left unread, for the copy alone.
+async fn read_rest(mut body: Body, mut capture: Capture) {
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Err(why) = capture.observe(&frame) {
+                    return capture.abandon(why);
+                }
+            }
+            Some(Err(_)) => return capture.abandon(Abandon::Incomplete),
+            None => return capture.finish(),
+        }
+    }
+}
