@@ -43,6 +43,15 @@ impl PathPattern {
     }
 }
 
+impl std::fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathPattern::Exact(path) => f.write_str(path),
+            PathPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
+}
+
 /// A `host` name: exact (`example.com`) or one-label wildcard (`*.example.com`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {

@@ -141,12 +141,17 @@ impl Middleware for MirrorHandler {
         }
         let (head, request_body) = req.into_parts();
         let pending = self.mirror.pending(&head, targets);
-        let request_body = if http_body::Body::is_end_stream(&request_body) {
+        if http_body::Body::is_end_stream(&request_body) {
             pending.dispatch(Vec::new(), None);
-            request_body
-        } else {
-            body::boxed(Tee::new(request_body, Capture::new(pending)))
-        };
-        next.run(Request::from_parts(head, request_body))
+            return next.run(Request::from_parts(head, request_body));
+        }
+        let (tee, rest) = Tee::new(request_body, Capture::new(pending));
+        let req = Request::from_parts(head, body::boxed(tee));
+        let limit = self.mirror.copy_timeout();
+        Box::pin(async move {
+            let response = next.run(req).await;
+            rest.wait_if_reading(limit).await;
+            response
+        })
     }
 }

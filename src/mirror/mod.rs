@@ -157,6 +157,12 @@ impl Mirror {
         self.set.remove(url)
     }
 
+    /// How long one copy may take; also the most a response waits for the
+    /// rest of a body only the copy needs.
+    pub fn copy_timeout(&self) -> Duration {
+        self.options.targets.timeout
+    }
+
     pub fn skipped_upgrade(&self) -> u64 {
         self.skipped_upgrade.load(Ordering::Relaxed)
     }
@@ -251,6 +257,7 @@ impl PendingCopy {
     }
 
     pub fn dispatch(self, chunks: Vec<Bytes>, trailers: Option<HeaderMap>) {
+        tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, chunks = chunks.len(), "copy complete");
         let copy = Arc::new(CopyRequest {
             method: self.method,
             uri: self.uri,
@@ -265,6 +272,7 @@ impl PendingCopy {
     }
 
     pub fn abandon(self, why: Abandon) {
+        tracing::debug!(mirror = %self.mirror.label, uri = %self.uri, reason = ?why, "copy abandoned");
         for target in self.targets.iter() {
             let stats = &target.state().stats;
             match why {

@@ -8,12 +8,16 @@
 //! tee finishes reading in a task of its own so the copy is still whole.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::sync::Notify;
 
 use super::PendingCopy;
 use crate::http::{Body, BoxError};
@@ -74,14 +78,42 @@ impl Capture {
 pub struct Tee {
     inner: Option<Body>,
     capture: Option<Capture>,
+    rest: Arc<RestOfBody>,
+}
+
+/// Whether the tee had to read the rest of the body for the copy alone,
+/// and when it has.
+#[derive(Default)]
+pub struct RestOfBody {
+    reading: AtomicBool,
+    done: Notify,
+}
+
+impl RestOfBody {
+    /// Waits (up to `limit`) for the rest of the body if the primary
+    /// dropped it unread.
+    ///
+    /// A client that gets a complete response stops uploading (hyper's
+    /// client does), so a handler that answers without reading the body,
+    /// as `respond` does in the respond-and-relay pattern, would lose the
+    /// copy. Holding that response until the client's own upload is in
+    /// waits for the client only, never for a shadow.
+    pub async fn wait_if_reading(&self, limit: Duration) {
+        if self.reading.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(limit, self.done.notified()).await;
+        }
+    }
 }
 
 impl Tee {
-    pub fn new(inner: Body, capture: Capture) -> Self {
-        Tee {
+    pub fn new(inner: Body, capture: Capture) -> (Self, Arc<RestOfBody>) {
+        let rest = Arc::new(RestOfBody::default());
+        let tee = Tee {
             inner: Some(inner),
             capture: Some(capture),
-        }
+            rest: rest.clone(),
+        };
+        (tee, rest)
     }
 
     fn see(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>) {
@@ -94,7 +126,8 @@ impl Tee {
             Poll::Ready(None) => Some(Ok(())),
             Poll::Pending => None,
         };
-        if let (Some(outcome), Some(capture)) = (outcome, self.capture.take()) {
+        let Some(outcome) = outcome else { return };
+        if let Some(capture) = self.capture.take() {
             match outcome {
                 Ok(()) => capture.finish(),
                 Err(why) => capture.abandon(why),
@@ -147,7 +180,8 @@ impl Drop for Tee {
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(read_rest(inner, capture));
+                self.rest.reading.store(true, Ordering::Release);
+                runtime.spawn(read_rest(inner, capture, self.rest.clone()));
             }
             Err(_) => capture.abandon(Abandon::Incomplete),
         }
@@ -155,16 +189,21 @@ impl Drop for Tee {
 }
 
 /// Reads what the primary left unread, for the copy alone.
-async fn read_rest(mut body: Body, mut capture: Capture) {
-    loop {
+async fn read_rest(mut body: Body, mut capture: Capture, rest: Arc<RestOfBody>) {
+    let outcome = loop {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Err(why) = capture.observe(&frame) {
-                    return capture.abandon(why);
+                    break Err(why);
                 }
             }
-            Some(Err(_)) => return capture.abandon(Abandon::Incomplete),
-            None => return capture.finish(),
+            Some(Err(_)) => break Err(Abandon::Incomplete),
+            None => break Ok(()),
         }
+    };
+    match outcome {
+        Ok(()) => capture.finish(),
+        Err(why) => capture.abandon(why),
     }
+    rest.done.notify_one();
 }

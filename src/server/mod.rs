@@ -175,7 +175,7 @@ fn build_site(
     let mut routes = Vec::new();
     for route in &site.routes {
         let cx = BuildContext {
-            route: format!("{name} {:?}", route.matcher.path),
+            route: format!("{name} {}", route.matcher.path),
             base_dir: config.base_dir.clone(),
             mirrors: mirrors.clone(),
         };
