@@ -66,19 +66,26 @@ pub fn syntax_problems(text: &str, err: &KdlError) -> Vec<Problem> {
         };
         let cascade = matches!(
             message.as_str(),
-            "No closing '}' for child block" | "Closing '}' was not found after nodes" | "Expected end of document"
+            "No closing '}' for child block"
+                | "Closing '}' was not found after nodes"
+                | "Expected end of document"
         );
-        others.push((cascade, match known {
-            Some((message, label, help)) => Problem::error(span, message).label(label).help(help),
-            None => {
-                let p = Problem::error(span, format!("KDL syntax error: {message}"))
-                    .label(d.label.clone().unwrap_or_else(|| "here".into()));
-                match &d.help {
-                    Some(help) => p.help(help.clone()),
-                    None => p,
+        others.push((
+            cascade,
+            match known {
+                Some((message, label, help)) => {
+                    Problem::error(span, message).label(label).help(help)
                 }
-            }
-        }));
+                None => {
+                    let p = Problem::error(span, format!("KDL syntax error: {message}"))
+                        .label(d.label.clone().unwrap_or_else(|| "here".into()));
+                    match &d.help {
+                        Some(help) => p.help(help.clone()),
+                        None => p,
+                    }
+                }
+            },
+        ));
     }
     // After a real syntax error kdl's recovery reports follow-on errors
     // that only confuse; the first one is the one to fix. Bare `true` and

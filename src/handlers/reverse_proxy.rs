@@ -58,7 +58,10 @@ pub struct ReverseProxyConfig {
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
     r.no_properties(node);
     let upstreams = r
-        .some_args(node, "one or more upstream URLs, such as \"http://127.0.0.1:9000\"")
+        .some_args(
+            node,
+            "one or more upstream URLs, such as \"http://127.0.0.1:9000\"",
+        )
         .and_then(|args| r.urls(&args));
     let opts = r.options(
         node,
@@ -188,7 +191,9 @@ impl ReverseProxy {
             LbPolicy::Random => rand::random_range(0..n),
             LbPolicy::First | LbPolicy::LeastConn => 0,
         };
-        let mut order: Vec<Arc<Upstream>> = (0..n).map(|i| self.upstreams[(start + i) % n].clone()).collect();
+        let mut order: Vec<Arc<Upstream>> = (0..n)
+            .map(|i| self.upstreams[(start + i) % n].clone())
+            .collect();
         if self.config.lb_policy == LbPolicy::LeastConn {
             order.sort_by_key(|u| u.active.load(Ordering::Relaxed));
         }
@@ -203,18 +208,16 @@ impl ReverseProxy {
     fn prepare(&self, req: Request) -> (http::request::Parts, body::Body, Option<HeaderValue>) {
         let (mut parts, body) = req.into_parts();
         let conn = parts.extensions.get::<ConnInfo>().copied();
-        let original_host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let original_host = crate::http::original_host(&parts.uri, &parts.headers);
         let upgrade = match parts.version {
             Version::HTTP_11 => hop_by_hop::upgrade_protocol(&parts.headers),
             _ => None,
         };
         hop_by_hop::strip(&mut parts.headers);
         if let Some(protocol) = &upgrade {
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
         if self.config.forwarded {
@@ -237,7 +240,10 @@ impl ReverseProxy {
         let mut out = http::uri::Parts::default();
         out.scheme = Some(upstream.url.scheme.clone());
         out.authority = Some(upstream.url.authority.clone());
-        out.path_and_query = uri.path_and_query().cloned().or_else(|| Some("/".parse().expect("static path")));
+        out.path_and_query = uri
+            .path_and_query()
+            .cloned()
+            .or_else(|| Some("/".parse().expect("static path")));
         Uri::from_parts(out).expect("scheme, authority and path make a URI")
     }
 
@@ -265,15 +271,17 @@ impl ReverseProxy {
             }
             upstream.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveGuard(upstream.clone());
-            let sent = tokio::time::timeout(self.config.timeout, self.client.request(upstream_req)).await;
+            let sent =
+                tokio::time::timeout(self.config.timeout, self.client.request(upstream_req)).await;
             match sent {
                 Ok(Ok(response)) => {
                     return self.respond(response, guard, upgrade.is_some(), client_upgrade);
                 }
                 Ok(Err(err)) if err.is_connect() => {
-                    upstream
-                        .down_until_ms
-                        .store(self.now_ms() + FAIL_TIMEOUT.as_millis() as u64, Ordering::Relaxed);
+                    upstream.down_until_ms.store(
+                        self.now_ms() + FAIL_TIMEOUT.as_millis() as u64,
+                        Ordering::Relaxed,
+                    );
                     tracing::warn!(route = %self.route, upstream = %upstream.url, error = %error_chain(&err), "upstream unreachable");
                     failure = Failure::BadGateway;
                 }
@@ -304,7 +312,9 @@ impl ReverseProxy {
     ) -> Response {
         let mut guard = Some(guard);
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let upgrade_to = switching.then(|| response.headers().get(header::UPGRADE).cloned()).flatten();
+        let upgrade_to = switching
+            .then(|| response.headers().get(header::UPGRADE).cloned())
+            .flatten();
         if switching {
             if let (true, Some(_)) = (upgrade_requested, &upgrade_to) {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -322,7 +332,9 @@ impl ReverseProxy {
         let (mut parts, incoming) = response.into_parts();
         strip_response_headers(&mut parts.headers);
         if let Some(protocol) = upgrade_to {
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol);
         }
         self.config.header_down.apply(&mut parts.headers);
@@ -355,7 +367,11 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, route: &str) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    route: &str,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(err) => {
@@ -371,12 +387,17 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 }
 
 fn error_response(status: StatusCode) -> Response {
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 

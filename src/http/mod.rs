@@ -12,3 +12,15 @@ pub use conn::ConnInfo;
 
 pub type Request = http::Request<Body>;
 pub type Response = http::Response<Body>;
+
+/// The host (with port, if given) the client addressed: an absolute-form
+/// target or HTTP/2's `:authority` names it, else `Host` does (RFC 9112
+/// §3.2.2). Any `user@` part is left out.
+pub fn original_host(uri: &http::Uri, headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    uri.authority()
+        .and_then(|a| {
+            let host_port = a.as_str().rsplit('@').next().unwrap_or_default();
+            http::HeaderValue::from_str(host_port).ok()
+        })
+        .or_else(|| headers.get(http::header::HOST).cloned())
+}

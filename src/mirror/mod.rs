@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod copy;
+pub mod runtime;
 pub mod stats;
 pub mod target;
 pub mod tee;
@@ -192,10 +193,7 @@ impl Mirror {
         targets: Arc<Vec<Arc<Target>>>,
     ) -> PendingCopy {
         let mut headers = head.headers.clone();
-        let host = headers
-            .get(http::header::HOST)
-            .cloned()
-            .or_else(|| head.uri.authority().and_then(|a| a.as_str().parse().ok()));
+        let host = crate::http::original_host(&head.uri, &head.headers);
         let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
         hop_by_hop::strip(&mut headers);
         if let Some(conn) = head.extensions.get::<ConnInfo>() {

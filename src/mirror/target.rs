@@ -64,7 +64,7 @@ pub struct Target {
 }
 
 impl Target {
-    /// Starts the target's workers on the current tokio runtime.
+    /// Starts the target's workers on the copy runtime.
     pub fn start(
         url: UpstreamUrl,
         settings: &TargetSettings,
@@ -86,6 +86,7 @@ impl Target {
         });
         let (tx, rx) = mpsc::channel(settings.backlog.max(1));
         let rx = Arc::new(Mutex::new(rx));
+        let runtime = super::runtime::handle();
         let workers = (0..settings.concurrency.max(1))
             .map(|_| {
                 let worker = Worker {
@@ -95,7 +96,7 @@ impl Target {
                     timeout: settings.timeout,
                     set: Arc::downgrade(set),
                 };
-                tokio::spawn(worker.run()).abort_handle()
+                runtime.spawn(worker.run()).abort_handle()
             })
             .collect();
         Target { state, tx, workers }

@@ -80,14 +80,15 @@ impl AddressRouter {
     }
 }
 
-/// The request's host name, lower case, without port: from `Host`, or the
-/// URI's authority for HTTP/2.
+/// The request's host name, lower case, without port: from the URI's
+/// authority (HTTP/2, or an absolute-form target, which overrides `Host` per
+/// RFC 9112 §3.2.2), else from `Host`.
 fn request_host(req: &Request) -> Option<String> {
-    let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let raw = req.uri().authority().map(|a| a.host()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })?;
     let name = match raw.strip_prefix('[') {
         // An IPv6 literal: keep it bracketed, drop the port.
         Some(rest) => &raw[..rest.find(']').map_or(raw.len(), |i| i + 2)],

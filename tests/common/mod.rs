@@ -1,0 +1,168 @@
+//! The integration-test harness: teebox started in-process from a KDL
+//! string, recording backends, fault servers, clients, and bounded waits.
+//!
+//! Rules every helper keeps: only 127.0.0.1 and port 0; every wait is bounded
+//! by [`TIMEOUT`] (or a deadline the caller gives), so a failing test fails
+//! instead of hanging; nothing asserts that something was fast.
+//!
+//! Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod client;
+pub mod fault;
+pub mod raw;
+pub mod ws;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use backend::{Backend, Gate, Recorded, Reply};
+#[allow(unused_imports)]
+pub use client::{Client, Resp};
+pub use teebox::server::Running;
+
+/// The bound on every wait in the harness.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts teebox from site-file text. Panics with the rendered diagnostics
+/// if the text is not a valid site file. Relative paths in it resolve against
+/// the system temp dir; a test that writes files uses [`start_in`] with its
+/// own [`TempDir`].
+pub async fn start(kdl: &str) -> Running {
+    start_in(kdl, &std::env::temp_dir()).await
+}
+
+/// Starts teebox from site-file text, resolving relative paths (such as an
+/// `access_log` file) against `base_dir`.
+pub async fn start_in(kdl: &str, base_dir: &Path) -> Running {
+    init_tracing();
+    let loaded = match teebox::config::parse("test.kdl", kdl, base_dir.to_path_buf()) {
+        Ok(loaded) => loaded,
+        Err(err) => panic!(
+            "the test's site file is invalid:\n{}\n--- site file ---\n{kdl}",
+            err.render(teebox::config::Style::Plain)
+        ),
+    };
+    within("teebox to start", teebox::server::start(&loaded.config))
+        .await
+        .unwrap_or_else(|err| panic!("teebox did not start: {err}\n--- site file ---\n{kdl}"))
+}
+
+/// A one-site file on 127.0.0.1:0 whose only route proxies everything to
+/// `upstreams`, with `options` (KDL lines) inside the `reverse_proxy` block.
+pub fn proxy_site(upstreams: &[String], options: &str) -> String {
+    let upstreams = upstreams
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "site \"127.0.0.1:0\" {{\n    route \"/*\" {{\n        reverse_proxy {upstreams} {{\n{options}\n        }}\n    }}\n}}\n"
+    )
+}
+
+/// Starts teebox proxying everything to `upstreams` (see [`proxy_site`]).
+pub async fn start_proxy(upstreams: &[String], options: &str) -> Running {
+    start(&proxy_site(upstreams, options)).await
+}
+
+/// `http://ADDR` for teebox's first address.
+pub fn base_url(running: &Running) -> String {
+    format!("http://{}", running.addr())
+}
+
+/// Runs `fut`, panicking if it takes longer than [`TIMEOUT`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    within_for(TIMEOUT, what, fut).await
+}
+
+/// Runs `fut`, panicking if it takes longer than `limit`.
+pub async fn within_for<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every few milliseconds until it returns true; panics after
+/// [`TIMEOUT`] with `what` in the message.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if check() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {TIMEOUT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift64*): reproducible, and
+/// no two seeds give the same stream.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A directory under the system temp dir, unique to this process and call,
+/// removed (with its contents) when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "teebox-test-{label}-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Sends teebox's logs to the test's captured output (shown for failing
+/// tests); `RUST_LOG` picks the level, default `warn`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

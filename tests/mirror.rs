@@ -1,0 +1,615 @@
+//! The `mirror` handler: faithful copies, isolation from production, the
+//! bounded backlog, the breaker, alerts, sampling and shutdown.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::fault::{refused_url, FaultServer};
+use common::{
+    base_url, client, eventually, random_bytes, start, within, Backend, Client, Gate, Reply,
+};
+use http::Method;
+use teebox::mirror::stats::Counts;
+use teebox::server::Running;
+
+/// A site whose only route mirrors to `targets` (with `options` inside the
+/// mirror block) and then runs `terminal`.
+fn mirror_site(targets: &[String], options: &str, terminal: &str) -> String {
+    let targets = targets
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {targets} {{\n{options}\n    }}\n    {terminal}\n  }}\n}}\n"
+    )
+}
+
+fn proxy_to(backend: &Backend) -> String {
+    format!("reverse_proxy {:?}", backend.url())
+}
+
+/// Counters of the `index`th target of the server's first mirror.
+fn counts(running: &Running, index: usize) -> Counts {
+    running.mirrors()[0].targets()[index].state().stats.counts()
+}
+
+/// Headers as the backend saw them, without those that differ by design
+/// between primary and copy (`host`).
+fn comparable_headers(rec: &common::Recorded) -> Vec<(String, String)> {
+    rec.header_pairs()
+        .into_iter()
+        .filter(|(name, _)| name != "host")
+        .collect()
+}
+
+#[tokio::test]
+async fn shadow_receives_what_the_primary_receives() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&mirror_site(&[shadow.url()], "", &proxy_to(&primary))).await;
+    let client = Client::http1();
+    let base = base_url(&running);
+
+    let cases: Vec<(Method, &str, Vec<u8>)> = vec![
+        (Method::GET, "/items?id=7&q=a%20b", Vec::new()),
+        (Method::POST, "/upload", random_bytes(1024, 1)),
+        (Method::PUT, "/big/file", random_bytes(1 << 20, 2)),
+        (Method::DELETE, "/items/7", Vec::new()),
+        (Method::POST, "/empty-post", Vec::new()),
+    ];
+    for (i, (method, path, body)) in cases.iter().enumerate() {
+        let req = client::req(method.as_str(), &format!("{base}{path}"))
+            .header("x-custom", format!("value-{i}"))
+            .header("content-type", "application/octet-stream")
+            .body(client::full(body.clone()))
+            .unwrap();
+        let resp = client.send(req).await.expect("request");
+        assert_eq!(resp.status, 200);
+        let got = primary.wait_for(i + 1).await;
+        let copies = shadow.wait_for(i + 1).await;
+        let (p, c) = (&got[i], &copies[i]);
+        assert_eq!(c.method, *method);
+        assert_eq!(c.path_and_query(), *path);
+        assert_eq!(p.path_and_query(), *path);
+        assert_eq!(
+            c.body.as_ref(),
+            body.as_slice(),
+            "copy body of {method} {path}"
+        );
+        assert_eq!(
+            p.body.as_ref(),
+            body.as_slice(),
+            "primary body of {method} {path}"
+        );
+        assert_eq!(
+            comparable_headers(c),
+            comparable_headers(p),
+            "headers of {method} {path}"
+        );
+        assert_eq!(
+            c.header("host"),
+            Some(shadow.authority().as_str()),
+            "a copy carries the target's Host"
+        );
+    }
+}
+
+#[tokio::test]
+async fn chunked_body_is_copied_whole_and_stays_chunked() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&mirror_site(&[shadow.url()], "", &proxy_to(&primary))).await;
+    let pieces: Vec<Bytes> = (0..20)
+        .map(|i| Bytes::from(random_bytes(3000 + i, i as u64)))
+        .collect();
+    let whole: Vec<u8> = pieces.iter().flat_map(|p| p.to_vec()).collect();
+    let req = client::req("POST", &format!("{}/stream", base_url(&running)))
+        .body(client::chunks(pieces))
+        .unwrap();
+    let resp = Client::http1().send(req).await.expect("request");
+    assert_eq!(resp.status, 200);
+    let p = primary.wait_for(1).await.remove(0);
+    let c = shadow.wait_for(1).await.remove(0);
+    assert_eq!(p.body.as_ref(), whole.as_slice());
+    assert_eq!(c.body.as_ref(), whole.as_slice());
+    assert_eq!(c.header("transfer-encoding"), p.header("transfer-encoding"));
+    assert_eq!(c.header("content-length"), None);
+}
+
+#[tokio::test]
+async fn header_up_and_host_apply_to_copies_only() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let options =
+        "header_up \"X-Shadow\" \"1\"\nheader_up \"-X-Secret\"\nhost \"staging.internal\"";
+    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let req = client::req("GET", &format!("{}/x", base_url(&running)))
+        .header("x-secret", "s3cret")
+        .header("host", "example.com")
+        .body(client::full(""))
+        .unwrap();
+    Client::http1().send(req).await.expect("request");
+    let p = primary.wait_for(1).await.remove(0);
+    let c = shadow.wait_for(1).await.remove(0);
+    assert_eq!(c.header("x-shadow"), Some("1"));
+    assert_eq!(c.header("x-secret"), None);
+    assert_eq!(c.header("host"), Some("staging.internal"));
+    assert_eq!(p.header("x-shadow"), None);
+    assert_eq!(p.header("x-secret"), Some("s3cret"));
+    assert_eq!(p.header("host"), Some("example.com"));
+}
+
+/// Sends `n` requests one after another and checks each got the primary's
+/// answer. With a shadow that hangs for longer than the whole test may take,
+/// this finishing at all shows the client never waits for a copy.
+async fn all_answered_by_primary(running: &Running, n: usize) {
+    let client = Client::http1();
+    let base = base_url(running);
+    within("every client request to be answered", async {
+        for i in 0..n {
+            let req = client::req("POST", &format!("{base}/r/{i}"))
+                .body(client::full(random_bytes(2048, i as u64)))
+                .unwrap();
+            let resp = client.send(req).await.expect("request");
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.text(), "primary");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn blackhole_shadow_changes_nothing_for_the_client() {
+    let primary = Backend::start(Reply::ok("primary")).await;
+    let blackhole = FaultServer::silent().await;
+    let options = "concurrency 2\nbacklog 4\ntimeout \"30s\"";
+    let running = start(&mirror_site(
+        &[blackhole.url()],
+        options,
+        &proxy_to(&primary),
+    ))
+    .await;
+    all_answered_by_primary(&running, 40).await;
+    assert_eq!(primary.count(), 40);
+    // Two copies hang in the workers, four wait in the backlog, the rest
+    // were dropped and counted.
+    let c = counts(&running, 0);
+    assert_eq!(c.sent, 2, "{c:?}");
+    assert_eq!(c.dropped, 40 - 2 - 4, "{c:?}");
+    assert_eq!(running.mirrors()[0].targets()[0].backlog_depth(), 4);
+}
+
+#[tokio::test]
+async fn refusing_shadow_changes_nothing_for_the_client() {
+    let primary = Backend::start(Reply::ok("primary")).await;
+    let running = start(&mirror_site(
+        &[refused_url()],
+        "max_failures 1000",
+        &proxy_to(&primary),
+    ))
+    .await;
+    all_answered_by_primary(&running, 30).await;
+    eventually("30 failed copies", || counts(&running, 0).failed == 30).await;
+}
+
+#[tokio::test]
+async fn slow_shadow_changes_nothing_for_the_client() {
+    let primary = Backend::start(Reply::ok("primary")).await;
+    let slow = Backend::start(Reply::ok("slow").delay(Duration::from_secs(2))).await;
+    let options = "concurrency 1\nbacklog 100\ntimeout \"10s\"";
+    let running = start(&mirror_site(&[slow.url()], options, &proxy_to(&primary))).await;
+    // 20 copies at 2 s each would take 40 s if the client waited for them.
+    all_answered_by_primary(&running, 20).await;
+    assert_eq!(primary.count(), 20);
+}
+
+#[tokio::test]
+async fn one_slow_target_does_not_starve_another() {
+    let primary = Backend::start(Reply::ok("primary")).await;
+    let blackhole = FaultServer::silent().await;
+    let healthy = Backend::ok().await;
+    // The blackhole's one worker hangs and its backlog of 50 fills up; the
+    // healthy target, with its own worker and backlog, gets every copy.
+    let options = "concurrency 1\nbacklog 50\ntimeout \"30s\"";
+    let running = start(&mirror_site(
+        &[blackhole.url(), healthy.url()],
+        options,
+        &proxy_to(&primary),
+    ))
+    .await;
+    all_answered_by_primary(&running, 80).await;
+    healthy.wait_for(80).await;
+    assert_eq!(counts(&running, 1).dropped, 0);
+    assert!(counts(&running, 0).dropped > 0);
+}
+
+#[tokio::test]
+async fn several_mirrors_in_one_chain_each_copy() {
+    let primary = Backend::ok().await;
+    let a = Backend::ok().await;
+    let b = Backend::ok().await;
+    let site = format!(
+        "site \"127.0.0.1:0\" {{ route \"/*\" {{ mirror {:?}; mirror {:?} {{ header_up \"X-Second\" \"1\" }}; reverse_proxy {:?} }} }}",
+        a.url(),
+        b.url(),
+        primary.url()
+    );
+    let running = start(&site).await;
+    let body = random_bytes(5000, 9);
+    let req = client::req("PUT", &format!("{}/both", base_url(&running)))
+        .body(client::full(body.clone()))
+        .unwrap();
+    Client::http1().send(req).await.expect("request");
+    let ra = a.wait_for(1).await.remove(0);
+    let rb = b.wait_for(1).await.remove(0);
+    assert_eq!(ra.body.as_ref(), body.as_slice());
+    assert_eq!(rb.body.as_ref(), body.as_slice());
+    assert_eq!(ra.header("x-second"), None);
+    assert_eq!(rb.header("x-second"), Some("1"));
+}
+
+#[tokio::test]
+async fn respond_and_relay_answers_at_once_and_relays_the_whole_body() {
+    let backend = Backend::ok().await;
+    let running = start(&mirror_site(
+        &[backend.url()],
+        "",
+        "respond 202 \"accepted\\n\"",
+    ))
+    .await;
+    let body = random_bytes(1 << 20, 3);
+    let req = client::req("POST", &format!("{}/events?x=1", base_url(&running)))
+        .body(client::full(body.clone()))
+        .unwrap();
+    let resp = Client::http1().send(req).await.expect("request");
+    assert_eq!(resp.status, 202);
+    assert_eq!(resp.text(), "accepted\n");
+    let relayed = backend.wait_for(1).await.remove(0);
+    assert_eq!(relayed.path_and_query(), "/events?x=1");
+    assert_eq!(relayed.body.len(), body.len());
+    assert_eq!(relayed.body.as_ref(), body.as_slice());
+}
+
+#[tokio::test]
+async fn body_over_max_body_is_not_copied_and_is_counted() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&mirror_site(
+        &[shadow.url()],
+        "max_body \"1KiB\"",
+        &proxy_to(&primary),
+    ))
+    .await;
+    let client = Client::http1();
+    let base = base_url(&running);
+    let big = random_bytes(4096, 4);
+    let req = client::req("POST", &format!("{base}/big"))
+        .body(client::full(big.clone()))
+        .unwrap();
+    assert_eq!(client.send(req).await.unwrap().status, 200);
+    let small = random_bytes(1024, 5);
+    let req = client::req("POST", &format!("{base}/small"))
+        .body(client::full(small.clone()))
+        .unwrap();
+    assert_eq!(client.send(req).await.unwrap().status, 200);
+    let copies = shadow.wait_for(1).await;
+    assert_eq!(
+        copies[0].path_and_query(),
+        "/small",
+        "only the small body is copied"
+    );
+    assert_eq!(
+        primary.wait_for(2).await[0].body.as_ref(),
+        big.as_slice(),
+        "the primary gets the big body whole"
+    );
+    assert_eq!(counts(&running, 0).skipped_too_large, 1);
+    shadow.assert_stays_at(1, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn client_abort_mid_body_sends_no_truncated_copy() {
+    use tokio::io::AsyncWriteExt;
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&mirror_site(&[shadow.url()], "", &proxy_to(&primary))).await;
+    let mut stream = tokio::net::TcpStream::connect(running.addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /abort HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly-part-of-it",
+        )
+        .await
+        .unwrap();
+    // Wait until the primary has started receiving, then vanish.
+    eventually("the primary to see the request", || {
+        primary.count() == 1 || primary.in_flight() == 1
+    })
+    .await;
+    drop(stream);
+    eventually("the copy to be counted incomplete", || {
+        counts(&running, 0).incomplete == 1
+    })
+    .await;
+    shadow.assert_stays_at(0, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn copies_reuse_pooled_connections() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&mirror_site(
+        &[shadow.url()],
+        "concurrency 2",
+        &proxy_to(&primary),
+    ))
+    .await;
+    let client = Client::http1();
+    for i in 0..30 {
+        client.get(&format!("{}/n/{i}", base_url(&running))).await;
+        eventually("the copy to complete", || {
+            counts(&running, 0).succeeded == i as u64 + 1
+        })
+        .await;
+    }
+    // hyper returns a connection to its pool a moment after the response
+    // ends, so a copy may now and then open one more; without pooling
+    // there would be 30.
+    assert!(
+        shadow.connections() <= 5,
+        "{} connections for 30 sequential copies",
+        shadow.connections()
+    );
+}
+
+#[tokio::test]
+async fn sampling_copies_the_configured_fraction() {
+    const N: usize = 10_000;
+    let shadow = Backend::ok().await;
+    let running = start(&mirror_site(
+        &[shadow.url()],
+        "sample 0.25\nbacklog 100000\nconcurrency 8",
+        "respond 200",
+    ))
+    .await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    within("10,000 requests", async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..8 {
+            let (client, base) = (client.clone(), base.clone());
+            tasks.spawn(async move {
+                for i in (worker..N).step_by(8) {
+                    assert_eq!(client.get(&format!("{base}/s/{i}")).await.status, 200);
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    })
+    .await;
+    let sampled_out = counts(&running, 0).sampled_out as usize;
+    let copied = N - sampled_out;
+    shadow.wait_for(copied).await;
+    // Binomial(10,000, 0.25) has a standard deviation of 43.3 copies; a
+    // tolerance of ±250 (5.8 sigma) fails a correct sampler about once in
+    // a hundred million runs.
+    let fraction = copied as f64 / N as f64;
+    assert!(
+        (0.225..=0.275).contains(&fraction),
+        "copied {copied} of {N}: {fraction}"
+    );
+}
+
+#[tokio::test]
+async fn breaker_pauses_probes_and_resumes() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::start(Reply::ok("down").status(503)).await;
+    let options = "max_failures 3\nretry_after \"300ms\"\nfail_after \"1h\"\nconcurrency 1";
+    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let client = Client::http1();
+    let base = base_url(&running);
+    for i in 0..3 {
+        client.get(&format!("{base}/fail/{i}")).await;
+        eventually("the failure to be counted", || {
+            counts(&running, 0).failed == i + 1
+        })
+        .await;
+    }
+    assert_eq!(counts(&running, 0).paused, 1);
+    // Paused: copies are skipped, not sent.
+    for i in 0..5 {
+        client.get(&format!("{base}/skipped/{i}")).await;
+    }
+    assert_eq!(counts(&running, 0).skipped_paused, 5);
+    assert_eq!(shadow.count(), 3);
+    // The target recovers; after retry_after one probe goes through and
+    // resumes it.
+    shadow.set_reply(Reply::ok("up"));
+    let mut probes = 0;
+    within("a probe to resume the target", async {
+        while counts(&running, 0).succeeded == 0 {
+            client.get(&format!("{base}/probe/{probes}")).await;
+            probes += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let probe = shadow.wait_for(4).await.remove(3);
+    assert!(probe.path_and_query().starts_with("/probe/"), "{probe:?}");
+    client.get(&format!("{base}/after")).await;
+    let after = shadow.wait_for(5).await.remove(4);
+    assert_eq!(after.path_and_query(), "/after");
+    assert!(!running.mirrors()[0].targets()[0]
+        .state()
+        .breaker
+        .is_paused());
+}
+
+#[tokio::test]
+async fn failing_target_is_removed_after_fail_after() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::start(Reply::ok("down").status(500)).await;
+    let options = "max_failures 1\nretry_after \"50ms\"\nfail_after \"400ms\"";
+    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let client = Client::http1();
+    let base = base_url(&running);
+    within("the failing target to be removed", async {
+        let mut i = 0;
+        while !running.mirrors()[0].targets().is_empty() {
+            let resp = client.get(&format!("{base}/r/{i}")).await;
+            assert_eq!(resp.status, 200, "production is unaffected");
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let before = shadow.count();
+    client.get(&format!("{base}/after-removal")).await;
+    shadow
+        .assert_stays_at(before, Duration::from_millis(200))
+        .await;
+}
+
+/// Collects what tracing writes, for checking log lines.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn alerts_summarise_at_most_once_per_interval() {
+    // The test runtime has one thread, so a thread-local subscriber sees
+    // every task's logs.
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let primary = Backend::ok().await;
+    let dead = refused_url();
+    let options = "alert_interval \"300ms\"\nmax_failures 100000";
+    let running = start(&mirror_site(
+        std::slice::from_ref(&dead),
+        options,
+        &proxy_to(&primary),
+    ))
+    .await;
+    let client = Client::http1();
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(1300) {
+        client
+            .get(&format!("{}/a/{sent}", base_url(&running)))
+            .await;
+        sent += 1;
+    }
+    eventually("the last failures to be counted", || {
+        counts(&running, 0).failed == sent
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let elapsed = started.elapsed();
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let alerts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("mirror target trouble"))
+        .collect();
+    let intervals = (elapsed.as_millis() / 300) as usize + 1;
+    assert!(!alerts.is_empty(), "no alert in:\n{text}");
+    assert!(
+        alerts.len() <= intervals,
+        "{} alerts in {intervals} intervals:\n{text}",
+        alerts.len()
+    );
+    assert!(
+        sent as usize > alerts.len() * 2,
+        "not one line per failure: {sent} failures, {} alerts",
+        alerts.len()
+    );
+    let total: u64 = alerts
+        .iter()
+        .map(|l| {
+            l.split("failed=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, sent, "the alerts add up to every failure:\n{text}");
+    assert!(alerts.iter().all(|l| l.contains(&dead)));
+}
+
+#[tokio::test]
+async fn shutdown_drains_queued_copies() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::start(Reply::ok("slow").delay(Duration::from_millis(100))).await;
+    let running = start(&mirror_site(
+        &[shadow.url()],
+        "concurrency 1\nbacklog 100",
+        &proxy_to(&primary),
+    ))
+    .await;
+    let client = Client::http1();
+    for i in 0..8 {
+        client.get(&format!("{}/q/{i}", base_url(&running))).await;
+    }
+    let mirror = running.mirrors()[0].clone();
+    within("shutdown", running.shutdown(Duration::from_secs(5))).await;
+    assert_eq!(
+        shadow.count(),
+        8,
+        "every queued copy was sent before shutdown ended"
+    );
+    assert_eq!(mirror.targets()[0].state().stats.counts().dropped, 0);
+}
+
+#[tokio::test]
+async fn shutdown_drops_and_counts_what_cannot_drain() {
+    let primary = Backend::ok().await;
+    let gate = Gate::new();
+    let shadow = Backend::start(Reply::ok("held").hold(&gate)).await;
+    let running = start(&mirror_site(
+        &[shadow.url()],
+        "concurrency 1\nbacklog 100\ntimeout \"1h\"",
+        &proxy_to(&primary),
+    ))
+    .await;
+    let client = Client::http1();
+    for i in 0..5 {
+        client.get(&format!("{}/q/{i}", base_url(&running))).await;
+    }
+    let mirror = running.mirrors()[0].clone();
+    within("shutdown", running.shutdown(Duration::from_millis(300))).await;
+    // One copy was in flight and four queued: all five counted dropped.
+    assert_eq!(mirror.targets()[0].state().stats.counts().dropped, 5);
+    gate.open();
+}

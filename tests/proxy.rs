@@ -1,0 +1,600 @@
+//! `reverse_proxy`: what the upstream receives and what the client gets back,
+//! byte for byte.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::client::{chunks, full, req};
+use common::fault::{refused_url, FaultServer};
+use common::ws::EchoServer;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, StatusCode, Version};
+use teebox::http::body;
+use tokio_tungstenite::tungstenite::Message;
+
+const MIB: usize = 1024 * 1024;
+
+fn url(teebox: &Running, path_and_query: &str) -> String {
+    format!("{}{path_and_query}", base_url(teebox))
+}
+
+// ---------------------------------------------------------------------------
+// Methods, paths, bodies
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_method_is_proxied_with_path_and_query_exactly_as_sent() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let client = Client::http1();
+    // Percent-encoding (upper and lower case), an encoded slash, a matrix
+    // parameter, `+`, an empty value and a bare key: none may be decoded,
+    // normalised or reordered on the way.
+    let target = "/p/a%20b/c%2Fd/%e2%9c%93;v=1/x?q=a%20b&r=%2B+plus&s=%26&empty=&flag&u=%7Euser";
+    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    for method in methods {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = client
+            .request(method, &url(&teebox, target), body::empty())
+            .await;
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(resp.body, "ok");
+    }
+    let got = backend.wait_for(methods.len()).await;
+    assert_eq!(got.len(), methods.len());
+    for (recorded, method) in got.iter().zip(methods) {
+        assert_eq!(recorded.method, method);
+        assert_eq!(recorded.path_and_query(), target);
+        assert_eq!(recorded.version, Version::HTTP_11);
+        assert!(recorded.body.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_bodies_of_0_b_1_kib_and_10_mib_arrive_byte_for_byte() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let client = Client::http1();
+    let sizes = [0, 1024, 10 * MIB];
+    let bodies: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| random_bytes(size, i as u64 + 1))
+        .collect();
+    for (size, data) in sizes.iter().zip(&bodies) {
+        let resp = client
+            .request(
+                Method::POST,
+                &url(&teebox, &format!("/upload/{size}")),
+                full(data.clone()),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "upload of {size} bytes");
+    }
+    let got = backend.wait_for(sizes.len()).await;
+    for ((recorded, size), data) in got.iter().zip(sizes).zip(&bodies) {
+        assert_eq!(recorded.path_and_query(), format!("/upload/{size}"));
+        assert_eq!(recorded.body_error, None);
+        assert_eq!(recorded.body.len(), size);
+        assert!(recorded.body[..] == data[..], "{size}-byte body differs");
+        match recorded.header("content-length") {
+            Some(len) => assert_eq!(len, size.to_string()),
+            None => assert_eq!(size, 0, "a body of known length lost its Content-Length"),
+        }
+        assert_eq!(recorded.header("transfer-encoding"), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunked_request_body_without_length_arrives_whole() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let sizes = [1, 100, 16 * 1024, 70_000, 3];
+    let pieces: Vec<Bytes> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Bytes::from(random_bytes(n, 100 + i as u64)))
+        .collect();
+    let whole: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+    let resp = Client::http1()
+        .request(Method::PUT, &url(&teebox, "/stream"), chunks(pieces))
+        .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let recorded = backend.wait_for(1).await.remove(0);
+    assert_eq!(recorded.body_error, None);
+    assert_eq!(recorded.body.len(), whole.len());
+    assert!(recorded.body[..] == whole[..], "chunked body differs");
+    assert_eq!(recorded.header("content-length"), None);
+    assert_eq!(recorded.header("transfer-encoding"), Some("chunked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_10_mib_response_body_streams_back_intact() {
+    let data = random_bytes(10 * MIB, 7);
+    let backend = Backend::start(Reply::ok(data.clone())).await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let resp = Client::http1().get(&url(&teebox, "/big")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.header("content-length"), Some("10485760"));
+    assert_eq!(resp.body.len(), data.len());
+    assert!(resp.body[..] == data[..], "10 MiB response differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunked_response_arrives_whole() {
+    let data = random_bytes(200 * 1024, 8);
+    let backend = Backend::start(
+        Reply::ok(data.clone())
+            .chunked(7000)
+            .chunk_delay(Duration::from_millis(1)),
+    )
+    .await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let resp = Client::http1().get(&url(&teebox, "/chunked")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.header("content-length"), None);
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert!(resp.body[..] == data[..], "chunked response differs");
+}
+
+// ---------------------------------------------------------------------------
+// Headers
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hop_by_hop_headers_are_removed_in_both_directions() {
+    let backend = Backend::start(
+        Reply::ok("ok")
+            .header("Connection", "X-Backend-Secret")
+            .header("X-Backend-Secret", "s")
+            .header("Keep-Alive", "timeout=5")
+            .header("Proxy-Connection", "keep-alive")
+            .header("Proxy-Authenticate", "Basic realm=\"x\"")
+            .header("Trailer", "X-Checksum")
+            .header("Upgrade", "h2c")
+            .header("X-Kept-Down", "kept"),
+    )
+    .await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    // Raw bytes, so that no client library adds, drops or reacts to any of
+    // these. `Upgrade` without `upgrade` in `Connection` is not an upgrade.
+    let request = "GET /hop HTTP/1.1\r\n\
+        Host: hop.test\r\n\
+        Connection: close, X-Custom\r\n\
+        Keep-Alive: timeout=5\r\n\
+        TE: trailers\r\n\
+        Trailer: X-Checksum\r\n\
+        Upgrade: h2c\r\n\
+        Proxy-Authorization: Basic c2VjcmV0\r\n\
+        Proxy-Connection: keep-alive\r\n\
+        X-Custom: must-not-pass\r\n\
+        X-Kept: kept\r\n\
+        \r\n";
+    let outcome = raw::exchange(teebox.addr(), request.as_bytes()).await;
+    let resp = outcome.response();
+
+    let recorded = backend.wait_for(1).await.remove(0);
+    let expected: Vec<(String, String)> = [
+        ("forwarded", "for=127.0.0.1;host=\"hop.test\";proto=http"),
+        ("host", "hop.test"),
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-forwarded-host", "hop.test"),
+        ("x-forwarded-proto", "http"),
+        ("x-kept", "kept"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(recorded.header_pairs(), expected);
+
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"ok");
+    assert_eq!(resp.header("x-kept-down"), Some("kept"));
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "trailer",
+        "upgrade",
+        "te",
+        "x-backend-secret",
+    ] {
+        assert!(!resp.has(name), "{name} reached the client: {resp:?}");
+    }
+    // teebox's own `Connection: close` (the client asked for it) is fine;
+    // the backend's `Connection` value is not.
+    if let Some(connection) = resp.header("connection") {
+        assert_eq!(connection, "close");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_headers_append_the_client_and_describe_this_hop() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let request = req("GET", &url(&teebox, "/fwd"))
+        .header("host", "app.example:8443")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "spoofed.example")
+        .header("forwarded", "for=203.0.113.9")
+        .body(body::empty())
+        .unwrap();
+    let resp = Client::http1().send(request).await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    let recorded = backend.wait_for(1).await.remove(0);
+    assert_eq!(
+        recorded.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(recorded.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        recorded.header("x-forwarded-host"),
+        Some("app.example:8443")
+    );
+    assert_eq!(
+        recorded.header("forwarded"),
+        Some("for=203.0.113.9, for=127.0.0.1;host=\"app.example:8443\";proto=http")
+    );
+    assert_eq!(
+        recorded.headers.get_all("x-forwarded-for").iter().count(),
+        1
+    );
+    assert_eq!(recorded.headers.get_all("forwarded").iter().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_false_sends_no_forwarding_headers() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "forwarded #false").await;
+    let resp = Client::http1().get(&url(&teebox, "/nofwd")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let recorded = backend.wait_for(1).await.remove(0);
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    ] {
+        assert_eq!(recorded.header(name), None, "{name} was sent");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preserve_host_by_default_passes_the_clients_host() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let request = req("GET", &url(&teebox, "/host"))
+        .header("host", "front.example:8080")
+        .body(body::empty())
+        .unwrap();
+    Client::http1().send(request).await.unwrap();
+    let recorded = backend.wait_for(1).await.remove(0);
+    assert_eq!(recorded.header("host"), Some("front.example:8080"));
+    assert_eq!(recorded.headers.get_all("host").iter().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preserve_host_false_sends_the_upstreams_host_and_port() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "preserve_host #false").await;
+    let request = req("GET", &url(&teebox, "/host"))
+        .header("host", "front.example:8080")
+        .body(body::empty())
+        .unwrap();
+    Client::http1().send(request).await.unwrap();
+    let recorded = backend.wait_for(1).await.remove(0);
+    assert_eq!(recorded.header("host"), Some(backend.authority().as_str()));
+    assert_eq!(recorded.headers.get_all("host").iter().count(), 1);
+    // The client's name is still passed on, where it belongs.
+    assert_eq!(
+        recorded.header("x-forwarded-host"),
+        Some("front.example:8080")
+    );
+}
+
+/// RFC 9112 §3.2.2: an absolute-form target's host replaces the `Host`
+/// header; upstream, the request goes in origin form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absolute_form_target_is_forwarded_with_its_own_host() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let outcome = raw::exchange(
+        teebox.addr(),
+        b"GET http://abs.example:8080/abs?q=1 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(outcome.response().status, 200, "{}", outcome.text());
+    let recorded = backend.wait_for(1).await.remove(0);
+    assert_eq!(recorded.uri.to_string(), "/abs?q=1");
+    assert_eq!(recorded.header("host"), Some("abs.example:8080"));
+    assert_eq!(
+        recorded.header("x-forwarded-host"),
+        Some("abs.example:8080")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn header_up_and_header_down_set_add_and_remove() {
+    let backend = Backend::start(
+        Reply::ok("ok")
+            .header("Server", "backend/1.0")
+            .header("X-Served-By", "backend")
+            .header("X-Untouched", "1"),
+    )
+    .await;
+    let teebox = start_proxy(
+        &[backend.url()],
+        r#"header_up "X-Env" "prod"
+           header_up "-X-Secret"
+           header_up "+X-Tag" "proxy"
+           header_down "X-Served-By" "teebox"
+           header_down "-Server""#,
+    )
+    .await;
+    let request = req("GET", &url(&teebox, "/headers"))
+        .header("x-env", "dev")
+        .header("x-secret", "hunter2")
+        .header("x-tag", "client")
+        .header("x-other", "kept")
+        .body(body::empty())
+        .unwrap();
+    let resp = Client::http1().send(request).await.unwrap();
+    let recorded = backend.wait_for(1).await.remove(0);
+    assert_eq!(recorded.header("x-env"), Some("prod"));
+    assert_eq!(recorded.headers.get_all("x-env").iter().count(), 1);
+    assert_eq!(recorded.header("x-secret"), None);
+    let tags: Vec<_> = recorded.headers.get_all("x-tag").iter().collect();
+    assert_eq!(tags, ["client", "proxy"]);
+    assert_eq!(recorded.header("x-other"), Some("kept"));
+
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.header("server"), None);
+    assert_eq!(resp.header("x-served-by"), Some("teebox"));
+    assert_eq!(resp.headers.get_all("x-served-by").iter().count(), 1);
+    assert_eq!(resp.header("x-untouched"), Some("1"));
+}
+
+// ---------------------------------------------------------------------------
+// Upstream connections
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keepalive_by_default_reuses_one_upstream_connection() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let client = Client::http1();
+    for i in 0..5 {
+        let resp = client.get(&url(&teebox, &format!("/ka/{i}"))).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        // The upstream connection goes back to teebox's pool a moment after
+        // the response ends; give it that moment, so the next request finds
+        // it idle instead of racing a fresh connect.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = backend.wait_for(5).await;
+    assert_eq!(backend.connections(), 1, "requests: {got:#?}");
+    assert!(got.iter().all(|r| r.conn == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keepalive_false_opens_a_new_upstream_connection_per_request() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "keepalive #false").await;
+    let client = Client::http1();
+    for i in 0..5 {
+        let resp = client.get(&url(&teebox, &format!("/noka/{i}"))).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = backend.wait_for(5).await;
+    assert_eq!(backend.connections(), 5);
+    let mut conns: Vec<usize> = got.iter().map(|r| r.conn).collect();
+    conns.dedup();
+    assert_eq!(conns, [0, 1, 2, 3, 4]);
+}
+
+// ---------------------------------------------------------------------------
+// Load balancing
+
+/// Two backends that answer "a" and "b".
+async fn two_backends() -> (Backend, Backend) {
+    (
+        Backend::start(Reply::ok("a")).await,
+        Backend::start(Reply::ok("b")).await,
+    )
+}
+
+/// Sends `n` sequential GETs and returns which backend answered each.
+async fn answers(teebox: &Running, n: usize) -> Vec<String> {
+    let client = Client::http1();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let resp = client.get(&url(teebox, &format!("/lb/{i}"))).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        out.push(resp.text());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_robin_alternates_between_upstreams() {
+    let (a, b) = two_backends().await;
+    let teebox = start_proxy(&[a.url(), b.url()], r#"lb_policy "round_robin""#).await;
+    let got = answers(&teebox, 6).await;
+    for pair in got.windows(2) {
+        assert_ne!(pair[0], pair[1], "not alternating: {got:?}");
+    }
+    assert_eq!((a.count(), b.count()), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_robin_is_the_default_policy() {
+    let (a, b) = two_backends().await;
+    let teebox = start_proxy(&[a.url(), b.url()], "").await;
+    let got = answers(&teebox, 4).await;
+    for pair in got.windows(2) {
+        assert_ne!(pair[0], pair[1], "not alternating: {got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_always_uses_the_first_upstream() {
+    let (a, b) = two_backends().await;
+    let teebox = start_proxy(&[a.url(), b.url()], r#"lb_policy "first""#).await;
+    let got = answers(&teebox, 5).await;
+    assert_eq!(got, ["a"; 5]);
+    assert_eq!(b.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_get_to_a_dead_first_upstream_is_retried_on_the_next() {
+    let b = Backend::start(Reply::ok("b")).await;
+    let teebox = start_proxy(&[refused_url(), b.url()], r#"lb_policy "first""#).await;
+    let got = answers(&teebox, 3).await;
+    assert_eq!(got, ["b"; 3]);
+    assert_eq!(b.count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_conn_prefers_the_idle_upstream_while_the_other_is_busy() {
+    let gate = Gate::new();
+    let a = Backend::start(Reply::ok("a").hold(&gate)).await;
+    let b = Backend::start(Reply::ok("b")).await;
+    let teebox = start_proxy(&[a.url(), b.url()], r#"lb_policy "least_conn""#).await;
+    // Both idle: the first upstream takes it, and holds it.
+    let slow_url = url(&teebox, "/slow");
+    let slow = tokio::spawn(async move { Client::http1().get(&slow_url).await });
+    a.wait_for(1).await;
+    // While `a` holds one request, every new one goes to idle `b`.
+    let got = answers(&teebox, 4).await;
+    assert_eq!(got, ["b"; 4]);
+    gate.open();
+    let slow = within("the held request", slow).await.unwrap();
+    assert_eq!(slow.status, StatusCode::OK);
+    assert_eq!(slow.body, "a");
+    assert_eq!((a.count(), b.count()), (1, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_reaches_every_upstream() {
+    let (a, b) = two_backends().await;
+    let teebox = start_proxy(&[a.url(), b.url()], r#"lb_policy "random""#).await;
+    // The chance that 50 fair picks all land on one side is 2^-49.
+    let got = answers(&teebox, 50).await;
+    assert!(a.count() > 0 && b.count() > 0, "{got:?}");
+    assert_eq!(a.count() + b.count(), 50);
+}
+
+// ---------------------------------------------------------------------------
+// Failures
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_refusing_connections_gives_502() {
+    let teebox = start_proxy(&[refused_url()], "").await;
+    let resp = Client::http1().get(&url(&teebox, "/down")).await;
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.body, "502 Bad Gateway\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_that_never_answers_gives_504_after_timeout() {
+    let silent = FaultServer::silent().await;
+    let teebox = start_proxy(&[silent.url()], r#"timeout "500ms""#).await;
+    let resp = Client::http1().get(&url(&teebox, "/hang")).await;
+    assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(resp.body, "504 Gateway Timeout\n");
+    assert_eq!(silent.accepted(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_closing_mid_body_never_looks_complete_to_the_client() {
+    let faulty = FaultServer::truncated_body(100_000, 1000).await;
+    let teebox = start_proxy(&[faulty.url()], "").await;
+    let request = req("GET", &url(&teebox, "/cut"))
+        .body(body::empty())
+        .unwrap();
+    match Client::http1().send_streaming(request).await {
+        // teebox may not even pass the head on...
+        Err(_) => {}
+        Ok(response) => {
+            // ...but if it does, the body must break off, not end cleanly.
+            let status = response.status();
+            let body = common::client::read_body(response.into_body()).await;
+            if let Ok(bytes) = body {
+                panic!(
+                    "client saw a clean {status} with {} bytes from a truncated upstream",
+                    bytes.len()
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Protocols
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_h2c_client_reaches_an_http1_backend() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let client = Client::h2c();
+
+    let resp = client.get(&url(&teebox, "/h2/get?x=1")).await;
+    assert_eq!(resp.version, Version::HTTP_2);
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.body, "ok");
+
+    let data = random_bytes(MIB + 17, 21);
+    let resp = client
+        .request(Method::POST, &url(&teebox, "/h2/post"), full(data.clone()))
+        .await;
+    assert_eq!(resp.version, Version::HTTP_2);
+    assert_eq!(resp.status, StatusCode::OK);
+
+    let got = backend.wait_for(2).await;
+    assert_eq!(got[0].method, Method::GET);
+    assert_eq!(got[0].version, Version::HTTP_11);
+    assert_eq!(got[0].path_and_query(), "/h2/get?x=1");
+    assert_eq!(
+        got[0].header("host"),
+        Some(teebox.addr().to_string().as_str())
+    );
+    assert_eq!(got[1].method, Method::POST);
+    assert_eq!(got[1].version, Version::HTTP_11);
+    assert_eq!(got[1].path_and_query(), "/h2/post");
+    assert_eq!(got[1].body_error, None);
+    assert!(got[1].body[..] == data[..], "h2 POST body differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_messages_echo_through_the_proxy() {
+    let echo = EchoServer::start().await;
+    let teebox = start_proxy(&[echo.url()], "").await;
+    let (mut ws, response) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", teebox.addr())),
+    )
+    .await
+    .expect("WebSocket handshake through teebox");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let messages = [
+        Message::text("hello"),
+        Message::binary(vec![0u8, 1, 2, 254, 255]),
+        Message::text("héllo ✓"),
+        Message::binary(random_bytes(64 * 1024, 5)),
+        Message::text(""),
+    ];
+    for message in messages {
+        within("sending a message", ws.send(message.clone()))
+            .await
+            .unwrap();
+        let echoed = within("the echo", ws.next())
+            .await
+            .expect("connection open")
+            .expect("a message");
+        assert_eq!(echoed, message);
+    }
+    within("closing", ws.close(None)).await.unwrap();
+    assert_eq!(echo.handshakes(), 1);
+}
