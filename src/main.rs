@@ -5,6 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// A proxy allocates and frees small buffers and header maps on every
+/// request; mimalloc does that markedly faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use teebox::config::{self, LoadError, LogConfig, LogFormat, Style};
 
 #[derive(Parser)]
@@ -161,7 +166,7 @@ fn run(file: &Path) -> ExitCode {
     };
     let config = loaded.config;
     init_tracing(&config.global.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

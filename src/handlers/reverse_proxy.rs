@@ -132,7 +132,9 @@ struct Upstream {
 pub struct ReverseProxy {
     config: ReverseProxyConfig,
     upstreams: Vec<Arc<Upstream>>,
-    client: Client<HttpConnector, body::Body>,
+    /// One connection pool per serving worker, so a request and the
+    /// upstream connection it uses run on the same thread.
+    clients: Vec<Client<HttpConnector, body::Body>>,
     next: AtomicUsize,
     epoch: Instant,
     route: String,
@@ -156,7 +158,9 @@ impl ReverseProxy {
         if !config.keepalive {
             builder.pool_max_idle_per_host(0);
         }
-        let client = builder.build(connector);
+        let clients = (0..crate::server::workers::Workers::get().count())
+            .map(|_| builder.build(connector.clone()))
+            .collect();
         let upstreams = config
             .upstreams
             .iter()
@@ -171,11 +175,15 @@ impl ReverseProxy {
         ReverseProxy {
             config,
             upstreams,
-            client,
+            clients,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             route: cx.route.clone(),
         }
+    }
+
+    fn client(&self) -> &Client<HttpConnector, body::Body> {
+        &self.clients[crate::server::workers::current() % self.clients.len()]
     }
 
     fn now_ms(&self) -> u64 {
@@ -249,21 +257,28 @@ impl ReverseProxy {
 
     async fn forward(&self, mut req: Request) -> Response {
         let client_upgrade = hyper::upgrade::on(&mut req);
-        let (parts, body, upgrade) = self.prepare(req);
+        let (mut parts, body, upgrade) = self.prepare(req);
         // Without a body the request can be sent again, so an upstream that
         // refuses the connection is skipped for the next one.
         let replayable = http_body::Body::is_end_stream(&body);
         let mut body = Some(body);
         let mut failure = Failure::BadGateway;
-        for upstream in self.candidates() {
+        let candidates = self.candidates();
+        let last = candidates.len() - 1;
+        for (attempt, upstream) in candidates.into_iter().enumerate() {
             let Some(this_body) = body.take().or_else(|| replayable.then(body::empty)) else {
                 break;
+            };
+            // The headers are copied only if another attempt may need them.
+            let headers = match replayable && attempt < last {
+                true => parts.headers.clone(),
+                false => std::mem::take(&mut parts.headers),
             };
             let mut upstream_req = Request::new(this_body);
             *upstream_req.method_mut() = parts.method.clone();
             *upstream_req.uri_mut() = Self::upstream_uri(&upstream, &parts.uri);
             *upstream_req.version_mut() = parts.version;
-            *upstream_req.headers_mut() = parts.headers.clone();
+            *upstream_req.headers_mut() = headers;
             if !self.config.preserve_host || !upstream_req.headers().contains_key(header::HOST) {
                 if let Ok(host) = HeaderValue::from_str(upstream.url.authority.as_str()) {
                     upstream_req.headers_mut().insert(header::HOST, host);
@@ -272,7 +287,7 @@ impl ReverseProxy {
             upstream.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveGuard(upstream.clone());
             let sent =
-                tokio::time::timeout(self.config.timeout, self.client.request(upstream_req)).await;
+                tokio::time::timeout(self.config.timeout, self.client().request(upstream_req)).await;
             match sent {
                 Ok(Ok(response)) => {
                     return self.respond(response, guard, upgrade.is_some(), client_upgrade);

@@ -91,7 +91,23 @@ fn serve_connection(
     watcher: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
-    tokio::spawn(async move {
+    // A tokio socket belongs to the reactor that registered it: re-register
+    // it on the worker, or every readiness event would cross threads.
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::warn!(client = %conn.client, error = %err, "cannot hand the connection to a worker");
+            return;
+        }
+    };
+    super::workers::Workers::get().spawn(async move {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(client = %conn.client, error = %err, "cannot register the connection");
+                return;
+            }
+        };
         let service = service_fn(move |req: http::Request<Incoming>| {
             let router = router.clone();
             async move {

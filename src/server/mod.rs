@@ -4,6 +4,7 @@
 pub mod access_log;
 mod listener;
 pub mod router;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -52,19 +52,22 @@ impl AddressRouter {
         }
     }
 
-    fn site_for(&self, host: Option<&str>) -> Option<&Arc<SiteRuntime>> {
-        host.and_then(|host| {
-            self.named
-                .iter()
-                .find(|s| s.hosts.iter().any(|p| p.matches(host)))
-        })
-        .or(self.catch_all.as_ref())
+    fn site_for(&self, req: &Request) -> Option<&Arc<SiteRuntime>> {
+        // Reading the host costs an allocation; skip it when no site has one.
+        if self.named.is_empty() {
+            return self.catch_all.as_ref();
+        }
+        request_host(req)
+            .and_then(|host| {
+                self.named
+                    .iter()
+                    .find(|s| s.hosts.iter().any(|p| p.matches(&host)))
+            })
+            .or(self.catch_all.as_ref())
     }
 
     pub async fn handle(&self, mut req: Request, conn: ConnInfo) -> Response {
-        let start = Instant::now();
-        let host = request_host(&req);
-        let Some(site) = self.site_for(host.as_deref()) else {
+        let Some(site) = self.site_for(&req) else {
             return plain(
                 StatusCode::NOT_FOUND,
                 "404 Not Found: no site for this host\n",
@@ -74,7 +77,7 @@ impl AddressRouter {
         let Some(log) = &site.access_log else {
             return site.handle(req).await;
         };
-        let entry = Entry::begin(&req, conn, start);
+        let entry = Entry::begin(&req, conn, Instant::now());
         let response = site.handle(req).await;
         log.wrap(entry, response)
     }

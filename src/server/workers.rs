@@ -1,0 +1,87 @@
+//! The serving threads: one single-threaded runtime per core.
+//!
+//! Each accepted connection is handed to one worker and lives there, with
+//! every request on it and the upstream connections it uses (see
+//! `reverse_proxy`, which keeps a connection pool per worker). Nothing on a
+//! request's path crosses threads, and a single-threaded runtime skips the
+//! work-stealing scheduler's bookkeeping. The acceptors stay on the caller's
+//! runtime; handing a connection over costs one wake-up per connection, not
+//! per request.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use tokio::runtime::{Builder, Handle};
+
+static WORKERS: OnceLock<Workers> = OnceLock::new();
+
+thread_local! {
+    static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+pub struct Workers {
+    handles: Vec<Handle>,
+    next: AtomicUsize,
+}
+
+impl Workers {
+    /// The process's serving workers, started on first use. If no thread
+    /// can be started, connections stay on the caller's runtime.
+    pub fn get() -> &'static Workers {
+        WORKERS.get_or_init(|| {
+            let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let handles = (0..count).filter_map(start_worker).collect::<Vec<_>>();
+            if handles.is_empty() {
+                tracing::warn!("cannot start serving threads; serving on the main runtime");
+            }
+            Workers {
+                handles,
+                next: AtomicUsize::new(0),
+            }
+        })
+    }
+
+    /// How many workers there are (at least one, counting the fallback).
+    pub fn count(&self) -> usize {
+        self.handles.len().max(1)
+    }
+
+    /// Runs a connection's future on the next worker, round robin.
+    pub fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if self.handles.is_empty() {
+            tokio::spawn(future);
+            return;
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles[index].spawn(future);
+    }
+}
+
+fn start_worker(index: usize) -> Option<Handle> {
+    let runtime = Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|err| tracing::warn!(error = %err, "cannot start a serving runtime"))
+        .ok()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name(format!("teebox-worker-{index}"))
+        .spawn(move || {
+            WORKER_INDEX.set(Some(index));
+            runtime.block_on(std::future::pending::<()>());
+        })
+        .inspect_err(|err| tracing::warn!(error = %err, "cannot start a serving thread"))
+        .ok()?;
+    Some(handle)
+}
+
+/// The index of the worker this code runs on (0 elsewhere): for per-worker
+/// state such as upstream connection pools.
+pub fn current() -> usize {
+    WORKER_INDEX.get().unwrap_or(0)
+}
