@@ -117,6 +117,17 @@ fn fmt(file: &Path, overwrite: bool) -> ExitCode {
             return ExitCode::from(INVALID);
         }
     };
+    // kdl's formatter drops some comments (one after a node on its line);
+    // never let that cost the user a comment silently.
+    let comments =
+        |t: &str| t.matches("//").count() + t.matches("/*").count() + t.matches("/-").count();
+    if comments(&formatted) < comments(&text) {
+        eprintln!(
+            "teebox: formatting {} would drop comments; nothing written (move trailing comments to lines of their own)",
+            file.display()
+        );
+        return ExitCode::from(INVALID);
+    }
     if !overwrite {
         print!("{formatted}");
         return ExitCode::SUCCESS;
@@ -200,15 +211,21 @@ fn run(file: &Path) -> ExitCode {
 
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot listen for signals; stop with SIGKILL");
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            // Reload is not there yet; SIGHUP's default action would end
+            // the process without a graceful shutdown.
+            _ = hup.recv() => tracing::warn!("SIGHUP ignored: this version cannot reload the site file; restart to apply changes"),
+        }
     }
 }

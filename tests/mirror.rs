@@ -143,6 +143,70 @@ async fn header_up_and_host_apply_to_copies_only() {
     assert_eq!(p.header("host"), Some("example.com"));
 }
 
+#[tokio::test]
+async fn a_mirror_header_up_host_is_kept() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&mirror_site(
+        &[shadow.url()],
+        "header_up \"Host\" \"shadow.internal\"",
+        &proxy_to(&primary),
+    ))
+    .await;
+    Client::http1()
+        .get(&format!("{}/h", base_url(&running)))
+        .await;
+    assert_eq!(
+        shadow.wait_for(1).await[0].header("host"),
+        Some("shadow.internal")
+    );
+}
+
+#[tokio::test]
+async fn trailers_are_copied() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&mirror_site(&[shadow.url()], "", &proxy_to(&primary))).await;
+    let request = "POST /t HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
+        5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\n\r\n";
+    let outcome = common::raw::exchange(running.addr(), request.as_bytes()).await;
+    assert_eq!(outcome.response().status, 200);
+    for rec in [
+        primary.wait_for(1).await.remove(0),
+        shadow.wait_for(1).await.remove(0),
+    ] {
+        assert_eq!(rec.body.as_ref(), b"hello world");
+        assert_eq!(
+            rec.trailers.expect("trailers").get("x-checksum").unwrap(),
+            "abc123"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upgrade_requests_are_not_mirrored() {
+    let echo = common::ws::EchoServer::start().await;
+    let shadow = Backend::ok().await;
+    let site = mirror_site(
+        &[shadow.url()],
+        "",
+        &format!("reverse_proxy {:?}", echo.url()),
+    );
+    let running = start(&site).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", running.addr()))
+        .await
+        .expect("websocket handshake through teebox");
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    let echoed = within("the echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "hi");
+    assert_eq!(running.mirrors()[0].skipped_upgrade(), 1);
+    assert_eq!(counts(&running, 0).sampled_out, 0);
+    shadow.assert_stays_at(0, Duration::from_millis(100)).await;
+}
+
 /// Sends `n` requests one after another and checks each got the primary's
 /// answer. With a shadow that hangs for longer than the whole test may take,
 /// this finishing at all shows the client never waits for a copy.

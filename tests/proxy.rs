@@ -178,6 +178,7 @@ async fn hop_by_hop_headers_are_removed_in_both_directions() {
     let expected: Vec<(String, String)> = [
         ("forwarded", "for=127.0.0.1;host=\"hop.test\";proto=http"),
         ("host", "hop.test"),
+        ("trailer", "X-Checksum"),
         ("x-forwarded-for", "127.0.0.1"),
         ("x-forwarded-host", "hop.test"),
         ("x-forwarded-proto", "http"),
@@ -195,7 +196,6 @@ async fn hop_by_hop_headers_are_removed_in_both_directions() {
         "keep-alive",
         "proxy-connection",
         "proxy-authenticate",
-        "trailer",
         "upgrade",
         "te",
         "x-backend-secret",
@@ -292,6 +292,38 @@ async fn preserve_host_false_sends_the_upstreams_host_and_port() {
         recorded.header("x-forwarded-host"),
         Some("front.example:8080")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn header_up_host_wins_over_preserve_host_false() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(
+        &[backend.url()],
+        "preserve_host #false\nheader_up \"Host\" \"app.internal\"",
+    )
+    .await;
+    let request = req("GET", &url(&teebox, "/host"))
+        .header("host", "front.example:8080")
+        .body(body::empty())
+        .unwrap();
+    Client::http1().send(request).await.unwrap();
+    let recorded = backend.wait_for(1).await.remove(0);
+    assert_eq!(recorded.header("host"), Some("app.internal"));
+    assert_eq!(recorded.headers.get_all("host").iter().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_trailers_reach_the_upstream() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let request = "POST /t HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
+        5\r\nhello\r\n0\r\nX-Checksum: abc123\r\n\r\n";
+    let outcome = raw::exchange(teebox.addr(), request.as_bytes()).await;
+    assert_eq!(outcome.response().status, 200);
+    let recorded = backend.wait_for(1).await.remove(0);
+    assert_eq!(recorded.body.as_ref(), b"hello");
+    let trailers = recorded.trailers.expect("trailers arrive");
+    assert_eq!(trailers.get("x-checksum").unwrap(), "abc123");
 }
 
 /// RFC 9112 §3.2.2: an absolute-form target's host replaces the `Host`

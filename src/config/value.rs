@@ -271,6 +271,19 @@ pub fn header_value(entry: &KdlEntry) -> Parsed<HeaderValue> {
     })
 }
 
+/// A `Host` header value: a name or address, with an optional port.
+pub fn host_header(entry: &KdlEntry) -> Parsed<HeaderValue> {
+    let s = non_empty_string(entry)?;
+    match s.parse::<http::uri::Authority>() {
+        Ok(authority) if !s.contains('@') && !authority.host().is_empty() => {
+            HeaderValue::from_str(&s).map_err(|_| wrong_type(entry, "a host name"))
+        }
+        _ => Err(Problem::error(value_span(entry), format!("`{s}` is not a host name"))
+            .label("not a host")
+            .help("write a name with an optional port, such as \"staging.internal\" or \"staging:8080\"")),
+    }
+}
+
 /// A listen address: `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"`
 /// or `":8080"` (every IPv4 interface).
 pub fn listen_address(entry: &KdlEntry) -> Parsed<SocketAddr> {

@@ -13,8 +13,8 @@ use crate::config::value::{self, UpstreamUrl};
 use crate::config::Problem;
 use crate::http::{body, hop_by_hop, Request, Response};
 use crate::mirror::breaker::BreakerConfig;
-use crate::mirror::tee::{Capture, Tee};
 use crate::mirror::target::TargetSettings;
+use crate::mirror::tee::{Capture, Tee};
 use crate::mirror::{Mirror, MirrorOptions};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
@@ -56,9 +56,12 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     };
     if arguments(node).is_empty() && opts.one("name").is_none() {
         r.push(
-            Problem::error(name_span(node), "`mirror` needs a target URL, or a `name` to take targets from the admin endpoint")
-                .label("no targets")
-                .help("write mirror \"http://staging:8080\", or mirror { name \"staging\" }"),
+            Problem::error(
+                name_span(node),
+                "`mirror` needs a target URL, or a `name` to take targets from the admin endpoint",
+            )
+            .label("no targets")
+            .help("write mirror \"http://staging:8080\", or mirror { name \"staging\" }"),
         );
         ok = false;
     }
@@ -67,7 +70,9 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         None => Some(default),
     };
     let int = |r: &mut Reader, key: &str, max: i128, default: i128| match opts.one(key) {
-        Some(n) => r.value(n, &format!("a whole number from 1 to {max}"), |e| value::integer(e, 1, max)),
+        Some(n) => r.value(n, &format!("a whole number from 1 to {max}"), |e| {
+            value::integer(e, 1, max)
+        }),
         None => Some(default),
     };
     let sample = match opts.one("sample") {
@@ -87,7 +92,13 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     };
     let header_up = r.header_ops(&opts.all("header_up"));
     let host = match opts.one("host") {
-        Some(n) => r.value(n, "a host name", value::header_value).map(Some),
+        Some(n) => r
+            .value(
+                n,
+                "a host name, such as \"staging.internal\"",
+                value::host_header,
+            )
+            .map(Some),
         None => Some(None),
     };
     if !ok {
@@ -118,7 +129,11 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
 
 impl MiddlewareConfig for MirrorConfig {
     fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError> {
-        let label = self.options.name.clone().unwrap_or_else(|| cx.route.clone());
+        let label = self
+            .options
+            .name
+            .clone()
+            .unwrap_or_else(|| cx.route.clone());
         let mirror = Mirror::start(self.options.clone(), &self.urls, label);
         cx.mirrors.register(mirror.clone());
         Ok(Arc::new(MirrorHandler { mirror }))
@@ -132,11 +147,14 @@ pub struct MirrorHandler {
 impl Middleware for MirrorHandler {
     fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
         let targets = self.mirror.targets();
-        if targets.is_empty() || !self.mirror.sampled(&targets) {
+        if targets.is_empty() {
             return next.run(req);
         }
         if hop_by_hop::upgrade_protocol(req.headers()).is_some() {
             self.mirror.count_upgrade();
+            return next.run(req);
+        }
+        if !self.mirror.sampled(&targets) {
             return next.run(req);
         }
         let (head, request_body) = req.into_parts();

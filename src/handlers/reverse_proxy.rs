@@ -279,7 +279,9 @@ impl ReverseProxy {
             *upstream_req.uri_mut() = Self::upstream_uri(&upstream, &parts.uri);
             *upstream_req.version_mut() = parts.version;
             *upstream_req.headers_mut() = headers;
-            if !self.config.preserve_host || !upstream_req.headers().contains_key(header::HOST) {
+            // Without preserve_host (or a client Host), the upstream's own
+            // name, unless header_up set one.
+            if !upstream_req.headers().contains_key(header::HOST) {
                 if let Ok(host) = HeaderValue::from_str(upstream.url.authority.as_str()) {
                     upstream_req.headers_mut().insert(header::HOST, host);
                 }
@@ -287,7 +289,8 @@ impl ReverseProxy {
             upstream.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveGuard(upstream.clone());
             let sent =
-                tokio::time::timeout(self.config.timeout, self.client().request(upstream_req)).await;
+                tokio::time::timeout(self.config.timeout, self.client().request(upstream_req))
+                    .await;
             match sent {
                 Ok(Ok(response)) => {
                     return self.respond(response, guard, upgrade.is_some(), client_upgrade);

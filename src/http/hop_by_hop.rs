@@ -7,14 +7,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// Headers that are hop-by-hop whether or not `Connection` names them.
 /// `Keep-Alive` and `Proxy-Connection` are not standard but are sent by old
 /// clients; forwarding them confuses upstreams.
-const ALWAYS: [HeaderName; 8] = [
+///
+/// `Trailer` is not among them (RFC 9110 §6.6.2 makes it end to end), and
+/// hyper only sends trailer fields that it announces.
+const ALWAYS: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 

@@ -95,7 +95,10 @@ impl Breaker {
         self.lock().probe_in_flight = false;
     }
 
-    pub fn record(&self, success: bool, now: Instant) -> Transition {
+    /// Records how a copy went. `probe` says whether it was the probe of a
+    /// paused target; other copies still in flight when the target was
+    /// paused count, but do not move the probe schedule.
+    pub fn record(&self, success: bool, probe: bool, now: Instant) -> Transition {
         if success {
             let was_failing = self.consecutive.swap(0, Ordering::Relaxed) > 0;
             if !was_failing && !self.is_paused() {
@@ -115,9 +118,10 @@ impl Breaker {
             return Transition::Remove;
         }
         if self.is_paused() {
-            // A failed probe (or a copy queued before the pause): wait again.
-            failing.probe_in_flight = false;
-            failing.retry_at = Some(now + self.config.retry_after);
+            if probe {
+                failing.probe_in_flight = false;
+                failing.retry_at = Some(now + self.config.retry_after);
+            }
             return Transition::None;
         }
         if count >= self.config.max_failures {
@@ -146,15 +150,15 @@ mod tests {
     fn pauses_probes_resumes() {
         let b = breaker();
         let t0 = Instant::now();
-        assert_eq!(b.record(false, t0), Transition::None);
-        assert_eq!(b.record(false, t0), Transition::None);
+        assert_eq!(b.record(false, false, t0), Transition::None);
+        assert_eq!(b.record(false, false, t0), Transition::None);
         assert_eq!(b.admit(t0), Admit::Send);
-        assert_eq!(b.record(false, t0), Transition::Paused);
+        assert_eq!(b.record(false, false, t0), Transition::Paused);
         assert_eq!(b.admit(t0), Admit::Skip);
         let later = t0 + Duration::from_secs(11);
         assert_eq!(b.admit(later), Admit::Probe);
         assert_eq!(b.admit(later), Admit::Skip, "one probe at a time");
-        assert_eq!(b.record(true, later), Transition::Resumed);
+        assert_eq!(b.record(true, true, later), Transition::Resumed);
         assert_eq!(b.admit(later), Admit::Send);
     }
 
@@ -163,29 +167,43 @@ mod tests {
         let b = breaker();
         let t0 = Instant::now();
         for _ in 0..3 {
-            b.record(false, t0);
+            b.record(false, false, t0);
         }
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(b.admit(t1), Admit::Probe);
-        assert_eq!(b.record(false, t1), Transition::None);
+        assert_eq!(b.record(false, true, t1), Transition::None);
         assert_eq!(b.admit(t1 + Duration::from_secs(5)), Admit::Skip);
         let t2 = t1 + Duration::from_secs(10);
         assert_eq!(b.admit(t2), Admit::Probe);
         assert_eq!(
-            b.record(false, t0 + Duration::from_secs(60)),
+            b.record(false, true, t0 + Duration::from_secs(60)),
             Transition::Remove
         );
+    }
+
+    #[test]
+    fn a_late_failure_does_not_push_the_probe_back() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record(false, false, t0);
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(b.admit(t1), Admit::Probe);
+        // A copy sent before the pause fails now: the probe is still out.
+        assert_eq!(b.record(false, false, t1), Transition::None);
+        assert_eq!(b.admit(t1), Admit::Skip);
     }
 
     #[test]
     fn success_resets_the_count() {
         let b = breaker();
         let t0 = Instant::now();
-        b.record(false, t0);
-        b.record(false, t0);
-        b.record(true, t0);
-        b.record(false, t0);
-        b.record(false, t0);
+        b.record(false, false, t0);
+        b.record(false, false, t0);
+        b.record(true, false, t0);
+        b.record(false, false, t0);
+        b.record(false, false, t0);
         assert_eq!(b.admit(t0), Admit::Send);
     }
 }

@@ -1,7 +1,6 @@
 //! A finished copy of a request, shared by every target of a mirror, and the
 //! body that replays it.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -9,8 +8,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Uri};
 use http_body::{Frame, SizeHint};
 
-/// What every target of one mirror is sent for one request. The body is the
-/// client's own chunks (reference-counted, not copied).
+/// What every target of one mirror is sent for one request, shared by all
+/// of them.
 #[derive(Debug)]
 pub struct CopyRequest {
     pub method: Method,
@@ -19,7 +18,7 @@ pub struct CopyRequest {
     /// After hop-by-hop treatment, forwarded headers and the mirror's
     /// `header_up`; `Host` is set per target.
     pub headers: HeaderMap,
-    pub chunks: Vec<Bytes>,
+    pub body: Bytes,
     pub trailers: Option<HeaderMap>,
     /// Whether the client sent a `Content-Length`; if not, the copy is sent
     /// chunked as well, so the target sees the framing the primary saw.
@@ -27,25 +26,21 @@ pub struct CopyRequest {
 }
 
 impl CopyRequest {
-    pub fn body_len(&self) -> u64 {
-        self.chunks.iter().map(|c| c.len() as u64).sum()
-    }
-
     pub fn body(&self) -> CopyBody {
         CopyBody {
-            chunks: self.chunks.iter().cloned().collect(),
+            data: (!self.body.is_empty()).then(|| self.body.clone()),
             trailers: self.trailers.clone(),
-            remaining: self.had_length.then(|| self.body_len()),
+            announce_length: self.had_length,
         }
     }
 }
 
-/// Replays a copy's chunks and trailers.
+/// Replays a copy's body and trailers.
 pub struct CopyBody {
-    chunks: VecDeque<Bytes>,
+    data: Option<Bytes>,
     trailers: Option<HeaderMap>,
-    /// Bytes still to send, announced when the original announced a length.
-    remaining: Option<u64>,
+    /// Whether to announce the length, as the original did.
+    announce_length: bool,
 }
 
 impl http_body::Body for CopyBody {
@@ -56,23 +51,20 @@ impl http_body::Body for CopyBody {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(chunk) = self.chunks.pop_front() {
-            if let Some(n) = &mut self.remaining {
-                *n -= chunk.len() as u64;
-            }
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty() && self.trailers.is_none()
+        self.data.is_none() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
+        match self.announce_length {
+            true => SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64)),
+            false => SizeHint::default(),
         }
     }
 }

@@ -255,12 +255,25 @@ impl PendingCopy {
     }
 
     pub fn dispatch(self, chunks: Vec<Bytes>, trailers: Option<HeaderMap>) {
-        tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, chunks = chunks.len(), "copy complete");
+        tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = chunks.iter().map(Bytes::len).sum::<usize>(), "copy complete");
+        // The client's chunks are slices of hyper's read buffers; a queued
+        // copy holding them would pin those whole buffers. One exact-size
+        // copy keeps a queued copy's memory at its body's size.
+        let body = match chunks.len() {
+            0 => Bytes::new(),
+            1 if chunks[0].len() >= 64 * 1024 => chunks.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut joined =
+                    bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+                chunks.iter().for_each(|c| joined.extend_from_slice(c));
+                joined.freeze()
+            }
+        };
         let copy = Arc::new(CopyRequest {
             method: self.method,
             uri: self.uri,
             headers: self.headers,
-            chunks,
+            body,
             trailers,
             had_length: self.had_length,
         });
@@ -295,7 +308,8 @@ async fn alerts(set: std::sync::Weak<TargetSet>, interval: Duration, label: Stri
             let url = target.url().to_string();
             let now = target.state().stats.counts();
             let before = last.get(&url).copied().unwrap_or_default();
-            let delta = |f: fn(&Counts) -> u64| f(&now) - f(&before);
+            // A target removed and added again starts from zero.
+            let delta = |f: fn(&Counts) -> u64| f(&now).saturating_sub(f(&before));
             let dropped = delta(|c| c.dropped);
             let failed = delta(|c| c.failed);
             let timed_out = delta(|c| c.timed_out);

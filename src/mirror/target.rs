@@ -211,7 +211,11 @@ impl Worker {
                     false
                 }
             };
-            self.after(self.state.breaker.record(success, Instant::now()));
+            self.after(
+                self.state
+                    .breaker
+                    .record(success, job.probe, Instant::now()),
+            );
         }
     }
 
@@ -244,8 +248,11 @@ impl Worker {
             None => return Outcome::Failed("cannot form the copy's URI".into()),
         };
         *req.headers_mut() = copy.headers.clone();
-        req.headers_mut()
-            .insert(header::HOST, self.state.host.clone());
+        // The copy has no Host unless the mirror's header_up set one.
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut()
+                .insert(header::HOST, self.state.host.clone());
+        }
         let response = match self.client.request(req).await {
             Ok(response) => response,
             Err(err) => return Outcome::Failed(error_chain(&err)),

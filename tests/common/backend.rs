@@ -35,6 +35,8 @@ pub struct Recorded {
     pub body: Bytes,
     /// Set when reading the body failed (the sender gave up mid-body).
     pub body_error: Option<String>,
+    /// Trailer fields that followed a chunked body.
+    pub trailers: Option<HeaderMap>,
     /// Which accepted TCP connection (0, 1, ...) carried the request.
     pub conn: usize,
     pub peer: SocketAddr,
@@ -380,11 +382,15 @@ async fn handle(
     let (parts, mut incoming) = req.into_parts();
     let mut body = Vec::new();
     let mut body_error = None;
+    let mut trailers = None;
     loop {
         match tokio::time::timeout(TIMEOUT, incoming.frame()).await {
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     body.extend_from_slice(data);
+                }
+                if let Some(fields) = frame.trailers_ref() {
+                    trailers = Some(fields.clone());
                 }
             }
             Ok(None) => break,
@@ -405,6 +411,7 @@ async fn handle(
         headers: parts.headers,
         body: Bytes::from(body),
         body_error,
+        trailers,
         conn,
         peer,
     };
