@@ -134,6 +134,10 @@ async fn rewrite_site(backend: &Backend) -> Running {
                 rewrite strip_prefix="/combo" regex=#"^/users/(\d+)"# replace="/people/$1" add_prefix="/v2"
                 reverse_proxy "{u}"
             }}
+            route "/seg*" {{
+                rewrite strip_prefix="/seg"
+                reverse_proxy "{u}"
+            }}
         }}
         "##,
         u = backend.url()
@@ -167,6 +171,16 @@ async fn rewrite_to_a_path_with_a_query_replaces_the_query_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rewrite_strip_prefix_removes_the_prefix() {
     assert_eq!(rewritten("/api/users/7?x=1").await, "/users/7?x=1");
+}
+
+/// `strip_prefix="/seg"` takes whole segments: `/seg` and `/seg/...`, never
+/// the start of `/segment`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewrite_strip_prefix_strips_whole_segments_only() {
+    assert_eq!(rewritten("/segment/x?q=1").await, "/segment/x?q=1");
+    assert_eq!(rewritten("/seg-2").await, "/seg-2");
+    assert_eq!(rewritten("/seg/x?q=1").await, "/x?q=1");
+    assert_eq!(rewritten("/seg?q=1").await, "/?q=1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -291,6 +305,143 @@ async fn a_header_matcher_checks_the_value_or_presence() {
     }
 }
 
+/// `GET path` (sent as written: hyper neither resolves dot segments nor
+/// decodes escapes); returns the status and the body as text.
+async fn status_and_body(teebox: &Running, path: &str) -> (StatusCode, String) {
+    let resp = Client::http1().get(&url(teebox, path)).await;
+    (resp.status, resp.text())
+}
+
+/// The `curl --path-as-is http://H/public/../admin` hole: routes match the
+/// normalised path, so dot segments (plain or percent-encoded) cannot climb
+/// out of a prefix route into what a later route guards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dot_segments_cannot_climb_out_of_a_prefix_route() {
+    let backend = Backend::ok().await;
+    let teebox = start(&format!(
+        r#"
+        site "127.0.0.1:0" {{
+            route "/public/*" {{ reverse_proxy "{}"; }}
+            route "/*" {{ respond 403 "denied\n"; }}
+        }}
+        "#,
+        backend.url()
+    ))
+    .await;
+    for path in [
+        "/public/../admin",
+        "/public/./../admin",
+        "/public/a/../../admin?x=1",
+        "/public/%2e%2e/admin",
+        "/public/.%2E/admin",
+        "/public/../../../../admin",
+        "/public//../admin",
+    ] {
+        assert_eq!(
+            status_and_body(&teebox, path).await,
+            (StatusCode::FORBIDDEN, "denied\n".to_string()),
+            "{path}"
+        );
+    }
+    assert_eq!(backend.count(), 0, "{:#?}", backend.requests());
+}
+
+/// The normalised path only picks the route: what goes upstream is the
+/// request target exactly as the client sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_backend_receives_the_raw_path_of_a_normalised_match() {
+    let backend = Backend::ok().await;
+    let teebox = start(&format!(
+        r#"
+        site "127.0.0.1:0" {{
+            route "/public/*" {{ reverse_proxy "{}"; }}
+            route "/*" {{ respond 403 "denied\n"; }}
+        }}
+        "#,
+        backend.url()
+    ))
+    .await;
+    let paths = [
+        "/public/a/../b?q=%2e%2e",
+        "/public/./x",
+        "/public//x",
+        "/%70ublic/x",
+        "/public/%2E%2E%2Fadmin",
+        "/public/..%2Fadmin",
+    ];
+    for path in paths {
+        assert_eq!(
+            status_and_body(&teebox, path).await,
+            (StatusCode::OK, "ok".to_string()),
+            "{path}"
+        );
+    }
+    let got: Vec<String> = backend
+        .wait_for(paths.len())
+        .await
+        .iter()
+        .map(|r| r.path_and_query().to_string())
+        .collect();
+    assert_eq!(got, paths);
+}
+
+/// The `/%61dmin` hole: escapes are decoded and repeated slashes merged
+/// before matching, so they cannot dodge an exact route; `%2F` and `%25`
+/// stay encoded, so they neither split a segment nor decode twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn escapes_and_repeated_slashes_cannot_dodge_an_exact_route() {
+    let backend = Backend::ok().await;
+    let teebox = start(&format!(
+        r#"
+        site "127.0.0.1:0" {{
+            route "/admin" {{ respond 403 "admin is closed\n"; }}
+            route "/*" {{ reverse_proxy "{}"; }}
+        }}
+        "#,
+        backend.url()
+    ))
+    .await;
+    for path in [
+        "/admin",
+        "/%61dmin",
+        "/%61%64%6D%69%6E?x=1",
+        "//admin",
+        "/./admin",
+        "/x/../admin",
+        "/x/%2e%2e//admin",
+    ] {
+        assert_eq!(
+            status_and_body(&teebox, path).await,
+            (StatusCode::FORBIDDEN, "admin is closed\n".to_string()),
+            "{path}"
+        );
+    }
+    assert_eq!(backend.count(), 0, "{:#?}", backend.requests());
+
+    // Not `/admin` once normalised: proxied, as sent.
+    let others = [
+        "/%2561dmin",
+        "/admin%2F",
+        "/adm%2Fin",
+        "/admin/",
+        "/%zzadmin",
+    ];
+    for path in others {
+        assert_eq!(
+            status_and_body(&teebox, path).await,
+            (StatusCode::OK, "ok".to_string()),
+            "{path}"
+        );
+    }
+    let got: Vec<String> = backend
+        .wait_for(others.len())
+        .await
+        .iter()
+        .map(|r| r.path_and_query().to_string())
+        .collect();
+    assert_eq!(got, others);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_matching_route_gives_404() {
     let teebox = routing_site().await;
@@ -335,6 +486,42 @@ async fn the_host_header_picks_the_site_on_a_shared_address() {
         ("x.y.b.test", "catch-all"),
         ("other.test", "catch-all"),
         ("127.0.0.1", "catch-all"),
+    ] {
+        let resp = get_with_host(&teebox, "/", host).await;
+        assert_eq!(resp.body, expected, "Host: {host}");
+    }
+}
+
+/// Caddy's rule: the most specific host wins, not the first site in the
+/// file. An exact name beats a wildcard listed before it; a wildcard beats
+/// the catch-all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exact_host_wins_over_a_wildcard_listed_before_it() {
+    let teebox = start(
+        r#"
+        site "127.0.0.1:0" {
+            route "/*" { respond 200 "catch-all"; }
+        }
+        site "127.0.0.1:0" {
+            host "*.example.test"
+            route "/*" { respond 200 "wildcard"; }
+        }
+        site "127.0.0.1:0" {
+            host "other.test" "api.example.test"
+            route "/*" { respond 200 "api"; }
+        }
+        "#,
+    )
+    .await;
+    for (host, expected) in [
+        ("api.example.test", "api"),
+        ("API.Example.Test:8080", "api"),
+        ("api.example.test.", "api"),
+        ("other.test", "api"),
+        ("www.example.test", "wildcard"),
+        ("apix.example.test", "wildcard"),
+        ("example.test", "catch-all"),
+        ("x.api.example.test", "catch-all"),
     ] {
         let resp = get_with_host(&teebox, "/", host).await;
         assert_eq!(resp.body, expected, "Host: {host}");
@@ -434,6 +621,60 @@ async fn access_log_writes_one_line_per_request_with_status_and_bytes() {
     for line in &lines {
         assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     }
+}
+
+/// HTTP/2 has no `Host` header, only `:authority`: the access log's host is
+/// the request's authority when it has one, else `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_log_host_is_the_authority_over_http2_and_host_over_http1() {
+    let dir = TempDir::new("access-log-h2");
+    let teebox = start_in(
+        r#"
+        global { log format="json"; }
+        site "127.0.0.1:0" {
+            access_log "access.log"
+            route "/h2" { respond 200 "over h2\n"; }
+            route "/h1" { respond 200 "over h1\n"; }
+        }
+        "#,
+        dir.path(),
+    )
+    .await;
+    let h2 = Client::h2c().get(&url(&teebox, "/h2?x=1")).await;
+    assert_eq!(h2.version, http::Version::HTTP_2);
+    assert_eq!(
+        (h2.status, h2.text().as_str()),
+        (StatusCode::OK, "over h2\n")
+    );
+    let h1 = get_with_host(&teebox, "/h1", "named.test:8080").await;
+    assert_eq!(h1.version, http::Version::HTTP_11);
+    assert_eq!(h1.body, "over h1\n");
+
+    let path = dir.join("access.log");
+    let read_lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    eventually("two access log lines", || read_lines().len() >= 2).await;
+    let lines = read_lines();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let line = |uri: &str| {
+        lines
+            .iter()
+            .find(|l| l["uri"] == uri)
+            .unwrap_or_else(|| panic!("no line for {uri} in {lines:#?}"))
+    };
+    let h2_line = line("/h2?x=1");
+    assert_eq!(h2_line["proto"], "HTTP/2.0");
+    assert_eq!(h2_line["host"], teebox.addr().to_string());
+    assert_eq!(h2_line["status"], 200);
+    assert_eq!(h2_line["bytes"], 8);
+    let h1_line = line("/h1");
+    assert_eq!(h1_line["proto"], "HTTP/1.1");
+    assert_eq!(h1_line["host"], "named.test:8080");
 }
 
 // ---------------------------------------------------------------------------

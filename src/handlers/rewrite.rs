@@ -4,7 +4,9 @@
 //!   value has one);
 //! - `rewrite strip_prefix="/api" add_prefix="/v2" regex=#"..."# replace="..."`
 //!   edits it: the prefix is stripped, then the regex applied, then the new
-//!   prefix added. Any subset of these may be given.
+//!   prefix added. Any subset of these may be given. `strip_prefix` strips
+//!   whole segments only: `/api` comes off `/api` and `/api/x`, but not off
+//!   `/apiary`.
 
 use std::sync::Arc;
 
@@ -27,7 +29,10 @@ pub static KIND: HandlerKind = HandlerKind::Middleware {
 #[derive(Debug, Clone)]
 pub enum Rewrite {
     /// Replace the path, and the query when `Some`.
-    Replace { path: String, query: Option<String> },
+    Replace {
+        path: String,
+        query: Option<String>,
+    },
     Edit(PathEdit),
 }
 
@@ -42,7 +47,7 @@ impl PathEdit {
     pub fn apply(&self, path: &str) -> String {
         let mut out = path;
         if let Some(prefix) = &self.strip_prefix {
-            out = out.strip_prefix(prefix.as_str()).unwrap_or(out);
+            out = strip_path_prefix(out, prefix).unwrap_or(out);
         }
         let mut out = match &self.regex {
             Some((re, replace)) => re.replace(out, replace.as_str()).into_owned(),
@@ -56,6 +61,15 @@ impl PathEdit {
         }
         out
     }
+}
+
+/// `path` without `prefix`, when `prefix` covers whole segments of it: the
+/// path is the prefix, or goes on with `/` right after it (`/api` strips
+/// from `/api` and `/api/x`, not from `/apiary`). A prefix that ends with
+/// `/` ends on a segment boundary by itself and strips as written.
+fn strip_path_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    (prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
 const USAGE: &str = "write rewrite \"/new/path\", or rewrite strip_prefix=\"/api\" add_prefix=\"/v2\" regex=#\"^/a/(\\d+)\"# replace=\"/b/$1\"";
@@ -81,7 +95,10 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
                 None => (text, None),
             };
             if PathAndQuery::try_from(path.as_str()).is_err() {
-                r.push(Problem::error(value_span(target), "not a valid URI path").label("invalid path"));
+                r.push(
+                    Problem::error(value_span(target), "not a valid URI path")
+                        .label("invalid path"),
+                );
                 return None;
             }
             Some(Box::new(Rewrite::Replace { path, query }))
@@ -94,8 +111,11 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
                         let s = r.check(value::non_empty_string(entry))?;
                         if !s.starts_with('/') {
                             r.push(
-                                Problem::error(value_span(entry), format!("`{key}` must start with /"))
-                                    .label("no leading /"),
+                                Problem::error(
+                                    value_span(entry),
+                                    format!("`{key}` must start with /"),
+                                )
+                                .label("no leading /"),
                             );
                             return None;
                         }
@@ -115,7 +135,13 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
                             .map_err(|e| {
                                 r.push(
                                     Problem::error(value_span(re), "invalid regular expression")
-                                        .label(e.to_string().lines().last().unwrap_or("invalid").to_string()),
+                                        .label(
+                                            e.to_string()
+                                                .lines()
+                                                .last()
+                                                .unwrap_or("invalid")
+                                                .to_string(),
+                                        ),
                                 )
                             })
                             .ok()
@@ -139,9 +165,12 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         }
         _ => {
             r.push(
-                Problem::error(name_span(node), "`rewrite` takes either one new path or edit properties")
-                    .label("ambiguous rewrite")
-                    .help(USAGE),
+                Problem::error(
+                    name_span(node),
+                    "`rewrite` takes either one new path or edit properties",
+                )
+                .label("ambiguous rewrite")
+                .help(USAGE),
             );
             None
         }
@@ -212,5 +241,28 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(strip.apply("/api"), "/");
+        assert_eq!(strip.apply("/api/"), "/");
+        assert_eq!(strip.apply("/api/x/y"), "/x/y");
+    }
+
+    #[test]
+    fn strip_prefix_strips_whole_segments_only() {
+        let strip = |prefix: &str, path: &str| {
+            PathEdit {
+                strip_prefix: Some(prefix.into()),
+                ..Default::default()
+            }
+            .apply(path)
+        };
+        assert_eq!(strip("/api", "/apiary"), "/apiary");
+        assert_eq!(strip("/api", "/api-v2/x"), "/api-v2/x");
+        assert_eq!(strip("/api", "/ap"), "/ap");
+        assert_eq!(strip("/api", "/api/x"), "/x");
+        assert_eq!(strip("/a/b", "/a/bc"), "/a/bc");
+        assert_eq!(strip("/a/b", "/a/b/c"), "/c");
+        // A prefix ending with `/` strips as written.
+        assert_eq!(strip("/api/", "/api/x"), "/x");
+        assert_eq!(strip("/api/", "/api"), "/api");
+        assert_eq!(strip("/", "/x"), "/x");
     }
 }

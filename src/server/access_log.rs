@@ -106,6 +106,7 @@ pub struct Entry {
     method: String,
     uri: String,
     version: http::Version,
+    /// The host (with port, if given) the client addressed.
     host: String,
     referer: String,
     user_agent: String,
@@ -131,7 +132,11 @@ impl Entry {
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
             version: req.version(),
-            host: header(header::HOST),
+            // HTTP/2 has no `Host`, only `:authority`; an absolute-form
+            // target's host overrides `Host` too (RFC 9112 §3.2.2).
+            host: crate::http::original_host(req.uri(), req.headers())
+                .and_then(|v| v.to_str().ok().map(str::to_string))
+                .unwrap_or_default(),
             referer: header(header::REFERER),
             user_agent: header(header::USER_AGENT),
         }
@@ -238,5 +243,37 @@ impl http_body::Body for Logged {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_of(req: http::request::Builder) -> String {
+        let conn = ConnInfo {
+            client: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+            tls: false,
+        };
+        Entry::begin(&req.body(body::empty()).unwrap(), conn, Instant::now()).host
+    }
+
+    #[test]
+    fn host_is_the_authority_when_there_is_one_else_the_host_header() {
+        // HTTP/2: `:authority`, no `Host`.
+        let h2 = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("http://h2.test:8443/x");
+        assert_eq!(host_of(h2), "h2.test:8443");
+        // HTTP/1.1 origin form: `Host`.
+        let h1 = http::Request::builder().uri("/x").header("host", "h1.test");
+        assert_eq!(host_of(h1), "h1.test");
+        // An absolute-form target overrides `Host`.
+        let absolute = http::Request::builder()
+            .uri("http://target.test/x")
+            .header("host", "other.test");
+        assert_eq!(host_of(absolute), "target.test");
+        assert_eq!(host_of(http::Request::builder().uri("/x")), "");
     }
 }

@@ -1,5 +1,6 @@
-//! Picks the site (by address and host) and the route (first match in file
-//! order) for a request, and runs the route's chain.
+//! Picks the site (by address and host: an exact name, then a wildcard,
+//! then the catch-all) and the route (first match in file order, on the
+//! normalised path) for a request, and runs the route's chain.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,7 +8,7 @@ use std::time::Instant;
 use http::{header, HeaderValue, StatusCode};
 
 use super::access_log::{AccessLog, Entry};
-use crate::config::matchers::{HostPattern, RouteMatch};
+use crate::config::matchers::{normalize_path, HostPattern, RouteMatch};
 use crate::handlers::Chain;
 use crate::http::{body, ConnInfo, Request, Response};
 
@@ -24,10 +25,15 @@ pub struct SiteRuntime {
 
 impl SiteRuntime {
     async fn handle(&self, req: Request) -> Response {
-        let route = self.routes.iter().find(|r| {
-            r.matcher
-                .matches(req.method(), req.uri().path(), req.headers())
-        });
+        let route = {
+            // Routes see the normalised path (as nginx's locations see
+            // `$uri`), so `/public/../admin` or `/%61dmin` cannot slip past
+            // the route meant for `/admin`. The request goes on unchanged.
+            let path = normalize_path(req.uri().path());
+            self.routes
+                .iter()
+                .find(|r| r.matcher.matches(req.method(), &path, req.headers()))
+        };
         match route {
             Some(route) => route.chain.run(req).await,
             None => plain(StatusCode::NOT_FOUND, "404 Not Found\n"),
@@ -37,31 +43,42 @@ impl SiteRuntime {
 
 /// The sites on one listen address.
 pub struct AddressRouter {
-    /// Sites with `host`, in file order.
-    named: Vec<Arc<SiteRuntime>>,
+    /// Every `host` pattern of every site, the most specific first (exact
+    /// names, then wildcards), in file order within each kind: the first
+    /// pattern that matches picks the site, whatever order the file lists
+    /// the sites in.
+    hosts: Vec<(HostPattern, Arc<SiteRuntime>)>,
     /// The site without `host`, if any: it answers every other name.
     catch_all: Option<Arc<SiteRuntime>>,
 }
 
 impl AddressRouter {
     pub fn new(sites: Vec<Arc<SiteRuntime>>) -> Self {
-        let (named, rest): (Vec<_>, Vec<_>) = sites.into_iter().partition(|s| !s.hosts.is_empty());
-        AddressRouter {
-            named,
-            catch_all: rest.into_iter().next(),
+        let mut hosts = Vec::new();
+        let mut catch_all = None;
+        for site in sites {
+            if site.hosts.is_empty() {
+                catch_all.get_or_insert(site);
+            } else {
+                hosts.extend(site.hosts.iter().map(|p| (p.clone(), site.clone())));
+            }
         }
+        // Stable: file order within the same precedence.
+        hosts.sort_by_key(|(pattern, _)| pattern.precedence());
+        AddressRouter { hosts, catch_all }
     }
 
     fn site_for(&self, req: &Request) -> Option<&Arc<SiteRuntime>> {
         // Reading the host costs an allocation; skip it when no site has one.
-        if self.named.is_empty() {
+        if self.hosts.is_empty() {
             return self.catch_all.as_ref();
         }
         request_host(req)
             .and_then(|host| {
-                self.named
+                self.hosts
                     .iter()
-                    .find(|s| s.hosts.iter().any(|p| p.matches(&host)))
+                    .find(|(pattern, _)| pattern.matches(&host))
+                    .map(|(_, site)| site)
             })
             .or(self.catch_all.as_ref())
     }
@@ -120,6 +137,56 @@ mod tests {
             .body(body::empty())
             .unwrap();
         request_host(&req)
+    }
+
+    fn site(hosts: &[&str]) -> Arc<SiteRuntime> {
+        let hosts = hosts
+            .iter()
+            .map(|h| match h.strip_prefix('*') {
+                Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
+                None => HostPattern::Exact(h.to_string()),
+            })
+            .collect();
+        Arc::new(SiteRuntime {
+            hosts,
+            routes: Vec::new(),
+            access_log: None,
+        })
+    }
+
+    fn picks(router: &AddressRouter, host: &str) -> Option<*const SiteRuntime> {
+        let req = http::Request::builder()
+            .header("host", host)
+            .body(body::empty())
+            .unwrap();
+        router.site_for(&req).map(Arc::as_ptr)
+    }
+
+    #[test]
+    fn an_exact_host_beats_a_wildcard_listed_before_it() {
+        let wild = site(&["*.example.com"]);
+        let both = site(&["*.b.example.com", "www.example.com"]);
+        let api = site(&["api.example.com"]);
+        let rest = site(&[]);
+        let router =
+            AddressRouter::new(vec![wild.clone(), both.clone(), rest.clone(), api.clone()]);
+        for (host, expected) in [
+            ("api.example.com", &api),
+            ("www.example.com", &both),
+            ("x.b.example.com", &both),
+            ("other.example.com", &wild),
+            ("b.example.com", &wild),
+            ("example.com", &rest),
+            ("x.y.b.example.com", &rest),
+        ] {
+            assert_eq!(picks(&router, host), Some(Arc::as_ptr(expected)), "{host}");
+        }
+    }
+
+    #[test]
+    fn without_a_catch_all_an_unclaimed_host_has_no_site() {
+        let router = AddressRouter::new(vec![site(&["*.example.com"]), site(&["a.test"])]);
+        assert_eq!(picks(&router, "other.test"), None);
     }
 
     #[test]
