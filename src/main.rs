@@ -6,10 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// A proxy allocates and frees small buffers and header maps on every
-/// request; mimalloc does that markedly faster than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use teebox::config::{self, LoadError, LogConfig, LogFormat, Style};
 
 #[derive(Parser)]

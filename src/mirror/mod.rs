@@ -257,18 +257,12 @@ impl PendingCopy {
     pub fn dispatch(self, chunks: Vec<Bytes>, trailers: Option<HeaderMap>) {
         tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = chunks.iter().map(Bytes::len).sum::<usize>(), "copy complete");
         // The client's chunks are slices of hyper's read buffers; a queued
-        // copy holding them would pin those whole buffers. One exact-size
-        // copy keeps a queued copy's memory at its body's size.
-        let body = match chunks.len() {
-            0 => Bytes::new(),
-            1 if chunks[0].len() >= 64 * 1024 => chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut joined =
-                    bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-                chunks.iter().for_each(|c| joined.extend_from_slice(c));
-                joined.freeze()
-            }
-        };
+        // copy holding them would pin those whole buffers (twice the body
+        // or more, measured). One exact-size copy keeps a queued copy's
+        // memory at its body's size, which is what the memory bound counts.
+        let mut body = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+        chunks.iter().for_each(|c| body.extend_from_slice(c));
+        let body = body.freeze();
         let copy = Arc::new(CopyRequest {
             method: self.method,
             uri: self.uri,
