@@ -576,7 +576,7 @@ async fn alerts_summarise_at_most_once_per_interval() {
 
     let primary = Backend::ok().await;
     let dead = refused_url();
-    let options = "alert_interval \"300ms\"\nmax_failures 100000";
+    let options = "alert_interval \"300ms\"\nmax_failures 100000\nbacklog 100000\nconcurrency 16";
     let running = start(&mirror_site(
         std::slice::from_ref(&dead),
         options,
