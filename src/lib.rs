@@ -6,6 +6,7 @@
 //! runs the route's chain of [`handlers`]; [`http`] holds what the handlers
 //! share.
 
+pub mod admin;
 pub mod config;
 pub mod handlers;
 pub mod http;

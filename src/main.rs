@@ -31,6 +31,9 @@ enum Command {
     ///
     /// Exit status: 0 valid, 1 invalid, 2 unreadable.
     Validate { file: PathBuf },
+    /// Read a password (prompt, or one line of standard input) and print
+    /// its bcrypt hash, for `user` in the admin block or a users_file.
+    HashPassword,
     /// Print the site file in its normal layout.
     Fmt {
         file: PathBuf,
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Run { file } => run(&file),
         Command::Validate { file } => validate(&file),
         Command::Fmt { file, overwrite } => fmt(&file, overwrite),
+        Command::HashPassword => hash_password(),
     }
 }
 
@@ -137,6 +141,38 @@ fn fmt(file: &Path, overwrite: bool) -> ExitCode {
     }
 }
 
+fn hash_password() -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("Password: ")
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map(|_| line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let password = match password {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => {
+            eprintln!("teebox: the password is empty");
+            return ExitCode::from(INVALID);
+        }
+        Err(err) => {
+            eprintln!("teebox: cannot read the password: {err}");
+            return ExitCode::from(UNREADABLE);
+        }
+    };
+    match bcrypt::hash(password, bcrypt::DEFAULT_COST) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("teebox: cannot hash the password: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Writes beside the file and renames over it, so a crash never leaves half a file.
 fn write_atomically(file: &Path, text: &str) -> std::io::Result<()> {
     let mut tmp = file.as_os_str().to_owned();
@@ -184,9 +220,6 @@ fn run(file: &Path) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        if config.global.admin.is_some() {
-            tracing::warn!("the admin endpoint is configured but not served by this version of teebox");
-        }
         let running = match teebox::server::start(&config).await {
             Ok(running) => running,
             Err(err) => {

@@ -259,6 +259,16 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
         .one("state_file")
         .and_then(|n| r.value(n, "a file path", value::non_empty_string))
         .map(PathBuf::from);
+    if let Some(addr) = &address {
+        if !addr.value.ip().is_loopback() && users.is_empty() && users_file.is_none() {
+            r.push(
+                Problem::error(addr.span, format!("the admin endpoint on {} has no users", addr.value))
+                    .label("reachable from other hosts, with no credentials")
+                    .help("add user \"NAME\" \"HASH\" (make the hash with `teebox hash-password`) or users_file, or listen on 127.0.0.1"),
+            );
+            return None;
+        }
+    }
     Some(AdminConfig {
         address: address?,
         users,

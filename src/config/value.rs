@@ -336,17 +336,68 @@ impl std::fmt::Display for UpstreamUrl {
     }
 }
 
-/// `"http://host:port"`. The path must be empty: paths are changed with
-/// `rewrite`, as in Caddy.
+/// Why text is not an upstream URL, and how to write it instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlError {
+    pub why: String,
+    pub help: Option<String>,
+}
+
+impl std::fmt::Display for UrlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl UpstreamUrl {
+    /// `"http://host:port"`. The path must be empty: paths are changed with
+    /// `rewrite`, as in Caddy. Shared by the site file and the admin API.
+    pub fn parse(text: &str) -> Result<UpstreamUrl, UrlError> {
+        let bad = |why: &str, help: Option<String>| UrlError {
+            why: why.to_string(),
+            help,
+        };
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|_| bad("not a URL", Some("write it as \"http://host:port\"".into())))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| bad("no scheme", Some(format!("write \"http://{text}\""))))?;
+        if scheme != Scheme::HTTP {
+            let why = if scheme == Scheme::HTTPS {
+                "https:// upstreams are not supported yet"
+            } else {
+                "the scheme must be http://"
+            };
+            return Err(bad(why, None));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("no host", Some("write it as \"http://host:port\"".into())))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "user information is not allowed in upstream URLs",
+                None,
+            ));
+        }
+        if authority.host().is_empty() {
+            return Err(bad("no host", None));
+        }
+        if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+            return Err(bad(
+                "an upstream URL has no path or query",
+                Some("use `rewrite` before the handler to change the path".into()),
+            ));
+        }
+        Ok(UpstreamUrl { scheme, authority })
+    }
+}
+
+/// An upstream or target URL in the site file (see [`UpstreamUrl::parse`]).
 pub fn upstream_url(entry: &KdlEntry) -> Parsed<UpstreamUrl> {
     let text = non_empty_string(entry)?;
-    let bad = |why: &str| {
-        Problem::error(
-            value_span(entry),
-            format!("invalid upstream URL `{text}`: {why}"),
-        )
-        .label("bad URL")
-    };
     if text.ends_with(':')
         && text[..text.len() - 1]
             .bytes()
@@ -359,36 +410,17 @@ pub fn upstream_url(entry: &KdlEntry) -> Parsed<UpstreamUrl> {
         .label("the rest became a comment")
         .help("quote the URL: \"http://host:port\""));
     }
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|_| bad("not a URL").help("write it as \"http://host:port\""))?;
-    let scheme = uri
-        .scheme()
-        .cloned()
-        .ok_or_else(|| bad("no scheme").help(format!("write \"http://{text}\"")))?;
-    if scheme != Scheme::HTTP {
-        let why = if scheme == Scheme::HTTPS {
-            "https:// upstreams are not supported yet"
-        } else {
-            "the scheme must be http://"
-        };
-        return Err(bad(why));
-    }
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| bad("no host").help("write it as \"http://host:port\""))?;
-    if authority.as_str().contains('@') {
-        return Err(bad("user information is not allowed in upstream URLs"));
-    }
-    if authority.host().is_empty() {
-        return Err(bad("no host"));
-    }
-    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
-        return Err(bad("an upstream URL has no path or query")
-            .help("use `rewrite` before the handler to change the path"));
-    }
-    Ok(UpstreamUrl { scheme, authority })
+    UpstreamUrl::parse(&text).map_err(|err| {
+        let p = Problem::error(
+            value_span(entry),
+            format!("invalid upstream URL `{text}`: {}", err.why),
+        )
+        .label("bad URL");
+        match err.help {
+            Some(help) => p.help(help),
+            None => p,
+        }
+    })
 }
 
 /// One of a fixed set of words, e.g. `lb_policy`.

@@ -49,6 +49,7 @@ pub struct Running {
     /// Shared with the accept loops, which make a watcher per connection.
     graceful: Arc<GracefulShutdown>,
     mirrors: MirrorRegistry,
+    admin: Option<SocketAddr>,
 }
 
 impl Running {
@@ -60,6 +61,11 @@ impl Running {
     /// The local address of the first listen address in the file.
     pub fn addr(&self) -> SocketAddr {
         self.bound[0].local
+    }
+
+    /// Where the admin endpoint listens, if the file configures one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`,
@@ -137,6 +143,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
 
     let (stop, stop_rx) = watch::channel(false);
+    let admin = match &config.global.admin {
+        Some(admin) => {
+            let endpoint = crate::admin::Admin::new(admin, &config.base_dir, mirrors.clone())
+                .map_err(|e| StartError::Build(e.to_string()))?;
+            Some(
+                endpoint
+                    .start(admin.address.value, stop_rx.clone())
+                    .await
+                    .map_err(|e| StartError::Build(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_loops = JoinSet::new();
     for listener in listeners {
@@ -151,6 +170,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         accept_loops,
         graceful,
         mirrors,
+        admin,
     })
 }
 

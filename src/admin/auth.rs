@@ -1,0 +1,130 @@
+//! HTTP Basic authentication for the admin endpoint, against bcrypt hashes
+//! from the site file (`user`) and an htpasswd file (`users_file`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use base64::Engine;
+use http::HeaderMap;
+
+#[derive(Debug, Clone, Default)]
+pub struct Users {
+    hashes: HashMap<String, String>,
+    /// A hash of a password nobody has, at the users' cost, checked when
+    /// the name is unknown so that it takes as long as a wrong password.
+    decoy: String,
+}
+
+impl Users {
+    /// Users from the site file plus those of an htpasswd file of bcrypt
+    /// lines (`name:$2y$...`; blank lines and `#` comments skipped).
+    pub fn load(inline: &[(String, String)], file: Option<&Path>) -> Result<Users, String> {
+        let mut hashes = HashMap::new();
+        for (name, hash) in inline {
+            check_hash(name, hash)?;
+            hashes.insert(name.clone(), hash.clone());
+        }
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read users_file {}: {e}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (name, hash) = line.split_once(':').ok_or_else(|| {
+                    format!("{}:{}: expected name:bcrypt-hash", path.display(), n + 1)
+                })?;
+                check_hash(name, hash).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+                hashes.insert(name.to_string(), hash.to_string());
+            }
+        }
+        let cost = hashes
+            .values()
+            .next()
+            .and_then(|h| h.get(4..6))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let decoy = match hashes.is_empty() {
+            true => String::new(),
+            false => bcrypt::hash("not a password anyone has", cost).map_err(|e| e.to_string())?,
+        };
+        Ok(Users { hashes, decoy })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Whether the request carries the credentials of a known user. Slow by
+    /// design (bcrypt): call it off the async threads.
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some((name, password)) = basic_credentials(headers) else {
+            return false;
+        };
+        let (hash, known) = match self.hashes.get(&name) {
+            Some(hash) => (hash.as_str(), true),
+            None => (self.decoy.as_str(), false),
+        };
+        // bcrypt compares in constant time; the decoy keeps the time the
+        // same for unknown names.
+        bcrypt::verify(password, hash).unwrap_or(false) && known
+    }
+}
+
+fn check_hash(name: &str, hash: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains(':') {
+        return Err(format!("invalid user name `{name}`"));
+    }
+    if !["$2a$", "$2b$", "$2x$", "$2y$"]
+        .iter()
+        .any(|p| hash.starts_with(p))
+        || hash.len() != 60
+    {
+        return Err(format!(
+            "the hash for `{name}` is not a bcrypt hash; make one with `teebox hash-password`"
+        ));
+    }
+    Ok(())
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (name, password) = text.split_once(':')?;
+    Some((name.to_string(), password.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(user: &str, password: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        h.insert("authorization", format!("Basic {token}").parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn checks_credentials() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let users = Users::load(&[("ops".into(), hash)], None).unwrap();
+        assert!(users.admits(&basic("ops", "s3cret")));
+        assert!(!users.admits(&basic("ops", "wrong")));
+        assert!(!users.admits(&basic("eve", "s3cret")));
+        assert!(!users.admits(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn refuses_other_hashes() {
+        assert!(Users::load(&[("ops".into(), "plain".into())], None).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The admin endpoint: runtime mirror targets, metrics and health, on its
+//! own listener, apart from the traffic listeners.
+//!
+//! `PUT|GET|DELETE /targets` follows trafficmirror's usage (repeated `url`
+//! parameters, plain text lists); `GET /metrics` is Prometheus text;
+//! `GET /healthz` answers 200 while serving. With users configured, every
+//! request needs HTTP Basic credentials.
+
+pub mod auth;
+pub mod metrics;
+mod targets;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::AdminConfig;
+use crate::mirror::MirrorRegistry;
+use auth::Users;
+use targets::TargetPatterns;
+
+pub type AdminResponse = http::Response<Full<Bytes>>;
+
+pub struct Admin {
+    users: Users,
+    allow: TargetPatterns,
+    mirrors: MirrorRegistry,
+}
+
+/// Why the admin endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin endpoint: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin endpoint: {0}")]
+    Users(String),
+}
+
+impl Admin {
+    pub fn new(
+        config: &AdminConfig,
+        base_dir: &std::path::Path,
+        mirrors: MirrorRegistry,
+    ) -> Result<Admin, AdminError> {
+        let file = config.users_file.as_ref().map(|f| base_dir.join(f));
+        let users = Users::load(&config.users, file.as_deref()).map_err(AdminError::Users)?;
+        Ok(Admin {
+            users,
+            allow: TargetPatterns::new(&config.allow_target),
+            mirrors,
+        })
+    }
+
+    /// Binds the admin address and serves until `stop` turns true.
+    pub async fn start(
+        self,
+        addr: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<SocketAddr, AdminError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        tracing::info!(address = %local, "admin endpoint listening");
+        let admin = Arc::new(self);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = stop.wait_for(|stop| *stop) => return,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let admin = admin.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<Incoming>| {
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(local)
+    }
+
+    async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> AdminResponse {
+        if !self.users.is_empty() {
+            let admin = self.clone();
+            let headers = req.headers().clone();
+            // bcrypt is slow on purpose: keep it off the async threads.
+            let admitted = tokio::task::spawn_blocking(move || admin.users.admits(&headers))
+                .await
+                .unwrap_or(false);
+            if !admitted {
+                let mut response = text(StatusCode::UNAUTHORIZED, "credentials required\n");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"teebox admin\", charset=\"UTF-8\""),
+                );
+                return response;
+            }
+        }
+        let query = req.uri().query().unwrap_or("").to_string();
+        match (req.uri().path(), req.method()) {
+            ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
+            ("/metrics", &Method::GET | &Method::HEAD) => {
+                let mut response = text(StatusCode::OK, metrics::render(&self.mirrors.all()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            ("/targets", method) => {
+                let wants_json = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/json"));
+                targets::handle(&self.mirrors, &self.allow, method, &query, wants_json)
+            }
+            ("/healthz" | "/metrics", _) => not_allowed("GET, HEAD"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "no such admin resource; try /targets, /metrics or /healthz\n",
+            ),
+        }
+    }
+}
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
+    let mut response = http::Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+pub fn not_allowed(allow: &'static str) -> AdminResponse {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}\n"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}

@@ -1,0 +1,358 @@
+//! The admin endpoint: runtime targets, authentication, metrics, health.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use common::{base_url, client, start, Backend, Client, Resp};
+use teebox::server::Running;
+
+/// A site file with an admin block (`admin_body` inside it) and one route
+/// whose chain is `chain`.
+fn admin_site(admin_body: &str, chain: &str) -> String {
+    format!(
+        "global {{\n  admin \"127.0.0.1:0\" {{\n{admin_body}\n  }}\n}}\nsite \"127.0.0.1:0\" {{\n  route \"/*\" {{\n{chain}\n  }}\n}}\n"
+    )
+}
+
+fn admin_url(running: &Running, path_and_query: &str) -> String {
+    format!(
+        "http://{}{path_and_query}",
+        running.admin_addr().expect("admin endpoint")
+    )
+}
+
+async fn call(
+    running: &Running,
+    method: &str,
+    path_and_query: &str,
+    auth: Option<(&str, &str)>,
+    json: bool,
+) -> Resp {
+    let mut builder = client::req(method, &admin_url(running, path_and_query));
+    if let Some((user, password)) = auth {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        builder = builder.header("authorization", format!("Basic {token}"));
+    }
+    if json {
+        builder = builder.header("accept", "application/json");
+    }
+    Client::http1()
+        .send(builder.body(client::full("")).unwrap())
+        .await
+        .expect("admin request")
+}
+
+async fn put(running: &Running, query: &str) -> Resp {
+    call(running, "PUT", &format!("/targets?{query}"), None, false).await
+}
+
+#[tokio::test]
+async fn targets_are_added_listed_and_removed() {
+    let running = start(&admin_site("", "mirror { name \"staging\"; }\nrespond 200")).await;
+    let resp = put(
+        &running,
+        "url=http://127.0.0.1:9001&url=http://127.0.0.1:9002",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.text(),
+        "added http://127.0.0.1:9001\nadded http://127.0.0.1:9002\n"
+    );
+
+    let list = call(&running, "GET", "/targets", None, false).await;
+    assert_eq!(
+        list.text(),
+        "http://127.0.0.1:9001\nhttp://127.0.0.1:9002\n"
+    );
+
+    let json = call(&running, "GET", "/targets", None, true).await;
+    assert_eq!(json.header("content-type"), Some("application/json"));
+    let parsed: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+    let entries = parsed.as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["url"], "http://127.0.0.1:9001");
+    assert_eq!(entries[0]["mirror"], "staging");
+    assert_eq!(entries[0]["state"], "active");
+    assert_eq!(entries[0]["counters"]["sent"], 0);
+
+    let removed = call(
+        &running,
+        "DELETE",
+        "/targets?url=http://127.0.0.1:9001",
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(removed.status, 200);
+    assert_eq!(removed.text(), "removed http://127.0.0.1:9001\n");
+    let list = call(&running, "GET", "/targets?mirror=staging", None, false).await;
+    assert_eq!(list.text(), "http://127.0.0.1:9002\n");
+}
+
+#[tokio::test]
+async fn a_runtime_target_receives_copies() {
+    let shadow = Backend::ok().await;
+    let running = start(&admin_site(
+        "",
+        "mirror { name \"staging\"; }\nrespond 200 \"primary\"",
+    ))
+    .await;
+    assert_eq!(
+        put(&running, &format!("url={}", shadow.url())).await.status,
+        200
+    );
+    let body = common::random_bytes(4096, 11);
+    let req = client::req("POST", &format!("{}/after-add?x=1", base_url(&running)))
+        .body(client::full(body.clone()))
+        .unwrap();
+    assert_eq!(Client::http1().send(req).await.unwrap().text(), "primary");
+    let copy = shadow
+        .wait_for_within(1, Duration::from_secs(1))
+        .await
+        .remove(0);
+    assert_eq!(copy.path_and_query(), "/after-add?x=1");
+    assert_eq!(copy.body.as_ref(), body.as_slice());
+}
+
+/// Every refusal is a 4xx with a one-line reason, and changes nothing.
+#[tokio::test]
+async fn bad_calls_get_a_reason_and_change_nothing() {
+    let site = admin_site(
+        "allow_target \"http://127.0.0.1:*\"",
+        "mirror \"http://127.0.0.1:9001\" { name \"staging\"; }\nmirror { name \"canary\"; }\nrespond 200",
+    );
+    let running = start(&site).await;
+    let cases: &[(&str, &str, u16, &str)] = &[
+        (
+            "PUT",
+            "/targets?mirror=staging&url=http://127.0.0.1:9001",
+            409,
+            "already a target",
+        ),
+        (
+            "PUT",
+            "/targets?mirror=staging&url=http://127.0.0.1:9005&url=http://127.0.0.1:9001",
+            409,
+            "already a target",
+        ),
+        (
+            "DELETE",
+            "/targets?mirror=staging&url=http://127.0.0.1:9999",
+            404,
+            "not a target",
+        ),
+        (
+            "PUT",
+            "/targets?mirror=staging&url=not-a-url",
+            400,
+            "invalid target URL",
+        ),
+        (
+            "PUT",
+            "/targets?mirror=staging&url=ftp://127.0.0.1:21",
+            400,
+            "scheme",
+        ),
+        (
+            "PUT",
+            "/targets?mirror=staging&url=http://10.1.2.3:80",
+            403,
+            "allow_target",
+        ),
+        (
+            "PUT",
+            "/targets?mirror=nope&url=http://127.0.0.1:9005",
+            404,
+            "no mirror named",
+        ),
+        (
+            "PUT",
+            "/targets?url=http://127.0.0.1:9005",
+            400,
+            "choose one with mirror=NAME",
+        ),
+        ("PUT", "/targets?mirror=staging", 400, "url="),
+        (
+            "PUT",
+            "/targets?mirror=staging&target=x",
+            400,
+            "unknown parameter",
+        ),
+        (
+            "PATCH",
+            "/targets?mirror=staging",
+            405,
+            "method not allowed",
+        ),
+        ("GET", "/nothing", 404, "no such admin resource"),
+    ];
+    for (method, path, status, reason) in cases {
+        let resp = call(&running, method, path, None, false).await;
+        assert_eq!(resp.status, *status, "{method} {path}: {}", resp.text());
+        let text = resp.text();
+        assert!(text.contains(reason), "{method} {path}: {text}");
+        assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+    }
+    let staging = call(&running, "GET", "/targets?mirror=staging", None, false).await;
+    assert_eq!(staging.text(), "http://127.0.0.1:9001\n", "nothing changed");
+    let canary = call(&running, "GET", "/targets?mirror=canary", None, false).await;
+    assert_eq!(canary.text(), "");
+}
+
+#[tokio::test]
+async fn with_users_every_request_needs_credentials() {
+    // Cost 4 keeps the test quick; real hashes use 12.
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let site = admin_site(
+        &format!("user \"ops\" \"{hash}\""),
+        "mirror { name \"m\"; }\nrespond 200",
+    );
+    let running = start(&site).await;
+    for path in ["/targets", "/metrics", "/healthz"] {
+        let anonymous = call(&running, "GET", path, None, false).await;
+        assert_eq!(anonymous.status, 401, "{path}");
+        assert!(anonymous
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Basic realm="));
+        assert_eq!(
+            call(&running, "GET", path, Some(("ops", "wrong")), false)
+                .await
+                .status,
+            401
+        );
+        assert_eq!(
+            call(&running, "GET", path, Some(("eve", "s3cret")), false)
+                .await
+                .status,
+            401
+        );
+        assert_eq!(
+            call(&running, "GET", path, Some(("ops", "s3cret")), false)
+                .await
+                .status,
+            200
+        );
+    }
+    let refused = call(
+        &running,
+        "PUT",
+        "/targets?url=http://127.0.0.1:9001",
+        Some(("ops", "nope")),
+        false,
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+    let list = call(&running, "GET", "/targets", Some(("ops", "s3cret")), false).await;
+    assert_eq!(list.text(), "", "a refused call changes nothing");
+}
+
+#[tokio::test]
+async fn users_file_holds_htpasswd_bcrypt_lines() {
+    let dir = common::TempDir::new("admin-users");
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    std::fs::write(
+        dir.join("admin.htpasswd"),
+        format!("# operators\nalice:{hash}\n\n"),
+    )
+    .unwrap();
+    let site = admin_site("users_file \"admin.htpasswd\"", "respond 200");
+    let running = common::start_in(&site, dir.path()).await;
+    assert_eq!(
+        call(&running, "GET", "/healthz", Some(("alice", "pw")), false)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(&running, "GET", "/healthz", None, false).await.status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn without_users_a_loopback_endpoint_is_open() {
+    let running = start(&admin_site("", "respond 200")).await;
+    let health = call(&running, "GET", "/healthz", None, false).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.text(), "ok\n");
+}
+
+#[test]
+fn validate_refuses_an_open_endpoint_on_other_interfaces() {
+    let site = "global { admin \"0.0.0.0:2019\" }\nsite \"127.0.0.1:0\" { route \"/*\" { respond 200 } }\n";
+    let err = teebox::config::parse("open.kdl", site, std::env::temp_dir()).unwrap_err();
+    let text = err.render(teebox::config::Style::Plain);
+    assert!(
+        text.contains("the admin endpoint on 0.0.0.0:2019 has no users"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text() {
+    let shadow = Backend::ok().await;
+    let site = admin_site(
+        "",
+        &format!(
+            "mirror {:?} {{ name \"staging\"; }}\nrespond 200",
+            shadow.url()
+        ),
+    );
+    let running = start(&site).await;
+    let client = Client::http1();
+    for i in 0..3 {
+        client.get(&format!("{}/m/{i}", base_url(&running))).await;
+    }
+    shadow.wait_for(3).await;
+    common::eventually("three copies counted", || {
+        running.mirrors()[0].targets()[0]
+            .state()
+            .stats
+            .counts()
+            .succeeded
+            == 3
+    })
+    .await;
+    let resp = call(&running, "GET", "/metrics", None, false).await;
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = resp.text();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let sample = |name: &str, outcome: Option<&str>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name
+                    && s.labels.get("target") == Some(shadow.url().as_str())
+                    && outcome.is_none_or(|o| s.labels.get("outcome") == Some(o))
+            })
+            .unwrap_or_else(|| panic!("no {name} {outcome:?} in:\n{text}"))
+            .value
+            .clone()
+    };
+    use prometheus_parse::Value;
+    assert_eq!(
+        sample("teebox_mirror_copies_total", Some("succeeded")),
+        Value::Counter(3.0)
+    );
+    assert_eq!(
+        sample("teebox_mirror_copies_total", Some("dropped")),
+        Value::Counter(0.0)
+    );
+    assert_eq!(sample("teebox_mirror_backlog", None), Value::Gauge(0.0));
+    match sample("teebox_mirror_copy_duration_seconds", None) {
+        Value::Histogram(buckets) => {
+            assert_eq!(buckets.last().unwrap().count, 3.0);
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+}
