@@ -356,3 +356,60 @@ async fn metrics_parse_as_prometheus_text() {
         other => panic!("not a histogram: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn runtime_changes_survive_a_restart_through_the_state_file() {
+    let dir = common::TempDir::new("admin-state");
+    let site = admin_site(
+        "state_file \"targets.json\"",
+        "mirror \"http://127.0.0.1:9001\" { name \"staging\"; }\nrespond 200",
+    );
+    let first = common::start_in(&site, dir.path()).await;
+    assert_eq!(put(&first, "url=http://127.0.0.1:9002").await.status, 200);
+    let removed = call(
+        &first,
+        "DELETE",
+        "/targets?url=http://127.0.0.1:9001",
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(removed.status, 200);
+    common::within("shutdown", first.shutdown(Duration::from_secs(1))).await;
+
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("targets.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved["mirrors"]["staging"]["added"][0],
+        "http://127.0.0.1:9002"
+    );
+    assert_eq!(
+        saved["mirrors"]["staging"]["removed"][0],
+        "http://127.0.0.1:9001"
+    );
+
+    let second = common::start_in(&site, dir.path()).await;
+    let list = call(&second, "GET", "/targets", None, false).await;
+    assert_eq!(list.text(), "http://127.0.0.1:9002\n");
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_stops_the_start() {
+    let dir = common::TempDir::new("admin-corrupt");
+    std::fs::write(
+        dir.join("targets.json"),
+        "{\"version\": 1, \"mirrors\": {\"staging\": {\"added\": [42]}}}",
+    )
+    .unwrap();
+    let site = admin_site(
+        "state_file \"targets.json\"",
+        "mirror { name \"staging\"; }\nrespond 200",
+    );
+    let loaded = teebox::config::parse("test.kdl", &site, dir.path().to_path_buf()).unwrap();
+    let err = match teebox::server::start(&loaded.config).await {
+        Ok(_) => panic!("started with a corrupt state file"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(err.contains("targets.json"), "{err}");
+}

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod metrics;
+pub mod state;
 mod targets;
 
 use std::convert::Infallible;
@@ -35,6 +36,7 @@ pub struct Admin {
     users: Users,
     allow: TargetPatterns,
     mirrors: MirrorRegistry,
+    state: Option<state::StateFile>,
 }
 
 /// Why the admin endpoint could not start.
@@ -47,6 +49,8 @@ pub enum AdminError {
     },
     #[error("admin endpoint: {0}")]
     Users(String),
+    #[error("admin endpoint: {0}")]
+    State(String),
 }
 
 impl Admin {
@@ -57,10 +61,18 @@ impl Admin {
     ) -> Result<Admin, AdminError> {
         let file = config.users_file.as_ref().map(|f| base_dir.join(f));
         let users = Users::load(&config.users, file.as_deref()).map_err(AdminError::Users)?;
+        let state = config
+            .state_file
+            .as_ref()
+            .map(|f| state::StateFile::new(base_dir.join(f)));
+        if let Some(state) = &state {
+            state.restore(&mirrors).map_err(AdminError::State)?;
+        }
         Ok(Admin {
             users,
             allow: TargetPatterns::new(&config.allow_target),
             mirrors,
+            state,
         })
     }
 
@@ -134,7 +146,21 @@ impl Admin {
                     .get(header::ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.contains("application/json"));
-                targets::handle(&self.mirrors, &self.allow, method, &query, wants_json)
+                let (response, changed) =
+                    targets::handle(&self.mirrors, &self.allow, method, &query, wants_json);
+                match (&self.state, changed) {
+                    (Some(state), true) => match state.save(&self.mirrors) {
+                        Ok(()) => response,
+                        Err(err) => {
+                            tracing::error!(error = %err, "cannot save state_file");
+                            text(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                format!("the change is live but could not be saved to state_file: {err}\n"),
+                            )
+                        }
+                    },
+                    _ => response,
+                }
             }
             ("/healthz" | "/metrics", _) => not_allowed("GET, HEAD"),
             _ => text(

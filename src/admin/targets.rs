@@ -126,26 +126,31 @@ fn list_or_none(names: &[&str]) -> String {
     }
 }
 
+/// Answers a `/targets` call; `true` when the target set changed.
 pub fn handle(
     registry: &MirrorRegistry,
     allow: &TargetPatterns,
     method: &Method,
     query: &str,
     json: bool,
-) -> AdminResponse {
+) -> (AdminResponse, bool) {
     let params = match params(query) {
         Ok(p) => p,
-        Err(why) => return text(StatusCode::BAD_REQUEST, why + "\n"),
+        Err(why) => return (text(StatusCode::BAD_REQUEST, why + "\n"), false),
     };
     let mirror = match select(&registry.all(), params.mirror.as_deref()) {
         Ok(m) => m,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => return (refusal.into_response(), false),
     };
-    match *method {
-        Method::GET | Method::HEAD => list(&mirror, json),
+    let changed = match *method {
+        Method::GET | Method::HEAD => return (list(&mirror, json), false),
         Method::PUT | Method::POST => add(&mirror, allow, &params.urls),
         Method::DELETE => remove(&mirror, &params.urls),
-        _ => not_allowed("GET, PUT, DELETE"),
+        _ => return (not_allowed("GET, PUT, DELETE"), false),
+    };
+    match changed {
+        Ok(response) => (response, true),
+        Err(refusal) => (refusal.into_response(), false),
     }
 }
 
@@ -212,24 +217,21 @@ fn parse_all(urls: &[String]) -> Result<Vec<UpstreamUrl>, Refusal> {
     Ok(parsed)
 }
 
-fn add(mirror: &Mirror, allow: &TargetPatterns, urls: &[String]) -> AdminResponse {
-    let urls = match parse_all(urls) {
-        Ok(urls) => urls,
-        Err(refusal) => return refusal.into_response(),
-    };
+fn add(mirror: &Mirror, allow: &TargetPatterns, urls: &[String]) -> Result<AdminResponse, Refusal> {
+    let urls = parse_all(urls)?;
     let current = mirror.targets();
     for url in &urls {
         if !allow.allows(url) {
-            return text(
+            return Err(refuse(
                 StatusCode::FORBIDDEN,
                 format!("{url} matches no allow_target pattern\n"),
-            );
+            ));
         }
         if current.iter().any(|t| t.url() == url) {
-            return text(
+            return Err(refuse(
                 StatusCode::CONFLICT,
                 format!("{url} is already a target of {}\n", mirror.label()),
-            );
+            ));
         }
     }
     let mut body = String::new();
@@ -240,20 +242,17 @@ fn add(mirror: &Mirror, allow: &TargetPatterns, urls: &[String]) -> AdminRespons
             body.push_str(&format!("added {shown}\n"));
         }
     }
-    text(StatusCode::OK, body)
+    Ok(text(StatusCode::OK, body))
 }
 
-fn remove(mirror: &Mirror, urls: &[String]) -> AdminResponse {
-    let urls = match parse_all(urls) {
-        Ok(urls) => urls,
-        Err(refusal) => return refusal.into_response(),
-    };
+fn remove(mirror: &Mirror, urls: &[String]) -> Result<AdminResponse, Refusal> {
+    let urls = parse_all(urls)?;
     let current = mirror.targets();
     if let Some(missing) = urls.iter().find(|u| !current.iter().any(|t| t.url() == *u)) {
-        return text(
+        return Err(refuse(
             StatusCode::NOT_FOUND,
             format!("{missing} is not a target of {}\n", mirror.label()),
-        );
+        ));
     }
     let mut body = String::new();
     for url in urls {
@@ -262,7 +261,7 @@ fn remove(mirror: &Mirror, urls: &[String]) -> AdminResponse {
             body.push_str(&format!("removed {url}\n"));
         }
     }
-    text(StatusCode::OK, body)
+    Ok(text(StatusCode::OK, body))
 }
 
 #[cfg(test)]

@@ -91,6 +91,8 @@ pub struct Mirror {
     /// Names the mirror in logs: its `name`, or its route.
     label: String,
     set: Arc<TargetSet>,
+    /// The targets the site file lists, for telling runtime changes apart.
+    configured: Vec<UpstreamUrl>,
     client: CopyClient,
     /// Upgrade requests (WebSocket) are never copied: a copy could not
     /// take part in the conversation.
@@ -124,6 +126,7 @@ impl Mirror {
             options,
             label,
             set,
+            configured: urls.to_vec(),
             client,
             skipped_upgrade: AtomicU64::new(0),
         })
@@ -152,6 +155,23 @@ impl Mirror {
                 false
             }
         }
+    }
+
+    /// Targets added at runtime, and site-file targets removed at runtime.
+    pub fn runtime_changes(&self) -> (Vec<UpstreamUrl>, Vec<UpstreamUrl>) {
+        let current: Vec<UpstreamUrl> = self.targets().iter().map(|t| t.url().clone()).collect();
+        let added = current
+            .iter()
+            .filter(|u| !self.configured.contains(u))
+            .cloned()
+            .collect();
+        let removed = self
+            .configured
+            .iter()
+            .filter(|u| !current.contains(u))
+            .cloned()
+            .collect();
+        (added, removed)
     }
 
     pub fn remove_target(&self, url: &UpstreamUrl) -> bool {
