@@ -228,7 +228,7 @@ fn run(file: &Path) -> ExitCode {
             }
         };
         tracing::info!(file = %file.display(), version = env!("CARGO_PKG_VERSION"), "teebox serving");
-        let signal = shutdown_signal().await;
+        let signal = serve_until_stopped(&running).await;
         let grace = config.global.grace_period;
         tracing::info!(%signal, ?grace, "shutting down");
         if running.shutdown(grace).await {
@@ -238,7 +238,8 @@ fn run(file: &Path) -> ExitCode {
     })
 }
 
-async fn shutdown_signal() -> &'static str {
+/// Waits for SIGTERM or SIGINT; reloads the site file on SIGHUP.
+async fn serve_until_stopped(running: &teebox::server::Running) -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -252,9 +253,10 @@ async fn shutdown_signal() -> &'static str {
         tokio::select! {
             _ = term.recv() => return "SIGTERM",
             _ = int.recv() => return "SIGINT",
-            // Reload is not there yet; SIGHUP's default action would end
-            // the process without a graceful shutdown.
-            _ = hup.recv() => tracing::warn!("SIGHUP ignored: this version cannot reload the site file; restart to apply changes"),
+            _ = hup.recv() => match running.reload().await {
+                Ok(_) => {}
+                Err(err) => tracing::error!("SIGHUP: reload refused; the running config stays\n{err}"),
+            },
         }
     }
 }

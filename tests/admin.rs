@@ -413,3 +413,104 @@ async fn a_corrupt_state_file_stops_the_start() {
     assert!(err.contains("corrupt"), "{err}");
     assert!(err.contains("targets.json"), "{err}");
 }
+
+/// A site file whose every answer carries its version twice: in a header
+/// added by one handler and in the body from another, so a response from a
+/// half-applied config would show two versions.
+fn versioned_site(version: &str, extra_route: &str) -> String {
+    admin_site(
+        "",
+        &format!(
+            "mirror {{ name \"staging\"; }}\nheader {{ \"X-Version\" \"{version}\" }}\nrespond 200 \"{version}\"\n  }}\n{extra_route}\n  route \"/unused\" {{\n respond 404"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_config_under_load_without_failing_a_request() {
+    let dir = common::TempDir::new("admin-reload");
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, versioned_site("1", "")).unwrap();
+    let loaded = teebox::config::load(&file).unwrap();
+    let running = teebox::server::start(&loaded.config).await.unwrap();
+    let shadow = Backend::ok().await;
+    assert_eq!(
+        put(&running, &format!("url={}", shadow.url())).await.status,
+        200
+    );
+
+    let base = base_url(&running);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let (base, stop) = (base.clone(), stop.clone());
+        load.spawn(async move {
+            let client = Client::http1();
+            let mut seen = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp = client.get(&format!("{base}/w{worker}/{i}")).await;
+                assert_eq!(resp.status, 200, "request {i} of worker {worker}");
+                let header = resp.header("x-version").unwrap_or("none").to_string();
+                assert_eq!(header, resp.text(), "one config per response");
+                seen.push(header);
+                i += 1;
+            }
+            seen
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // An invalid file is refused with its diagnostics; version 1 stays.
+    std::fs::write(
+        &file,
+        "site \"127.0.0.1:0\" { route \"/*\" { respond 200 true } }",
+    )
+    .unwrap();
+    let refused = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(refused.status, 422);
+    assert!(
+        refused.text().contains("bare `true` is not a KDL v2 value"),
+        "{}",
+        refused.text()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::write(&file, versioned_site("2", "")).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut versions = Vec::new();
+    while let Some(seen) = load.join_next().await {
+        versions.extend(seen.unwrap());
+    }
+    let first_two = versions.iter().position(|v| v == "2");
+    assert!(first_two.is_some(), "the new config answered");
+    assert!(
+        versions.iter().all(|v| v == "1" || v == "2"),
+        "{versions:?}"
+    );
+
+    // The runtime target moved to the new config's mirror of that name.
+    let list = call(&running, "GET", "/targets", None, false).await;
+    assert_eq!(list.text(), format!("{}\n", shadow.url()));
+    Client::http1().get(&format!("{base}/after-reload")).await;
+    common::eventually("the copy of a request made after the reload", || {
+        shadow
+            .requests()
+            .iter()
+            .any(|c| c.path_and_query() == "/after-reload")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reload_without_a_file_is_refused() {
+    let running = start(&admin_site("", "respond 200")).await;
+    let resp = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(resp.status, 422);
+    assert!(
+        resp.text().contains("not started from a site file"),
+        "{}",
+        resp.text()
+    );
+}

@@ -32,7 +32,14 @@ use targets::TargetPatterns;
 
 pub type AdminResponse = http::Response<Full<Bytes>>;
 
+/// Re-reads the site file and swaps it in, as the server that runs this
+/// endpoint does it. `Ok` holds the number of warnings.
+pub trait Reload: Send + Sync {
+    fn reload(&self) -> crate::handlers::BoxFuture<'_, Result<usize, String>>;
+}
+
 pub struct Admin {
+    reload: Arc<dyn Reload>,
     users: Users,
     allow: TargetPatterns,
     mirrors: MirrorRegistry,
@@ -58,6 +65,7 @@ impl Admin {
         config: &AdminConfig,
         base_dir: &std::path::Path,
         mirrors: MirrorRegistry,
+        reload: Arc<dyn Reload>,
     ) -> Result<Admin, AdminError> {
         let file = config.users_file.as_ref().map(|f| base_dir.join(f));
         let users = Users::load(&config.users, file.as_deref()).map_err(AdminError::Users)?;
@@ -69,6 +77,7 @@ impl Admin {
             state.restore(&mirrors).map_err(AdminError::State)?;
         }
         Ok(Admin {
+            reload,
             users,
             allow: TargetPatterns::new(&config.allow_target),
             mirrors,
@@ -162,6 +171,21 @@ impl Admin {
                     _ => response,
                 }
             }
+            ("/reload", &Method::POST) => match self.reload.reload().await {
+                Ok(0) => text(StatusCode::OK, "reloaded\n"),
+                Ok(n) => text(
+                    StatusCode::OK,
+                    format!("reloaded, with {n} warning(s); see teebox validate\n"),
+                ),
+                Err(why) => {
+                    tracing::warn!("reload refused; the running config stays");
+                    text(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("reload refused; the running config stays\n{why}"),
+                    )
+                }
+            },
+            ("/reload", _) => not_allowed("POST"),
             ("/healthz" | "/metrics", _) => not_allowed("GET, HEAD"),
             _ => text(
                 StatusCode::NOT_FOUND,

@@ -158,6 +158,7 @@ pub fn document(
     }
     Some(Config {
         source,
+        path: None,
         base_dir,
         global: global?,
         sites,

@@ -51,7 +51,9 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
         .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    Ok(parse(&path.display().to_string(), &text, base_dir)?)
+    let mut loaded = parse(&path.display().to_string(), &text, base_dir)?;
+    loaded.config.path = Some(path.to_path_buf());
+    Ok(loaded)
 }
 
 /// Checks site file text. `name` is what diagnostics call the file.

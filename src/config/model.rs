@@ -15,6 +15,8 @@ use crate::handlers::{MiddlewareConfig, TerminalConfig};
 #[derive(Debug)]
 pub struct Config {
     pub source: Source,
+    /// The file it was read from, for reloads (`None` when parsed from text).
+    pub path: Option<PathBuf>,
     /// Relative paths in the file (access logs, certificates) start here.
     pub base_dir: PathBuf,
     pub global: Global,

@@ -362,6 +362,11 @@ impl MirrorRegistry {
     pub fn all(&self) -> Vec<Arc<Mirror>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// After a reload: the new config's mirrors take the old ones' place.
+    pub fn replace(&self, mirrors: Vec<Arc<Mirror>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = mirrors;
+    }
 }
 
 impl std::fmt::Debug for MirrorRegistry {

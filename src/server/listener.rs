@@ -14,6 +14,8 @@ use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use arc_swap::ArcSwap;
+
 use super::router::AddressRouter;
 use crate::http::{body, ConnInfo};
 
@@ -36,7 +38,8 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
 
 pub struct Listener {
     pub tcp: TcpListener,
-    pub router: Arc<AddressRouter>,
+    /// Swapped whole by a reload; each request reads it once.
+    pub router: Arc<ArcSwap<AddressRouter>>,
 }
 
 impl Listener {
@@ -86,7 +89,7 @@ impl Listener {
 fn serve_connection(
     stream: TcpStream,
     conn: ConnInfo,
-    router: Arc<AddressRouter>,
+    router: Arc<ArcSwap<AddressRouter>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
 ) {
@@ -112,6 +115,9 @@ fn serve_connection(
             let router = router.clone();
             async move {
                 let req = req.map(body::boxed);
+                // One config for the whole request, even if a reload
+                // lands meanwhile.
+                let router = router.load_full();
                 Ok::<_, Infallible>(router.handle(req, conn).await)
             }
         });

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -41,26 +42,63 @@ pub struct Bound {
     pub local: SocketAddr,
 }
 
+/// One listen address: its socket's accept loop and the router it serves,
+/// which a reload swaps.
+struct ListenerHandle {
+    bound: Bound,
+    router: Arc<ArcSwap<AddressRouter>>,
+    stop: watch::Sender<bool>,
+}
+
+/// What reloads change, behind one lock so that two reloads never interleave.
+struct State {
+    listeners: Vec<ListenerHandle>,
+    accept_loops: JoinSet<()>,
+}
+
+struct Shared {
+    state: tokio::sync::Mutex<State>,
+    /// Watches every connection; taken at shutdown.
+    graceful: std::sync::Mutex<Option<Arc<GracefulShutdown>>>,
+    /// The current config's mirrors; a reload replaces them.
+    mirrors: MirrorRegistry,
+    /// Stops the admin endpoint.
+    stop_admin: watch::Sender<bool>,
+    /// The site file, for reloads.
+    path: Option<std::path::PathBuf>,
+}
+
 /// A server that is accepting connections.
 pub struct Running {
-    bound: Vec<Bound>,
-    stop: watch::Sender<bool>,
-    accept_loops: JoinSet<()>,
-    /// Shared with the accept loops, which make a watcher per connection.
-    graceful: Arc<GracefulShutdown>,
-    mirrors: MirrorRegistry,
+    shared: Arc<Shared>,
     admin: Option<SocketAddr>,
+}
+
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this server was not started from a site file")]
+    NoFile,
+    #[error("{}", .0.render(crate::config::Style::Plain))]
+    Invalid(crate::config::ConfigError),
+    #[error("cannot read the site file: {0}")]
+    Unreadable(String),
+    #[error("{0}")]
+    Start(#[from] StartError),
 }
 
 impl Running {
     /// Every bound address, in the order the file first names them.
-    pub fn bound(&self) -> &[Bound] {
-        &self.bound
+    pub fn bound(&self) -> Vec<Bound> {
+        match self.shared.state.try_lock() {
+            Ok(state) => state.listeners.iter().map(|l| l.bound).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The local address of the first listen address in the file.
     pub fn addr(&self) -> SocketAddr {
-        self.bound[0].local
+        self.bound()[0].local
     }
 
     /// Where the admin endpoint listens, if the file configures one.
@@ -68,13 +106,35 @@ impl Running {
         self.admin
     }
 
+    /// The mirrors this server runs, for inspection (tests, admin).
+    pub fn mirrors(&self) -> Vec<Arc<Mirror>> {
+        self.shared.mirrors.all()
+    }
+
+    /// Re-reads the site file and takes it over (see [`Shared::reload`]).
+    pub async fn reload(&self) -> Result<usize, ReloadError> {
+        self.shared.reload_file().await
+    }
+
     /// Stops accepting, lets in-flight requests finish for up to `grace`,
     /// then drops whatever is left. Returns whether everything finished.
-    pub async fn shutdown(mut self, grace: Duration) -> bool {
-        let _ = self.stop.send(true);
-        while self.accept_loops.join_next().await.is_some() {}
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.shared.stop_admin.send(true);
+        {
+            let mut state = self.shared.state.lock().await;
+            for listener in &state.listeners {
+                let _ = listener.stop.send(true);
+            }
+            while state.accept_loops.join_next().await.is_some() {}
+        }
+        let graceful = self
+            .shared
+            .graceful
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         // The accept loops have ended and dropped their clones.
-        let Some(graceful) = Arc::into_inner(self.graceful) else {
+        let Some(graceful) = graceful.and_then(Arc::into_inner) else {
             return false;
         };
         let open = graceful.count();
@@ -89,20 +149,104 @@ impl Running {
         }
         // Copies queued by the last requests get their own grace period.
         let deadline = Instant::now() + grace;
-        for mirror in self.mirrors.all() {
+        for mirror in self.shared.mirrors.all() {
             mirror.drain(deadline).await;
         }
         finished
     }
+}
 
-    /// The mirrors this server runs, for inspection (tests, admin).
-    pub fn mirrors(&self) -> Vec<Arc<Mirror>> {
-        self.mirrors.all()
+impl Shared {
+    async fn reload_file(&self) -> Result<usize, ReloadError> {
+        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
+        let loaded = crate::config::load(path).map_err(|err| match err {
+            crate::config::LoadError::Invalid(err) => ReloadError::Invalid(err),
+            other => ReloadError::Unreadable(other.to_string()),
+        })?;
+        self.reload(&loaded.config).await?;
+        Ok(loaded.warnings.len())
+    }
+
+    /// Builds the new config beside the running one and swaps it in: each
+    /// address's router in one atomic store, so a request sees the old
+    /// config or the new one, never a mix. In-flight requests finish on the
+    /// old one, and the old mirrors send what they have queued. Mirrors
+    /// keep their runtime targets by name. Nothing changes if any step
+    /// fails. The admin block and global options need a restart.
+    async fn reload(&self, config: &Config) -> Result<(), ReloadError> {
+        let mut state = self.state.lock().await;
+        let built = build(config)?;
+        let old_mirrors = self.mirrors.all();
+        for mirror in built.mirrors.all() {
+            let Some(name) = mirror.name() else { continue };
+            if let Some(old) = old_mirrors.iter().find(|m| m.name() == Some(name)) {
+                let (added, removed) = old.runtime_changes();
+                removed.iter().for_each(|url| {
+                    mirror.remove_target(url);
+                });
+                added.into_iter().for_each(|url| {
+                    mirror.add_target(url);
+                });
+            }
+        }
+        // Bind new addresses first: if one fails, nothing has changed.
+        let mut fresh = Vec::new();
+        for (addr, _) in &built.routers {
+            if !state.listeners.iter().any(|l| l.bound.configured == *addr) {
+                let tcp = listener::bind(*addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: *addr,
+                        source,
+                    })?;
+                fresh.push((*addr, tcp));
+            }
+        }
+        let graceful = self
+            .graceful
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(graceful) = graceful else {
+            return Err(StartError::Build("the server is shutting down".into()).into());
+        };
+        let keep: Vec<SocketAddr> = built.routers.iter().map(|(a, _)| *a).collect();
+        for (addr, router) in built.routers {
+            match state.listeners.iter().find(|l| l.bound.configured == addr) {
+                Some(existing) => existing.router.store(Arc::new(router)),
+                None => {
+                    let Some(index) = fresh.iter().position(|(a, _)| *a == addr) else {
+                        continue;
+                    };
+                    let (_, tcp) = fresh.swap_remove(index);
+                    let handle =
+                        spawn_listener(&mut state.accept_loops, addr, tcp, router, &graceful)?;
+                    state.listeners.push(handle);
+                }
+            }
+        }
+        state.listeners.retain(|l| {
+            let kept = keep.contains(&l.bound.configured);
+            if !kept {
+                tracing::info!(address = %l.bound.local, "no longer in the site file; stopped listening");
+                let _ = l.stop.send(true);
+            }
+            kept
+        });
+        self.mirrors.replace(built.mirrors.all());
+        tracing::info!("site file reloaded");
+        Ok(())
     }
 }
 
-/// Builds every site and handler, binds every address, and starts serving.
-pub async fn start(config: &Config) -> Result<Running, StartError> {
+/// A config built into routers (per listen address, in file order) and
+/// running mirrors, not yet serving.
+struct Built {
+    routers: Vec<(SocketAddr, AddressRouter)>,
+    mirrors: MirrorRegistry,
+}
+
+fn build(config: &Config) -> Result<Built, StartError> {
     let format = config.global.log.format;
     let mirrors = MirrorRegistry::default();
     // Addresses in the order the file first names them.
@@ -121,57 +265,104 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             }
         }
     }
+    let routers = by_addr
+        .into_iter()
+        .map(|(addr, sites)| (addr, AddressRouter::new(sites)))
+        .collect();
+    Ok(Built { routers, mirrors })
+}
 
-    let mut listeners = Vec::new();
-    let mut bound = Vec::new();
-    for (addr, sites) in by_addr {
-        let tcp = listener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let local = tcp
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
-        tracing::info!(address = %local, "listening");
-        bound.push(Bound {
-            configured: addr,
-            local,
-        });
-        listeners.push(Listener {
-            tcp,
-            router: Arc::new(AddressRouter::new(sites)),
-        });
-    }
-
+fn spawn_listener(
+    accept_loops: &mut JoinSet<()>,
+    configured: SocketAddr,
+    tcp: tokio::net::TcpListener,
+    router: AddressRouter,
+    graceful: &Arc<GracefulShutdown>,
+) -> Result<ListenerHandle, StartError> {
+    let local = tcp.local_addr().map_err(|source| StartError::Bind {
+        addr: configured,
+        source,
+    })?;
+    tracing::info!(address = %local, "listening");
+    let router = Arc::new(ArcSwap::from_pointee(router));
     let (stop, stop_rx) = watch::channel(false);
+    let listener = Listener {
+        tcp,
+        router: router.clone(),
+    };
+    let graceful = graceful.clone();
+    accept_loops.spawn(async move { listener.serve(stop_rx, move || graceful.watcher()).await });
+    Ok(ListenerHandle {
+        bound: Bound { configured, local },
+        router,
+        stop,
+    })
+}
+
+/// Builds every site and handler, binds every address, and starts serving.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let built = build(config)?;
+    let mut bound_sockets = Vec::new();
+    for (addr, _) in &built.routers {
+        let tcp = listener::bind(*addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        bound_sockets.push(tcp);
+    }
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accept_loops = JoinSet::new();
+    let mut listeners = Vec::new();
+    for ((addr, router), tcp) in built.routers.into_iter().zip(bound_sockets) {
+        listeners.push(spawn_listener(
+            &mut accept_loops,
+            addr,
+            tcp,
+            router,
+            &graceful,
+        )?);
+    }
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        state: tokio::sync::Mutex::new(State {
+            listeners,
+            accept_loops,
+        }),
+        graceful: std::sync::Mutex::new(Some(graceful)),
+        mirrors: built.mirrors,
+        stop_admin,
+        path: config.path.clone(),
+    });
     let admin = match &config.global.admin {
         Some(admin) => {
-            let endpoint = crate::admin::Admin::new(admin, &config.base_dir, mirrors.clone())
-                .map_err(|e| StartError::Build(e.to_string()))?;
+            let reloader = Arc::new(Reloader(Arc::downgrade(&shared)));
+            let endpoint =
+                crate::admin::Admin::new(admin, &config.base_dir, shared.mirrors.clone(), reloader)
+                    .map_err(|e| StartError::Build(e.to_string()))?;
             Some(
                 endpoint
-                    .start(admin.address.value, stop_rx.clone())
+                    .start(admin.address.value, stop_admin_rx)
                     .await
                     .map_err(|e| StartError::Build(e.to_string()))?,
             )
         }
         None => None,
     };
-    let graceful = Arc::new(GracefulShutdown::new());
-    let mut accept_loops = JoinSet::new();
-    for listener in listeners {
-        let graceful = graceful.clone();
-        let stop_rx = stop_rx.clone();
-        accept_loops
-            .spawn(async move { listener.serve(stop_rx, move || graceful.watcher()).await });
+    Ok(Running { shared, admin })
+}
+
+/// Lets the admin endpoint reload the server that runs it.
+struct Reloader(std::sync::Weak<Shared>);
+
+impl crate::admin::Reload for Reloader {
+    fn reload(&self) -> crate::handlers::BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move {
+            let shared = self.0.upgrade().ok_or("the server is shutting down")?;
+            shared.reload_file().await.map_err(|e| e.to_string())
+        })
     }
-    Ok(Running {
-        bound,
-        stop,
-        accept_loops,
-        graceful,
-        mirrors,
-        admin,
-    })
 }
 
 fn build_site(
