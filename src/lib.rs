@@ -10,5 +10,6 @@ pub mod admin;
 pub mod config;
 pub mod handlers;
 pub mod http;
+pub mod metrics;
 pub mod mirror;
 pub mod server;

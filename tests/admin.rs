@@ -514,3 +514,63 @@ async fn reload_without_a_file_is_refused() {
         resp.text()
     );
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_status_class_and_time_upstreams() {
+    let backend = Backend::ok().await;
+    let site = format!(
+        "global {{ admin \"127.0.0.1:0\" }}\nsite \"127.0.0.1:0\" {{\n  route \"/api/*\" {{ reverse_proxy {:?} }}\n  route \"/*\" {{ respond 404 }}\n}}\n",
+        backend.url()
+    );
+    let running = start(&site).await;
+    let client = Client::http1();
+    for i in 0..3 {
+        assert_eq!(
+            client
+                .get(&format!("{}/api/{i}", base_url(&running)))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        client
+            .get(&format!("{}/missing", base_url(&running)))
+            .await
+            .status,
+        404
+    );
+    let text = call(&running, "GET", "/metrics", None, false).await.text();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text");
+    let find = |name: &str, route: &str, class: Option<&str>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name
+                    && s.labels.get("route") == Some(route)
+                    && class.is_none_or(|c| s.labels.get("class") == Some(c))
+            })
+            .unwrap_or_else(|| panic!("no {name} {route} {class:?} in:\n{text}"))
+            .value
+            .clone()
+    };
+    use prometheus_parse::Value;
+    assert_eq!(
+        find("teebox_requests_total", "/api/*", Some("2xx")),
+        Value::Counter(3.0)
+    );
+    assert_eq!(
+        find("teebox_requests_total", "/api/*", Some("5xx")),
+        Value::Counter(0.0)
+    );
+    assert_eq!(
+        find("teebox_requests_total", "/*", Some("4xx")),
+        Value::Counter(1.0)
+    );
+    match find("teebox_upstream_response_seconds", "/api/*", None) {
+        Value::Histogram(buckets) => assert_eq!(buckets.last().unwrap().count, 3.0),
+        other => panic!("not a histogram: {other:?}"),
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::metrics::{Histogram, MetricsRegistry};
 use crate::mirror::stats::LATENCY_BUCKETS_MS;
 use crate::mirror::Mirror;
 
@@ -14,8 +15,9 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn render(mirrors: &[std::sync::Arc<Mirror>]) -> String {
+pub fn render(mirrors: &[std::sync::Arc<Mirror>], registry: &MetricsRegistry) -> String {
     let mut out = String::new();
+    render_routes(&mut out, registry);
     let targets: Vec<_> = mirrors
         .iter()
         .flat_map(|m| {
@@ -100,29 +102,11 @@ pub fn render(mirrors: &[std::sync::Arc<Mirror>]) -> String {
     out.push_str("# HELP teebox_mirror_copy_duration_seconds How long sending a copy took, response included.\n");
     out.push_str("# TYPE teebox_mirror_copy_duration_seconds histogram\n");
     for (m, t) in &targets {
-        let h = t.state().stats.latency.snapshot();
-        let l = labels(m, t);
-        for (bound, count) in LATENCY_BUCKETS_MS.iter().zip(&h.cumulative) {
-            let le = *bound as f64 / 1000.0;
-            let _ = writeln!(
-                out,
-                "teebox_mirror_copy_duration_seconds_bucket{{{l},le=\"{le}\"}} {count}"
-            );
-        }
-        let total = h.cumulative.last().copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "teebox_mirror_copy_duration_seconds_bucket{{{l},le=\"+Inf\"}} {total}"
-        );
-        let _ = writeln!(
-            out,
-            "teebox_mirror_copy_duration_seconds_sum{{{l}}} {}",
-            h.sum_seconds
-        );
-        let _ = writeln!(
-            out,
-            "teebox_mirror_copy_duration_seconds_count{{{l}}} {}",
-            h.count
+        histogram(
+            &mut out,
+            "teebox_mirror_copy_duration_seconds",
+            &labels(m, t),
+            &t.state().stats.latency,
         );
     }
     out.push_str(
@@ -138,4 +122,44 @@ pub fn render(mirrors: &[std::sync::Arc<Mirror>]) -> String {
         );
     }
     out
+}
+
+fn render_routes(out: &mut String, registry: &MetricsRegistry) {
+    out.push_str("# HELP teebox_requests_total Requests each route answered, by status class.\n");
+    out.push_str("# TYPE teebox_requests_total counter\n");
+    for (key, stats) in registry.routes() {
+        for (i, n) in stats.classes().iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "teebox_requests_total{{site=\"{}\",route=\"{}\",class=\"{}xx\"}} {n}",
+                label(&key.site),
+                label(&key.route),
+                i + 1
+            );
+        }
+    }
+    out.push_str("# HELP teebox_upstream_response_seconds Time from sending a request upstream to its response head.\n");
+    out.push_str("# TYPE teebox_upstream_response_seconds histogram\n");
+    for (key, upstream, h) in registry.upstreams() {
+        let labels = format!(
+            "site=\"{}\",route=\"{}\",upstream=\"{}\"",
+            label(&key.site),
+            label(&key.route),
+            label(&upstream)
+        );
+        histogram(out, "teebox_upstream_response_seconds", &labels, &h);
+    }
+}
+
+/// A histogram's buckets (cumulative, in seconds), sum and count.
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let h = h.snapshot();
+    for (bound, count) in LATENCY_BUCKETS_MS.iter().zip(&h.cumulative) {
+        let le = *bound as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {count}");
+    }
+    let total = h.cumulative.last().copied().unwrap_or(0);
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }

@@ -40,6 +40,7 @@ pub trait Reload: Send + Sync {
 
 pub struct Admin {
     reload: Arc<dyn Reload>,
+    metrics: crate::metrics::MetricsRegistry,
     users: Users,
     allow: TargetPatterns,
     mirrors: MirrorRegistry,
@@ -65,6 +66,7 @@ impl Admin {
         config: &AdminConfig,
         base_dir: &std::path::Path,
         mirrors: MirrorRegistry,
+        metrics: crate::metrics::MetricsRegistry,
         reload: Arc<dyn Reload>,
     ) -> Result<Admin, AdminError> {
         let file = config.users_file.as_ref().map(|f| base_dir.join(f));
@@ -78,6 +80,7 @@ impl Admin {
         }
         Ok(Admin {
             reload,
+            metrics,
             users,
             allow: TargetPatterns::new(&config.allow_target),
             mirrors,
@@ -142,7 +145,10 @@ impl Admin {
         match (req.uri().path(), req.method()) {
             ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
             ("/metrics", &Method::GET | &Method::HEAD) => {
-                let mut response = text(StatusCode::OK, metrics::render(&self.mirrors.all()));
+                let mut response = text(
+                    StatusCode::OK,
+                    metrics::render(&self.mirrors.all(), &self.metrics),
+                );
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

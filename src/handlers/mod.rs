@@ -97,6 +97,10 @@ pub struct BuildContext {
     pub base_dir: std::path::PathBuf,
     /// Where mirrors make themselves known, for shutdown and the admin API.
     pub mirrors: crate::mirror::MirrorRegistry,
+    /// The route's site and pattern, naming its counters.
+    pub route_key: crate::metrics::RouteKey,
+    /// Counters that outlive a reload.
+    pub metrics: crate::metrics::MetricsRegistry,
 }
 
 /// A handler could not be built from a valid config (a file that cannot be

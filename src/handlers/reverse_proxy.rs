@@ -127,6 +127,8 @@ struct Upstream {
     active: AtomicUsize,
     /// Milliseconds since `ReverseProxy::epoch` until which it is passed over.
     down_until_ms: AtomicU64,
+    /// Time to the response head.
+    latency: Arc<crate::metrics::Histogram>,
 }
 
 pub struct ReverseProxy {
@@ -169,6 +171,7 @@ impl ReverseProxy {
                     url: url.clone(),
                     active: AtomicUsize::new(0),
                     down_until_ms: AtomicU64::new(0),
+                    latency: cx.metrics.upstream(&cx.route_key, &url.to_string()),
                 })
             })
             .collect();
@@ -288,11 +291,13 @@ impl ReverseProxy {
             }
             upstream.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveGuard(upstream.clone());
+            let started = Instant::now();
             let sent =
                 tokio::time::timeout(self.config.timeout, self.client().request(upstream_req))
                     .await;
             match sent {
                 Ok(Ok(response)) => {
+                    upstream.latency.record(started.elapsed());
                     return self.respond(response, guard, upgrade.is_some(), client_upgrade);
                 }
                 Ok(Err(err)) if err.is_connect() => {

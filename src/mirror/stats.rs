@@ -1,12 +1,8 @@
 //! Counters kept per mirror target, cheap enough for the request path
-//! (relaxed atomics), read by alerts now and by the admin endpoint later.
+//! (relaxed atomics), read by alerts and by the admin endpoint's /metrics.
 
+pub use crate::metrics::{Histogram, HistogramSnapshot, LATENCY_BUCKETS_MS};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-/// Upper bounds of the copy-latency histogram buckets, in milliseconds
-/// (Prometheus' default buckets, which suit request latencies).
-pub const LATENCY_BUCKETS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
 #[derive(Debug, Default)]
 pub struct TargetStats {
@@ -31,51 +27,6 @@ pub struct TargetStats {
     /// Times the breaker paused the target.
     pub paused: AtomicU64,
     pub latency: Histogram,
-}
-
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Counts per bucket of [`LATENCY_BUCKETS_MS`], plus one for above them.
-    buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn record(&self, elapsed: Duration) {
-        let ms = elapsed.as_millis() as u64;
-        let index = LATENCY_BUCKETS_MS
-            .iter()
-            .position(|bound| ms <= *bound)
-            .unwrap_or(LATENCY_BUCKETS_MS.len());
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Cumulative counts per bucket bound (the last is +Inf), total seconds
-    /// and count: what a Prometheus histogram shows.
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut cumulative = Vec::with_capacity(self.buckets.len());
-        let mut running = 0;
-        for bucket in &self.buckets {
-            running += bucket.load(Ordering::Relaxed);
-            cumulative.push(running);
-        }
-        HistogramSnapshot {
-            cumulative,
-            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            count: self.count.load(Ordering::Relaxed),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistogramSnapshot {
-    pub cumulative: Vec<u64>,
-    pub sum_seconds: f64,
-    pub count: u64,
 }
 
 /// A point-in-time copy of a target's counters.
@@ -113,22 +64,4 @@ impl TargetStats {
 
 pub fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_is_cumulative() {
-        let h = Histogram::default();
-        h.record(Duration::from_millis(3));
-        h.record(Duration::from_millis(30));
-        h.record(Duration::from_secs(60));
-        let s = h.snapshot();
-        assert_eq!(s.cumulative[0], 1);
-        assert_eq!(s.cumulative[3], 2);
-        assert_eq!(*s.cumulative.last().unwrap(), 3);
-        assert_eq!(s.count, 3);
-    }
 }

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, LogFormat};
 use crate::handlers::{BuildContext, Chain};
+use crate::metrics::MetricsRegistry;
 use crate::mirror::{Mirror, MirrorRegistry};
 use access_log::AccessLog;
 use listener::Listener;
@@ -62,6 +63,8 @@ struct Shared {
     graceful: std::sync::Mutex<Option<Arc<GracefulShutdown>>>,
     /// The current config's mirrors; a reload replaces them.
     mirrors: MirrorRegistry,
+    /// Route and upstream counters, kept across reloads.
+    metrics: MetricsRegistry,
     /// Stops the admin endpoint.
     stop_admin: watch::Sender<bool>,
     /// The site file, for reloads.
@@ -175,7 +178,7 @@ impl Shared {
     /// fails. The admin block and global options need a restart.
     async fn reload(&self, config: &Config) -> Result<(), ReloadError> {
         let mut state = self.state.lock().await;
-        let built = build(config)?;
+        let built = build(config, &self.metrics)?;
         let old_mirrors = self.mirrors.all();
         for mirror in built.mirrors.all() {
             let Some(name) = mirror.name() else { continue };
@@ -246,7 +249,7 @@ struct Built {
     mirrors: MirrorRegistry,
 }
 
-fn build(config: &Config) -> Result<Built, StartError> {
+fn build(config: &Config, metrics: &MetricsRegistry) -> Result<Built, StartError> {
     let format = config.global.log.format;
     let mirrors = MirrorRegistry::default();
     // Addresses in the order the file first names them.
@@ -257,7 +260,7 @@ fn build(config: &Config) -> Result<Built, StartError> {
                 "TLS termination (`tls`) is not available in this version of teebox yet".into(),
             ));
         }
-        let runtime = Arc::new(build_site(config, site, format, &mirrors)?);
+        let runtime = Arc::new(build_site(config, site, format, &mirrors, metrics)?);
         for addr in &site.addresses {
             match by_addr.iter_mut().find(|(a, _)| *a == addr.value) {
                 Some((_, sites)) => sites.push(runtime.clone()),
@@ -301,7 +304,8 @@ fn spawn_listener(
 
 /// Builds every site and handler, binds every address, and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let built = build(config)?;
+    let metrics = MetricsRegistry::default();
+    let built = build(config, &metrics)?;
     let mut bound_sockets = Vec::new();
     for (addr, _) in &built.routers {
         let tcp = listener::bind(*addr)
@@ -332,15 +336,21 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         }),
         graceful: std::sync::Mutex::new(Some(graceful)),
         mirrors: built.mirrors,
+        metrics: metrics.clone(),
         stop_admin,
         path: config.path.clone(),
     });
     let admin = match &config.global.admin {
         Some(admin) => {
             let reloader = Arc::new(Reloader(Arc::downgrade(&shared)));
-            let endpoint =
-                crate::admin::Admin::new(admin, &config.base_dir, shared.mirrors.clone(), reloader)
-                    .map_err(|e| StartError::Build(e.to_string()))?;
+            let endpoint = crate::admin::Admin::new(
+                admin,
+                &config.base_dir,
+                shared.mirrors.clone(),
+                metrics,
+                reloader,
+            )
+            .map_err(|e| StartError::Build(e.to_string()))?;
             Some(
                 endpoint
                     .start(admin.address.value, stop_admin_rx)
@@ -370,6 +380,7 @@ fn build_site(
     site: &crate::config::Site,
     format: LogFormat,
     mirrors: &MirrorRegistry,
+    metrics: &MetricsRegistry,
 ) -> Result<SiteRuntime, StartError> {
     let name = site
         .addresses
@@ -386,10 +397,16 @@ fn build_site(
     };
     let mut routes = Vec::new();
     for route in &site.routes {
+        let route_key = crate::metrics::RouteKey {
+            site: name.clone(),
+            route: route.matcher.path.to_string(),
+        };
         let cx = BuildContext {
             route: format!("{name} {}", route.matcher.path),
             base_dir: config.base_dir.clone(),
             mirrors: mirrors.clone(),
+            route_key: route_key.clone(),
+            metrics: metrics.clone(),
         };
         let fail = |e: crate::handlers::BuildError| StartError::Build(format!("{}: {e}", cx.route));
         let middleware = route
@@ -401,6 +418,7 @@ fn build_site(
         routes.push(RouteRuntime {
             matcher: route.matcher.clone(),
             chain: Chain::new(middleware, terminal),
+            stats: metrics.route(&route_key),
         });
     }
     Ok(SiteRuntime {

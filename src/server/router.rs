@@ -15,6 +15,7 @@ use crate::http::{body, ConnInfo, Request, Response};
 pub struct RouteRuntime {
     pub matcher: RouteMatch,
     pub chain: Chain,
+    pub stats: Arc<crate::metrics::RouteStats>,
 }
 
 pub struct SiteRuntime {
@@ -35,7 +36,11 @@ impl SiteRuntime {
                 .find(|r| r.matcher.matches(req.method(), &path, req.headers()))
         };
         match route {
-            Some(route) => route.chain.run(req).await,
+            Some(route) => {
+                let response = route.chain.run(req).await;
+                route.stats.record(response.status());
+                response
+            }
             None => plain(StatusCode::NOT_FOUND, "404 Not Found\n"),
         }
     }
