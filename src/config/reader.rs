@@ -49,15 +49,38 @@ pub fn children(node: &KdlNode) -> &[KdlNode] {
 /// problem, so callers carry on decoding and report everything at once.
 pub struct Reader<'p> {
     problems: &'p mut Problems,
+    /// Names that must be unique in the whole file (a mirror's `name`),
+    /// with where each was first given.
+    names: Vec<(&'static str, String, SourceSpan)>,
 }
 
 impl<'p> Reader<'p> {
     pub fn new(problems: &'p mut Problems) -> Self {
-        Reader { problems }
+        Reader {
+            problems,
+            names: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, problem: Problem) {
         self.problems.push(problem);
+    }
+
+    /// Claims a name of some kind (`"mirror"`) for the whole file; a second
+    /// claim of the same name is reported at its place.
+    pub fn claim_name(&mut self, kind: &'static str, name: &str, span: SourceSpan) -> bool {
+        if let Some((_, _, first)) = self.names.iter().find(|(k, n, _)| *k == kind && n == name) {
+            let first = *first;
+            self.push(
+                Problem::error(span, format!("two {kind}s are named `{name}`"))
+                    .label("second")
+                    .also(first, "first")
+                    .help(format!("the admin endpoint picks a {kind} by its name: give each its own")),
+            );
+            return false;
+        }
+        self.names.push((kind, name.to_string(), span));
+        true
     }
 
     /// Keeps a parsed value, or records why it could not be parsed.

@@ -51,7 +51,10 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         ],
     );
     let name = match opts.one("name") {
-        Some(n) => r.value(n, "a name", value::non_empty_string).map(Some),
+        Some(n) => r
+            .value(n, "a name", value::non_empty_string)
+            .filter(|name| r.claim_name("mirror", name, arguments(n)[0].span()))
+            .map(Some),
         None => Some(None),
     };
     if arguments(node).is_empty() && opts.one("name").is_none() {
