@@ -75,7 +75,9 @@ impl<'p> Reader<'p> {
                 Problem::error(span, format!("two {kind}s are named `{name}`"))
                     .label("second")
                     .also(first, "first")
-                    .help(format!("the admin endpoint picks a {kind} by its name: give each its own")),
+                    .help(format!(
+                        "the admin endpoint picks a {kind} by its name: give each its own"
+                    )),
             );
             return false;
         }
