@@ -196,13 +196,7 @@ impl Shared {
         let mut fresh = Vec::new();
         for (addr, _) in &built.routers {
             if !state.listeners.iter().any(|l| l.bound.configured == *addr) {
-                let tcp = listener::bind(*addr)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        addr: *addr,
-                        source,
-                    })?;
-                fresh.push((*addr, tcp));
+                fresh.push((*addr, bind(*addr).await?));
             }
         }
         let graceful = self
@@ -302,19 +296,19 @@ fn spawn_listener(
     })
 }
 
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    listener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
 /// Builds every site and handler, binds every address, and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let metrics = MetricsRegistry::default();
     let built = build(config, &metrics)?;
     let mut bound_sockets = Vec::new();
     for (addr, _) in &built.routers {
-        let tcp = listener::bind(*addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: *addr,
-                source,
-            })?;
-        bound_sockets.push(tcp);
+        bound_sockets.push(bind(*addr).await?);
     }
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_loops = JoinSet::new();
