@@ -61,6 +61,8 @@ struct Shared {
     state: tokio::sync::Mutex<State>,
     /// Watches every connection; taken at shutdown.
     graceful: std::sync::Mutex<Option<Arc<GracefulShutdown>>>,
+    /// The listen addresses now bound, readable without waiting for a reload.
+    bound: std::sync::Mutex<Vec<Bound>>,
     /// The current config's mirrors; a reload replaces them.
     mirrors: MirrorRegistry,
     /// Route and upstream counters, kept across reloads.
@@ -93,10 +95,7 @@ pub enum ReloadError {
 impl Running {
     /// Every bound address, in the order the file first names them.
     pub fn bound(&self) -> Vec<Bound> {
-        match self.shared.state.try_lock() {
-            Ok(state) => state.listeners.iter().map(|l| l.bound).collect(),
-            Err(_) => Vec::new(),
-        }
+        self.shared.bound.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The local address of the first listen address in the file.
@@ -231,6 +230,8 @@ impl Shared {
             kept
         });
         self.mirrors.replace(built.mirrors.all());
+        *self.bound.lock().unwrap_or_else(|e| e.into_inner()) =
+            state.listeners.iter().map(|l| l.bound).collect();
         tracing::info!("site file reloaded");
         Ok(())
     }
@@ -323,7 +324,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         )?);
     }
     let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let bound = listeners.iter().map(|l| l.bound).collect();
     let shared = Arc::new(Shared {
+        bound: std::sync::Mutex::new(bound),
         state: tokio::sync::Mutex::new(State {
             listeners,
             accept_loops,
