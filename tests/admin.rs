@@ -574,3 +574,73 @@ async fn metrics_count_requests_by_status_class_and_time_upstreams() {
         other => panic!("not a histogram: {other:?}"),
     }
 }
+
+#[test]
+fn hash_password_prints_a_bcrypt_hash_of_stdin() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_teebox"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        bcrypt::verify("correct horse", hash.trim()).unwrap(),
+        "{hash}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_during_a_reload_finishes_on_the_old_config() {
+    let gate = common::Gate::new();
+    let old_backend = Backend::start(common::Reply::ok("old").hold(&gate)).await;
+    let new_backend = Backend::start(common::Reply::ok("new")).await;
+    let dir = common::TempDir::new("admin-inflight");
+    let file = dir.join("site.kdl");
+    let site = |backend: &Backend| {
+        admin_site(
+            "",
+            &format!("reverse_proxy {:?} {{ timeout \"30s\" }}", backend.url()),
+        )
+    };
+    std::fs::write(&file, site(&old_backend)).unwrap();
+    let running = teebox::server::start(&teebox::config::load(&file).unwrap().config)
+        .await
+        .unwrap();
+    let url = format!("{}/slow", base_url(&running));
+    let in_flight = tokio::spawn(async move { Client::http1().get(&url).await });
+    common::eventually("the old backend to hold the request", || {
+        old_backend.in_flight() == 1
+    })
+    .await;
+
+    std::fs::write(&file, site(&new_backend)).unwrap();
+    assert_eq!(
+        call(&running, "POST", "/reload", None, false).await.status,
+        200
+    );
+    let fresh = Client::http1()
+        .get(&format!("{}/fresh", base_url(&running)))
+        .await;
+    assert_eq!(fresh.text(), "new", "new requests get the new config");
+
+    gate.open();
+    let held = common::within("the in-flight request", in_flight)
+        .await
+        .unwrap();
+    assert_eq!(held.status, 200);
+    assert_eq!(
+        held.text(),
+        "old",
+        "the in-flight request finished on the old config"
+    );
+}

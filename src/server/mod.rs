@@ -95,7 +95,11 @@ pub enum ReloadError {
 impl Running {
     /// Every bound address, in the order the file first names them.
     pub fn bound(&self) -> Vec<Bound> {
-        self.shared.bound.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The local address of the first listen address in the file.
