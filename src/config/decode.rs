@@ -124,7 +124,7 @@ pub fn document(
             }
             "site" => {
                 site_count += 1;
-                sites.extend(site(node, &mut r));
+                sites.extend(site(node, &mut r, &base_dir));
             }
             other => {
                 unknown = true;
@@ -279,7 +279,7 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
     })
 }
 
-fn site(node: &KdlNode, r: &mut Reader) -> Option<Site> {
+fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Site> {
     r.no_properties(node);
     let addresses = match r.some_args(
         node,
@@ -338,7 +338,7 @@ fn site(node: &KdlNode, r: &mut Reader) -> Option<Site> {
         }
         None => Some(Vec::new()),
     };
-    let tls = opts.one("tls").map(|n| tls(n, r));
+    let tls = opts.one("tls").map(|n| tls(n, r, base_dir));
     let access_log = opts.one("access_log").map(|n| {
         r.value(
             n,
@@ -377,12 +377,14 @@ fn site(node: &KdlNode, r: &mut Reader) -> Option<Site> {
     })
 }
 
-fn tls(node: &KdlNode, r: &mut Reader) -> Option<Spanned<TlsConfig>> {
+fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spanned<TlsConfig>> {
     r.no_children(node);
-    r.known_properties(node, &["cert", "key"]);
+    r.known_properties(node, &["cert", "key", "default"]);
     r.args_only(node, 0, "write tls cert=\"site.pem\" key=\"site-key.pem\"")?;
     let mut path = |key: &str| match node.entry(key) {
-        Some(entry) => r.check(value::non_empty_string(entry)).map(PathBuf::from),
+        Some(entry) => r
+            .check(value::non_empty_string(entry))
+            .map(|p| (PathBuf::from(p), value::value_span(entry))),
         None => {
             r.push(
                 Problem::error(name_span(node), format!("`tls` needs {key}=\"...\""))
@@ -394,10 +396,34 @@ fn tls(node: &KdlNode, r: &mut Reader) -> Option<Spanned<TlsConfig>> {
     };
     let cert = path("cert");
     let key = path("key");
+    let default = match node.entry("default") {
+        Some(entry) => r.check(value::boolean(entry))?,
+        None => false,
+    };
+    let ((cert, cert_span), (key, _)) = (cert?, key?);
+    // Relative paths resolve against the site file's directory.
+    let certified = match crate::server::tls::load_certified_key(
+        &base_dir.join(&cert),
+        &base_dir.join(&key),
+    ) {
+        Ok(certified) => certified,
+        Err(why) => {
+            r.push(
+                Problem::error(cert_span, why)
+                    .label("unusable certificate or key")
+                    .help(
+                        "give a PEM certificate chain and the PEM private key that belongs to it",
+                    ),
+            );
+            return None;
+        }
+    };
     Some(Spanned::new(
         TlsConfig {
-            cert: cert?,
-            key: key?,
+            cert,
+            key,
+            default,
+            certified,
         },
         node.span(),
     ))
@@ -602,6 +628,38 @@ fn check_shared_addresses(sites: &[Site], r: &mut Reader) {
                         .help(format!("list the sites on {wild} and tell them apart with `host`, or use a specific address for both")),
                 );
             }
+        }
+    }
+    for (addr, sharing) in &addrs {
+        let with_tls: Vec<_> = sharing.iter().filter(|(s, _)| s.tls.is_some()).collect();
+        if !with_tls.is_empty() && with_tls.len() < sharing.len() {
+            let plain = sharing
+                .iter()
+                .find(|(s, _)| s.tls.is_none())
+                .map(|(_, span)| *span);
+            if let Some(plain) = plain {
+                r.push(
+                    Problem::error(plain, format!("{addr} serves HTTPS for another site, but this one has no `tls`"))
+                        .label("plain HTTP on a TLS address")
+                        .also(with_tls[0].1, "this site has `tls`")
+                        .help("give every site on the address `tls`, or listen on another address for plain HTTP"),
+                );
+            }
+        }
+        let defaults: Vec<_> = with_tls
+            .iter()
+            .filter(|(s, _)| s.tls.as_ref().is_some_and(|t| t.default))
+            .collect();
+        if defaults.len() > 1 {
+            r.push(
+                Problem::error(
+                    defaults[1].1,
+                    format!("two sites on {addr} are the TLS default"),
+                )
+                .label("second default")
+                .also(defaults[0].1, "first default")
+                .help("mark one site per address with default=#true"),
+            );
         }
     }
     for (addr, sharing) in addrs {

@@ -72,6 +72,10 @@ pub struct Site {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Answers a client whose SNI names no site on the address.
+    pub default: bool,
+    /// The certificate chain and key, read and matched while checking.
+    pub certified: std::sync::Arc<rustls::sign::CertifiedKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -111,21 +111,74 @@ fn serve_connection(
                 return;
             }
         };
-        let service = service_fn(move |req: http::Request<Incoming>| {
-            let router = router.clone();
-            async move {
-                let req = req.map(body::boxed);
-                // One config for the whole request, even if a reload
-                // lands meanwhile.
-                let router = router.load_full();
-                Ok::<_, Infallible>(router.handle(req, conn).await)
+        let tls = router.load().tls.clone();
+        match tls {
+            None => serve_http(stream, conn, router, &builder, watcher).await,
+            Some(acceptor) => {
+                if !starts_with_tls(&stream).await {
+                    refuse_plain_http(stream).await;
+                    return;
+                }
+                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                match handshake {
+                    Ok(Ok(tls_stream)) => {
+                        let conn = ConnInfo { tls: true, ..conn };
+                        serve_http(tls_stream, conn, router, &builder, watcher).await
+                    }
+                    Ok(Err(err)) => tracing::debug!(client = %conn.client, error = %err, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(client = %conn.client, "TLS handshake timed out"),
+                }
             }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        if let Err(err) = watcher.watch(connection.into_owned()).await {
-            tracing::debug!(client = %conn.client, error = %err, "connection ended with an error");
         }
     });
+}
+
+/// A slow or silent TLS client is dropped after this long (slowloris).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_http<I>(
+    io: I,
+    conn: ConnInfo,
+    router: Arc<ArcSwap<AddressRouter>>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: http::Request<Incoming>| {
+        let router = router.clone();
+        async move {
+            let req = req.map(body::boxed);
+            // One config for the whole request, even if a reload
+            // lands meanwhile.
+            let router = router.load_full();
+            Ok::<_, Infallible>(router.handle(req, conn).await)
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(err) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(client = %conn.client, error = %err, "connection ended with an error");
+    }
+}
+
+/// Whether the client's first byte is a TLS handshake record (0x16).
+async fn starts_with_tls(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    matches!(peeked, Ok(Ok(n)) if n > 0) && first[0] == 0x16
+}
+
+/// Plain HTTP on an HTTPS port gets a 400 that says so, as Go and Caddy do,
+/// instead of an unreadable handshake failure.
+async fn refuse_plain_http(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = "Client sent an HTTP request to an HTTPS server.\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -4,6 +4,7 @@
 pub mod access_log;
 mod listener;
 pub mod router;
+pub mod tls;
 pub mod workers;
 
 use std::net::SocketAddr;
@@ -254,11 +255,6 @@ fn build(config: &Config, metrics: &MetricsRegistry) -> Result<Built, StartError
     // Addresses in the order the file first names them.
     let mut by_addr: Vec<(SocketAddr, Vec<Arc<SiteRuntime>>)> = Vec::new();
     for site in &config.sites {
-        if site.tls.is_some() {
-            return Err(StartError::Build(
-                "TLS termination (`tls`) is not available in this version of teebox yet".into(),
-            ));
-        }
         let runtime = Arc::new(build_site(config, site, format, &mirrors, metrics)?);
         for addr in &site.addresses {
             match by_addr.iter_mut().find(|(a, _)| *a == addr.value) {
@@ -267,11 +263,47 @@ fn build(config: &Config, metrics: &MetricsRegistry) -> Result<Built, StartError
             }
         }
     }
-    let routers = by_addr
-        .into_iter()
-        .map(|(addr, sites)| (addr, AddressRouter::new(sites)))
-        .collect();
+    let mut routers = Vec::new();
+    for (addr, sites) in by_addr {
+        let tls = tls_for(config, addr)?;
+        routers.push((addr, AddressRouter::new(sites).with_tls(tls)));
+    }
     Ok(Built { routers, mirrors })
+}
+
+/// The TLS acceptor for an address whose sites have `tls` (validation makes
+/// sure they all do, or none): certificates by SNI, the `default` site's (or
+/// the catch-all's) for any other name.
+fn tls_for(
+    config: &Config,
+    addr: SocketAddr,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    let sites: Vec<_> = config
+        .sites
+        .iter()
+        .filter(|s| s.addresses.iter().any(|a| a.value == addr))
+        .filter_map(|s| s.tls.as_ref().map(|t| (s, t)))
+        .collect();
+    if sites.is_empty() {
+        return Ok(None);
+    }
+    let mut names = Vec::new();
+    let mut default = None;
+    let mut catch_all = None;
+    for (site, tls) in &sites {
+        for host in &site.hosts {
+            names.push((host.value.clone(), tls.certified.clone()));
+        }
+        if tls.default && default.is_none() {
+            default = Some(tls.certified.clone());
+        }
+        if site.hosts.is_empty() {
+            catch_all = Some(tls.certified.clone());
+        }
+    }
+    let resolver = tls::SniResolver::new(names, default.or(catch_all), addr.to_string());
+    let config = tls::server_config(resolver).map_err(StartError::Build)?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
 }
 
 fn spawn_listener(

@@ -55,6 +55,8 @@ pub struct AddressRouter {
     hosts: Vec<(HostPattern, Arc<SiteRuntime>)>,
     /// The site without `host`, if any: it answers every other name.
     catch_all: Option<Arc<SiteRuntime>>,
+    /// Set when the address serves HTTPS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl AddressRouter {
@@ -70,7 +72,16 @@ impl AddressRouter {
         }
         // Stable: file order within the same precedence.
         hosts.sort_by_key(|(pattern, _)| pattern.precedence());
-        AddressRouter { hosts, catch_all }
+        AddressRouter {
+            hosts,
+            catch_all,
+            tls: None,
+        }
+    }
+
+    pub fn with_tls(mut self, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn site_for(&self, req: &Request) -> Option<&Arc<SiteRuntime>> {

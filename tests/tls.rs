@@ -1,0 +1,342 @@
+//! TLS termination: certificates made at test time with rcgen, real
+//! handshakes from a rustls client, HTTP/1.1 and HTTP/2 over TLS.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{Backend, TempDir};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use teebox::server::Running;
+use tokio::net::TcpStream;
+
+struct Cert {
+    der: CertificateDer<'static>,
+}
+
+/// A self-signed certificate for `name`, written as `NAME.pem` and
+/// `NAME-key.pem` into `dir`.
+fn make_cert(dir: &Path, name: &str) -> Cert {
+    let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), made.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}-key.pem")),
+        made.key_pair.serialize_pem(),
+    )
+    .unwrap();
+    Cert {
+        der: made.cert.der().clone(),
+    }
+}
+
+fn client_config(trusted: &[&Cert], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.der.clone()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` asking for `sni`; the server's certificate
+/// and the negotiated ALPN protocol come back with it.
+async fn connect(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    connector
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+}
+
+/// One request over an established TLS stream, in HTTP/2 if ALPN chose it.
+async fn request(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    method: &str,
+    uri: &str,
+    body: Vec<u8>,
+) -> (u16, http::Version, String) {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    };
+    let status = response.status().as_u16();
+    let version = response.version();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, version, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn two_sites(extra_a: &str) -> String {
+    format!(
+        "site \"127.0.0.1:0\" {{\n  host \"a.test\"\n  tls cert=\"a.test.pem\" key=\"a.test-key.pem\" {extra_a}\n  route \"/*\" {{ respond 200 \"site a\" }}\n}}\n\
+         site \"127.0.0.1:0\" {{\n  host \"b.test\"\n  tls cert=\"b.test.pem\" key=\"b.test-key.pem\"\n  route \"/*\" {{ respond 200 \"site b\" }}\n}}\n"
+    )
+}
+
+async fn start_in(dir: &TempDir, site: &str) -> Running {
+    common::start_in(site, dir.path()).await
+}
+
+#[tokio::test]
+async fn http1_and_http2_over_tls() {
+    let dir = TempDir::new("tls-basic");
+    let a = make_cert(dir.path(), "a.test");
+    make_cert(dir.path(), "b.test");
+    let running = start_in(&dir, &two_sites("")).await;
+    let h1 = connect(
+        running.addr(),
+        "a.test",
+        client_config(&[&a], &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let (status, version, body) = request(h1, "GET", "https://a.test/x", Vec::new()).await;
+    assert_eq!(
+        (status, version, body.as_str()),
+        (200, http::Version::HTTP_11, "site a")
+    );
+    let h2 = connect(
+        running.addr(),
+        "a.test",
+        client_config(&[&a], &[b"h2", b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, version, body) = request(h2, "GET", "https://a.test/x", Vec::new()).await;
+    assert_eq!(
+        (status, version, body.as_str()),
+        (200, http::Version::HTTP_2, "site a")
+    );
+}
+
+#[tokio::test]
+async fn sni_picks_each_sites_certificate() {
+    let dir = TempDir::new("tls-sni");
+    let a = make_cert(dir.path(), "a.test");
+    let b = make_cert(dir.path(), "b.test");
+    let running = start_in(&dir, &two_sites("")).await;
+    for (name, cert, answer) in [("a.test", &a, "site a"), ("b.test", &b, "site b")] {
+        let tls = connect(
+            running.addr(),
+            name,
+            client_config(&[&a, &b], &[b"http/1.1"]),
+        )
+        .await
+        .unwrap();
+        let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert_eq!(served, cert.der, "certificate for {name}");
+        let (_, _, body) = request(tls, "GET", &format!("https://{name}/"), Vec::new()).await;
+        assert_eq!(body, answer);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_name_gets_the_default_site_or_no_handshake() {
+    let dir = TempDir::new("tls-default");
+    let a = make_cert(dir.path(), "a.test");
+    let b = make_cert(dir.path(), "b.test");
+    let without_default = start_in(&dir, &two_sites("")).await;
+    let refused = connect(
+        without_default.addr(),
+        "c.test",
+        client_config(&[&a, &b], &[]),
+    )
+    .await;
+    assert!(refused.is_err(), "no default site: the handshake fails");
+
+    let with_default = start_in(&dir, &two_sites("default=#true")).await;
+    // The client trusts a.test's certificate for c.test only if the server
+    // sends it; check what it sent instead of trusting it.
+    let mut config = (*client_config(&[&a, &b], &[])).clone();
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(AcceptAny));
+    let tls = connect(with_default.addr(), "c.test", Arc::new(config))
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], a.der);
+}
+
+#[tokio::test]
+async fn plain_http_on_a_tls_port_gets_a_400_with_a_hint() {
+    let dir = TempDir::new("tls-plain");
+    make_cert(dir.path(), "a.test");
+    make_cert(dir.path(), "b.test");
+    let running = start_in(&dir, &two_sites("")).await;
+    let outcome =
+        common::raw::exchange(running.addr(), b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    let response = outcome.response();
+    assert_eq!(response.status, 400);
+    assert!(String::from_utf8_lossy(&response.body).contains("HTTP request to an HTTPS server"));
+}
+
+#[tokio::test]
+async fn a_shadow_gets_the_copy_of_a_request_that_came_over_h2() {
+    let dir = TempDir::new("tls-mirror");
+    let a = make_cert(dir.path(), "a.test");
+    let shadow = Backend::ok().await;
+    let site = format!(
+        "site \"127.0.0.1:0\" {{\n  tls cert=\"a.test.pem\" key=\"a.test-key.pem\"\n  route \"/*\" {{\n    mirror {:?}\n    respond 202 \"queued\"\n  }}\n}}\n",
+        shadow.url()
+    );
+    let running = start_in(&dir, &site).await;
+    let tls = connect(running.addr(), "a.test", client_config(&[&a], &[b"h2"]))
+        .await
+        .unwrap();
+    let body = common::random_bytes(20_000, 5);
+    let (status, version, _) =
+        request(tls, "POST", "https://a.test/events?n=1", body.clone()).await;
+    assert_eq!((status, version), (202, http::Version::HTTP_2));
+    let copy = shadow.wait_for(1).await.remove(0);
+    assert_eq!(copy.method, http::Method::POST);
+    assert_eq!(copy.path_and_query(), "/events?n=1");
+    assert_eq!(copy.body.as_ref(), body.as_slice());
+    assert_eq!(copy.header("x-forwarded-proto"), Some("https"));
+}
+
+#[tokio::test]
+async fn a_reload_serves_a_new_certificate_to_new_connections() {
+    let dir = TempDir::new("tls-reload");
+    let old = make_cert(dir.path(), "a.test");
+    let site = "global { admin \"127.0.0.1:0\" }\nsite \"127.0.0.1:0\" {\n  tls cert=\"a.test.pem\" key=\"a.test-key.pem\"\n  route \"/*\" { respond 200 \"a\" }\n}\n";
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, site).unwrap();
+    let running = teebox::server::start(&teebox::config::load(&file).unwrap().config)
+        .await
+        .unwrap();
+    let before = connect(running.addr(), "a.test", client_config(&[&old], &[]))
+        .await
+        .unwrap();
+    assert_eq!(before.get_ref().1.peer_certificates().unwrap()[0], old.der);
+
+    let new = make_cert(dir.path(), "a.test");
+    let admin = format!("http://{}/reload", running.admin_addr().unwrap());
+    let reply = common::Client::http1()
+        .send(
+            common::client::req("POST", &admin)
+                .body(common::client::full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let after = connect(running.addr(), "a.test", client_config(&[&new], &[]))
+        .await
+        .unwrap();
+    assert_eq!(after.get_ref().1.peer_certificates().unwrap()[0], new.der);
+    // The connection made before the reload still works.
+    let (status, _, body) = request(before, "GET", "https://a.test/", Vec::new()).await;
+    assert_eq!((status, body.as_str()), (200, "a"));
+}
+
+#[test]
+fn validate_checks_the_certificate_and_key() {
+    let dir = TempDir::new("tls-validate");
+    make_cert(dir.path(), "a.test");
+    make_cert(dir.path(), "b.test");
+    let check = |tls: &str| {
+        let site =
+            format!("site \"127.0.0.1:0\" {{\n  {tls}\n  route \"/*\" {{ respond 200 }}\n}}\n");
+        match teebox::config::parse("tls.kdl", &site, dir.path().to_path_buf()) {
+            Ok(_) => String::new(),
+            Err(err) => err.render(teebox::config::Style::Plain),
+        }
+    };
+    assert_eq!(check("tls cert=\"a.test.pem\" key=\"a.test-key.pem\""), "");
+    let mismatch = check("tls cert=\"a.test.pem\" key=\"b.test-key.pem\"");
+    assert!(
+        mismatch.contains("does not belong to the certificate"),
+        "{mismatch}"
+    );
+    assert!(
+        mismatch.contains("tls.kdl:2:"),
+        "points at the tls node: {mismatch}"
+    );
+    let missing = check("tls cert=\"nope.pem\" key=\"a.test-key.pem\"");
+    assert!(missing.contains("cannot read certificate"), "{missing}");
+    let not_a_key = check("tls cert=\"a.test.pem\" key=\"a.test.pem\"");
+    assert!(not_a_key.contains("private key"), "{not_a_key}");
+}
+
+/// Accepts any server certificate: only for checking which one was sent.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
