@@ -340,3 +340,36 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             .supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn http_redirect_answers_308_to_the_https_url() {
+    let dir = TempDir::new("tls-redirect");
+    make_cert(dir.path(), "a.test");
+    let plain = common::fault::refused_addr();
+    let site = format!(
+        "site \"127.0.0.1:0\" {{\n  tls cert=\"a.test.pem\" key=\"a.test-key.pem\"\n  http_redirect \"{plain}\"\n  route \"/*\" {{ respond 200 }}\n}}\n"
+    );
+    let running = start_in(&dir, &site).await;
+    let tls_port = running.addr().port();
+    let request = b"GET /path?q=1 HTTP/1.1\r\nHost: a.test:8080\r\nConnection: close\r\n\r\n";
+    let response = common::raw::exchange(plain, request).await.response();
+    assert_eq!(response.status, 308);
+    assert_eq!(
+        response.header("location"),
+        Some(format!("https://a.test:{tls_port}/path?q=1").as_str())
+    );
+}
+
+#[test]
+fn http_redirect_needs_tls_and_an_address_of_its_own() {
+    let check = |site: &str| match teebox::config::parse("r.kdl", site, std::env::temp_dir()) {
+        Ok(_) => String::new(),
+        Err(err) => err.render(teebox::config::Style::Plain),
+    };
+    let no_tls = check("site \"127.0.0.1:8443\" {\n  http_redirect \"127.0.0.1:8080\"\n  route \"/*\" { respond 200 }\n}\n");
+    assert!(no_tls.contains("the site has no `tls`"), "{no_tls}");
+    let taken = check(
+        "site \"127.0.0.1:8080\" { route \"/*\" { respond 200 } }\nsite \"127.0.0.1:8443\" {\n  http_redirect \"127.0.0.1:8080\"\n  route \"/*\" { respond 200 }\n}\n",
+    );
+    assert!(taken.contains("already a site's listen address"), "{taken}");
+}

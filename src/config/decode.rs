@@ -323,6 +323,7 @@ fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Si
             ("host", Repeat::Once),
             ("tls", Repeat::Once),
             ("access_log", Repeat::Once),
+            ("http_redirect", Repeat::Once),
             ("route", Repeat::Many),
         ],
     );
@@ -339,6 +340,22 @@ fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Si
         None => Some(Vec::new()),
     };
     let tls = opts.one("tls").map(|n| tls(n, r, base_dir));
+    let http_redirect = match opts.one("http_redirect") {
+        Some(n) => {
+            let addr = r.value(n, "a plain listen address, such as \":80\"", |e| {
+                value::listen_address(e).map(|a| Spanned::new(a, value::value_span(e)))
+            });
+            if addr.is_some() && opts.one("tls").is_none() {
+                r.push(
+                    Problem::error(name_span(n), "`http_redirect` sends clients to this site's https:// URL, but the site has no `tls`")
+                        .label("nothing to redirect to")
+                        .help("add tls cert=\"...\" key=\"...\" to the site"),
+                );
+            }
+            addr.map(Some)
+        }
+        None => Some(None),
+    };
     let access_log = opts.one("access_log").map(|n| {
         r.value(
             n,
@@ -372,6 +389,7 @@ fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Si
             Some(a) => Some(a?),
             None => None,
         },
+        http_redirect: http_redirect?,
         routes: routes?,
         span: node.span(),
     })
@@ -402,22 +420,20 @@ fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spa
     };
     let ((cert, cert_span), (key, _)) = (cert?, key?);
     // Relative paths resolve against the site file's directory.
-    let certified = match crate::server::tls::load_certified_key(
-        &base_dir.join(&cert),
-        &base_dir.join(&key),
-    ) {
-        Ok(certified) => certified,
-        Err(why) => {
-            r.push(
+    let certified =
+        match crate::server::tls::load_certified_key(&base_dir.join(&cert), &base_dir.join(&key)) {
+            Ok(certified) => certified,
+            Err(why) => {
+                r.push(
                 Problem::error(cert_span, why)
                     .label("unusable certificate or key")
                     .help(
                         "give a PEM certificate chain and the PEM private key that belongs to it",
                     ),
             );
-            return None;
-        }
-    };
+                return None;
+            }
+        };
     Some(Spanned::new(
         TlsConfig {
             cert,
@@ -609,6 +625,21 @@ fn check_shared_addresses(sites: &[Site], r: &mut Reader) {
                 .entry(addr.value)
                 .or_default()
                 .push((site, addr.span));
+        }
+    }
+    for site in sites {
+        if let Some(redirect) = &site.http_redirect {
+            if let Some((_, span)) = by_addr.get(&redirect.value).and_then(|s| s.first()) {
+                r.push(
+                    Problem::error(
+                        redirect.span,
+                        format!("{} is already a site's listen address", redirect.value),
+                    )
+                    .label("cannot also redirect")
+                    .also(*span, "served here")
+                    .help("give http_redirect an address of its own, such as \":80\""),
+                );
+            }
         }
     }
     let mut addrs: Vec<_> = by_addr.into_iter().collect();

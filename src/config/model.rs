@@ -64,6 +64,8 @@ pub struct Site {
     pub hosts: Vec<Spanned<HostPattern>>,
     pub tls: Option<Spanned<TlsConfig>>,
     pub access_log: Option<AccessLogTarget>,
+    /// A plain address that answers 308 to this site's `https://` URL.
+    pub http_redirect: Option<Spanned<SocketAddr>>,
     pub routes: Vec<Route>,
     pub span: SourceSpan,
 }

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 mod listener;
+pub mod redirect;
 pub mod router;
 pub mod tls;
 pub mod workers;
@@ -226,6 +227,7 @@ impl Shared {
                 }
             }
         }
+        point_redirects(&built.redirect_ports, &state.listeners);
         state.listeners.retain(|l| {
             let kept = keep.contains(&l.bound.configured);
             if !kept {
@@ -247,6 +249,8 @@ impl Shared {
 struct Built {
     routers: Vec<(SocketAddr, AddressRouter)>,
     mirrors: MirrorRegistry,
+    /// `http_redirect` targets: the TLS address whose bound port they name.
+    redirect_ports: Vec<(SocketAddr, Arc<std::sync::atomic::AtomicU16>)>,
 }
 
 fn build(config: &Config, metrics: &MetricsRegistry) -> Result<Built, StartError> {
@@ -268,7 +272,46 @@ fn build(config: &Config, metrics: &MetricsRegistry) -> Result<Built, StartError
         let tls = tls_for(config, addr)?;
         routers.push((addr, AddressRouter::new(sites).with_tls(tls)));
     }
-    Ok(Built { routers, mirrors })
+    let mut redirects: Vec<(SocketAddr, Vec<Arc<SiteRuntime>>)> = Vec::new();
+    let mut redirect_ports = Vec::new();
+    for site in &config.sites {
+        let (Some(from), Some(to)) = (&site.http_redirect, site.addresses.first()) else {
+            continue;
+        };
+        let port = Arc::new(std::sync::atomic::AtomicU16::new(to.value.port()));
+        redirect_ports.push((to.value, port.clone()));
+        let key = crate::metrics::RouteKey {
+            site: from.value.to_string(),
+            route: "http_redirect".into(),
+        };
+        let runtime = Arc::new(SiteRuntime {
+            hosts: site.hosts.iter().map(|h| h.value.clone()).collect(),
+            routes: vec![RouteRuntime {
+                matcher: crate::config::matchers::RouteMatch {
+                    path: crate::config::matchers::PathPattern::Prefix("/".into()),
+                    methods: Vec::new(),
+                    headers: Vec::new(),
+                },
+                chain: Chain::new(Vec::new(), Arc::new(redirect::HttpsRedirect { port })),
+                stats: metrics.route(&key),
+            }],
+            access_log: None,
+        });
+        match redirects.iter_mut().find(|(a, _)| *a == from.value) {
+            Some((_, sites)) => sites.push(runtime),
+            None => redirects.push((from.value, vec![runtime])),
+        }
+    }
+    routers.extend(
+        redirects
+            .into_iter()
+            .map(|(addr, sites)| (addr, AddressRouter::new(sites))),
+    );
+    Ok(Built {
+        routers,
+        mirrors,
+        redirect_ports,
+    })
 }
 
 /// The TLS acceptor for an address whose sites have `tls` (validation makes
@@ -333,6 +376,21 @@ fn spawn_listener(
     })
 }
 
+/// Tells each `http_redirect` the port its TLS address was bound to.
+fn point_redirects(
+    ports: &[(SocketAddr, Arc<std::sync::atomic::AtomicU16>)],
+    listeners: &[ListenerHandle],
+) {
+    for (tls_addr, port) in ports {
+        if let Some(listener) = listeners.iter().find(|l| l.bound.configured == *tls_addr) {
+            port.store(
+                listener.bound.local.port(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
     listener::bind(addr)
         .await
@@ -350,6 +408,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_loops = JoinSet::new();
     let mut listeners = Vec::new();
+    let redirect_ports = built.redirect_ports;
     for ((addr, router), tcp) in built.routers.into_iter().zip(bound_sockets) {
         listeners.push(spawn_listener(
             &mut accept_loops,
@@ -359,6 +418,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             &graceful,
         )?);
     }
+    point_redirects(&redirect_ports, &listeners);
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let bound = listeners.iter().map(|l| l.bound).collect();
     let shared = Arc::new(Shared {
