@@ -373,3 +373,123 @@ fn http_redirect_needs_tls_and_an_address_of_its_own() {
     );
     assert!(taken.contains("already a site's listen address"), "{taken}");
 }
+
+/// An HTTPS backend whose certificate (for `upstream.test`) a private CA
+/// signed; the CA's certificate is written to `ca.pem` in `dir`. Counts the
+/// requests it answers.
+async fn https_backend(dir: &Path) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["upstream.test".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let count = count.clone();
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from("secure"),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test]
+async fn an_https_upstream_with_a_private_ca_needs_tls_ca() {
+    let dir = TempDir::new("tls-upstream");
+    let (addr, served) = https_backend(dir.path()).await;
+    let site = |options: &str| {
+        format!("site \"127.0.0.1:0\" {{ route \"/*\" {{ reverse_proxy \"https://{addr}\" {{ {options} }} }} }}")
+    };
+    let trusted = common::start_in(
+        &site("tls_ca \"ca.pem\"; tls_server_name \"upstream.test\""),
+        dir.path(),
+    )
+    .await;
+    let ok = common::Client::http1()
+        .get(&format!("{}/x", common::base_url(&trusted)))
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.text(), "secure");
+
+    let untrusted = common::start_in(&site("tls_server_name \"upstream.test\""), dir.path()).await;
+    let refused = common::Client::http1()
+        .get(&format!("{}/x", common::base_url(&untrusted)))
+        .await;
+    assert_eq!(
+        refused.status, 502,
+        "a certificate from an unknown CA is refused"
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_https_mirror_target_gets_copies() {
+    let dir = TempDir::new("tls-mirror-target");
+    let (addr, served) = https_backend(dir.path()).await;
+    let site = format!(
+        "site \"127.0.0.1:0\" {{ route \"/*\" {{ mirror \"https://{addr}\" {{ tls_ca \"ca.pem\"; tls_server_name \"upstream.test\"; }}\n respond 200 \"primary\" }} }}"
+    );
+    let running = common::start_in(&site, dir.path()).await;
+    let resp = common::Client::http1()
+        .get(&format!("{}/copied", common::base_url(&running)))
+        .await;
+    assert_eq!(resp.text(), "primary");
+    common::eventually("the copy over TLS", || {
+        served.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    common::eventually("the copy to count as succeeded", || {
+        running.mirrors()[0].targets()[0]
+            .state()
+            .stats
+            .counts()
+            .succeeded
+            == 1
+    })
+    .await;
+}
+
+#[test]
+fn validate_warns_about_skipping_verification() {
+    let site = "site \"127.0.0.1:0\" { route \"/*\" { reverse_proxy \"https://127.0.0.1:9443\" { tls_insecure_skip_verify #true } } }";
+    let loaded = teebox::config::parse("w.kdl", site, std::env::temp_dir()).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].message().contains("not verified"));
+}

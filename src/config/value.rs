@@ -325,6 +325,7 @@ impl UpstreamUrl {
     pub fn host_port(&self) -> String {
         match self.authority.port_u16() {
             Some(_) => self.authority.to_string(),
+            None if self.scheme == Scheme::HTTPS => format!("{}:443", self.authority.host()),
             None => format!("{}:80", self.authority.host()),
         }
     }
@@ -364,13 +365,8 @@ impl UpstreamUrl {
             .scheme()
             .cloned()
             .ok_or_else(|| bad("no scheme", Some(format!("write \"http://{text}\""))))?;
-        if scheme != Scheme::HTTP {
-            let why = if scheme == Scheme::HTTPS {
-                "https:// upstreams are not supported yet"
-            } else {
-                "the scheme must be http://"
-            };
-            return Err(bad(why, None));
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(bad("the scheme must be http:// or https://", None));
         }
         let authority = uri
             .authority()

@@ -48,6 +48,9 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             ("fail_after", Repeat::Once),
             ("header_up", Repeat::Many),
             ("host", Repeat::Once),
+            ("tls_ca", Repeat::Once),
+            ("tls_server_name", Repeat::Once),
+            ("tls_insecure_skip_verify", Repeat::Once),
         ],
     );
     let name = match opts.one("name") {
@@ -104,6 +107,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             .map(Some),
         None => Some(None),
     };
+    let tls = crate::http::upstream_tls::UpstreamTls::decode(&opts, r);
     if !ok {
         return None;
     }
@@ -126,6 +130,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
                 },
                 host: host?,
             },
+            tls: tls?,
         },
     }))
 }
@@ -137,7 +142,7 @@ impl MiddlewareConfig for MirrorConfig {
             .name
             .clone()
             .unwrap_or_else(|| cx.route.clone());
-        let mirror = Mirror::start(self.options.clone(), &self.urls, label);
+        let mirror = Mirror::start(self.options.clone(), &self.urls, label, &cx.base_dir).map_err(BuildError)?;
         cx.mirrors.register(mirror.clone());
         Ok(Arc::new(MirrorHandler { mirror }))
     }

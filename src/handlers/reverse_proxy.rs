@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kdl::KdlNode;
@@ -21,6 +20,7 @@ use crate::config::reader::{Reader, Repeat};
 use crate::config::value::{self, UpstreamUrl};
 use crate::http::body::{self, Guarded};
 use crate::http::header_ops::HeaderOps;
+use crate::http::upstream_tls::{Connector, UpstreamTls};
 use crate::http::{forwarded, hop_by_hop, ConnInfo, Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Terminal {
@@ -53,6 +53,8 @@ pub struct ReverseProxyConfig {
     pub preserve_host: bool,
     pub forwarded: bool,
     pub keepalive: bool,
+    /// For `https://` upstreams.
+    pub tls: UpstreamTls,
 }
 
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
@@ -74,6 +76,9 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
             ("preserve_host", Repeat::Once),
             ("forwarded", Repeat::Once),
             ("keepalive", Repeat::Once),
+            ("tls_ca", Repeat::Once),
+            ("tls_server_name", Repeat::Once),
+            ("tls_insecure_skip_verify", Repeat::Once),
         ],
     );
     let duration = |r: &mut Reader, name: &str, default: u64| match opts.one(name) {
@@ -101,6 +106,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
     let preserve_host = flag(r, "preserve_host", true);
     let forwarded = flag(r, "forwarded", true);
     let keepalive = flag(r, "keepalive", true);
+    let tls = UpstreamTls::decode(&opts, r);
     Some(Box::new(ReverseProxyConfig {
         upstreams: upstreams?,
         lb_policy: lb_policy?,
@@ -111,12 +117,13 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
         preserve_host: preserve_host?,
         forwarded: forwarded?,
         keepalive: keepalive?,
+        tls: tls?,
     }))
 }
 
 impl TerminalConfig for ReverseProxyConfig {
     fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Terminal>, BuildError> {
-        Ok(Arc::new(ReverseProxy::new(self.clone(), cx)))
+        Ok(Arc::new(ReverseProxy::new(self.clone(), cx)?))
     }
 }
 
@@ -136,7 +143,7 @@ pub struct ReverseProxy {
     upstreams: Vec<Arc<Upstream>>,
     /// One connection pool per serving worker, so a request and the
     /// upstream connection it uses run on the same thread.
-    clients: Vec<Client<HttpConnector, body::Body>>,
+    clients: Vec<Client<Connector, body::Body>>,
     next: AtomicUsize,
     epoch: Instant,
     route: String,
@@ -151,10 +158,11 @@ enum Failure {
 }
 
 impl ReverseProxy {
-    fn new(config: ReverseProxyConfig, cx: &BuildContext) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
+    fn new(config: ReverseProxyConfig, cx: &BuildContext) -> Result<Self, BuildError> {
+        let connector = config
+            .tls
+            .connector(&cx.base_dir, config.connect_timeout)
+            .map_err(BuildError)?;
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(Duration::from_secs(90));
         if !config.keepalive {
@@ -175,17 +183,17 @@ impl ReverseProxy {
                 })
             })
             .collect();
-        ReverseProxy {
+        Ok(ReverseProxy {
             config,
             upstreams,
             clients,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             route: cx.route.clone(),
-        }
+        })
     }
 
-    fn client(&self) -> &Client<HttpConnector, body::Body> {
+    fn client(&self) -> &Client<Connector, body::Body> {
         &self.clients[crate::server::workers::current() % self.clients.len()]
     }
 

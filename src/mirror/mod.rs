@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -44,6 +43,8 @@ pub struct MirrorOptions {
     pub alert_interval: Duration,
     pub header_up: HeaderOps,
     pub targets: TargetSettings,
+    /// For `https://` targets.
+    pub tls: crate::http::upstream_tls::UpstreamTls,
 }
 
 /// The live targets of one mirror. Swapped whole on every change, so the
@@ -101,10 +102,13 @@ pub struct Mirror {
 
 impl Mirror {
     /// Starts the targets' workers and the alert task on the current runtime.
-    pub fn start(options: MirrorOptions, urls: &[UpstreamUrl], label: String) -> Arc<Mirror> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(options.targets.timeout));
+    pub fn start(
+        options: MirrorOptions,
+        urls: &[UpstreamUrl],
+        label: String,
+        base_dir: &std::path::Path,
+    ) -> Result<Arc<Mirror>, String> {
+        let connector = options.tls.connector(base_dir, options.targets.timeout)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(options.targets.concurrency)
@@ -122,14 +126,14 @@ impl Mirror {
             options.alert_interval,
             label.clone(),
         ));
-        Arc::new(Mirror {
+        Ok(Arc::new(Mirror {
             options,
             label,
             set,
             configured: urls.to_vec(),
             client,
             skipped_upgrade: AtomicU64::new(0),
-        })
+        }))
     }
 
     pub fn name(&self) -> Option<&str> {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Request, Uri};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::AbortHandle;
@@ -25,7 +24,7 @@ use super::TargetSet;
 use crate::config::value::UpstreamUrl;
 use crate::handlers::reverse_proxy::error_chain;
 
-pub type CopyClient = Client<HttpConnector, CopyBody>;
+pub type CopyClient = Client<crate::http::upstream_tls::Connector, CopyBody>;
 
 /// A shadow's response body is read (so the connection can be reused) up to
 /// this much, then dropped: an endless response costs nothing more.

@@ -1,0 +1,175 @@
+//! Connections to `https://` upstreams and mirror targets: verified against
+//! the system's roots, or a private CA (`tls_ca`), with an optional
+//! `tls_server_name`, or, for tests and emergencies only, not verified at
+//! all (`tls_insecure_skip_verify`, which `validate` warns about).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+
+use crate::config::reader::{Options, Reader};
+use crate::config::{value, Problem};
+
+pub type Connector = HttpsConnector<HttpConnector>;
+
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub insecure: bool,
+}
+
+impl UpstreamTls {
+    pub fn decode(opts: &Options, r: &mut Reader) -> Option<UpstreamTls> {
+        let ca = match opts.one("tls_ca") {
+            Some(n) => Some(PathBuf::from(r.value(
+                n,
+                "a PEM file of CA certificates",
+                value::non_empty_string,
+            )?)),
+            None => None,
+        };
+        let server_name = match opts.one("tls_server_name") {
+            Some(n) => Some(r.value(n, "a host name", value::non_empty_string)?),
+            None => None,
+        };
+        let insecure = match opts.one("tls_insecure_skip_verify") {
+            Some(n) => {
+                let on = r.value(n, "#true or #false", value::boolean)?;
+                if on {
+                    r.push(
+                        Problem::warning(n.span(), "upstream certificates are not verified")
+                            .label("anyone on the path can pose as the upstream")
+                            .help("give the upstream's CA with tls_ca instead"),
+                    );
+                }
+                on
+            }
+            None => false,
+        };
+        Some(UpstreamTls {
+            ca,
+            server_name,
+            insecure,
+        })
+    }
+
+    /// A connector that speaks plain HTTP to `http://` and TLS to
+    /// `https://` URLs, HTTP/1.1 either way.
+    pub fn connector(
+        &self,
+        base_dir: &Path,
+        connect_timeout: Duration,
+    ) -> Result<Connector, String> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.enforce_http(false);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let config = if self.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_no_client_auth()
+        } else {
+            builder
+                .with_root_certificates(self.roots(base_dir)?)
+                .with_no_client_auth()
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        let connector = match &self.server_name {
+            Some(name) => {
+                let name = ServerName::try_from(name.clone()).map_err(|_| {
+                    format!("tls_server_name `{name}` is not a DNS name or IP address")
+                })?;
+                connector
+                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => connector,
+        };
+        Ok(connector.enable_http1().wrap_connector(http))
+    }
+
+    fn roots(&self, base_dir: &Path) -> Result<rustls::RootCertStore, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(ca) => {
+                let path = base_dir.join(ca);
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+                    .map_err(|e| format!("cannot read tls_ca {}: {e}", path.display()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("cannot parse tls_ca {}: {e}", path.display()))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(format!("no CA certificate in tls_ca {}", path.display()));
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+            }
+        }
+        Ok(roots)
+    }
+}
+
+/// Accepts any certificate, still checking the handshake's signatures.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
