@@ -493,3 +493,83 @@ fn validate_warns_about_skipping_verification() {
     assert_eq!(loaded.warnings.len(), 1);
     assert!(loaded.warnings[0].message().contains("not verified"));
 }
+
+/// A backend that answers with the HTTP version it received the request in;
+/// over TLS (with ALPN h2 and http/1.1) when `tls` is given, else h2c only.
+async fn version_backend(tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", req.version());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(version),
+                        )))
+                    },
+                );
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    Some(config) => {
+                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+                        else {
+                            return;
+                        };
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    None => {
+                        let _ = builder
+                            .http2_only()
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn h2c_upstreams_get_http2() {
+    let addr = version_backend(None).await;
+    let site = format!("site \"127.0.0.1:0\" {{ route \"/*\" {{ reverse_proxy \"http://{addr}\" {{ h2c #true }} }} }}");
+    let running = common::start(&site).await;
+    let resp = common::Client::http1()
+        .get(&format!("{}/v", common::base_url(&running)))
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn an_https_upstream_offering_h2_gets_http2() {
+    let dir = TempDir::new("tls-alpn-upstream");
+    let made = rcgen::generate_simple_self_signed(vec!["upstream.test".to_string()]).unwrap();
+    std::fs::write(dir.join("ca.pem"), made.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(made.key_pair.serialize_der()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![made.cert.der().clone()], key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let addr = version_backend(Some(Arc::new(config))).await;
+    let site = format!(
+        "site \"127.0.0.1:0\" {{ route \"/*\" {{ reverse_proxy \"https://{addr}\" {{ tls_ca \"ca.pem\"; tls_server_name \"upstream.test\"; }} }} }}"
+    );
+    let running = common::start_in(&site, dir.path()).await;
+    let resp = common::Client::http1()
+        .get(&format!("{}/v", common::base_url(&running)))
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "HTTP/2.0");
+}

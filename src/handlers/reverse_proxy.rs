@@ -55,6 +55,8 @@ pub struct ReverseProxyConfig {
     pub keepalive: bool,
     /// For `https://` upstreams.
     pub tls: UpstreamTls,
+    /// Speak HTTP/2 without TLS (prior knowledge) to every upstream.
+    pub h2c: bool,
 }
 
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
@@ -79,6 +81,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
             ("tls_ca", Repeat::Once),
             ("tls_server_name", Repeat::Once),
             ("tls_insecure_skip_verify", Repeat::Once),
+            ("h2c", Repeat::Once),
         ],
     );
     let duration = |r: &mut Reader, name: &str, default: u64| match opts.one(name) {
@@ -107,6 +110,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
     let forwarded = flag(r, "forwarded", true);
     let keepalive = flag(r, "keepalive", true);
     let tls = UpstreamTls::decode(&opts, r);
+    let h2c = flag(r, "h2c", false);
     Some(Box::new(ReverseProxyConfig {
         upstreams: upstreams?,
         lb_policy: lb_policy?,
@@ -118,6 +122,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
         forwarded: forwarded?,
         keepalive: keepalive?,
         tls: tls?,
+        h2c: h2c?,
     }))
 }
 
@@ -167,6 +172,9 @@ impl ReverseProxy {
         builder.pool_idle_timeout(Duration::from_secs(90));
         if !config.keepalive {
             builder.pool_max_idle_per_host(0);
+        }
+        if config.h2c {
+            builder.http2_only(true);
         }
         let clients = (0..crate::server::workers::Workers::get().count())
             .map(|_| builder.build(connector.clone()))

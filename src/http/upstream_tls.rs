@@ -62,7 +62,8 @@ impl UpstreamTls {
     }
 
     /// A connector that speaks plain HTTP to `http://` and TLS to
-    /// `https://` URLs, HTTP/1.1 either way.
+    /// `https://` URLs; over TLS it offers HTTP/2 and HTTP/1.1 by ALPN and
+    /// the client follows the upstream's choice.
     pub fn connector(
         &self,
         base_dir: &Path,
@@ -99,7 +100,7 @@ impl UpstreamTls {
             }
             None => connector,
         };
-        Ok(connector.enable_http1().wrap_connector(http))
+        Ok(connector.enable_all_versions().wrap_connector(http))
     }
 
     fn roots(&self, base_dir: &Path) -> Result<rustls::RootCertStore, String> {
