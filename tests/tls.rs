@@ -573,3 +573,23 @@ async fn an_https_upstream_offering_h2_gets_http2() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "HTTP/2.0");
 }
+
+#[test]
+fn validate_warns_about_an_expired_certificate() {
+    let dir = TempDir::new("tls-expired");
+    let mut params = rcgen::CertificateParams::new(vec!["old.test".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("old.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("old-key.pem"), key.serialize_pem()).unwrap();
+    let site = "site \"127.0.0.1:0\" {\n  tls cert=\"old.pem\" key=\"old-key.pem\"\n  route \"/*\" { respond 200 }\n}\n";
+    let loaded = teebox::config::parse("old.kdl", site, dir.path().to_path_buf())
+        .expect("a warning, not an error");
+    let text = loaded.render_warnings(teebox::config::Style::Plain);
+    assert!(
+        text.contains("the certificate expired on 2001-01-01"),
+        "{text}"
+    );
+}

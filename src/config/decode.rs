@@ -434,6 +434,23 @@ fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spa
                 return None;
             }
         };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if let Some(expiry) = crate::server::tls::not_after(&certified).filter(|t| *t < now) {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expiry.max(0) as u64);
+        r.push(
+            Problem::warning(
+                cert_span,
+                format!(
+                    "the certificate expired on {}",
+                    humantime::format_rfc3339_seconds(when)
+                ),
+            )
+            .label("expired")
+            .help("clients will refuse it: renew it, then reload"),
+        );
+    }
     Some(Spanned::new(
         TlsConfig {
             cert,

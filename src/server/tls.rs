@@ -101,3 +101,11 @@ pub fn server_config(resolver: SniResolver) -> Result<Arc<rustls::ServerConfig>,
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// When the first certificate of a chain stops being valid, as seconds
+/// since the Unix epoch (`None` if it cannot be read).
+pub fn not_after(certified: &CertifiedKey) -> Option<i64> {
+    let leaf = certified.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
