@@ -263,15 +263,18 @@ impl ReverseProxy {
         (parts, body, upgrade)
     }
 
-    fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Uri {
+    /// The request's path and query on the upstream's scheme and authority;
+    /// `None` for a target that has no such form (an authority-form CONNECT).
+    fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
         let mut out = http::uri::Parts::default();
         out.scheme = Some(upstream.url.scheme.clone());
         out.authority = Some(upstream.url.authority.clone());
-        out.path_and_query = uri
-            .path_and_query()
-            .cloned()
-            .or_else(|| Some("/".parse().expect("static path")));
-        Uri::from_parts(out).expect("scheme, authority and path make a URI")
+        out.path_and_query = Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(out).ok()
     }
 
     async fn forward(&self, mut req: Request) -> Response {
@@ -295,7 +298,10 @@ impl ReverseProxy {
             };
             let mut upstream_req = Request::new(this_body);
             *upstream_req.method_mut() = parts.method.clone();
-            *upstream_req.uri_mut() = Self::upstream_uri(&upstream, &parts.uri);
+            let Some(uri) = Self::upstream_uri(&upstream, &parts.uri) else {
+                return error_response(StatusCode::BAD_REQUEST);
+            };
+            *upstream_req.uri_mut() = uri;
             *upstream_req.version_mut() = parts.version;
             *upstream_req.headers_mut() = headers;
             // Without preserve_host (or a client Host), the upstream's own
