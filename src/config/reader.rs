@@ -21,11 +21,6 @@ pub fn name_span(node: &KdlNode) -> SourceSpan {
     node.name().span()
 }
 
-/// The span of a whole node, children included.
-pub fn node_span(node: &KdlNode) -> SourceSpan {
-    node.span()
-}
-
 pub fn arguments(node: &KdlNode) -> Vec<&KdlEntry> {
     node.entries()
         .iter()
@@ -299,11 +294,7 @@ impl<'p> Reader<'p> {
             _ => (None, name),
         };
         let Ok(header) = http::HeaderName::from_bytes(bare.as_bytes()) else {
-            self.push(
-                Problem::error(span, format!("`{bare}` is not a valid header name"))
-                    .label("not a header name")
-                    .help("header names are tokens: letters, digits and !#$%&'*+-.^_`|~"),
-            );
+            self.push(value::bad_header_name(span, bare));
             return None;
         };
         match (prefix, rest) {

@@ -248,16 +248,13 @@ pub fn method(entry: &KdlEntry) -> Parsed<Method> {
 
 pub fn header_name(entry: &KdlEntry) -> Parsed<HeaderName> {
     let s = non_empty_string(entry)?;
-    HeaderName::from_bytes(s.as_bytes()).map_err(|_| bad_header_name(entry, &s))
+    HeaderName::from_bytes(s.as_bytes()).map_err(|_| bad_header_name(value_span(entry), &s))
 }
 
-pub fn bad_header_name(entry: &KdlEntry, name: &str) -> Problem {
-    Problem::error(
-        value_span(entry),
-        format!("`{name}` is not a valid header name"),
-    )
-    .label("not a header name")
-    .help("header names are tokens: letters, digits and !#$%&'*+-.^_`|~")
+pub fn bad_header_name(span: SourceSpan, name: &str) -> Problem {
+    Problem::error(span, format!("`{name}` is not a valid header name"))
+        .label("not a header name")
+        .help("header names are tokens: letters, digits and !#$%&'*+-.^_`|~")
 }
 
 pub fn header_value(entry: &KdlEntry) -> Parsed<HeaderValue> {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -327,11 +327,11 @@ impl ReverseProxy {
                         self.now_ms() + FAIL_TIMEOUT.as_millis() as u64,
                         Ordering::Relaxed,
                     );
-                    tracing::warn!(route = %self.route, upstream = %upstream.url, error = %error_chain(&err), "upstream unreachable");
+                    tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream unreachable");
                     failure = Failure::BadGateway;
                 }
                 Ok(Err(err)) => {
-                    tracing::warn!(route = %self.route, upstream = %upstream.url, error = %error_chain(&err), "upstream failed before answering");
+                    tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream failed before answering");
                     failure = Failure::BadGateway;
                     break;
                 }
@@ -375,7 +375,7 @@ impl ReverseProxy {
             }
         }
         let (mut parts, incoming) = response.into_parts();
-        strip_response_headers(&mut parts.headers);
+        hop_by_hop::strip(&mut parts.headers);
         if let Some(protocol) = upgrade_to {
             parts
                 .headers
@@ -398,10 +398,6 @@ impl Terminal for ReverseProxy {
     }
 }
 
-/// Response headers that must not reach the client from the upstream.
-fn strip_response_headers(headers: &mut HeaderMap) {
-    hop_by_hop::strip(headers);
-}
 
 /// Keeps an upstream's in-flight count up until the response is done.
 struct ActiveGuard(Arc<Upstream>);
@@ -444,17 +440,4 @@ fn error_response(status: StatusCode) -> Response {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// An error and its causes on one line: hyper's top-level messages alone
-/// ("client error (Connect)") do not say what went wrong.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

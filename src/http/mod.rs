@@ -25,3 +25,16 @@ pub fn original_host(uri: &http::Uri, headers: &http::HeaderMap) -> Option<http:
         })
         .or_else(|| headers.get(http::header::HOST).cloned())
 }
+
+/// An error and its causes on one line: hyper's top-level messages alone
+/// ("client error (Connect)") do not say what went wrong.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -22,7 +22,7 @@ use super::copy::{CopyBody, CopyRequest};
 use super::stats::{bump, TargetStats};
 use super::TargetSet;
 use crate::config::value::UpstreamUrl;
-use crate::handlers::reverse_proxy::error_chain;
+use crate::http::error_chain;
 
 pub type CopyClient = Client<crate::http::upstream_tls::Connector, CopyBody>;
 

@@ -78,7 +78,7 @@ impl Client {
     ) -> Result<http::Response<Incoming>, String> {
         match tokio::time::timeout(TIMEOUT, self.inner.request(req)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(error_chain(&err)),
+            Ok(Err(err)) => Err(teebox::http::error_chain(&err)),
             Err(_) => Err(format!("no response head within {TIMEOUT:?}")),
         }
     }
@@ -118,7 +118,7 @@ impl Client {
 pub async fn read_body(incoming: Incoming) -> Result<Bytes, String> {
     match tokio::time::timeout(TIMEOUT, incoming.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) => Err(error_chain(&err)),
+        Ok(Err(err)) => Err(teebox::http::error_chain(&err)),
         Err(_) => Err(format!("body not finished within {TIMEOUT:?}")),
     }
 }
@@ -133,15 +133,4 @@ pub fn req(method: &str, url: &str) -> http::request::Builder {
     Request::builder()
         .method(Method::from_bytes(method.as_bytes()).expect("method"))
         .uri(url)
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
