@@ -21,7 +21,7 @@ use crate::config::value::{self, UpstreamUrl};
 use crate::http::body::{self, Guarded};
 use crate::http::header_ops::HeaderOps;
 use crate::http::upstream_tls::{Connector, UpstreamTls};
-use crate::http::{forwarded, hop_by_hop, ConnInfo, Request, Response};
+use crate::http::{hop_by_hop, ConnInfo, Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Terminal {
     name: "reverse_proxy",
@@ -234,25 +234,22 @@ impl ReverseProxy {
     /// the URI's authority, which depends on the upstream picked.
     fn prepare(&self, req: Request) -> (http::request::Parts, body::Body, Option<HeaderValue>) {
         let (mut parts, body) = req.into_parts();
-        let conn = parts.extensions.get::<ConnInfo>().copied();
-        let original_host = crate::http::original_host(&parts.uri, &parts.headers);
         let upgrade = match parts.version {
             Version::HTTP_11 => hop_by_hop::upgrade_protocol(&parts.headers),
             _ => None,
         };
-        hop_by_hop::strip(&mut parts.headers);
+        let original_host = crate::http::upstream_headers(
+            &mut parts.headers,
+            &parts.uri,
+            parts.extensions.get::<ConnInfo>(),
+            self.config.forwarded,
+        );
         if let Some(protocol) = &upgrade {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        if self.config.forwarded {
-            if let Some(conn) = conn {
-                forwarded::add(&mut parts.headers, &conn, original_host.as_ref());
-            }
-        }
-        parts.headers.remove(header::HOST);
         if self.config.preserve_host {
             if let Some(host) = &original_host {
                 parts.headers.insert(header::HOST, host.clone());

@@ -14,6 +14,26 @@ pub use conn::ConnInfo;
 pub type Request = http::Request<Body>;
 pub type Response = http::Response<Body>;
 
+/// The headers a proxy sends upstream: hop-by-hop ones removed, the
+/// forwarding headers added (when `forwarded`), and `Host` removed for the
+/// caller to set. Returns the host the client addressed. `reverse_proxy`
+/// and mirror copies both go through here, so a copy carries the headers
+/// the primary got.
+pub fn upstream_headers(
+    headers: &mut http::HeaderMap,
+    uri: &http::Uri,
+    conn: Option<&ConnInfo>,
+    forwarded: bool,
+) -> Option<http::HeaderValue> {
+    let host = original_host(uri, headers);
+    hop_by_hop::strip(headers);
+    if let (true, Some(conn)) = (forwarded, conn) {
+        forwarded::add(headers, conn, host.as_ref());
+    }
+    headers.remove(http::header::HOST);
+    host
+}
+
 /// The host (with port, if given) the client addressed: an absolute-form
 /// target or HTTP/2's `:authority` names it, else `Host` does (RFC 9112
 /// §3.2.2). Any `user@` part is left out.

@@ -28,7 +28,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::value::UpstreamUrl;
 use crate::http::header_ops::HeaderOps;
-use crate::http::{forwarded, hop_by_hop, ConnInfo};
+use crate::http::ConnInfo;
 use copy::CopyRequest;
 use stats::{bump, Counts};
 use target::{CopyClient, Target, TargetSettings};
@@ -217,13 +217,13 @@ impl Mirror {
         targets: Arc<Vec<Arc<Target>>>,
     ) -> PendingCopy {
         let mut headers = head.headers.clone();
-        let host = crate::http::original_host(&head.uri, &head.headers);
         let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
-        hop_by_hop::strip(&mut headers);
-        if let Some(conn) = head.extensions.get::<ConnInfo>() {
-            forwarded::add(&mut headers, conn, host.as_ref());
-        }
-        headers.remove(http::header::HOST);
+        crate::http::upstream_headers(
+            &mut headers,
+            &head.uri,
+            head.extensions.get::<ConnInfo>(),
+            true,
+        );
         self.options.header_up.apply(&mut headers);
         let uri = head
             .uri
