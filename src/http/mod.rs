@@ -34,6 +34,15 @@ pub fn upstream_headers(
     host
 }
 
+/// A `host[:port]` value without its port; an IPv6 literal keeps its
+/// brackets (`[::1]:8080` gives `[::1]`).
+pub fn host_without_port(host: &str) -> &str {
+    match host.strip_prefix('[') {
+        Some(rest) => &host[..rest.find(']').map_or(host.len(), |i| i + 2)],
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    }
+}
+
 /// The host (with port, if given) the client addressed: an absolute-form
 /// target or HTTP/2's `:authority` names it, else `Host` does (RFC 9112
 /// §3.2.2). Any `user@` part is left out.

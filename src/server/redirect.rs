@@ -21,10 +21,7 @@ impl Terminal for HttpsRedirect {
             .and_then(|h| h.to_str().ok().map(str::to_string))
             .unwrap_or_default();
         // The name without its port: the redirect names the HTTPS port.
-        let name = match host.strip_prefix('[') {
-            Some(rest) => format!("[{}", rest.split(']').next().unwrap_or_default()) + "]",
-            None => host.split(':').next().unwrap_or_default().to_string(),
-        };
+        let name = crate::http::host_without_port(&host);
         let port = match self.port.load(Ordering::Relaxed) {
             443 => String::new(),
             p => format!(":{p}"),

@@ -125,11 +125,7 @@ fn request_host(req: &Request) -> Option<String> {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
     })?;
-    let name = match raw.strip_prefix('[') {
-        // An IPv6 literal: keep it bracketed, drop the port.
-        Some(rest) => &raw[..rest.find(']').map_or(raw.len(), |i| i + 2)],
-        None => raw.rsplit_once(':').map_or(raw, |(name, _)| name),
-    };
+    let name = crate::http::host_without_port(raw);
     Some(name.trim_end_matches('.').to_ascii_lowercase())
 }
 
