@@ -10,7 +10,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 ///
 /// `Trailer` is not among them (RFC 9110 §6.6.2 makes it end to end), and
 /// hyper only sends trailer fields that it announces.
-const ALWAYS: [HeaderName; 7] = [
+const ALWAYS_LEN: usize = 7;
+static ALWAYS: [HeaderName; ALWAYS_LEN] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -38,19 +39,54 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Connection options that name no end-to-end header: `close`, or headers
+/// removed anyway. Most requests and responses carry only these, so the
+/// common case needs no lookups by name.
+const IMPLIED: [&str; 3] = ["close", "keep-alive", "upgrade"];
+
+/// Where `name` is in `ALWAYS`, or `ALWAYS_LEN` for `Upgrade`.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match ALWAYS.iter().position(|always| always == name) {
+        Some(i) => Some(i),
+        None => (name == header::UPGRADE).then_some(ALWAYS_LEN),
+    }
+}
+
 /// Removes hop-by-hop headers and those named in `Connection`. `Upgrade` is
 /// removed too; a proxy that passes an upgrade through puts it back.
+///
+/// This runs on every proxied request and response, so it looks before it
+/// removes: one pass over the names, and removals only of what is there.
 pub fn strip(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let names_others = connection_tokens(headers).any(|t| {
+        !IMPLIED
+            .iter()
+            .any(|implied| t.eq_ignore_ascii_case(implied))
+    });
+    if names_others {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in &ALWAYS {
-        headers.remove(name);
+    // Usually only `Connection` is there: remove just what is.
+    let mut present = [false; ALWAYS_LEN + 1];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present[i] = true;
+            any = true;
+        }
     }
-    headers.remove(header::UPGRADE);
+    if any {
+        for (i, name) in ALWAYS.iter().chain([&header::UPGRADE]).enumerate() {
+            if present[i] {
+                headers.remove(name);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -78,5 +114,25 @@ mod tests {
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
         h.remove("connection");
         assert!(upgrade_protocol(&h).is_none());
+    }
+
+    #[test]
+    fn implied_options_do_not_hide_a_named_header() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Keep-Alive, X-Secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn nothing_to_strip_leaves_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "a".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip(&mut h);
+        assert_eq!(h.len(), 2);
     }
 }
