@@ -7,7 +7,8 @@ use miette::SourceSpan;
 
 use super::diag::{Problem, Problems};
 use super::value::{self, Parsed};
-use crate::http::header_ops::{HeaderOp, HeaderOps};
+use crate::http::header_ops::{HeaderOp, HeaderOps, HeaderText};
+use crate::http::placeholders::Template;
 
 /// Whether an option may be given more than once in a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +281,20 @@ impl<'p> Reader<'p> {
         self.header_op_from(&name, first.span(), &args[1..], usage())
     }
 
+    /// A header value, which may hold placeholders such as `{request.id}`.
+    pub fn header_text(&mut self, entry: &KdlEntry) -> Option<HeaderText> {
+        let fixed = self.check(value::header_value(entry))?;
+        let text = fixed.to_str().unwrap_or_default();
+        match Template::parse(text) {
+            Ok(None) => Some(HeaderText::Fixed(fixed)),
+            Ok(Some(template)) => Some(HeaderText::Template(template)),
+            Err(unknown) => {
+                self.push(value::unknown_placeholder(entry, &unknown));
+                None
+            }
+        }
+    }
+
     /// Builds a header operation from a name (with its `-`/`+` prefix) and
     /// the entries after it.
     pub fn header_op_from(
@@ -308,10 +323,10 @@ impl<'p> Reader<'p> {
                 None
             }
             (_, [value]) => {
-                let value = self.check(value::header_value(value))?;
+                let text = self.header_text(value)?;
                 Some(match prefix {
-                    Some(_) => HeaderOp::Add(header, value),
-                    None => HeaderOp::Set(header, value),
+                    Some(_) => HeaderOp::Add(header, text),
+                    None => HeaderOp::Set(header, text),
                 })
             }
             (_, []) => {

@@ -81,6 +81,20 @@ pub fn non_empty_string(entry: &KdlEntry) -> Parsed<String> {
     Ok(s)
 }
 
+/// A regular expression, compiled by `compile` (`regex::Regex::new` for
+/// text, `regex::bytes::Regex::new` for bodies).
+pub fn regex<R>(
+    entry: &KdlEntry,
+    compile: impl FnOnce(&str) -> Result<R, regex::Error>,
+) -> Parsed<R> {
+    let pattern = non_empty_string(entry)?;
+    compile(&pattern).map_err(|e| {
+        let why = e.to_string();
+        Problem::error(value_span(entry), "invalid regular expression")
+            .label(why.lines().last().unwrap_or("invalid").to_string())
+    })
+}
+
 pub fn boolean(entry: &KdlEntry) -> Parsed<bool> {
     match entry.value() {
         KdlValue::Bool(b) => Ok(*b),
@@ -428,6 +442,24 @@ pub fn one_of(entry: &KdlEntry, choices: &[&'static str]) -> Parsed<&'static str
             None => p,
         }
     })
+}
+
+/// A `{name}` in a value that is no placeholder teebox knows.
+pub fn unknown_placeholder(
+    entry: &KdlEntry,
+    unknown: &crate::http::placeholders::UnknownPlaceholder,
+) -> Problem {
+    let known = crate::http::placeholders::NAMES.map(|(name, _)| name);
+    let list = known.map(|n| format!("{{{n}}}")).join(" ");
+    let p = Problem::error(
+        value_span(entry),
+        format!("unknown placeholder `{{{}}}`", unknown.name),
+    )
+    .label(format!("placeholders are: {list}"));
+    match suggest(&unknown.name, known) {
+        Some(near) => p.help(format!("did you mean `{{{near}}}`?")),
+        None => p,
+    }
 }
 
 /// The closest known word to a misspelling, if one is close enough.

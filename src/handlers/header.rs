@@ -12,6 +12,7 @@ use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, Middle
 use crate::config::reader::{arguments, children, name_span, Reader};
 use crate::config::Problem;
 use crate::http::header_ops::HeaderOps;
+use crate::http::placeholders::RequestVars;
 use crate::http::{Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
@@ -57,9 +58,15 @@ impl MiddlewareConfig for Header {
 
 impl Middleware for Header {
     fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        let (mut parts, body) = req.into_parts();
+        let vars = self
+            .ops
+            .needs_vars()
+            .then(|| RequestVars::of(&mut parts));
+        let req = Request::from_parts(parts, body);
         Box::pin(async move {
             let mut response = next.run(req).await;
-            self.ops.apply(response.headers_mut());
+            self.ops.apply(response.headers_mut(), vars.as_ref());
             response
         })
     }

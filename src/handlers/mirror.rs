@@ -13,6 +13,7 @@ use crate::config::value::{self, UpstreamUrl};
 use crate::config::Problem;
 use crate::http::{body, hop_by_hop, Request, Response};
 use crate::mirror::breaker::BreakerConfig;
+use crate::mirror::rewrite::CopyRewrite;
 use crate::mirror::target::TargetSettings;
 use crate::mirror::tee::{Capture, Tee};
 use crate::mirror::{Mirror, MirrorOptions};
@@ -51,6 +52,10 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             ("tls_ca", Repeat::Once),
             ("tls_server_name", Repeat::Once),
             ("tls_insecure_skip_verify", Repeat::Once),
+            ("rewrite", Repeat::Many),
+            ("query_set", Repeat::Many),
+            ("query_remove", Repeat::Many),
+            ("replace_body", Repeat::Many),
         ],
     );
     let name = match opts.one("name") {
@@ -108,6 +113,13 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         None => Some(None),
     };
     let tls = crate::http::upstream_tls::UpstreamTls::decode(&opts, r);
+    let rewrite = CopyRewrite::decode(
+        r,
+        &opts.all("rewrite"),
+        &opts.all("query_set"),
+        &opts.all("query_remove"),
+        &opts.all("replace_body"),
+    );
     if !ok {
         return None;
     }
@@ -119,6 +131,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             max_body: max_body?,
             alert_interval: alert_interval?,
             header_up,
+            rewrite: Arc::new(rewrite?),
             targets: TargetSettings {
                 concurrency: concurrency? as usize,
                 backlog: backlog? as usize,
@@ -165,8 +178,10 @@ impl Middleware for MirrorHandler {
         if !self.mirror.sampled(&targets) {
             return next.run(req);
         }
-        let (head, request_body) = req.into_parts();
-        let pending = self.mirror.pending(&head, targets);
+        let (mut head, request_body) = req.into_parts();
+        let Some(pending) = self.mirror.pending(&mut head, targets) else {
+            return next.run(Request::from_parts(head, request_body));
+        };
         if http_body::Body::is_end_stream(&request_body) {
             pending.dispatch(Vec::new(), None);
             return next.run(Request::from_parts(head, request_body));

@@ -20,6 +20,7 @@ use crate::config::reader::{Reader, Repeat};
 use crate::config::value::{self, UpstreamUrl};
 use crate::http::body::{self, Guarded};
 use crate::http::header_ops::HeaderOps;
+use crate::http::placeholders::RequestVars;
 use crate::http::upstream_tls::{Connector, UpstreamTls};
 use crate::http::{hop_by_hop, ConnInfo, Request, Response};
 
@@ -154,6 +155,16 @@ pub struct ReverseProxy {
     route: String,
 }
 
+/// The request as it goes upstream, before an upstream is picked.
+struct Prepared {
+    parts: http::request::Parts,
+    body: body::Body,
+    /// The protocol of an `Upgrade` request.
+    upgrade: Option<HeaderValue>,
+    /// For placeholders in `header_up` / `header_down`, when they have any.
+    vars: Option<RequestVars>,
+}
+
 /// Why no upstream answered.
 enum Failure {
     /// Nothing could be reached, or the upstream broke the exchange: 502.
@@ -232,8 +243,12 @@ impl ReverseProxy {
 
     /// The request as the upstream should see it (headers, version), minus
     /// the URI's authority, which depends on the upstream picked.
-    fn prepare(&self, req: Request) -> (http::request::Parts, body::Body, Option<HeaderValue>) {
+    fn prepare(&self, req: Request) -> Prepared {
         let (mut parts, body) = req.into_parts();
+        // Placeholders describe the request as the client sent it, so the
+        // values are taken before the headers are changed.
+        let vars = (self.config.header_up.needs_vars() || self.config.header_down.needs_vars())
+            .then(|| RequestVars::of(&mut parts));
         let upgrade = match parts.version {
             Version::HTTP_11 => hop_by_hop::upgrade_protocol(&parts.headers),
             _ => None,
@@ -255,9 +270,14 @@ impl ReverseProxy {
                 parts.headers.insert(header::HOST, host.clone());
             }
         }
-        self.config.header_up.apply(&mut parts.headers);
+        self.config.header_up.apply(&mut parts.headers, vars.as_ref());
         parts.version = Version::HTTP_11;
-        (parts, body, upgrade)
+        Prepared {
+            parts,
+            body,
+            upgrade,
+            vars,
+        }
     }
 
     /// The request's path and query on the upstream's scheme and authority;
@@ -276,7 +296,12 @@ impl ReverseProxy {
 
     async fn forward(&self, mut req: Request) -> Response {
         let client_upgrade = hyper::upgrade::on(&mut req);
-        let (mut parts, body, upgrade) = self.prepare(req);
+        let Prepared {
+            mut parts,
+            body,
+            upgrade,
+            vars,
+        } = self.prepare(req);
         // Without a body the request can be sent again, so an upstream that
         // refuses the connection is skipped for the next one.
         let replayable = http_body::Body::is_end_stream(&body);
@@ -317,7 +342,13 @@ impl ReverseProxy {
             match sent {
                 Ok(Ok(response)) => {
                     upstream.latency.record(started.elapsed());
-                    return self.respond(response, guard, upgrade.is_some(), client_upgrade);
+                    return self.respond(
+                        response,
+                        guard,
+                        upgrade.is_some(),
+                        client_upgrade,
+                        vars.as_ref(),
+                    );
                 }
                 Ok(Err(err)) if err.is_connect() => {
                     upstream.down_until_ms.store(
@@ -351,6 +382,7 @@ impl ReverseProxy {
         guard: ActiveGuard,
         upgrade_requested: bool,
         client_upgrade: hyper::upgrade::OnUpgrade,
+        vars: Option<&RequestVars>,
     ) -> Response {
         let mut guard = Some(guard);
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -379,7 +411,7 @@ impl ReverseProxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol);
         }
-        self.config.header_down.apply(&mut parts.headers);
+        self.config.header_down.apply(&mut parts.headers, vars);
         let body = if switching {
             body::empty()
         } else {

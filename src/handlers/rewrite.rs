@@ -75,6 +75,12 @@ fn strip_path_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
 const USAGE: &str = "write rewrite \"/new/path\", or rewrite strip_prefix=\"/api\" add_prefix=\"/v2\" regex=#\"^/a/(\\d+)\"# replace=\"/b/$1\"";
 
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
+    decode_rewrite(node, r).map(|rewrite| Box::new(rewrite) as Box<dyn MiddlewareConfig>)
+}
+
+/// A `rewrite` node, as a handler or inside a `mirror` (where it edits
+/// copies only).
+pub fn decode_rewrite(node: &KdlNode, r: &mut Reader) -> Option<Rewrite> {
     r.no_children(node);
     r.known_properties(node, &["strip_prefix", "add_prefix", "regex", "replace"]);
     let args = arguments(node);
@@ -101,7 +107,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
                 );
                 return None;
             }
-            Some(Box::new(Rewrite::Replace { path, query }))
+            Some(Rewrite::Replace { path, query })
         }
         ([], false) => {
             let prefix = |r: &mut Reader, key: &str| -> Option<Option<String>> {
@@ -128,24 +134,8 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             let regex = match (node.entry("regex"), node.entry("replace")) {
                 (None, None) => Some(None),
                 (Some(re), Some(replace)) => {
-                    let pattern = r.check(value::non_empty_string(re));
+                    let compiled = r.check(value::regex(re, Regex::new));
                     let replace = r.check(value::string(replace));
-                    let compiled = pattern.and_then(|p| {
-                        Regex::new(&p)
-                            .map_err(|e| {
-                                r.push(
-                                    Problem::error(value_span(re), "invalid regular expression")
-                                        .label(
-                                            e.to_string()
-                                                .lines()
-                                                .last()
-                                                .unwrap_or("invalid")
-                                                .to_string(),
-                                        ),
-                                )
-                            })
-                            .ok()
-                    });
                     Some(Some((compiled?, replace?)))
                 }
                 (Some(entry), None) | (None, Some(entry)) => {
@@ -157,11 +147,11 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
                     None
                 }
             };
-            Some(Box::new(Rewrite::Edit(PathEdit {
+            Some(Rewrite::Edit(PathEdit {
                 strip_prefix: strip_prefix?,
                 regex: regex?,
                 add_prefix: add_prefix?,
-            })))
+            }))
         }
         _ => {
             r.push(
@@ -184,7 +174,9 @@ impl MiddlewareConfig for Rewrite {
 }
 
 impl Rewrite {
-    fn rewrite(&self, uri: &Uri) -> Option<Uri> {
+    /// The URI with its path rewritten; `None` if a regex replacement made
+    /// something that is not a path.
+    pub fn rewrite(&self, uri: &Uri) -> Option<Uri> {
         let path_and_query = match self {
             Rewrite::Replace { path, query } => match query.as_deref().or(uri.query()) {
                 Some(q) => format!("{path}?{q}"),

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod forwarded;
 pub mod header_ops;
 pub mod hop_by_hop;
+pub mod placeholders;
 pub mod upstream_tls;
 
 pub use body::{Body, BoxError};

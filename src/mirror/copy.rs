@@ -4,14 +4,23 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::Bytes;
-use http::{HeaderMap, Method, Uri};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderValue, Method, Uri};
 use http_body::{Frame, SizeHint};
+
+use super::rewrite::CopyRewrite;
 
 /// What every target of one mirror is sent for one request, shared by all
 /// of them.
 #[derive(Debug)]
 pub struct CopyRequest {
+    /// The mirror's `replace_body` rules, applied once, by the first worker
+    /// that sends the copy.
+    body_rewrite: Option<Arc<CopyRewrite>>,
+    rewritten: OnceLock<Bytes>,
     pub method: Method,
     /// Path and query (origin form); each target adds its own authority.
     pub uri: Uri,
@@ -26,9 +35,48 @@ pub struct CopyRequest {
 }
 
 impl CopyRequest {
+    pub fn new(
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+        trailers: Option<HeaderMap>,
+        had_length: bool,
+        body_rewrite: Option<Arc<CopyRewrite>>,
+    ) -> Self {
+        CopyRequest {
+            body_rewrite,
+            rewritten: OnceLock::new(),
+            method,
+            uri,
+            headers,
+            body,
+            trailers,
+            had_length,
+        }
+    }
+
+    /// The body the targets get: the client's, or the `replace_body` result.
+    pub fn sent_body(&self) -> &Bytes {
+        match &self.body_rewrite {
+            None => &self.body,
+            Some(rewrite) => self.rewritten.get_or_init(|| rewrite.body(&self.body)),
+        }
+    }
+
+    /// The headers the targets get: a rewritten body gets its new length.
+    pub fn sent_headers(&self) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        if self.body_rewrite.is_some() && self.had_length {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(self.sent_body().len()));
+        }
+        headers
+    }
+
     pub fn body(&self) -> CopyBody {
+        let body = self.sent_body();
         CopyBody {
-            data: (!self.body.is_empty()).then(|| self.body.clone()),
+            data: (!body.is_empty()).then(|| body.clone()),
             trailers: self.trailers.clone(),
             announce_length: self.had_length,
         }

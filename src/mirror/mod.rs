@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod copy;
+pub mod rewrite;
 pub mod runtime;
 pub mod stats;
 pub mod target;
@@ -28,6 +29,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::value::UpstreamUrl;
 use crate::http::header_ops::HeaderOps;
+use crate::http::placeholders::RequestVars;
 use crate::http::ConnInfo;
 use copy::CopyRequest;
 use stats::{bump, Counts};
@@ -42,6 +44,8 @@ pub struct MirrorOptions {
     pub max_body: u64,
     pub alert_interval: Duration,
     pub header_up: HeaderOps,
+    /// Path, query and body edits made to copies only.
+    pub rewrite: Arc<rewrite::CopyRewrite>,
     pub targets: TargetSettings,
     /// For `https://` targets.
     pub tls: crate::http::upstream_tls::UpstreamTls,
@@ -210,12 +214,19 @@ impl Mirror {
     }
 
     /// Takes what the copy needs from the request head, as `reverse_proxy`
-    /// would send it upstream, plus the mirror's own `header_up`.
+    /// would send it upstream, plus the mirror's own edits (`rewrite`,
+    /// `query_set`, `query_remove`, `header_up`). `None` when an edit
+    /// cannot be made (a regex that yields no URI): nothing is copied.
     pub fn pending(
         self: &Arc<Self>,
-        head: &http::request::Parts,
+        head: &mut http::request::Parts,
         targets: Arc<Vec<Arc<Target>>>,
-    ) -> PendingCopy {
+    ) -> Option<PendingCopy> {
+        let vars = self
+            .options
+            .header_up
+            .needs_vars()
+            .then(|| RequestVars::of(head));
         let mut headers = head.headers.clone();
         let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
         crate::http::upstream_headers(
@@ -224,20 +235,28 @@ impl Mirror {
             head.extensions.get::<ConnInfo>(),
             true,
         );
-        self.options.header_up.apply(&mut headers);
-        let uri = head
+        self.options.header_up.apply(&mut headers, vars.as_ref());
+        let origin = head
             .uri
             .path_and_query()
             .and_then(|pq| Uri::try_from(pq.as_str()).ok())
             .unwrap_or_else(|| Uri::from_static("/"));
-        PendingCopy {
+        let Some(uri) = self.options.rewrite.uri(&origin) else {
+            // Counted as failed, so the alert line reports it; no line per request.
+            tracing::debug!(mirror = %self.label, uri = %origin, "the mirror's rewrite made an invalid URI; not copied");
+            for target in targets.iter() {
+                bump(&target.state().stats.failed);
+            }
+            return None;
+        };
+        Some(PendingCopy {
             mirror: self.clone(),
             targets,
             method: head.method.clone(),
             uri,
             headers,
             had_length,
-        }
+        })
     }
 
     /// Gives queued copies until `deadline` to be sent, then stops every
@@ -287,14 +306,16 @@ impl PendingCopy {
         let mut body = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
         chunks.iter().for_each(|c| body.extend_from_slice(c));
         let body = body.freeze();
-        let copy = Arc::new(CopyRequest {
-            method: self.method,
-            uri: self.uri,
-            headers: self.headers,
+        let rewrite = self.mirror.options.rewrite.clone();
+        let copy = Arc::new(CopyRequest::new(
+            self.method,
+            self.uri,
+            self.headers,
             body,
             trailers,
-            had_length: self.had_length,
-        });
+            self.had_length,
+            rewrite.rewrites_body().then_some(rewrite),
+        ));
         for target in self.targets.iter() {
             target.offer(&copy);
         }

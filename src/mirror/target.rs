@@ -246,7 +246,7 @@ impl Worker {
             Some(uri) => uri,
             None => return Outcome::Failed("cannot form the copy's URI".into()),
         };
-        *req.headers_mut() = copy.headers.clone();
+        *req.headers_mut() = copy.sent_headers();
         // The copy has no Host unless the mirror's header_up set one.
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut()
