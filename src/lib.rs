@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod handlers;
 pub mod http;
+pub mod lines;
 pub mod metrics;
 pub mod mirror;
 pub mod server;

@@ -198,3 +198,165 @@ async fn several_targets_get_the_same_rewritten_copy() {
     }
     assert_eq!(primary.wait_for(1).await[0].body.as_ref(), b"banana");
 }
+
+// ---- record ---------------------------------------------------------------------------------
+
+/// The JSON lines of a record file, once it has `n` of them.
+async fn record_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let read = || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect::<Vec<_>>()
+    };
+    common::eventually(&format!("{n} record lines"), || read().len() >= n).await;
+    read()
+}
+
+/// A recorded body, decoded as its `body_encoding` says.
+fn recorded_body(part: &serde_json::Value) -> Vec<u8> {
+    use base64::Engine as _;
+    let text = part["body"].as_str().expect("body");
+    match part["body_encoding"].as_str() {
+        Some("utf-8") => text.as_bytes().to_vec(),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("base64"),
+        other => panic!("unknown body_encoding {other:?}"),
+    }
+}
+
+fn recorded_header<'a>(part: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    part["headers"]
+        .as_array()?
+        .iter()
+        .find(|pair| pair[0] == name)
+        .and_then(|pair| pair[1].as_str())
+}
+
+#[tokio::test]
+async fn record_round_trips_requests_and_responses_byte_exact() {
+    let dir = common::TempDir::new("record");
+    let primary = Backend::with(|rec| {
+        common::Reply::ok(format!("answer to {}", rec.path_and_query())).header("x-answer", "yes")
+    })
+    .await;
+    let kdl = format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    record \"traffic.jsonl\" {{ responses #true; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
+        primary.url()
+    );
+    let running = common::start_in(&kdl, dir.path()).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    let binary = common::random_bytes(4096, 7);
+    let json = br#"{"id":7,"name":"caf\u00e9"}"#.to_vec();
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("GET", "/items?id=7&q=a%20b", Vec::new()),
+        ("POST", "/json", json.clone()),
+        ("PUT", "/blob", binary.clone()),
+    ];
+    for (method, path, body) in &cases {
+        let req = client::req(method, &format!("{base}{path}"))
+            .header("x-custom", "v")
+            .body(client::full(body.clone()))
+            .unwrap();
+        let resp = client.send(req).await.expect("request");
+        assert_eq!(resp.status, 200);
+    }
+    let lines = record_lines(&dir.join("traffic.jsonl"), 3).await;
+    for ((method, path, body), line) in cases.iter().zip(&lines) {
+        assert_eq!(line["method"], *method);
+        assert_eq!(line["uri"], *path);
+        assert_eq!(line["version"], "HTTP/1.1");
+        assert_eq!(recorded_header(line, "x-custom"), Some("v"));
+        assert_eq!(recorded_body(line).as_slice(), body.as_slice(), "{path}");
+        assert_eq!(line["body_truncated"], false);
+        assert_eq!(line["id"].as_str().map(str::len), Some(36));
+        assert!(line["ts_ms"].as_u64().is_some());
+        let response = &line["response"];
+        assert_eq!(response["status"], 200);
+        assert_eq!(recorded_header(response, "x-answer"), Some("yes"));
+        assert_eq!(
+            recorded_body(response),
+            format!("answer to {path}").into_bytes()
+        );
+    }
+    assert_eq!(lines[2]["body_encoding"], "base64");
+    assert_eq!(lines[1]["body_encoding"], "utf-8");
+    // What the primary got is untouched.
+    let got = primary.wait_for(3).await;
+    assert_eq!(got[2].body.as_ref(), binary.as_slice());
+}
+
+#[tokio::test]
+async fn record_cuts_bodies_at_max_body_and_says_so() {
+    let dir = common::TempDir::new("record-cut");
+    let primary = Backend::ok().await;
+    let kdl = format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    record \"t.jsonl\" {{ max_body 10; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
+        primary.url()
+    );
+    let running = common::start_in(&kdl, dir.path()).await;
+    let req = client::req("POST", &format!("{}/up", base_url(&running)))
+        .body(client::chunks(vec![
+            bytes::Bytes::from_static(b"0123456"),
+            bytes::Bytes::from_static(b"789abcdef"),
+        ]))
+        .unwrap();
+    Client::http1().send(req).await.expect("request");
+    let line = record_lines(&dir.join("t.jsonl"), 1).await.remove(0);
+    assert_eq!(recorded_body(&line), b"0123456789");
+    assert_eq!(line["body_bytes"], 16);
+    assert_eq!(line["body_truncated"], true);
+    assert!(line.get("response").is_none(), "responses default to off");
+    assert_eq!(
+        primary.wait_for(1).await[0].body.as_ref(),
+        b"0123456789abcdef"
+    );
+}
+
+#[tokio::test]
+async fn record_rolls_over_at_roll_size_keeping_roll_keep_files() {
+    let dir = common::TempDir::new("record-roll");
+    let kdl = "site \"127.0.0.1:0\" {\n  route \"/*\" {\n    record \"r.jsonl\" { roll_size 600; roll_keep 2; }\n    respond 200 \"ok\"\n  }\n}\n";
+    let running = common::start_in(kdl, dir.path()).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    for i in 0..30 {
+        client.get(&format!("{base}/n/{i}")).await;
+    }
+    let all_lines = || {
+        ["r.jsonl.2", "r.jsonl.1", "r.jsonl"]
+            .iter()
+            .flat_map(|name| {
+                std::fs::read_to_string(dir.join(name))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("whole JSON line"))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    common::eventually("the last request recorded", || {
+        all_lines()
+            .last()
+            .map(|l| l["uri"] == "/n/29")
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(!dir.join("r.jsonl.3").exists(), "only roll_keep old files");
+    for name in ["r.jsonl", "r.jsonl.1", "r.jsonl.2"] {
+        let size = std::fs::metadata(dir.join(name)).unwrap().len();
+        assert!(size <= 600, "{name} is {size} bytes");
+    }
+    // The newest requests are kept, in order, with none missing between.
+    let uris: Vec<String> = all_lines()
+        .iter()
+        .map(|l| l["uri"].as_str().unwrap().to_string())
+        .collect();
+    let first: usize = uris[0].trim_start_matches("/n/").parse().unwrap();
+    let expected: Vec<String> = (first..30).map(|i| format!("/n/{i}")).collect();
+    assert_eq!(uris, expected);
+    assert!(first > 0, "older lines rolled away");
+}

@@ -4,75 +4,42 @@
 //! Lines go through a bounded queue to a writer thread: a slow disk never
 //! holds a request. When the queue is full the line is dropped and counted.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use crossbeam_channel::{Sender, TrySendError};
 use http::header;
 use http_body::{Frame, SizeHint};
 
 use crate::config::{AccessLogTarget, LogFormat};
 use crate::http::{body, BoxError, ConnInfo, Request, Response};
+use crate::lines::{Destination, LineSink};
 
 const QUEUE: usize = 16 * 1024;
 
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Sender<String>,
+    sink: LineSink,
     format: LogFormat,
-    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
     pub fn open(target: &AccessLogTarget, base_dir: &Path, format: LogFormat) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = match target {
-            AccessLogTarget::Stdout => Box::new(io::stdout()),
-            AccessLogTarget::Stderr => Box::new(io::stderr()),
-            AccessLogTarget::File(path) => {
-                let path = base_dir.join(path);
-                Box::new(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .map_err(|e| {
-                            io::Error::new(
-                                e.kind(),
-                                format!("cannot open access log {}: {e}", path.display()),
-                            )
-                        })?,
-                )
-            }
+        let destination = match target {
+            AccessLogTarget::Stdout => Destination::Stdout,
+            AccessLogTarget::Stderr => Destination::Stderr,
+            AccessLogTarget::File(path) => Destination::File {
+                path: base_dir.join(path),
+                roll: None,
+            },
         };
-        let (tx, rx) = crossbeam_channel::bounded::<String>(QUEUE);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || {
-                let mut out = io::BufWriter::new(out);
-                // Blocks for the next line, then writes whatever else is
-                // queued before flushing: one flush per burst.
-                while let Ok(line) = rx.recv() {
-                    let mut ok = out.write_all(line.as_bytes()).is_ok();
-                    while let Ok(line) = rx.try_recv() {
-                        ok &= out.write_all(line.as_bytes()).is_ok();
-                    }
-                    if !(ok && out.flush().is_ok()) {
-                        tracing::error!("cannot write access log");
-                    }
-                }
-            })?;
         Ok(AccessLog {
-            tx,
+            sink: LineSink::open(destination, QUEUE, "access log")?,
             format,
-            dropped: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -86,15 +53,6 @@ impl AccessLog {
             bytes: 0,
         };
         Response::from_parts(parts, body::boxed(Logged { inner, record }))
-    }
-
-    fn write(&self, line: String) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if n % 10_000 == 0 {
-                tracing::warn!(dropped = n + 1, "access log cannot keep up; lines dropped");
-            }
-        }
     }
 }
 
@@ -210,7 +168,7 @@ fn escape(text: &str) -> String {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        self.log.write(self.line());
+        self.log.sink.write(self.line());
     }
 }
 

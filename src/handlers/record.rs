@@ -1,0 +1,327 @@
+//! `record "traffic.jsonl" { responses #true; max_body "1MiB"; roll_size "100MiB"; roll_keep 5 }`:
+//! writes every request it sees (and, with `responses`, its response) as one
+//! JSON line, for `teebox replay` or any other tool.
+//!
+//! Bodies are kept as they stream past, up to `max_body`, without holding
+//! up either side; the line is written when the request body and (with
+//! `responses`) the response body are done, by a writer thread behind a
+//! bounded queue. The line format is in the README ("Recording").
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Frame, SizeHint};
+use kdl::KdlNode;
+use serde_json::{json, Value};
+
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
+use crate::config::reader::{Reader, Repeat};
+use crate::config::value;
+use crate::http::placeholders::RequestVars;
+use crate::http::{body, BoxError, ConnInfo, Request, Response};
+use crate::lines::{Destination, LineSink, Roll};
+
+pub static KIND: HandlerKind = HandlerKind::Middleware {
+    name: "record",
+    decode,
+};
+
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    path: String,
+    responses: bool,
+    max_body: u64,
+    roll: Roll,
+}
+
+/// Lines waiting for the writer; past this, lines are dropped and counted.
+const QUEUE: usize = 4096;
+
+fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
+    r.no_properties(node);
+    let path = r
+        .args_only(node, 1, "a file path, such as \"traffic.jsonl\"")
+        .and_then(|args| r.check(value::non_empty_string(args[0])));
+    let opts = r.options(
+        node,
+        &[
+            ("responses", Repeat::Once),
+            ("max_body", Repeat::Once),
+            ("roll_size", Repeat::Once),
+            ("roll_keep", Repeat::Once),
+        ],
+    );
+    let responses = match opts.one("responses") {
+        Some(n) => r.value(n, "#true or #false", value::boolean),
+        None => Some(false),
+    };
+    let max_body = match opts.one("max_body") {
+        Some(n) => r.value(n, "a size such as \"1MiB\"", value::size),
+        None => Some(1 << 20),
+    };
+    let roll_size = match opts.one("roll_size") {
+        Some(n) => r.value(n, "a size such as \"100MiB\"", value::size),
+        None => Some(100 << 20),
+    };
+    let roll_keep = match opts.one("roll_keep") {
+        Some(n) => r.value(n, "a whole number from 0 to 1000", |e| value::integer(e, 0, 1000)),
+        None => Some(5),
+    };
+    Some(Box::new(RecordConfig {
+        path: path?,
+        responses: responses?,
+        max_body: max_body?,
+        roll: Roll {
+            size: roll_size?.max(1),
+            keep: roll_keep? as usize,
+        },
+    }))
+}
+
+impl MiddlewareConfig for RecordConfig {
+    fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError> {
+        let path: PathBuf = cx.base_dir.join(&self.path);
+        let sink = LineSink::open(
+            Destination::File {
+                path,
+                roll: Some(self.roll),
+            },
+            QUEUE,
+            "record file",
+        )
+        .map_err(|e| BuildError(e.to_string()))?;
+        Ok(Arc::new(Record {
+            config: self.clone(),
+            sink,
+        }))
+    }
+}
+
+pub struct Record {
+    config: RecordConfig,
+    sink: LineSink,
+}
+
+impl Middleware for Record {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        let (mut parts, request_body) = req.into_parts();
+        let vars = RequestVars::of(&mut parts);
+        let line = Arc::new(Line {
+            sink: self.sink.clone(),
+            started: Instant::now(),
+            head: json!({
+                "ts_ms": vars.unix_ms,
+                "id": &*vars.id,
+                "client": parts.extensions.get::<ConnInfo>().map(|c| c.client.to_string()),
+                "method": parts.method.as_str(),
+                "uri": parts.uri.to_string(),
+                "version": format!("{:?}", parts.version),
+                "headers": header_pairs(&parts.headers),
+            }),
+            parts: Mutex::new(Parts::default()),
+        });
+        let max_body = self.config.max_body;
+        let request_body = Captured::new(request_body, max_body, line.clone(), Side::Request);
+        let req = Request::from_parts(parts, body::boxed(request_body));
+        let responses = self.config.responses;
+        Box::pin(async move {
+            let response = next.run(req).await;
+            if !responses {
+                return response;
+            }
+            let (parts, response_body) = response.into_parts();
+            line.lock().response_head = Some(json!({
+                "status": parts.status.as_u16(),
+                "headers": header_pairs(&parts.headers),
+            }));
+            let response_body = Captured::new(response_body, max_body, line, Side::Response);
+            Response::from_parts(parts, body::boxed(response_body))
+        })
+    }
+}
+
+/// One request's line, written when the last part of it is dropped: the
+/// handler, the request body and the response body each hold it.
+struct Line {
+    sink: LineSink,
+    started: Instant,
+    head: Value,
+    parts: Mutex<Parts>,
+}
+
+#[derive(Default)]
+struct Parts {
+    request_body: Option<BodyRecord>,
+    response_head: Option<Value>,
+    response_body: Option<BodyRecord>,
+    response_ms: Option<f64>,
+}
+
+impl Line {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parts> {
+        self.parts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let parts = std::mem::take(&mut *self.lock());
+        let mut line = std::mem::take(&mut self.head);
+        let request_body = parts.request_body.unwrap_or_default();
+        request_body.into_json(&mut line);
+        if let Some(mut response) = parts.response_head {
+            parts.response_body.unwrap_or_default().into_json(&mut response);
+            response["duration_ms"] = json!(parts
+                .response_ms
+                .unwrap_or_else(|| self.started.elapsed().as_secs_f64() * 1000.0));
+            line["response"] = response;
+        }
+        let mut text = line.to_string();
+        text.push('\n');
+        self.sink.write(text);
+    }
+}
+
+/// A body as far as it was seen.
+#[derive(Default)]
+struct BodyRecord {
+    kept: Bytes,
+    /// Every data byte that went past, kept or not.
+    seen: u64,
+    /// The body ended normally (rather than being dropped unread or
+    /// failing part way).
+    complete: bool,
+    trailers: Option<HeaderMap>,
+}
+
+impl BodyRecord {
+    /// `body` is UTF-8 text when it is, else base64 (`body_encoding` says
+    /// which); `body_truncated` when cut at `max_body` or not seen whole.
+    fn into_json(self, out: &mut Value) {
+        let truncated = !self.complete || self.seen > self.kept.len() as u64;
+        let (text, encoding) = match std::str::from_utf8(&self.kept) {
+            Ok(text) => (text.to_string(), "utf-8"),
+            Err(_) => (
+                base64::engine::general_purpose::STANDARD.encode(&self.kept),
+                "base64",
+            ),
+        };
+        out["body"] = json!(text);
+        out["body_encoding"] = json!(encoding);
+        out["body_bytes"] = json!(self.seen);
+        out["body_truncated"] = json!(truncated);
+        if let Some(trailers) = &self.trailers {
+            out["trailers"] = header_pairs(trailers);
+        }
+    }
+}
+
+/// Headers in order, repeated names kept, as `[name, value]` pairs.
+fn header_pairs(headers: &HeaderMap) -> Value {
+    Value::Array(
+        headers
+            .iter()
+            .map(|(name, value)| json!([name.as_str(), String::from_utf8_lossy(value.as_bytes())]))
+            .collect(),
+    )
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
+/// Passes a body through untouched, keeping up to `max_body` bytes of it
+/// for the line.
+struct Captured {
+    inner: body::Body,
+    kept: BytesMut,
+    record: BodyRecord,
+    max_body: u64,
+    line: Option<Arc<Line>>,
+    side: Side,
+}
+
+impl Captured {
+    fn new(inner: body::Body, max_body: u64, line: Arc<Line>, side: Side) -> Self {
+        Captured {
+            inner,
+            kept: BytesMut::new(),
+            record: BodyRecord::default(),
+            max_body,
+            line: Some(line),
+            side,
+        }
+    }
+
+    fn finish(&mut self) {
+        let Some(line) = self.line.take() else { return };
+        let mut record = std::mem::take(&mut self.record);
+        record.kept = std::mem::take(&mut self.kept).freeze();
+        let mut parts = line.lock();
+        match self.side {
+            Side::Request => parts.request_body = Some(record),
+            Side::Response => {
+                parts.response_ms = Some(line.started.elapsed().as_secs_f64() * 1000.0);
+                parts.response_body = Some(record);
+            }
+        }
+    }
+}
+
+impl http_body::Body for Captured {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.seen += data.len() as u64;
+                    let room = this.max_body.saturating_sub(this.kept.len() as u64) as usize;
+                    this.kept.extend_from_slice(&data[..data.len().min(room)]);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.record.trailers = Some(trailers.clone());
+                }
+            }
+            Poll::Ready(None) => {
+                this.record.complete = true;
+                this.finish();
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows has ended without polling it to
+        // the end (an exact length fully read, or an empty body).
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.record.complete = true;
+        }
+        self.finish();
+    }
+}
