@@ -7,10 +7,12 @@
 //! share.
 
 pub mod admin;
+pub mod compare;
 pub mod config;
 pub mod handlers;
 pub mod http;
 pub mod lines;
 pub mod metrics;
 pub mod mirror;
+pub mod replay;
 pub mod server;

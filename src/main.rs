@@ -34,6 +34,43 @@ enum Command {
     /// Read a password (prompt, or one line of standard input) and print
     /// its bcrypt hash, for `user` in the admin block or a users_file.
     HashPassword,
+    /// Send requests a `record` handler wrote to a target, and sum up
+    /// the statuses and response times.
+    ///
+    /// Exit status: 0 all answered (and, with --compare, all matched);
+    /// 1 some failed or differed; 2 unreadable file or bad arguments.
+    Replay {
+        /// Record files, replayed in the order given (oldest first:
+        /// `traffic.jsonl.2 traffic.jsonl.1 traffic.jsonl`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where to send them: "http://host:port" or "https://host:port".
+        #[arg(long)]
+        target: String,
+        /// Requests a second (default: as fast as --concurrency allows).
+        #[arg(long, conflicts_with = "speed")]
+        rate: Option<f64>,
+        /// Follow the recording's own pace, this many times faster.
+        #[arg(long)]
+        speed: Option<f64>,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Per request, the whole exchange ("30s", "500ms").
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        /// Compare each response with the recorded one (needs a recording
+        /// made with `responses #true`).
+        #[arg(long)]
+        compare: bool,
+        /// With --compare: a header that must match (repeatable).
+        #[arg(long = "compare-header", value_name = "NAME", requires = "compare")]
+        compare_headers: Vec<String>,
+        /// With --compare: a JSON path left out of body comparison, such
+        /// as '$.ts' (repeatable).
+        #[arg(long = "ignore", value_name = "PATH", requires = "compare")]
+        ignore: Vec<String>,
+    },
     /// Print the site file in its normal layout.
     Fmt {
         file: PathBuf,
@@ -54,6 +91,140 @@ fn main() -> ExitCode {
         Command::Validate { file } => validate(&file),
         Command::Fmt { file, overwrite } => fmt(&file, overwrite),
         Command::HashPassword => hash_password(),
+        Command::Replay {
+            files,
+            target,
+            rate,
+            speed,
+            concurrency,
+            timeout,
+            compare,
+            compare_headers,
+            ignore,
+        } => {
+            let options = replay_options(
+                files,
+                &target,
+                rate,
+                speed,
+                concurrency,
+                &timeout,
+                compare.then_some((compare_headers, ignore)),
+            );
+            match options {
+                Ok(options) => replay(options),
+                Err(why) => {
+                    eprintln!("teebox replay: {why}");
+                    ExitCode::from(UNREADABLE)
+                }
+            }
+        }
+    }
+}
+
+/// Checks the replay command line.
+fn replay_options(
+    files: Vec<PathBuf>,
+    target: &str,
+    rate: Option<f64>,
+    speed: Option<f64>,
+    concurrency: usize,
+    timeout: &str,
+    compare: Option<(Vec<String>, Vec<String>)>,
+) -> Result<teebox::replay::ReplayOptions, String> {
+    use teebox::replay::Pace;
+    let target = teebox::config::value::UpstreamUrl::parse(target)
+        .map_err(|e| format!("--target {target:?}: {e}"))?;
+    let positive = |flag: &str, v: f64| match v.is_finite() && v > 0.0 {
+        true => Ok(v),
+        false => Err(format!("--{flag} must be a number above 0")),
+    };
+    let pace = match (rate, speed) {
+        (Some(rate), _) => Pace::Rate(positive("rate", rate)?),
+        (None, Some(speed)) => Pace::Speed(positive("speed", speed)?),
+        (None, None) => Pace::AsFastAsPossible,
+    };
+    if concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    let timeout = teebox::config::value::parse_duration(timeout)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--timeout {timeout:?} is not a duration such as \"30s\""))?;
+    let compare = match compare {
+        None => None,
+        Some((headers, ignore)) => Some(teebox::compare::CompareRules {
+            headers: headers
+                .iter()
+                .map(|h| {
+                    http::HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| format!("--compare-header {h:?} is not a header name"))
+                })
+                .collect::<Result<_, _>>()?,
+            ignore: ignore
+                .iter()
+                .map(|p| {
+                    teebox::compare::JsonPath::parse(p)
+                        .map_err(|why| format!("--ignore {p:?}: {why}"))
+                })
+                .collect::<Result<_, _>>()?,
+        }),
+    };
+    Ok(teebox::replay::ReplayOptions {
+        files,
+        target,
+        pace,
+        concurrency,
+        timeout,
+        compare,
+    })
+}
+
+fn replay(options: teebox::replay::ReplayOptions) -> ExitCode {
+    init_tracing(&LogConfig {
+        level: Some("warn"),
+        ..LogConfig::default()
+    });
+    let total = match teebox::replay::count(&options.files) {
+        Ok(total) => total,
+        Err(err) => {
+            eprintln!("teebox replay: {err}");
+            return ExitCode::from(UNREADABLE);
+        }
+    };
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("teebox replay: cannot start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ticker = bar.clone();
+    let result = runtime.block_on(teebox::replay::replay(&options, move || ticker.inc(1)));
+    bar.finish_and_clear();
+    match result {
+        Ok(summary) => {
+            print!("{summary}");
+            let mismatches = summary.compare.map_or(0, |c| c.mismatches());
+            if summary.errors_total() > 0 || mismatches > 0 {
+                ExitCode::from(INVALID)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(err) => {
+            eprintln!("teebox replay: {err}");
+            ExitCode::from(UNREADABLE)
+        }
     }
 }
 

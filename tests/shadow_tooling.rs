@@ -360,3 +360,192 @@ async fn record_rolls_over_at_roll_size_keeping_roll_keep_files() {
     assert_eq!(uris, expected);
     assert!(first > 0, "older lines rolled away");
 }
+
+// ---- replay ---------------------------------------------------------------------------------
+
+/// Records `cases` through teebox (with responses) into `dir/traffic.jsonl`
+/// and returns the path once every line is written.
+async fn record_traffic(
+    dir: &common::TempDir,
+    answer: impl Fn(&common::Recorded) -> common::Reply + Send + Sync + 'static,
+    cases: &[(&str, &str, Vec<u8>)],
+) -> std::path::PathBuf {
+    let recorded_primary = Backend::with(answer).await;
+    let kdl = format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    record \"traffic.jsonl\" {{ responses #true; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
+        recorded_primary.url()
+    );
+    let running = common::start_in(&kdl, dir.path()).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    for (method, path, body) in cases {
+        let req = client::req(method, &format!("{base}{path}"))
+            .header("host", "shop.example")
+            .header("x-trace", *path)
+            .body(client::full(body.clone()))
+            .unwrap();
+        client.send(req).await.expect("request");
+    }
+    let path = dir.join("traffic.jsonl");
+    record_lines(&path, cases.len()).await;
+    path
+}
+
+fn replay_options(file: std::path::PathBuf, target: &Backend) -> teebox::replay::ReplayOptions {
+    teebox::replay::ReplayOptions {
+        files: vec![file],
+        target: teebox::config::value::UpstreamUrl::parse(&target.url()).unwrap(),
+        pace: teebox::replay::Pace::AsFastAsPossible,
+        concurrency: 1,
+        timeout: std::time::Duration::from_secs(5),
+        compare: None,
+    }
+}
+
+#[tokio::test]
+async fn replay_reproduces_recorded_requests_and_counts_statuses() {
+    let dir = common::TempDir::new("replay");
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("GET", "/a?x=1", Vec::new()),
+        ("POST", "/b", common::random_bytes(3000, 3)),
+        ("PUT", "/c", b"{\"k\":\"v\"}".to_vec()),
+        ("DELETE", "/missing", Vec::new()),
+    ];
+    let file = record_traffic(&dir, |_| common::Reply::ok("recorded"), &cases).await;
+    let target = Backend::with(|rec| match rec.path_and_query() {
+        "/missing" => common::Reply::ok("no").status(404),
+        _ => common::Reply::ok("fine"),
+    })
+    .await;
+    let summary = teebox::replay::replay(&replay_options(file, &target), || {})
+        .await
+        .expect("replay");
+    let got = target.wait_for(cases.len()).await;
+    for ((method, path, body), rec) in cases.iter().zip(&got) {
+        assert_eq!(rec.method.as_str(), *method);
+        assert_eq!(rec.path_and_query(), *path);
+        assert_eq!(rec.body.as_ref(), body.as_slice(), "{path}");
+        assert_eq!(
+            rec.header("host"),
+            Some("shop.example"),
+            "the recorded Host"
+        );
+        assert_eq!(rec.header("x-trace"), Some(*path));
+    }
+    assert_eq!(summary.sent, 4);
+    assert_eq!(summary.statuses.get(&200), Some(&3));
+    assert_eq!(summary.statuses.get(&404), Some(&1));
+    assert_eq!(summary.errors_total(), 0);
+    assert!(summary.percentile(99.0).is_some());
+    assert!(summary.compare.is_none());
+}
+
+#[tokio::test]
+async fn replay_compare_finds_each_kind_of_difference() {
+    let dir = common::TempDir::new("replay-compare");
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("GET", "/same", Vec::new()),
+        ("GET", "/status", Vec::new()),
+        ("GET", "/header", Vec::new()),
+        ("GET", "/body", Vec::new()),
+        ("GET", "/json-ts", Vec::new()),
+    ];
+    let json = |ts: u64| format!("{{\"id\":1,\"ts\":{ts}}}");
+    let file = record_traffic(
+        &dir,
+        move |_| {
+            common::Reply::ok(json(1))
+                .header("content-type", "application/json")
+                .header("x-version", "1")
+        },
+        &cases,
+    )
+    .await;
+    let target = Backend::with(move |rec| {
+        let reply = |status: u16, version: &str, body: String| {
+            common::Reply::ok(body)
+                .status(status)
+                .header("content-type", "application/json")
+                .header("x-version", version)
+        };
+        match rec.path_and_query() {
+            "/status" => reply(500, "1", json(1)),
+            "/header" => reply(200, "2", json(1)),
+            "/body" => reply(200, "1", "{\"id\":2,\"ts\":1}".into()),
+            "/json-ts" => reply(200, "1", json(999)),
+            _ => reply(200, "1", json(1)),
+        }
+    })
+    .await;
+    let mut options = replay_options(file, &target);
+    options.compare = Some(teebox::compare::CompareRules {
+        headers: vec![http::HeaderName::from_static("x-version")],
+        ignore: vec![teebox::compare::JsonPath::parse("$.ts").unwrap()],
+    });
+    let summary = teebox::replay::replay(&options, || {})
+        .await
+        .expect("replay");
+    let counts = summary.compare.expect("compare counts");
+    assert_eq!(counts.matched, 2, "/same and /json-ts (ts ignored)");
+    assert_eq!(counts.status_differs, 1);
+    assert_eq!(counts.headers_differ, 1);
+    assert_eq!(counts.body_differs, 1);
+}
+
+#[tokio::test]
+async fn replay_command_prints_a_summary_and_fails_on_mismatch() {
+    let dir = common::TempDir::new("replay-cli");
+    let cases: Vec<(&str, &str, Vec<u8>)> =
+        vec![("GET", "/x", Vec::new()), ("GET", "/y", Vec::new())];
+    let file = record_traffic(&dir, |_| common::Reply::ok("v1"), &cases).await;
+    std::fs::write(dir.join("junk.jsonl"), "this is not a record line\n").unwrap();
+    let target = Backend::with(|rec| match rec.path_and_query() {
+        "/y" => common::Reply::ok("v2"),
+        _ => common::Reply::ok("v1"),
+    })
+    .await;
+    let (target_url, first, junk) = (target.url(), file.clone(), dir.join("junk.jsonl"));
+    let plain = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_teebox"))
+            .arg("replay")
+            .arg(first)
+            .arg(junk)
+            .args(["--target", &target_url, "--rate", "200"])
+            .output()
+            .expect("teebox runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&plain.stdout);
+    assert!(stdout.contains("sent 2 requests"), "{stdout}");
+    assert!(stdout.contains("  200: 2"), "{stdout}");
+    assert!(stdout.contains("skipped (not JSON"), "{stdout}");
+    assert!(stdout.contains("latency ms: p50"), "{stdout}");
+    assert_eq!(plain.status.code(), Some(0), "{stdout}");
+
+    let target_url = target.url();
+    let file2 = dir.join("traffic.jsonl");
+    let compared = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_teebox"))
+            .arg("replay")
+            .arg(file2)
+            .args(["--target", &target_url, "--compare"])
+            .output()
+            .expect("teebox runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&compared.stdout);
+    assert!(
+        stdout.contains("compare: 1 match, 0 status differs, 0 headers differ, 1 body differs"),
+        "{stdout}"
+    );
+    assert_eq!(compared.status.code(), Some(1));
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_teebox"))
+        .args(["replay", "nope.jsonl", "--target", "ftp://x"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--target"));
+}

@@ -169,7 +169,7 @@ pub fn positive_duration(entry: &KdlEntry) -> Parsed<Duration> {
     Ok(d)
 }
 
-fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest.is_empty() {
         return None;
