@@ -15,9 +15,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -27,6 +26,7 @@ use tokio::sync::Semaphore;
 use crate::compare::{BodyCollector, CompareRules, Observed};
 use crate::config::value::UpstreamUrl;
 use crate::http::hop_by_hop;
+use crate::http::json::{body_from_fields, headers_from_pairs};
 use crate::http::upstream_tls::{Connector, UpstreamTls};
 
 /// How to replay.
@@ -408,11 +408,11 @@ fn parse_line(line: &str) -> Result<Recorded, String> {
         .as_str()
         .and_then(|u| u.parse().ok())
         .ok_or("no valid uri")?;
-    let mut headers = headers_of(&value["headers"]).ok_or("no valid headers")?;
+    let mut headers = headers_from_pairs(&value["headers"]).ok_or("no valid headers")?;
     if value["body_truncated"].as_bool() == Some(true) {
         return Err("request body cut in the recording".into());
     }
-    let body = body_of(&value).ok_or("no valid body")?;
+    let body = body_from_fields(&value).ok_or("no valid body")?;
     // An HTTP/2 or absolute-form request named its host in the URI.
     if let (false, Some(authority)) = (headers.contains_key(http::header::HOST), uri.authority()) {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -429,8 +429,9 @@ fn parse_line(line: &str) -> Result<Recorded, String> {
                 .as_u64()
                 .and_then(|s| StatusCode::from_u16(s as u16).ok())
                 .ok_or("no valid response status")?;
-            let headers = headers_of(&response["headers"]).ok_or("no valid response headers")?;
-            let body = body_of(response).ok_or("no valid response body")?;
+            let headers =
+                headers_from_pairs(&response["headers"]).ok_or("no valid response headers")?;
+            let body = body_from_fields(response).ok_or("no valid response body")?;
             let cut = (response["body_truncated"].as_bool() == Some(true))
                 .then(|| response["body_bytes"].as_u64())
                 .flatten();
@@ -451,28 +452,6 @@ fn parse_line(line: &str) -> Result<Recorded, String> {
         body,
         response,
     })
-}
-
-fn headers_of(value: &Value) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::new();
-    for pair in value.as_array()? {
-        let name = HeaderName::from_bytes(pair.get(0)?.as_str()?.as_bytes()).ok()?;
-        let value = HeaderValue::from_str(pair.get(1)?.as_str()?).ok()?;
-        headers.append(name, value);
-    }
-    Some(headers)
-}
-
-fn body_of(value: &Value) -> Option<Bytes> {
-    let text = value["body"].as_str()?;
-    match value["body_encoding"].as_str()? {
-        "utf-8" => Some(Bytes::from(text.to_string())),
-        "base64" => base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .ok()
-            .map(Bytes::from),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

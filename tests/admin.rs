@@ -644,3 +644,53 @@ async fn a_request_in_flight_during_a_reload_finishes_on_the_old_config() {
         "the in-flight request finished on the old config"
     );
 }
+
+#[tokio::test]
+async fn compare_results_are_published() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::with(|rec| match rec.path_and_query() {
+        "/differs" => common::Reply::ok("other"),
+        _ => common::Reply::ok("ok"),
+    })
+    .await;
+    let site = admin_site(
+        "",
+        &format!(
+            "mirror {:?} {{ name \"cmp\"; compare; }}\nreverse_proxy {:?}",
+            shadow.url(),
+            primary.url()
+        ),
+    );
+    let running = start(&site).await;
+    let client = Client::http1();
+    for path in ["/same", "/differs", "/same"] {
+        client.get(&format!("{}{path}", base_url(&running))).await;
+    }
+    common::eventually("three comparisons", || {
+        let c = running.mirrors()[0].targets()[0].state().stats.counts();
+        c.compare_match + c.compare_body == 3
+    })
+    .await;
+    let text = call(&running, "GET", "/metrics", None, false).await.text();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text");
+    let result = |r: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "teebox_mirror_compare_total" && s.labels.get("result") == Some(r)
+            })
+            .unwrap_or_else(|| panic!("no compare result {r} in:\n{text}"))
+            .value
+            .clone()
+    };
+    use prometheus_parse::Value;
+    assert_eq!(result("match"), Value::Counter(2.0));
+    assert_eq!(result("body_differs"), Value::Counter(1.0));
+    assert_eq!(result("status_differs"), Value::Counter(0.0));
+    let listed = call(&running, "GET", "/targets", None, true).await.text();
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!(listed[0]["compare"]["match"], 2);
+    assert_eq!(listed[0]["compare"]["body_differs"], 1);
+}

@@ -549,3 +549,168 @@ async fn replay_command_prints_a_summary_and_fails_on_mismatch() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--target"));
 }
+
+// ---- compare --------------------------------------------------------------------------------
+
+fn json_reply(status: u16, version: &str, body: String) -> common::Reply {
+    common::Reply::ok(body)
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-version", version)
+}
+
+#[tokio::test]
+async fn compare_counts_each_kind_of_difference_and_logs_it() {
+    let dir = common::TempDir::new("compare");
+    let ts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tick = ts.clone();
+    let primary = Backend::with(move |_| {
+        let now = tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        json_reply(
+            200,
+            "1",
+            format!("{{\"id\":1,\"ts\":{now},\"items\":[{{\"id\":9,\"v\":\"a\"}}]}}"),
+        )
+    })
+    .await;
+    let shadow = Backend::with(|rec| {
+        let body =
+            |id: u32| format!("{{\"id\":{id},\"ts\":12345,\"items\":[{{\"id\":77,\"v\":\"a\"}}]}}");
+        match rec.path_and_query() {
+            "/status" => json_reply(503, "1", body(1)),
+            "/header" => json_reply(200, "2", body(1)),
+            "/body" => json_reply(200, "1", body(2)),
+            _ => json_reply(200, "1", body(1)),
+        }
+    })
+    .await;
+    let kdl = format!(
+        r#"site "127.0.0.1:0" {{
+  route "/*" {{
+    mirror {:?} {{
+      compare {{
+        headers "X-Version"
+        ignore "$.ts" "$.items[*].id"
+        diff_log "diffs.jsonl"
+        log_rate 100
+      }}
+    }}
+    reverse_proxy {:?}
+  }}
+}}
+"#,
+        shadow.url(),
+        primary.url()
+    );
+    let running = common::start_in(&kdl, dir.path()).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    for path in ["/same", "/status", "/header", "/body", "/same-again"] {
+        let resp = client.get(&format!("{base}{path}")).await;
+        assert_eq!(
+            resp.status, 200,
+            "the client always gets the primary's answer"
+        );
+    }
+    let stats = || running.mirrors()[0].targets()[0].state().stats.counts();
+    common::eventually("five comparisons", || {
+        let c = stats();
+        c.compare_match + c.compare_status + c.compare_headers + c.compare_body >= 5
+    })
+    .await;
+    let c = stats();
+    assert_eq!(c.compare_match, 2, "ts and item ids are ignored: {c:?}");
+    assert_eq!(
+        (c.compare_status, c.compare_headers, c.compare_body),
+        (1, 1, 1)
+    );
+    assert_eq!(c.compare_skipped, 0);
+
+    let lines = record_lines(&dir.join("diffs.jsonl"), 3).await;
+    assert_eq!(lines.len(), 3);
+    let by_uri = |uri: &str| {
+        lines
+            .iter()
+            .find(|l| l["uri"] == uri)
+            .unwrap_or_else(|| panic!("no diff line for {uri}"))
+    };
+    let status = by_uri("/status");
+    assert_eq!(status["differs"], serde_json::json!(["status"]));
+    assert_eq!(status["primary"]["status"], 200);
+    assert_eq!(status["shadow"]["status"], 503);
+    assert_eq!(status["method"], "GET");
+    assert_eq!(status["target"], shadow.url());
+    assert_eq!(status["id"].as_str().map(str::len), Some(36));
+    let header = by_uri("/header");
+    assert_eq!(header["differs"], serde_json::json!(["headers"]));
+    assert_eq!(header["headers_differ"], serde_json::json!(["x-version"]));
+    let body = by_uri("/body");
+    assert_eq!(body["differs"], serde_json::json!(["body"]));
+    assert!(body["shadow"]["body"]
+        .as_str()
+        .unwrap()
+        .contains("\"id\":2"));
+    assert!(body["primary"]["body"]
+        .as_str()
+        .unwrap()
+        .starts_with("{\"id\":1"));
+}
+
+#[tokio::test]
+async fn compare_on_bytes_when_not_json_and_respects_log_rate() {
+    let dir = common::TempDir::new("compare-rate");
+    let primary = Backend::with(|_| common::Reply::ok("plain text")).await;
+    let shadow = Backend::with(|_| common::Reply::ok("plain text!")).await;
+    let kdl = format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?} {{ compare {{ diff_log \"d.jsonl\"; log_rate 1; }} }}\n    reverse_proxy {:?}\n  }}\n}}\n",
+        shadow.url(),
+        primary.url()
+    );
+    let running = common::start_in(&kdl, dir.path()).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        client.get(&format!("{base}/r/{i}")).await;
+    }
+    let stats = || running.mirrors()[0].targets()[0].state().stats.counts();
+    common::eventually("twenty comparisons", || stats().compare_body >= 20).await;
+    let seconds = started.elapsed().as_secs() + 1;
+    let lines = record_lines(&dir.join("d.jsonl"), 1).await;
+    assert!(
+        lines.len() as u64 <= seconds + 1,
+        "{} diff lines in about {seconds}s at log_rate 1",
+        lines.len()
+    );
+    assert_eq!(stats().compare_match, 0);
+}
+
+#[tokio::test]
+async fn compare_never_holds_the_client() {
+    // The shadow answers only when the gate opens; the client's responses
+    // come first, and the comparisons happen afterwards.
+    let gate = common::Gate::new();
+    let primary = Backend::ok().await;
+    let shadow = Backend::start(common::Reply::ok("ok").hold(&gate)).await;
+    let kdl = format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?} {{ compare; timeout \"10s\"; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
+        shadow.url(),
+        primary.url()
+    );
+    let running = start(&kdl).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    for i in 0..3 {
+        let resp =
+            common::within("the primary's answer", client.get(&format!("{base}/g/{i}"))).await;
+        assert_eq!(resp.status, 200);
+    }
+    let stats = || running.mirrors()[0].targets()[0].state().stats.counts();
+    assert_eq!(
+        stats().compare_match,
+        0,
+        "nothing compared while the shadow is held"
+    );
+    gate.open();
+    common::eventually("the held copies compared", || stats().compare_match == 3).await;
+}

@@ -59,6 +59,29 @@ pub fn render(mirrors: &[std::sync::Arc<Mirror>], registry: &MetricsRegistry) ->
             );
         }
     }
+    out.push_str(
+        "# HELP teebox_mirror_compare_total With compare: target responses against the primary's (a response may differ in several ways).\n",
+    );
+    out.push_str("# TYPE teebox_mirror_compare_total counter\n");
+    for (m, t) in &targets {
+        if !m.compares() {
+            continue;
+        }
+        let c = t.state().stats.counts();
+        for (result, n) in [
+            ("match", c.compare_match),
+            ("status_differs", c.compare_status),
+            ("headers_differ", c.compare_headers),
+            ("body_differs", c.compare_body),
+            ("skipped", c.compare_skipped),
+        ] {
+            let _ = writeln!(
+                out,
+                "teebox_mirror_compare_total{{{},result=\"{result}\"}} {n}",
+                labels(m, t)
+            );
+        }
+    }
     out.push_str("# HELP teebox_mirror_pauses_total Times the breaker paused a target.\n");
     out.push_str("# TYPE teebox_mirror_pauses_total counter\n");
     for (m, t) in &targets {

@@ -176,6 +176,11 @@ fn list(mirror: &Mirror, json: bool) -> AdminResponse {
                     "skipped_too_large": c.skipped_too_large, "skipped_paused": c.skipped_paused,
                     "incomplete": c.incomplete, "sampled_out": c.sampled_out, "paused": c.paused,
                 },
+                "compare": mirror.compares().then(|| serde_json::json!({
+                    "match": c.compare_match, "status_differs": c.compare_status,
+                    "headers_differ": c.compare_headers, "body_differs": c.compare_body,
+                    "skipped": c.compare_skipped,
+                })),
             })
         })
         .collect();

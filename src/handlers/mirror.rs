@@ -13,6 +13,7 @@ use crate::config::value::{self, UpstreamUrl};
 use crate::config::Problem;
 use crate::http::{body, hop_by_hop, Request, Response};
 use crate::mirror::breaker::BreakerConfig;
+use crate::mirror::compare::CompareConfig;
 use crate::mirror::rewrite::CopyRewrite;
 use crate::mirror::target::TargetSettings;
 use crate::mirror::tee::{Capture, Tee};
@@ -56,6 +57,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             ("query_set", Repeat::Many),
             ("query_remove", Repeat::Many),
             ("replace_body", Repeat::Many),
+            ("compare", Repeat::Once),
         ],
     );
     let name = match opts.one("name") {
@@ -120,6 +122,10 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         &opts.all("query_remove"),
         &opts.all("replace_body"),
     );
+    let compare = match opts.one("compare") {
+        Some(n) => CompareConfig::decode(n, r).map(Some),
+        None => Some(None),
+    };
     if !ok {
         return None;
     }
@@ -132,6 +138,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             alert_interval: alert_interval?,
             header_up,
             rewrite: Arc::new(rewrite?),
+            compare: compare?,
             targets: TargetSettings {
                 concurrency: concurrency? as usize,
                 backlog: backlog? as usize,
@@ -182,17 +189,23 @@ impl Middleware for MirrorHandler {
         let Some(pending) = self.mirror.pending(&mut head, targets) else {
             return next.run(Request::from_parts(head, request_body));
         };
-        if http_body::Body::is_end_stream(&request_body) {
-            pending.dispatch(Vec::new(), None);
-            return next.run(Request::from_parts(head, request_body));
-        }
-        let (tee, rest) = Tee::new(request_body, Capture::new(pending));
-        let req = Request::from_parts(head, body::boxed(tee));
+        let comparison = pending.comparison();
         let limit = self.mirror.copy_timeout();
-        Box::pin(async move {
-            let response = next.run(req).await;
-            rest.wait_if_reading(limit).await;
-            response
-        })
+        let response = if http_body::Body::is_end_stream(&request_body) {
+            pending.dispatch(Vec::new(), None);
+            next.run(Request::from_parts(head, request_body))
+        } else {
+            let (tee, rest) = Tee::new(request_body, Capture::new(pending));
+            let req = Request::from_parts(head, body::boxed(tee));
+            Box::pin(async move {
+                let response = next.run(req).await;
+                rest.wait_if_reading(limit).await;
+                response
+            })
+        };
+        match comparison {
+            None => response,
+            Some(comparison) => Box::pin(async move { comparison.watch(response.await) }),
+        }
     }
 }

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
@@ -23,6 +22,7 @@ use serde_json::{json, Value};
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
 use crate::config::reader::{Reader, Repeat};
 use crate::config::value;
+use crate::http::json::{body_fields, header_pairs};
 use crate::http::placeholders::RequestVars;
 use crate::http::{body, BoxError, ConnInfo, Request, Response};
 use crate::lines::{Destination, LineSink, Roll};
@@ -205,31 +205,11 @@ impl BodyRecord {
     /// which); `body_truncated` when cut at `max_body` or not seen whole.
     fn into_json(self, out: &mut Value) {
         let truncated = !self.complete || self.seen > self.kept.len() as u64;
-        let (text, encoding) = match std::str::from_utf8(&self.kept) {
-            Ok(text) => (text.to_string(), "utf-8"),
-            Err(_) => (
-                base64::engine::general_purpose::STANDARD.encode(&self.kept),
-                "base64",
-            ),
-        };
-        out["body"] = json!(text);
-        out["body_encoding"] = json!(encoding);
-        out["body_bytes"] = json!(self.seen);
-        out["body_truncated"] = json!(truncated);
+        body_fields(out, &self.kept, self.seen, truncated);
         if let Some(trailers) = &self.trailers {
             out["trailers"] = header_pairs(trailers);
         }
     }
-}
-
-/// Headers in order, repeated names kept, as `[name, value]` pairs.
-fn header_pairs(headers: &HeaderMap) -> Value {
-    Value::Array(
-        headers
-            .iter()
-            .map(|(name, value)| json!([name.as_str(), String::from_utf8_lossy(value.as_bytes())]))
-            .collect(),
-    )
 }
 
 #[derive(Clone, Copy)]

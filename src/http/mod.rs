@@ -6,6 +6,7 @@ pub mod conn;
 pub mod forwarded;
 pub mod header_ops;
 pub mod hop_by_hop;
+pub mod json;
 pub mod placeholders;
 pub mod upstream_tls;
 

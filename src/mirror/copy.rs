@@ -11,15 +11,14 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use http_body::{Frame, SizeHint};
 
+use super::compare::Comparison;
 use super::rewrite::CopyRewrite;
 
 /// What every target of one mirror is sent for one request, shared by all
 /// of them.
 #[derive(Debug)]
 pub struct CopyRequest {
-    /// The mirror's `replace_body` rules, applied once, by the first worker
-    /// that sends the copy.
-    body_rewrite: Option<Arc<CopyRewrite>>,
+    extras: CopyExtras,
     rewritten: OnceLock<Bytes>,
     pub method: Method,
     /// Path and query (origin form); each target adds its own authority.
@@ -42,10 +41,10 @@ impl CopyRequest {
         body: Bytes,
         trailers: Option<HeaderMap>,
         had_length: bool,
-        body_rewrite: Option<Arc<CopyRewrite>>,
+        extras: CopyExtras,
     ) -> Self {
         CopyRequest {
-            body_rewrite,
+            extras,
             rewritten: OnceLock::new(),
             method,
             uri,
@@ -58,7 +57,7 @@ impl CopyRequest {
 
     /// The body the targets get: the client's, or the `replace_body` result.
     pub fn sent_body(&self) -> &Bytes {
-        match &self.body_rewrite {
+        match &self.extras.body_rewrite {
             None => &self.body,
             Some(rewrite) => self.rewritten.get_or_init(|| rewrite.body(&self.body)),
         }
@@ -67,10 +66,15 @@ impl CopyRequest {
     /// The headers the targets get: a rewritten body gets its new length.
     pub fn sent_headers(&self) -> HeaderMap {
         let mut headers = self.headers.clone();
-        if self.body_rewrite.is_some() && self.had_length {
+        if self.extras.body_rewrite.is_some() && self.had_length {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(self.sent_body().len()));
         }
         headers
+    }
+
+    /// Where the targets' responses meet the primary's, with `compare`.
+    pub fn comparison(&self) -> Option<&Arc<Comparison>> {
+        self.extras.comparison.as_ref()
     }
 
     pub fn body(&self) -> CopyBody {
@@ -80,6 +84,24 @@ impl CopyRequest {
             trailers: self.trailers.clone(),
             announce_length: self.had_length,
         }
+    }
+}
+
+/// What a copy carries besides the request, when the mirror asks for it.
+#[derive(Default)]
+pub struct CopyExtras {
+    /// The mirror's `replace_body` rules, applied once, by the first worker
+    /// that sends the copy.
+    pub body_rewrite: Option<Arc<CopyRewrite>>,
+    pub comparison: Option<Arc<Comparison>>,
+}
+
+impl std::fmt::Debug for CopyExtras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyExtras")
+            .field("body_rewrite", &self.body_rewrite.is_some())
+            .field("comparison", &self.comparison.is_some())
+            .finish()
     }
 }
 

@@ -9,6 +9,7 @@
 //! the client.
 
 pub mod breaker;
+pub mod compare;
 pub mod copy;
 pub mod rewrite;
 pub mod runtime;
@@ -31,7 +32,7 @@ use crate::config::value::UpstreamUrl;
 use crate::http::header_ops::HeaderOps;
 use crate::http::placeholders::RequestVars;
 use crate::http::ConnInfo;
-use copy::CopyRequest;
+use copy::{CopyExtras, CopyRequest};
 use stats::{bump, Counts};
 use target::{CopyClient, Target, TargetSettings};
 use tee::Abandon;
@@ -46,6 +47,8 @@ pub struct MirrorOptions {
     pub header_up: HeaderOps,
     /// Path, query and body edits made to copies only.
     pub rewrite: Arc<rewrite::CopyRewrite>,
+    /// `compare { … }`: targets' responses against the primary's.
+    pub compare: Option<compare::CompareConfig>,
     pub targets: TargetSettings,
     /// For `https://` targets.
     pub tls: crate::http::upstream_tls::UpstreamTls,
@@ -99,6 +102,7 @@ pub struct Mirror {
     /// The targets the site file lists, for telling runtime changes apart.
     configured: Vec<UpstreamUrl>,
     client: CopyClient,
+    comparer: Option<Arc<compare::Comparer>>,
     /// Upgrade requests (WebSocket) are never copied: a copy could not
     /// take part in the conversation.
     skipped_upgrade: AtomicU64,
@@ -117,6 +121,15 @@ impl Mirror {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(options.targets.concurrency)
             .build(connector);
+        let comparer = match &options.compare {
+            Some(config) => Some(Arc::new(compare::Comparer::start(
+                config,
+                options.max_body,
+                label.clone(),
+                base_dir,
+            )?)),
+            None => None,
+        };
         let set = Arc::new(TargetSet {
             targets: ArcSwap::from_pointee(Vec::new()),
             changes: Mutex::new(()),
@@ -136,6 +149,7 @@ impl Mirror {
             set,
             configured: urls.to_vec(),
             client,
+            comparer,
             skipped_upgrade: AtomicU64::new(0),
         }))
     }
@@ -190,6 +204,11 @@ impl Mirror {
     /// rest of a body only the copy needs.
     pub fn copy_timeout(&self) -> Duration {
         self.options.targets.timeout
+    }
+
+    /// Whether the mirror has a `compare` block.
+    pub fn compares(&self) -> bool {
+        self.comparer.is_some()
     }
 
     pub fn skipped_upgrade(&self) -> u64 {
@@ -249,8 +268,10 @@ impl Mirror {
             }
             return None;
         };
+        let comparison = self.comparer.as_ref().map(|c| c.comparison(head));
         Some(PendingCopy {
             mirror: self.clone(),
+            comparison,
             targets,
             method: head.method.clone(),
             uri,
@@ -283,6 +304,7 @@ impl Mirror {
 /// The copy of one request, waiting for the body to end.
 pub struct PendingCopy {
     mirror: Arc<Mirror>,
+    comparison: Option<Arc<compare::Comparison>>,
     /// The targets when the request arrived: a copy goes where the request
     /// was meant to be mirrored, even if the set changes meanwhile.
     targets: Arc<Vec<Arc<Target>>>,
@@ -293,6 +315,11 @@ pub struct PendingCopy {
 }
 
 impl PendingCopy {
+    /// With `compare`: where the primary's response is to be given.
+    pub fn comparison(&self) -> Option<Arc<compare::Comparison>> {
+        self.comparison.clone()
+    }
+
     pub fn max_body(&self) -> u64 {
         self.mirror.options.max_body
     }
@@ -314,7 +341,10 @@ impl PendingCopy {
             body,
             trailers,
             self.had_length,
-            rewrite.rewrites_body().then_some(rewrite),
+            CopyExtras {
+                body_rewrite: rewrite.rewrites_body().then_some(rewrite),
+                comparison: self.comparison,
+            },
         ));
         for target in self.targets.iter() {
             target.offer(&copy);

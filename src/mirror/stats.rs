@@ -26,6 +26,16 @@ pub struct TargetStats {
     pub sampled_out: AtomicU64,
     /// Times the breaker paused the target.
     pub paused: AtomicU64,
+    /// With `compare`: the response matched the primary's.
+    pub compare_match: AtomicU64,
+    /// With `compare`: the status, a named header, or the body differed
+    /// (a response may count in several).
+    pub compare_status: AtomicU64,
+    pub compare_headers: AtomicU64,
+    pub compare_body: AtomicU64,
+    /// With `compare`: no comparison possible (the primary's response
+    /// never completed, or the shadow's was too long to read).
+    pub compare_skipped: AtomicU64,
     pub latency: Histogram,
 }
 
@@ -42,6 +52,11 @@ pub struct Counts {
     pub incomplete: u64,
     pub sampled_out: u64,
     pub paused: u64,
+    pub compare_match: u64,
+    pub compare_status: u64,
+    pub compare_headers: u64,
+    pub compare_body: u64,
+    pub compare_skipped: u64,
 }
 
 impl TargetStats {
@@ -58,6 +73,11 @@ impl TargetStats {
             incomplete: get(&self.incomplete),
             sampled_out: get(&self.sampled_out),
             paused: get(&self.paused),
+            compare_match: get(&self.compare_match),
+            compare_status: get(&self.compare_status),
+            compare_headers: get(&self.compare_headers),
+            compare_body: get(&self.compare_body),
+            compare_skipped: get(&self.compare_skipped),
         }
     }
 }

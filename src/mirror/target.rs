@@ -257,13 +257,34 @@ impl Worker {
             Err(err) => return Outcome::Failed(error_chain(&err)),
         };
         let status = response.status();
-        let mut body = response.into_body();
+        let (parts, mut body) = response.into_parts();
+        let comparison = copy.comparison();
+        let mut collector = comparison.map(|c| c.collector());
         let mut read = 0;
+        let mut whole = false;
         while read <= DRAIN_CAP {
             match body.frame().await {
-                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len();
+                        if let Some(collector) = collector.as_mut() {
+                            collector.push(data);
+                        }
+                    }
+                }
                 Some(Err(err)) => return Outcome::Failed(format!("response body: {err}")),
-                None => break,
+                None => {
+                    whole = true;
+                    break;
+                }
+            }
+        }
+        if let (Some(comparison), Some(collector)) = (comparison, collector) {
+            match whole {
+                true => {
+                    comparison.shadow_done(&self.state, collector.finish(status, parts.headers))
+                }
+                false => comparison.shadow_unreadable(&self.state),
             }
         }
         if status.is_server_error() {

@@ -1,0 +1,446 @@
+//! `compare { … }` inside `mirror`: each target's response is compared with
+//! the primary's, by [`crate::compare`]'s rules, and the outcome counted per
+//! target; mismatches are written (rate-limited) to a diff log.
+//!
+//! The primary's response is kept as it streams to the client (up to the
+//! mirror's `max_body`, hashed beyond), so the client is never held. The
+//! two responses meet in a [`Comparison`]: whichever arrives second
+//! triggers the judgement, on the mirror threads, never on a thread
+//! serving clients.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use kdl::KdlNode;
+use serde_json::{json, Value};
+
+use super::stats::bump;
+use super::target::TargetState;
+use crate::compare::{BodyCollector, CompareRules, JsonPath, Observed};
+use crate::config::reader::{arguments, name_span, Reader, Repeat};
+use crate::config::value;
+use crate::config::Problem;
+use crate::http::json::{body_fields, header_pairs};
+use crate::http::placeholders::RequestVars;
+use crate::http::{body, BoxError, Response};
+use crate::lines::{Destination, LineSink};
+
+/// The `compare` block, checked.
+#[derive(Debug, Clone)]
+pub struct CompareConfig {
+    pub rules: CompareRules,
+    /// Relative to the site file.
+    pub diff_log: Option<PathBuf>,
+    /// Diff lines a second at most.
+    pub log_rate: u32,
+}
+
+impl CompareConfig {
+    pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<CompareConfig> {
+        r.no_properties(node);
+        if !arguments(node).is_empty() {
+            r.push(
+                Problem::error(
+                    name_span(node),
+                    "`compare` takes no arguments, only a block",
+                )
+                .label("unexpected argument")
+                .help("write compare { headers \"Content-Type\"; ignore \"$.ts\" }"),
+            );
+        }
+        let opts = r.options(
+            node,
+            &[
+                ("headers", Repeat::Many),
+                ("ignore", Repeat::Many),
+                ("diff_log", Repeat::Once),
+                ("log_rate", Repeat::Once),
+            ],
+        );
+        let mut ok = true;
+        let mut headers = Vec::new();
+        for n in opts.all("headers") {
+            r.no_children(n);
+            r.no_properties(n);
+            match r.each(&arguments(n), value::header_name) {
+                Some(mut names) => headers.append(&mut names),
+                None => ok = false,
+            }
+        }
+        let mut ignore = Vec::new();
+        for n in opts.all("ignore") {
+            r.no_children(n);
+            r.no_properties(n);
+            let paths = r.each(&arguments(n), |entry| {
+                let text = value::non_empty_string(entry)?;
+                JsonPath::parse(&text).map_err(|why| {
+                    Problem::error(value::value_span(entry), "not a JSON path")
+                        .label(why)
+                        .help("write paths such as \"$.ts\", \"$.items[*].id\" or \"$.meta.request_id\"")
+                })
+            });
+            match paths {
+                Some(mut paths) => ignore.append(&mut paths),
+                None => ok = false,
+            }
+        }
+        // `None`: no diff log; `Some(None)`: one was given but is invalid.
+        let diff_log = opts.one("diff_log").map(|n| {
+            r.value(
+                n,
+                "a file path, such as \"diffs.jsonl\"",
+                value::non_empty_string,
+            )
+            .map(PathBuf::from)
+        });
+        let log_rate = match opts.one("log_rate") {
+            Some(n) => r.value(n, "a whole number from 1 to 100000", |e| {
+                value::integer(e, 1, 100_000)
+            }),
+            None => Some(10),
+        };
+        if !ok {
+            return None;
+        }
+        Some(CompareConfig {
+            rules: CompareRules { headers, ignore },
+            diff_log: diff_log.map_or(Some(None), |d| d.map(Some))?,
+            log_rate: log_rate? as u32,
+        })
+    }
+}
+
+/// A mirror's running comparison: its rules, body cap and diff log.
+pub struct Comparer {
+    rules: CompareRules,
+    max_body: u64,
+    mirror: String,
+    diff_log: Option<LineSink>,
+    limit: RateLimit,
+}
+
+/// Lines waiting for the diff log's writer.
+const DIFF_QUEUE: usize = 1024;
+
+impl Comparer {
+    pub fn start(
+        config: &CompareConfig,
+        max_body: u64,
+        mirror: String,
+        base_dir: &std::path::Path,
+    ) -> Result<Comparer, String> {
+        let diff_log = match &config.diff_log {
+            Some(path) => Some(
+                LineSink::open(
+                    Destination::File {
+                        path: base_dir.join(path),
+                        roll: None,
+                    },
+                    DIFF_QUEUE,
+                    "compare diff log",
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        Ok(Comparer {
+            rules: config.rules.clone(),
+            max_body,
+            mirror,
+            diff_log,
+            limit: RateLimit::new(config.log_rate),
+        })
+    }
+
+    /// Where one request's primary and shadow responses will meet.
+    pub fn comparison(self: &Arc<Self>, head: &mut http::request::Parts) -> Arc<Comparison> {
+        let vars = RequestVars::of(head);
+        Arc::new(Comparison {
+            comparer: self.clone(),
+            request: json!({
+                "ts_ms": vars.unix_ms,
+                "id": &*vars.id,
+                "method": head.method.as_str(),
+                "uri": head.uri.to_string(),
+            }),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn judge(&self, request: &Value, target: &TargetState, primary: &Observed, shadow: &Observed) {
+        let verdict = self.rules.compare(primary, shadow);
+        let stats = &target.stats;
+        if verdict.matches() {
+            bump(&stats.compare_match);
+            return;
+        }
+        if verdict.status {
+            bump(&stats.compare_status);
+        }
+        if !verdict.headers.is_empty() {
+            bump(&stats.compare_headers);
+        }
+        if verdict.body {
+            bump(&stats.compare_body);
+        }
+        let Some(log) = &self.diff_log else { return };
+        if !self.limit.allow() {
+            return;
+        }
+        let mut line = request.clone();
+        line["mirror"] = json!(self.mirror);
+        line["target"] = json!(target.url.to_string());
+        line["differs"] = json!(verdict.differs());
+        line["headers_differ"] = json!(verdict
+            .headers
+            .iter()
+            .map(|h| h.as_str())
+            .collect::<Vec<_>>());
+        line["primary"] = observed_json(primary);
+        line["shadow"] = observed_json(shadow);
+        let mut text = line.to_string();
+        text.push('\n');
+        log.write(text);
+    }
+}
+
+fn observed_json(observed: &Observed) -> Value {
+    let mut out = json!({
+        "status": observed.status.as_u16(),
+        "headers": header_pairs(&observed.headers),
+    });
+    body_fields(
+        &mut out,
+        &observed.body,
+        observed.body_len,
+        observed.body_truncated(),
+    );
+    out
+}
+
+/// One request's responses meeting: the primary's, and each target's.
+pub struct Comparison {
+    comparer: Arc<Comparer>,
+    request: Value,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    primary: Primary,
+    /// Targets that answered before the primary's response was complete.
+    waiting: Vec<(Arc<TargetState>, Observed)>,
+}
+
+#[derive(Default)]
+enum Primary {
+    #[default]
+    Pending,
+    Done(Arc<Observed>),
+    /// The primary's response never completed (the client left, the
+    /// upstream broke): there is nothing to compare with.
+    Lost,
+}
+
+impl Comparison {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The primary's response, with a body that keeps what the comparison
+    /// needs as it streams to the client.
+    pub fn watch(self: Arc<Self>, response: Response) -> Response {
+        let (parts, inner) = response.into_parts();
+        let watched = Watched {
+            inner,
+            collector: Some(BodyCollector::new(self.comparer.max_body)),
+            head: Some((parts.status, parts.headers.clone())),
+            comparison: self,
+        };
+        Response::from_parts(parts, body::boxed(watched))
+    }
+
+    /// A collector for a target's response body.
+    pub fn collector(&self) -> BodyCollector {
+        BodyCollector::new(self.comparer.max_body)
+    }
+
+    /// A target's complete response.
+    pub fn shadow_done(&self, target: &Arc<TargetState>, observed: Observed) {
+        let primary = {
+            let mut state = self.lock();
+            match &state.primary {
+                Primary::Pending => {
+                    state.waiting.push((target.clone(), observed));
+                    return;
+                }
+                Primary::Lost => None,
+                Primary::Done(primary) => Some(primary.clone()),
+            }
+        };
+        match primary {
+            Some(primary) => self
+                .comparer
+                .judge(&self.request, target, &primary, &observed),
+            None => bump(&target.stats.compare_skipped),
+        }
+    }
+
+    /// A target's response that cannot be compared (its body was longer
+    /// than a shadow's response may be read).
+    pub fn shadow_unreadable(&self, target: &TargetState) {
+        bump(&target.stats.compare_skipped);
+    }
+
+    fn primary_done(self: &Arc<Self>, primary: Option<Observed>) {
+        let waiting = {
+            let mut state = self.lock();
+            if !matches!(state.primary, Primary::Pending) {
+                return;
+            }
+            state.primary = match primary {
+                Some(observed) => Primary::Done(Arc::new(observed)),
+                None => Primary::Lost,
+            };
+            std::mem::take(&mut state.waiting)
+        };
+        if waiting.is_empty() {
+            return;
+        }
+        // Judging parses bodies: never on the thread serving the client.
+        let this = self.clone();
+        super::runtime::handle().spawn(async move {
+            let primary = match &this.lock().primary {
+                Primary::Done(primary) => Some(primary.clone()),
+                _ => None,
+            };
+            for (target, observed) in waiting {
+                match &primary {
+                    Some(primary) => {
+                        this.comparer
+                            .judge(&this.request, &target, primary, &observed)
+                    }
+                    None => bump(&target.stats.compare_skipped),
+                }
+            }
+        });
+    }
+}
+
+/// The primary's response body on its way to the client.
+struct Watched {
+    inner: body::Body,
+    collector: Option<BodyCollector>,
+    head: Option<(http::StatusCode, http::HeaderMap)>,
+    comparison: Arc<Comparison>,
+}
+
+impl Watched {
+    fn finish(&mut self, complete: bool) {
+        let (Some(collector), Some((status, headers))) = (self.collector.take(), self.head.take())
+        else {
+            return;
+        };
+        let observed = complete.then(|| collector.finish(status, headers));
+        self.comparison.primary_done(observed);
+    }
+}
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(collector)) = (frame.data_ref(), self.collector.as_mut()) {
+                    collector.push(data);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        // hyper drops a body it knows has ended without a last poll.
+        let complete = http_body::Body::is_end_stream(&self.inner);
+        self.finish(complete);
+    }
+}
+
+/// At most `per_second` events in each wall-clock second.
+struct RateLimit {
+    per_second: u64,
+    /// The second now counted, and how many went in it: `second << 32 | n`.
+    window: AtomicU64,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        RateLimit {
+            per_second: u64::from(per_second),
+            window: AtomicU64::new(0),
+        }
+    }
+
+    fn allow(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            & 0xffff_ffff;
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (second, count) = (current >> 32, current & 0xffff_ffff);
+            let next = match second == now {
+                true if count >= self.per_second => return false,
+                true => current + 1,
+                false => (now << 32) | 1,
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_per_second() {
+        let limit = RateLimit::new(3);
+        let allowed = (0..10).filter(|_| limit.allow()).count();
+        // Ten calls rarely straddle a second; if they do, up to twice.
+        assert!((3..=6).contains(&allowed), "{allowed}");
+    }
+}
