@@ -29,8 +29,10 @@ pub struct Observed {
     pub headers: HeaderMap,
     /// The body, up to the cap.
     pub body: Bytes,
-    /// The whole body's length and hash, also past the cap.
+    /// The whole body's length.
     pub body_len: u64,
+    /// A hash of the part past the cap (0 when there is none): only what
+    /// is not kept is hashed, so bodies under the cap cost no hashing.
     pub body_hash: u64,
 }
 
@@ -47,12 +49,13 @@ impl Observed {
     }
 }
 
-/// Keeps a body's first `cap` bytes and hashes all of it, as it streams.
+/// Keeps a body's first `cap` bytes and hashes the rest, as it streams.
 pub struct BodyCollector {
     kept: BytesMut,
     cap: u64,
     len: u64,
     hasher: Fnv64,
+    hashed: bool,
 }
 
 impl BodyCollector {
@@ -62,14 +65,19 @@ impl BodyCollector {
             cap,
             len: 0,
             hasher: Fnv64::default(),
+            hashed: false,
         }
     }
 
     pub fn push(&mut self, data: &[u8]) {
         let room = self.cap.saturating_sub(self.kept.len() as u64) as usize;
-        self.kept.extend_from_slice(&data[..data.len().min(room)]);
+        let (kept, rest) = data.split_at(data.len().min(room));
+        self.kept.extend_from_slice(kept);
+        if !rest.is_empty() {
+            self.hasher.write(rest);
+            self.hashed = true;
+        }
         self.len += data.len() as u64;
-        self.hasher.write(data);
     }
 
     pub fn finish(self, status: StatusCode, headers: HeaderMap) -> Observed {
@@ -78,7 +86,7 @@ impl BodyCollector {
             headers,
             body: self.kept.freeze(),
             body_len: self.len,
-            body_hash: self.hasher.finish(),
+            body_hash: if self.hashed { self.hasher.finish() } else { 0 },
         }
     }
 }
@@ -169,7 +177,9 @@ impl CompareRules {
                 return a == b;
             }
         }
-        primary.body_len == shadow.body_len && primary.body_hash == shadow.body_hash
+        primary.body_len == shadow.body_len
+            && primary.body == shadow.body
+            && primary.body_hash == shadow.body_hash
     }
 }
 

@@ -279,7 +279,17 @@ pub async fn replay(
             let timeout = options.timeout;
             let rules = options.compare.clone();
             tasks.spawn(async move {
-                let outcome = send(&client, &target, &recorded, timeout).await;
+                // Keep enough of the response to compare it: what the
+                // recording cut, or room for a JSON body whose ignored
+                // fields grew.
+                let cap = match (&rules, &recorded.response) {
+                    (Some(_), Some(r)) => match r.cut_from {
+                        Some(_) => r.observed.body.len() as u64,
+                        None => (r.observed.body.len() as u64 + 1).max(1 << 20),
+                    },
+                    _ => 0,
+                };
+                let outcome = send(&client, &target, &recorded, timeout, cap).await;
                 record_outcome(
                     &summary,
                     outcome,
@@ -318,6 +328,7 @@ async fn send(
     target: &UpstreamUrl,
     recorded: &Recorded,
     timeout: Duration,
+    cap: u64,
 ) -> Outcome {
     let uri = match Uri::builder()
         .scheme(target.scheme.clone())
@@ -342,7 +353,7 @@ async fn send(
             }
         })?;
         let (parts, mut body) = response.into_parts();
-        let mut collector = BodyCollector::new(RESPONSE_CAP);
+        let mut collector = BodyCollector::new(cap);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| "response body".to_string())?;
             if let Some(data) = frame.data_ref() {
@@ -360,10 +371,6 @@ async fn send(
         Err(_) => Outcome::Error("timeout".into()),
     }
 }
-
-/// Response bodies are kept up to this for comparison; past it the length
-/// and hash decide.
-const RESPONSE_CAP: u64 = 1 << 20;
 
 fn record_outcome(
     summary: &Mutex<Summary>,
