@@ -26,6 +26,10 @@ pub enum Destination {
     },
 }
 
+/// How long the writer waits after a burst before looking for more: the
+/// most a line waits for the disk, and the batching window under load.
+const BATCH_NAP: std::time::Duration = std::time::Duration::from_millis(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roll {
     pub size: u64,
@@ -117,15 +121,25 @@ impl Output {
     }
 
     /// Blocks for the next line, then writes whatever else is queued
-    /// before flushing: one flush per burst. Ends when every sender is gone.
+    /// before flushing: one flush per burst. After a burst it naps briefly
+    /// before looking again, so under load lines are written in batches
+    /// and the serving threads rarely have to wake this one (each wake-up
+    /// costs a context switch on a busy core). Ends when every sender is
+    /// gone.
     fn drain(&mut self, rx: Receiver<String>, what: &str) {
         while let Ok(line) = rx.recv() {
             let mut result = self.line(&line);
-            while let Ok(line) = rx.try_recv() {
-                result = result.and(self.line(&line));
-            }
-            if let Err(err) = result.and_then(|()| self.out.flush()) {
-                tracing::error!(error = %err, "cannot write {what}");
+            loop {
+                while let Ok(line) = rx.try_recv() {
+                    result = result.and(self.line(&line));
+                }
+                if let Err(err) = std::mem::replace(&mut result, Ok(())).and_then(|()| self.out.flush()) {
+                    tracing::error!(error = %err, "cannot write {what}");
+                }
+                std::thread::sleep(BATCH_NAP);
+                if rx.is_empty() {
+                    break;
+                }
             }
         }
     }

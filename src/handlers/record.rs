@@ -7,6 +7,7 @@
 //! `responses`) the response body are done, by a writer thread behind a
 //! bounded queue. The line format is in the README ("Recording").
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -17,12 +18,11 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use kdl::KdlNode;
-use serde_json::{json, Value};
 
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
 use crate::config::reader::{Reader, Repeat};
 use crate::config::value;
-use crate::http::json::{body_fields, header_pairs};
+use crate::http::json;
 use crate::http::placeholders::RequestVars;
 use crate::http::{body, BoxError, ConnInfo, Request, Response};
 use crate::lines::{Destination, LineSink, Roll};
@@ -112,18 +112,25 @@ impl Middleware for Record {
     fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
         let (mut parts, request_body) = req.into_parts();
         let vars = RequestVars::of(&mut parts);
+        // The request's part of the line, written now: `{"ts_ms":…,…,"headers":[…]`.
+        let mut head = String::with_capacity(512);
+        let _ = write!(head, "{{\"ts_ms\":{},\"id\":", vars.unix_ms);
+        json::push_str(&mut head, &vars.id);
+        head.push_str(",\"client\":");
+        match parts.extensions.get::<ConnInfo>() {
+            Some(conn) => json::push_str(&mut head, &conn.client.to_string()),
+            None => head.push_str("null"),
+        }
+        head.push_str(",\"method\":");
+        json::push_str(&mut head, parts.method.as_str());
+        head.push_str(",\"uri\":");
+        json::push_str(&mut head, &parts.uri.to_string());
+        let _ = write!(head, ",\"version\":\"{:?}\",", parts.version);
+        json::push_headers(&mut head, "headers", &parts.headers);
         let line = Arc::new(Line {
             sink: self.sink.clone(),
             started: Instant::now(),
-            head: json!({
-                "ts_ms": vars.unix_ms,
-                "id": &*vars.id,
-                "client": parts.extensions.get::<ConnInfo>().map(|c| c.client.to_string()),
-                "method": parts.method.as_str(),
-                "uri": parts.uri.to_string(),
-                "version": format!("{:?}", parts.version),
-                "headers": header_pairs(&parts.headers),
-            }),
+            head,
             parts: Mutex::new(Parts::default()),
         });
         let max_body = self.config.max_body;
@@ -136,10 +143,9 @@ impl Middleware for Record {
                 return response;
             }
             let (parts, response_body) = response.into_parts();
-            line.lock().response_head = Some(json!({
-                "status": parts.status.as_u16(),
-                "headers": header_pairs(&parts.headers),
-            }));
+            let mut head = format!("{{\"status\":{},", parts.status.as_u16());
+            json::push_headers(&mut head, "headers", &parts.headers);
+            line.lock().response_head = Some(head);
             let response_body = Captured::new(response_body, max_body, line, Side::Response);
             Response::from_parts(parts, body::boxed(response_body))
         })
@@ -151,14 +157,16 @@ impl Middleware for Record {
 struct Line {
     sink: LineSink,
     started: Instant,
-    head: Value,
+    /// The request's fields, written when the request arrived.
+    head: String,
     parts: Mutex<Parts>,
 }
 
 #[derive(Default)]
 struct Parts {
     request_body: Option<BodyRecord>,
-    response_head: Option<Value>,
+    /// `{"status":…,"headers":[…]`
+    response_head: Option<String>,
     response_body: Option<BodyRecord>,
     response_ms: Option<f64>,
 }
@@ -173,18 +181,20 @@ impl Drop for Line {
     fn drop(&mut self) {
         let parts = std::mem::take(&mut *self.lock());
         let mut line = std::mem::take(&mut self.head);
-        let request_body = parts.request_body.unwrap_or_default();
-        request_body.into_json(&mut line);
-        if let Some(mut response) = parts.response_head {
-            parts.response_body.unwrap_or_default().into_json(&mut response);
-            response["duration_ms"] = json!(parts
+        line.push(',');
+        parts.request_body.unwrap_or_default().write(&mut line);
+        if let Some(response) = parts.response_head {
+            line.push_str(",\"response\":");
+            line.push_str(&response);
+            line.push(',');
+            parts.response_body.unwrap_or_default().write(&mut line);
+            let ms = parts
                 .response_ms
-                .unwrap_or_else(|| self.started.elapsed().as_secs_f64() * 1000.0));
-            line["response"] = response;
+                .unwrap_or_else(|| self.started.elapsed().as_secs_f64() * 1000.0);
+            let _ = write!(line, ",\"duration_ms\":{ms:.3}}}");
         }
-        let mut text = line.to_string();
-        text.push('\n');
-        self.sink.write(text);
+        line.push_str("}\n");
+        self.sink.write(line);
     }
 }
 
@@ -201,13 +211,14 @@ struct BodyRecord {
 }
 
 impl BodyRecord {
-    /// `body` is UTF-8 text when it is, else base64 (`body_encoding` says
-    /// which); `body_truncated` when cut at `max_body` or not seen whole.
-    fn into_json(self, out: &mut Value) {
+    /// `"body":…` and the fields beside it (see [`json::push_body`]);
+    /// truncated when cut at `max_body` or not seen whole.
+    fn write(self, out: &mut String) {
         let truncated = !self.complete || self.seen > self.kept.len() as u64;
-        body_fields(out, &self.kept, self.seen, truncated);
+        json::push_body(out, &self.kept, self.seen, truncated);
         if let Some(trailers) = &self.trailers {
-            out["trailers"] = header_pairs(trailers);
+            out.push(',');
+            json::push_headers(out, "trailers", trailers);
         }
     }
 }

@@ -4,36 +4,82 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::{json, Value};
+use std::fmt::Write as _;
 
-/// Headers in order, repeated names kept, as `[name, value]` pairs.
-pub fn header_pairs(headers: &HeaderMap) -> Value {
-    Value::Array(
-        headers
-            .iter()
-            .map(|(name, value)| json!([name.as_str(), String::from_utf8_lossy(value.as_bytes())]))
-            .collect(),
-    )
+use serde_json::Value;
+
+/// Appends `text` as a JSON string, quoted and escaped.
+pub fn push_str(out: &mut String, text: &str) {
+    out.push('"');
+    let plain = |c: char| c != '"' && c != '\\' && c >= ' ';
+    if text.chars().all(plain) {
+        out.push_str(text);
+    } else {
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c < ' ' => {
+                    let _ = write!(out, "\\u{:04x}", u32::from(c));
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    out.push('"');
 }
 
-/// Sets `body` (UTF-8 text when it is, else base64, as `body_encoding`
-/// says), `body_bytes` (the whole body's size) and `body_truncated` on
-/// `out`. `kept` is the part of the body that was kept.
-pub fn body_fields(out: &mut Value, kept: &[u8], whole_len: u64, truncated: bool) {
-    let (text, encoding) = match std::str::from_utf8(kept) {
-        Ok(text) => (text.to_string(), "utf-8"),
-        Err(_) => (
-            base64::engine::general_purpose::STANDARD.encode(kept),
-            "base64",
-        ),
+/// Appends `"key":` to an object being written.
+pub fn push_key(out: &mut String, key: &str) {
+    out.push('"');
+    out.push_str(key);
+    out.push_str("\":");
+}
+
+/// Appends `"headers":[[name, value], …]`: in order, repeated names kept.
+pub fn push_headers(out: &mut String, key: &str, headers: &HeaderMap) {
+    push_key(out, key);
+    out.push('[');
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        push_str(out, name.as_str());
+        out.push(',');
+        push_str(out, &String::from_utf8_lossy(value.as_bytes()));
+        out.push(']');
+    }
+    out.push(']');
+}
+
+/// Appends `"body"` (UTF-8 text when it is, else base64, as
+/// `"body_encoding"` says), `"body_bytes"` (the whole body's size) and
+/// `"body_truncated"`. `kept` is the part of the body that was kept.
+pub fn push_body(out: &mut String, kept: &[u8], whole_len: u64, truncated: bool) {
+    push_key(out, "body");
+    let encoding = match std::str::from_utf8(kept) {
+        Ok(text) => {
+            push_str(out, text);
+            "utf-8"
+        }
+        Err(_) => {
+            out.push('"');
+            base64::engine::general_purpose::STANDARD.encode_string(kept, out);
+            out.push('"');
+            "base64"
+        }
     };
-    out["body"] = json!(text);
-    out["body_encoding"] = json!(encoding);
-    out["body_bytes"] = json!(whole_len);
-    out["body_truncated"] = json!(truncated);
+    let _ = write!(
+        out,
+        ",\"body_encoding\":\"{encoding}\",\"body_bytes\":{whole_len},\"body_truncated\":{truncated}"
+    );
 }
 
-/// The headers [`header_pairs`] wrote; `None` if any pair is not a header.
+/// The headers [`push_headers`] wrote; `None` if any pair is not a header.
 pub fn headers_from_pairs(value: &Value) -> Option<HeaderMap> {
     let mut headers = HeaderMap::new();
     for pair in value.as_array()? {
@@ -44,7 +90,7 @@ pub fn headers_from_pairs(value: &Value) -> Option<HeaderMap> {
     Some(headers)
 }
 
-/// The (kept part of the) body [`body_fields`] wrote.
+/// The (kept part of the) body [`push_body`] wrote.
 pub fn body_from_fields(value: &Value) -> Option<Bytes> {
     let text = value["body"].as_str()?;
     match value["body_encoding"].as_str()? {
@@ -54,5 +100,29 @@ pub fn body_from_fields(value: &Value) -> Option<Bytes> {
             .ok()
             .map(Bytes::from),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_json_parses_back() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "two \"quoted\"".parse().unwrap());
+        for body in [&b"plain \"text\"\n\x01\\"[..], &[0xff, 0x00, 0x80][..]] {
+            let mut out = String::from("{");
+            push_headers(&mut out, "headers", &headers);
+            out.push(',');
+            push_body(&mut out, body, 99, true);
+            out.push('}');
+            let value: Value = serde_json::from_str(&out).expect(&out);
+            assert_eq!(headers_from_pairs(&value["headers"]).unwrap(), headers);
+            assert_eq!(body_from_fields(&value).unwrap(), body);
+            assert_eq!(value["body_bytes"], 99);
+            assert_eq!(value["body_truncated"], true);
+        }
     }
 }

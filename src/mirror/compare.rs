@@ -8,6 +8,7 @@
 //! triggers the judgement, on the mirror threads, never on a thread
 //! serving clients.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use kdl::KdlNode;
-use serde_json::{json, Value};
 
 use super::stats::bump;
 use super::target::TargetState;
@@ -26,7 +26,7 @@ use crate::compare::{BodyCollector, CompareRules, JsonPath, Observed};
 use crate::config::reader::{arguments, name_span, Reader, Repeat};
 use crate::config::value;
 use crate::config::Problem;
-use crate::http::json::{body_fields, header_pairs};
+use crate::http::json;
 use crate::http::placeholders::RequestVars;
 use crate::http::{body, BoxError, Response};
 use crate::lines::{Destination, LineSink};
@@ -161,19 +161,22 @@ impl Comparer {
     /// Where one request's primary and shadow responses will meet.
     pub fn comparison(self: &Arc<Self>, head: &mut http::request::Parts) -> Arc<Comparison> {
         let vars = RequestVars::of(head);
+        // `{"ts_ms":…,"id":…,"method":…,"uri":…` for the diff line.
+        let mut request = String::with_capacity(128);
+        let _ = write!(request, "{{\"ts_ms\":{},\"id\":", vars.unix_ms);
+        json::push_str(&mut request, &vars.id);
+        request.push_str(",\"method\":");
+        json::push_str(&mut request, head.method.as_str());
+        request.push_str(",\"uri\":");
+        json::push_str(&mut request, &head.uri.to_string());
         Arc::new(Comparison {
             comparer: self.clone(),
-            request: json!({
-                "ts_ms": vars.unix_ms,
-                "id": &*vars.id,
-                "method": head.method.as_str(),
-                "uri": head.uri.to_string(),
-            }),
+            request,
             state: Mutex::new(State::default()),
         })
     }
 
-    fn judge(&self, request: &Value, target: &TargetState, primary: &Observed, shadow: &Observed) {
+    fn judge(&self, request: &str, target: &TargetState, primary: &Observed, shadow: &Observed) {
         let verdict = self.rules.compare(primary, shadow);
         let stats = &target.stats;
         if verdict.matches() {
@@ -193,41 +196,44 @@ impl Comparer {
         if !self.limit.allow() {
             return;
         }
-        let mut line = request.clone();
-        line["mirror"] = json!(self.mirror);
-        line["target"] = json!(target.url.to_string());
-        line["differs"] = json!(verdict.differs());
-        line["headers_differ"] = json!(verdict
-            .headers
-            .iter()
-            .map(|h| h.as_str())
-            .collect::<Vec<_>>());
-        line["primary"] = observed_json(primary);
-        line["shadow"] = observed_json(shadow);
-        let mut text = line.to_string();
-        text.push('\n');
-        log.write(text);
+        let mut line = String::with_capacity(1024);
+        line.push_str(request);
+        line.push_str(",\"mirror\":");
+        json::push_str(&mut line, &self.mirror);
+        line.push_str(",\"target\":");
+        json::push_str(&mut line, &target.url.to_string());
+        line.push_str(",\"differs\":");
+        line.push_str(&serde_json::Value::from(verdict.differs()).to_string());
+        line.push_str(",\"headers_differ\":");
+        let names: Vec<&str> = verdict.headers.iter().map(|h| h.as_str()).collect();
+        line.push_str(&serde_json::Value::from(names).to_string());
+        line.push_str(",\"primary\":");
+        push_observed(&mut line, primary);
+        line.push_str(",\"shadow\":");
+        push_observed(&mut line, shadow);
+        line.push_str("}\n");
+        log.write(line);
     }
 }
 
-fn observed_json(observed: &Observed) -> Value {
-    let mut out = json!({
-        "status": observed.status.as_u16(),
-        "headers": header_pairs(&observed.headers),
-    });
-    body_fields(
-        &mut out,
+fn push_observed(out: &mut String, observed: &Observed) {
+    let _ = write!(out, "{{\"status\":{},", observed.status.as_u16());
+    json::push_headers(out, "headers", &observed.headers);
+    out.push(',');
+    json::push_body(
+        out,
         &observed.body,
         observed.body_len,
         observed.body_truncated(),
     );
-    out
+    out.push('}');
 }
 
 /// One request's responses meeting: the primary's, and each target's.
 pub struct Comparison {
     comparer: Arc<Comparer>,
-    request: Value,
+    /// The request's fields of a diff line.
+    request: String,
     state: Mutex<State>,
 }
 
