@@ -133,7 +133,9 @@ impl Output {
                 while let Ok(line) = rx.try_recv() {
                     result = result.and(self.line(&line));
                 }
-                if let Err(err) = std::mem::replace(&mut result, Ok(())).and_then(|()| self.out.flush()) {
+                if let Err(err) =
+                    std::mem::replace(&mut result, Ok(())).and_then(|()| self.out.flush())
+                {
                     tracing::error!(error = %err, "cannot write {what}");
                 }
                 std::thread::sleep(BATCH_NAP);

@@ -438,6 +438,21 @@ async fn replay_reproduces_recorded_requests_and_counts_statuses() {
     assert_eq!(summary.errors_total(), 0);
     assert!(summary.percentile(99.0).is_some());
     assert!(summary.compare.is_none());
+
+    // Paced by the recording's own clock, a hundred times faster, and by rate.
+    for pace in [
+        teebox::replay::Pace::Speed(100.0),
+        teebox::replay::Pace::Rate(500.0),
+    ] {
+        let mut options = replay_options(dir.join("traffic.jsonl"), &target);
+        options.pace = pace;
+        options.concurrency = 4;
+        let summary = teebox::replay::replay(&options, || {})
+            .await
+            .expect("replay");
+        assert_eq!(summary.sent, 4, "{pace:?}");
+        assert_eq!(summary.errors_total(), 0, "{pace:?}");
+    }
 }
 
 #[tokio::test]
