@@ -29,9 +29,37 @@ pub struct Global {
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     pub grace_period: Duration,
     pub admin: Option<AdminConfig>,
+    pub limits: Limits,
 }
 
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// `global { limits { … } }`: applied to every listener.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Request line plus headers; larger: 431.
+    pub max_header_size: usize,
+    /// A request head not complete this long after its first byte: 408,
+    /// closed (slowloris).
+    pub read_header_timeout: Duration,
+    /// A keep-alive connection without a request this long: closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; at the limit, accepting pauses.
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_size: 64 * 1024,
+            read_header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 256,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct LogConfig {

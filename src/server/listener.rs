@@ -12,27 +12,38 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use arc_swap::ArcSwap;
 
+use super::limits::{ConnLimits, ConnState, TimedIo};
 use super::router::AddressRouter;
+use crate::config::Limits;
+use crate::http::body::Guarded;
 use crate::http::{body, ConnInfo};
 
-/// Request head limit, as `limits { max_header_size }` will make settable.
-const MAX_HEADER_SIZE: usize = 64 * 1024;
+/// HTTP/2 streams a client may reset before its response starts (the
+/// "rapid reset" attack, CVE-2023-44487), and streams teebox itself may
+/// reset for a client's protocol errors, before the connection is closed.
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_ERROR_RESETS: usize = 1024;
 
-pub fn http_builder() -> auto::Builder<TokioExecutor> {
+pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(MAX_HEADER_SIZE);
+        // TimedIo times request heads and idle connections; hyper's own
+        // timer would also close idle keep-alive connections early.
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_size);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_SIZE as u32);
+        .max_header_list_size(limits.max_header_size as u32)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
     builder
 }
 
@@ -40,6 +51,7 @@ pub struct Listener {
     pub tcp: TcpListener,
     /// Swapped whole by a reload; each request reads it once.
     pub router: Arc<ArcSwap<AddressRouter>>,
+    pub limits: Arc<ConnLimits>,
 }
 
 impl Listener {
@@ -53,8 +65,13 @@ impl Listener {
                 return;
             }
         };
-        let builder = Arc::new(http_builder());
+        let builder = Arc::new(http_builder(&self.limits.limits));
         loop {
+            // At max_connections, wait for one to close before accepting.
+            let permit = tokio::select! {
+                permit = self.limits.admit() => permit,
+                _ = stop.wait_for(|stop| *stop) => break,
+            };
             let accepted = tokio::select! {
                 accepted = self.tcp.accept() => accepted,
                 _ = stop.wait_for(|stop| *stop) => break,
@@ -69,9 +86,13 @@ impl Listener {
                     serve_connection(
                         stream,
                         conn,
-                        self.router.clone(),
-                        builder.clone(),
-                        watcher(),
+                        Served {
+                            router: self.router.clone(),
+                            builder: builder.clone(),
+                            limits: self.limits.clone(),
+                            watcher: watcher(),
+                            permit,
+                        },
                     );
                 }
                 Err(err) => {
@@ -86,13 +107,17 @@ impl Listener {
     }
 }
 
-fn serve_connection(
-    stream: TcpStream,
-    conn: ConnInfo,
+/// What serving one connection needs besides the socket.
+struct Served {
     router: Arc<ArcSwap<AddressRouter>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Arc<ConnLimits>,
     watcher: Watcher,
-) {
+    /// Counts the connection against max_connections until it closes.
+    permit: OwnedSemaphorePermit,
+}
+
+fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
     let _ = stream.set_nodelay(true);
     // A tokio socket belongs to the reactor that registered it: re-register
     // it on the worker, or every readiness event would cross threads.
@@ -111,9 +136,9 @@ fn serve_connection(
                 return;
             }
         };
-        let tls = router.load().tls.clone();
+        let tls = served.router.load().tls.clone();
         match tls {
-            None => serve_http(stream, conn, router, &builder, watcher).await,
+            None => serve_http(stream, conn, served).await,
             Some(acceptor) => {
                 if !starts_with_tls(&stream).await {
                     refuse_plain_http(stream).await;
@@ -123,7 +148,7 @@ fn serve_connection(
                 match handshake {
                     Ok(Ok(tls_stream)) => {
                         let conn = ConnInfo { tls: true, ..conn };
-                        serve_http(tls_stream, conn, router, &builder, watcher).await
+                        serve_http(tls_stream, conn, served).await
                     }
                     Ok(Err(err)) => tracing::debug!(client = %conn.client, error = %err, "TLS handshake failed"),
                     Err(_) => tracing::debug!(client = %conn.client, "TLS handshake timed out"),
@@ -136,29 +161,41 @@ fn serve_connection(
 /// A slow or silent TLS client is dropped after this long (slowloris).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve_http<I>(
-    io: I,
-    conn: ConnInfo,
-    router: Arc<ArcSwap<AddressRouter>>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-) where
+async fn serve_http<I>(io: I, conn: ConnInfo, served: Served)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Served {
+        router,
+        builder,
+        limits,
+        watcher,
+        permit,
+    } = served;
+    let state = Arc::new(ConnState::default());
+    let io = TimedIo::new(io, state.clone(), &limits.limits);
     let service = service_fn(move |req: http::Request<Incoming>| {
         let router = router.clone();
+        let in_flight = state.begin();
+        let state = state.clone();
         async move {
             let req = req.map(body::boxed);
             // One config for the whole request, even if a reload
             // lands meanwhile.
             let router = router.load_full();
-            Ok::<_, Infallible>(router.handle(req, conn).await)
+            let response = router.handle(req, conn).await;
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                state.upgraded();
+            }
+            // The request counts as in flight until its body is sent.
+            Ok::<_, Infallible>(response.map(|b| body::boxed(Guarded::new(b, in_flight))))
         }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(client = %conn.client, error = %err, "connection ended with an error");
     }
+    drop(permit);
 }
 
 /// Whether the client's first byte is a TLS handshake record (0x16).

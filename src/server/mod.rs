@@ -2,6 +2,7 @@
 //! their chains, and stop gracefully.
 
 pub mod access_log;
+mod limits;
 mod listener;
 pub mod redirect;
 pub mod router;
@@ -73,6 +74,8 @@ struct Shared {
     stop_admin: watch::Sender<bool>,
     /// The site file, for reloads.
     path: Option<std::path::PathBuf>,
+    /// `global { limits }`: fixed at start, shared by every listener.
+    limits: Arc<limits::ConnLimits>,
 }
 
 /// A server that is accepting connections.
@@ -221,8 +224,14 @@ impl Shared {
                         continue;
                     };
                     let (_, tcp) = fresh.swap_remove(index);
-                    let handle =
-                        spawn_listener(&mut state.accept_loops, addr, tcp, router, &graceful)?;
+                    let handle = spawn_listener(
+                        &mut state.accept_loops,
+                        addr,
+                        tcp,
+                        router,
+                        &graceful,
+                        &self.limits,
+                    )?;
                     state.listeners.push(handle);
                 }
             }
@@ -355,6 +364,7 @@ fn spawn_listener(
     tcp: tokio::net::TcpListener,
     router: AddressRouter,
     graceful: &Arc<GracefulShutdown>,
+    limits: &Arc<limits::ConnLimits>,
 ) -> Result<ListenerHandle, StartError> {
     let local = tcp.local_addr().map_err(|source| StartError::Bind {
         addr: configured,
@@ -366,6 +376,7 @@ fn spawn_listener(
     let listener = Listener {
         tcp,
         router: router.clone(),
+        limits: limits.clone(),
     };
     let graceful = graceful.clone();
     accept_loops.spawn(async move { listener.serve(stop_rx, move || graceful.watcher()).await });
@@ -409,6 +420,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut accept_loops = JoinSet::new();
     let mut listeners = Vec::new();
     let redirect_ports = built.redirect_ports;
+    let limits = limits::ConnLimits::new(config.global.limits);
     for ((addr, router), tcp) in built.routers.into_iter().zip(bound_sockets) {
         listeners.push(spawn_listener(
             &mut accept_loops,
@@ -416,6 +428,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             tcp,
             router,
             &graceful,
+            &limits,
         )?);
     }
     point_redirects(&redirect_ports, &listeners);
@@ -432,6 +445,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         stop_admin,
         path: config.path.clone(),
+        limits,
     });
     let admin = match &config.global.admin {
         Some(admin) => {

@@ -1,0 +1,259 @@
+//! `global { limits { … } }` on every connection: how many connections are
+//! served at once, how long a client may take to send a request head
+//! (slowloris), and how long a keep-alive connection may sit idle.
+//!
+//! hyper's own header timer also runs while a keep-alive connection waits
+//! for its next request, so it would make `read_header_timeout` the idle
+//! timeout too. Instead, each connection's I/O goes through [`TimedIo`],
+//! which knows from the service whether a request is being served:
+//!
+//! - no request in flight and no bytes of a new one: idle, closed after
+//!   `idle_timeout` without reads or writes;
+//! - the first bytes of a new HTTP/1 request arrived but its head is not
+//!   complete: closed with a 408 after `read_header_timeout`;
+//! - a request being served (until its response body is done), an HTTP/2
+//!   stream open, or an upgraded connection (WebSocket): no timer here.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
+
+use crate::config::Limits;
+
+/// The limits, and the connection count they cap, shared by every listener.
+pub struct ConnLimits {
+    pub limits: Limits,
+    connections: Arc<Semaphore>,
+}
+
+impl ConnLimits {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(ConnLimits {
+            limits,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+        })
+    }
+
+    /// Waits for room for one more connection: at the limit the listener
+    /// stops accepting (clients wait in the kernel's backlog) until one
+    /// closes.
+    pub async fn admit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection semaphore is never closed")
+    }
+}
+
+/// What the service tells the connection's I/O about requests.
+#[derive(Default)]
+pub struct ConnState {
+    /// Requests started on this connection, ever.
+    started: AtomicU64,
+    /// Requests whose response is not finished.
+    in_flight: AtomicUsize,
+    /// The connection was handed over (101 Switching Protocols).
+    upgraded: AtomicBool,
+    /// The I/O's reader, to re-arm its timer when a response finishes.
+    reader: Mutex<Option<Waker>>,
+}
+
+impl ConnState {
+    /// A request reached the service; hold the guard until its response is
+    /// finished.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A request being served; dropped when its response body is done.
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let waker = self
+                .0
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// A connection's I/O with the idle and request-head timers.
+pub struct TimedIo<I> {
+    inner: I,
+    state: Arc<ConnState>,
+    read_header_timeout: Duration,
+    idle_timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    last_activity: Instant,
+    /// Whether the client speaks HTTP/2 (known from its first bytes).
+    h2: Option<bool>,
+    /// When the first bytes of a request head came, and how many requests
+    /// had started then: the head is pending while no new one started.
+    head: Option<(Instant, u64)>,
+}
+
+impl<I> TimedIo<I> {
+    pub fn new(inner: I, state: Arc<ConnState>, limits: &Limits) -> Self {
+        let now = Instant::now();
+        TimedIo {
+            inner,
+            state,
+            read_header_timeout: limits.read_header_timeout,
+            idle_timeout: limits.idle_timeout,
+            timer: Box::pin(tokio::time::sleep_until(now + limits.read_header_timeout)),
+            last_activity: now,
+            h2: None,
+            // A new connection is waiting for its first request head.
+            head: Some((now, 0)),
+        }
+    }
+
+    fn saw_bytes(&mut self, bytes: &[u8]) {
+        let now = Instant::now();
+        self.last_activity = now;
+        if self.h2.is_none() && !bytes.is_empty() {
+            let n = bytes.len().min(H2_PREFACE.len());
+            self.h2 = Some(bytes[..n] == H2_PREFACE[..n]);
+        }
+        let started = self.state.started.load(Ordering::Relaxed);
+        let idle = self.state.in_flight.load(Ordering::Acquire) == 0;
+        let head_pending = matches!(self.head, Some((_, at)) if at == started);
+        if idle && !head_pending && self.h2 == Some(false) {
+            self.head = Some((now, started));
+        }
+    }
+
+    /// When the connection is to be closed, and whether with a 408.
+    fn deadline(&mut self) -> Option<(Instant, bool)> {
+        if self.state.upgraded.load(Ordering::Relaxed)
+            || self.state.in_flight.load(Ordering::Acquire) > 0
+        {
+            return None;
+        }
+        let started = self.state.started.load(Ordering::Relaxed);
+        match self.head {
+            Some((since, at)) if at == started && self.h2 != Some(true) => {
+                Some((since + self.read_header_timeout, true))
+            }
+            _ => {
+                self.head = None;
+                Some((self.last_activity + self.idle_timeout, false))
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let this = &mut *self;
+                this.saw_bytes(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                *self.state.reader.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(cx.waker().clone());
+                let Some((deadline, during_head)) = self.deadline() else {
+                    return Poll::Pending;
+                };
+                if self.timer.deadline() != deadline {
+                    self.timer.as_mut().reset(deadline);
+                }
+                if self.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if during_head {
+                    // Best effort: the client is slow by assumption, so a
+                    // full socket buffer just means no 408.
+                    let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT);
+                    tracing::debug!("request head not complete in time; closing with 408");
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not complete in time",
+                    )))
+                } else {
+                    tracing::debug!("keep-alive connection idle; closing");
+                    // End of stream: hyper closes an idle connection quietly.
+                    Poll::Ready(Ok(()))
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                self.last_activity = Instant::now();
+            }
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                self.last_activity = Instant::now();
+            }
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
