@@ -180,3 +180,53 @@ async fn max_header_size_sets_the_431_threshold() {
     let outcome = raw::exchange(running.addr(), &request).await;
     assert_eq!(outcome.status(), Some(200), "{}", outcome.text());
 }
+
+/// A site whose route caps the body, then mirrors, then proxies.
+fn capped_site(max_size: &str, shadow: &Backend, primary: &Backend) -> String {
+    format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    request_body max_size={max_size:?}\n    mirror {:?}\n    reverse_proxy {:?}\n  }}\n}}\n",
+        shadow.url(),
+        primary.url()
+    )
+}
+
+#[tokio::test]
+async fn request_body_over_max_size_gets_413_early_when_the_length_says_so() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&capped_site("1KiB", &shadow, &primary)).await;
+    let req = common::client::req("POST", &format!("{}/up", base_url(&running)))
+        .body(common::client::full(vec![b'x'; 2048]))
+        .unwrap();
+    let resp = Client::http1().send(req).await.expect("response");
+    assert_eq!(resp.status, 413);
+    assert_eq!(primary.count(), 0);
+    shadow.assert_stays_at(0, Duration::from_millis(100)).await;
+    // At the limit is fine, byte for byte.
+    let body = common::random_bytes(1024, 9);
+    let req = common::client::req("POST", &format!("{}/up", base_url(&running)))
+        .body(common::client::full(body.clone()))
+        .unwrap();
+    let resp = Client::http1().send(req).await.expect("response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(primary.wait_for(1).await[0].body.as_ref(), body.as_slice());
+    assert_eq!(shadow.wait_for(1).await[0].body.as_ref(), body.as_slice());
+}
+
+#[tokio::test]
+async fn a_chunked_body_passing_max_size_gets_413_and_no_copy() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&capped_site("1KiB", &shadow, &primary)).await;
+    let pieces = (0..4)
+        .map(|_| bytes::Bytes::from(vec![b'y'; 512]))
+        .collect();
+    let req = common::client::req("POST", &format!("{}/stream", base_url(&running)))
+        .body(common::client::chunks(pieces))
+        .unwrap();
+    let resp = Client::http1().send(req).await.expect("response");
+    assert_eq!(resp.status, 413);
+    // No complete request reached either side.
+    shadow.assert_stays_at(0, Duration::from_millis(100)).await;
+    assert!(primary.requests().iter().all(|r| r.body.len() <= 1024));
+}

@@ -270,7 +270,9 @@ impl ReverseProxy {
                 parts.headers.insert(header::HOST, host.clone());
             }
         }
-        self.config.header_up.apply(&mut parts.headers, vars.as_ref());
+        self.config
+            .header_up
+            .apply(&mut parts.headers, vars.as_ref());
         parts.version = Version::HTTP_11;
         Prepared {
             parts,
@@ -358,6 +360,9 @@ impl ReverseProxy {
                     tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream unreachable");
                     failure = Failure::BadGateway;
                 }
+                Ok(Err(err)) if body::is_too_large(&err) => {
+                    return super::request_body::too_large();
+                }
                 Ok(Err(err)) => {
                     tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream failed before answering");
                     failure = Failure::BadGateway;
@@ -426,7 +431,6 @@ impl Terminal for ReverseProxy {
         Box::pin(self.forward(req))
     }
 }
-
 
 /// Keeps an upstream's in-flight count up until the response is done.
 struct ActiveGuard(Arc<Upstream>);

@@ -6,6 +6,23 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body passed the `request_body` limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body too large")]
+pub struct BodyTooLarge;
+
+/// Whether `err` (or any error under it) is a [`BodyTooLarge`].
+pub fn is_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 /// A streamed body. `Unsync` because hyper only needs `Send`, and it lets a
 /// handler wrap a body that is not `Sync` (such as a tee).
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;

@@ -100,6 +100,14 @@ impl AddressRouter {
     }
 
     pub async fn handle(&self, mut req: Request, conn: ConnInfo) -> Response {
+        if let Err(why) = check_host(&req) {
+            let mut response = plain(StatusCode::BAD_REQUEST, why);
+            // The request was malformed: do not trust the rest of the stream.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
         let Some(site) = self.site_for(&req) else {
             return plain(
                 StatusCode::NOT_FOUND,
@@ -114,6 +122,37 @@ impl AddressRouter {
         let response = site.handle(req).await;
         log.wrap(entry, response)
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, unless
+/// its target is in absolute form (whose authority then wins); and a `Host`
+/// must be a valid authority. Checked before any handler sees the request,
+/// so neither an upstream nor a shadow gets one that fails.
+fn check_host(req: &Request) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err("400 Bad Request: more than one Host header\n");
+    }
+    match first {
+        // Empty is allowed: a target with no authority (RFC 9112 §3.2).
+        Some(host) if host.is_empty() => {}
+        Some(host) => {
+            let valid = std::str::from_utf8(host.as_bytes())
+                .ok()
+                .filter(|h| !h.contains('@'))
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .is_some();
+            if !valid {
+                return Err("400 Bad Request: the Host header is not a host[:port]\n");
+            }
+        }
+        None if req.version() == http::Version::HTTP_11 && req.uri().authority().is_none() => {
+            return Err("400 Bad Request: an HTTP/1.1 request needs a Host header\n");
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// The request's host name, lower case, without port: from the URI's

@@ -1,0 +1,121 @@
+//! `request_body max_size="10MiB"`: caps the request body. A request whose
+//! `Content-Length` is over the limit gets 413 at once, before anything is
+//! read or sent on; a body without a length is cut off when it passes the
+//! limit, and `reverse_proxy` answers that with 413 too.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, StatusCode};
+use http_body::{Frame, SizeHint};
+use kdl::KdlNode;
+
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
+use crate::config::reader::{name_span, Reader};
+use crate::config::value;
+use crate::config::Problem;
+use crate::http::body::BodyTooLarge;
+use crate::http::{body, BoxError, Request, Response};
+
+pub static KIND: HandlerKind = HandlerKind::Middleware {
+    name: "request_body",
+    decode,
+};
+
+#[derive(Debug, Clone)]
+pub struct RequestBody {
+    max_size: u64,
+}
+
+fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
+    r.no_children(node);
+    r.known_properties(node, &["max_size"]);
+    r.args_only(node, 0, "max_size=, as in request_body max_size=\"10MiB\"")?;
+    let Some(entry) = node.entry("max_size") else {
+        r.push(
+            Problem::error(name_span(node), "`request_body` needs max_size=")
+                .label("no limit given")
+                .help("write request_body max_size=\"10MiB\""),
+        );
+        return None;
+    };
+    let max_size = r.check(value::size(entry))?;
+    Some(Box::new(RequestBody { max_size }))
+}
+
+impl MiddlewareConfig for RequestBody {
+    fn build(&self, _: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError> {
+        Ok(Arc::new(self.clone()))
+    }
+}
+
+impl Middleware for RequestBody {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_size) {
+            return Box::pin(std::future::ready(too_large()));
+        }
+        let req = req.map(|inner| {
+            body::boxed(Limited {
+                inner,
+                left: self.max_size,
+            })
+        });
+        next.run(req)
+    }
+}
+
+pub fn too_large() -> Response {
+    let mut response = Response::new(body::full("request body too large\n"));
+    *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // The rest of the body is not read: the connection cannot be reused.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
+}
+
+/// A body that fails with [`BodyTooLarge`] once it passes the limit.
+struct Limited {
+    inner: body::Body,
+    left: u64,
+}
+
+impl http_body::Body for Limited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                match self.left.checked_sub(data.len() as u64) {
+                    Some(left) => self.left = left,
+                    None => return Poll::Ready(Some(Err(Box::new(BodyTooLarge)))),
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
