@@ -162,7 +162,7 @@ impl Admin {
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.contains("application/json"));
                 let (response, changed) =
-                    targets::handle(&self.mirrors, &self.allow, method, &query, wants_json);
+                    targets::handle(&self.mirrors, &self.allow, method, &query, wants_json).await;
                 match (&self.state, changed) {
                     (Some(state), true) => match state.save(&self.mirrors) {
                         Ok(()) => response,

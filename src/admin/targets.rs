@@ -1,11 +1,13 @@
 //! `/targets`: list, add and remove a mirror's targets at runtime.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
 use super::{not_allowed, text, AdminResponse};
 use crate::config::value::UpstreamUrl;
+use crate::http::target_guard;
 use crate::mirror::{Mirror, MirrorRegistry};
 
 /// `allow_target` patterns: `*` stands for any run of characters, matched
@@ -21,6 +23,66 @@ impl TargetPatterns {
         let text = format!("{}://{}", url.scheme, url.host_port());
         self.0.is_empty() || self.0.iter().any(|p| glob(p, &text))
     }
+
+    /// Whether a pattern names `ip` itself (no wildcard in its host), which
+    /// is what lets a target reach an address the guard refuses.
+    fn names_address(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|pattern| {
+            let rest = pattern
+                .split_once("://")
+                .map_or(pattern.as_str(), |(_, r)| r);
+            let host = match rest.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default(),
+                None => rest.rsplit_once(':').map_or(rest, |(h, _)| h),
+            };
+            !host.contains('*') && host.parse::<IpAddr>().ok() == Some(ip)
+        })
+    }
+}
+
+/// The most targets one mirror may have.
+pub const MAX_TARGETS: usize = 1000;
+
+/// Checks where a new target would send copies: its host's form, and every
+/// address it resolves to now (copies check names again when connecting).
+async fn check_destination(url: &UpstreamUrl, allow: &TargetPatterns) -> Result<(), Refusal> {
+    let host = url.authority.host();
+    target_guard::check_host_form(host)
+        .map_err(|why| refuse(StatusCode::BAD_REQUEST, format!("{why}\n")))?;
+    let port = url
+        .authority
+        .port_u16()
+        .unwrap_or(match url.scheme.as_str() {
+            "https" => 443,
+            _ => 80,
+        });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<IpAddr> = match bare.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|e| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot resolve {host}: {e}\n"),
+                )
+            })?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    for ip in addrs {
+        if let Some(why) = target_guard::refused_ip(ip) {
+            if !allow.names_address(ip) {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{url} goes to {ip}, {why}; only an allow_target pattern naming {ip} itself allows that\n"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn glob(pattern: &str, text: &str) -> bool {
@@ -127,7 +189,7 @@ fn list_or_none(names: &[&str]) -> String {
 }
 
 /// Answers a `/targets` call; `true` when the target set changed.
-pub fn handle(
+pub async fn handle(
     registry: &MirrorRegistry,
     allow: &TargetPatterns,
     method: &Method,
@@ -144,7 +206,7 @@ pub fn handle(
     };
     let changed = match *method {
         Method::GET | Method::HEAD => return (list(&mirror, json), false),
-        Method::PUT | Method::POST => add(&mirror, allow, &params.urls),
+        Method::PUT | Method::POST => add(&mirror, allow, &params.urls).await,
         Method::DELETE => remove(&mirror, &params.urls),
         _ => return (not_allowed("GET, PUT, DELETE"), false),
     };
@@ -222,9 +284,23 @@ fn parse_all(urls: &[String]) -> Result<Vec<UpstreamUrl>, Refusal> {
     Ok(parsed)
 }
 
-fn add(mirror: &Mirror, allow: &TargetPatterns, urls: &[String]) -> Result<AdminResponse, Refusal> {
+async fn add(
+    mirror: &Mirror,
+    allow: &TargetPatterns,
+    urls: &[String],
+) -> Result<AdminResponse, Refusal> {
     let urls = parse_all(urls)?;
     let current = mirror.targets();
+    if current.len() + urls.len() > MAX_TARGETS {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "{} has {} targets; a mirror has at most {MAX_TARGETS}\n",
+                mirror.label(),
+                current.len()
+            ),
+        ));
+    }
     for url in &urls {
         if !allow.allows(url) {
             return Err(refuse(
@@ -232,6 +308,7 @@ fn add(mirror: &Mirror, allow: &TargetPatterns, urls: &[String]) -> Result<Admin
                 format!("{url} matches no allow_target pattern\n"),
             ));
         }
+        check_destination(url, allow).await?;
         if current.iter().any(|t| t.url() == url) {
             return Err(refuse(
                 StatusCode::CONFLICT,

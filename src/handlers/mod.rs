@@ -28,7 +28,15 @@ macro_rules! handlers {
     };
 }
 
-handlers![respond, reverse_proxy, header, rewrite, mirror, record, request_body];
+handlers![
+    respond,
+    reverse_proxy,
+    header,
+    rewrite,
+    mirror,
+    record,
+    request_body
+];
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

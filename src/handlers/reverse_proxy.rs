@@ -177,7 +177,7 @@ impl ReverseProxy {
     fn new(config: ReverseProxyConfig, cx: &BuildContext) -> Result<Self, BuildError> {
         let connector = config
             .tls
-            .connector(&cx.base_dir, config.connect_timeout)
+            .connector(&cx.base_dir, config.connect_timeout, false)
             .map_err(BuildError)?;
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(Duration::from_secs(90));
@@ -362,6 +362,14 @@ impl ReverseProxy {
                 }
                 Ok(Err(err)) if body::is_too_large(&err) => {
                     return super::request_body::too_large();
+                }
+                Ok(Err(err)) if body::is_client_body_error(&err) => {
+                    tracing::debug!(route = %self.route, error = %crate::http::error_chain(&err), "the client's body failed");
+                    let mut response = error_response(StatusCode::BAD_REQUEST);
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return response;
                 }
                 Ok(Err(err)) => {
                     tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream failed before answering");

@@ -11,11 +11,26 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body too large")]
 pub struct BodyTooLarge;
 
+/// The client's request body failed: malformed framing, or the client
+/// went away mid-body. Not an upstream's fault.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// Whether `err` (or any error under it) is a [`BodyTooLarge`].
 pub fn is_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<BodyTooLarge>(err)
+}
+
+/// Whether `err` (or any error under it) is a [`ClientBodyError`].
+pub fn is_client_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<ClientBodyError>(err)
+}
+
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(err);
     while let Some(e) = current {
-        if e.is::<BodyTooLarge>() {
+        if e.is::<E>() {
             return true;
         }
         current = e.source();

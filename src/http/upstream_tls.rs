@@ -14,10 +14,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 
+use super::target_guard::Resolver;
 use crate::config::reader::{Options, Reader};
 use crate::config::{value, Problem};
 
-pub type Connector = HttpsConnector<HttpConnector>;
+pub type Connector = HttpsConnector<HttpConnector<Resolver>>;
 
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamTls {
@@ -64,12 +65,15 @@ impl UpstreamTls {
     /// A connector that speaks plain HTTP to `http://` and TLS to
     /// `https://` URLs; over TLS it offers HTTP/2 and HTTP/1.1 by ALPN and
     /// the client follows the upstream's choice.
+    /// With `guard`, names are resolved without the addresses copies may
+    /// not go to (see [`super::target_guard`]).
     pub fn connector(
         &self,
         base_dir: &Path,
         connect_timeout: Duration,
+        guard: bool,
     ) -> Result<Connector, String> {
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(Resolver::new(guard));
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.enforce_http(false);

@@ -116,7 +116,9 @@ impl Mirror {
         label: String,
         base_dir: &std::path::Path,
     ) -> Result<Arc<Mirror>, String> {
-        let connector = options.tls.connector(base_dir, options.targets.timeout)?;
+        let connector = options
+            .tls
+            .connector(base_dir, options.targets.timeout, true)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(options.targets.concurrency)

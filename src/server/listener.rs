@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -179,7 +180,7 @@ where
         let in_flight = state.begin();
         let state = state.clone();
         async move {
-            let req = req.map(body::boxed);
+            let req = req.map(|b| body::boxed(b.map_err(body::ClientBodyError)));
             // One config for the whole request, even if a reload
             // lands meanwhile.
             let router = router.load_full();

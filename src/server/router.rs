@@ -100,12 +100,21 @@ impl AddressRouter {
     }
 
     pub async fn handle(&self, mut req: Request, conn: ConnInfo) -> Response {
-        if let Err(why) = check_host(&req) {
-            let mut response = plain(StatusCode::BAD_REQUEST, why);
+        if let Err((status, why)) = check_request(&req) {
+            let mut response = plain(status, why);
             // The request was malformed: do not trust the rest of the stream.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        if req.method() == http::Method::OPTIONS && req.uri() == "*" {
+            // Asterisk-form asks about the server itself (RFC 9110 §9.3.7).
+            let mut response = plain(StatusCode::OK, "");
+            response.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
             return response;
         }
         let Some(site) = self.site_for(&req) else {
@@ -124,10 +133,67 @@ impl AddressRouter {
     }
 }
 
+type Refusal = (StatusCode, &'static str);
+
+/// What hyper accepts but a reverse proxy must not pass on. Checked before
+/// any handler sees the request, so neither an upstream nor a shadow gets
+/// one that fails.
+fn check_request(req: &Request) -> Result<(), Refusal> {
+    let bad = |why| Err((StatusCode::BAD_REQUEST, why));
+    // Authority-form (`CONNECT host:port`, or `GET x` read as one) names
+    // no resource here: teebox is no forward proxy.
+    if req.uri().scheme().is_none() && req.uri().authority().is_some() {
+        return match *req.method() {
+            http::Method::CONNECT => Err((
+                StatusCode::METHOD_NOT_ALLOWED,
+                "405 Method Not Allowed: CONNECT is not served here\n",
+            )),
+            _ => bad("400 Bad Request: the request target must start with /\n"),
+        };
+    }
+    check_transfer_coding(req)?;
+    check_host(req).or_else(bad)
+}
+
+/// hyper decodes the final `chunked` and passes any other coding on without
+/// decoding it; teebox implements none, so it says so (RFC 9112 §6.1: 501).
+/// `chunked` twice is malformed (§7.1).
+fn check_transfer_coding(req: &Request) -> Result<(), Refusal> {
+    let mut codings = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    let Some(first) = codings.next() else {
+        return Ok(());
+    };
+    let mut chunked = usize::from(first.eq_ignore_ascii_case("chunked"));
+    let mut other = chunked == 0;
+    for coding in codings {
+        if coding.eq_ignore_ascii_case("chunked") {
+            chunked += 1;
+        } else {
+            other = true;
+        }
+    }
+    match (chunked, other) {
+        (1, false) => Ok(()),
+        (0 | 1, true) => Err((
+            StatusCode::NOT_IMPLEMENTED,
+            "501 Not Implemented: only the chunked transfer coding is supported\n",
+        )),
+        _ => Err((
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: chunked applied more than once\n",
+        )),
+    }
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, unless
 /// its target is in absolute form (whose authority then wins); and a `Host`
-/// must be a valid authority. Checked before any handler sees the request,
-/// so neither an upstream nor a shadow gets one that fails.
+/// must be a valid authority.
 fn check_host(req: &Request) -> Result<(), &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
