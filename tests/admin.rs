@@ -694,3 +694,112 @@ async fn compare_results_are_published() {
     assert_eq!(listed[0]["compare"]["match"], 2);
     assert_eq!(listed[0]["compare"]["body_differs"], 1);
 }
+
+#[tokio::test]
+async fn runtime_targets_cannot_point_at_internal_or_odd_addresses() {
+    // No allow_target: any http(s) URL passes the patterns, so only the
+    // destination guard stands between a caller and these addresses.
+    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let running = start(&site).await;
+    let cases: &[(&str, u16, &str)] = &[
+        ("http://2130706433:80", 400, "numeric host"),
+        ("http://0177.0.0.1:80", 400, "numeric host"),
+        ("http://0x7f.1:80", 400, "numeric host"),
+        ("http://127.1:80", 400, "numeric host"),
+        ("http://user:pw@127.0.0.1:80", 400, "user information"),
+        ("gopher://127.0.0.1:70", 400, "scheme"),
+        ("http://169.254.169.254:80", 403, "metadata"),
+        ("http://[fd00:ec2::254]:80", 403, "metadata"),
+        ("http://169.254.10.1:80", 403, "link-local"),
+        ("http://[fe80::1]:80", 403, "link-local"),
+        ("http://0.0.0.0:80", 403, "unspecified"),
+        ("http://[::]:80", 403, "unspecified"),
+        ("http://224.0.0.1:80", 403, "multicast"),
+        ("http://255.255.255.255:80", 403, "broadcast"),
+    ];
+    let mut failures = Vec::new();
+    for (url, status, reason) in cases {
+        let resp = put(&running, &format!("mirror=m&url={url}")).await;
+        if resp.status != *status || !resp.text().contains(reason) {
+            failures.push(format!("{url}: {} {:?}", resp.status, resp.text()));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(running.mirrors()[0].targets().is_empty());
+    // A plain address still works.
+    assert_eq!(
+        put(&running, "mirror=m&url=http://127.0.0.1:9")
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_allow_target_naming_the_address_lets_it_through() {
+    let site = admin_site(
+        "allow_target \"http://169.254.169.254:*\" \"http://127.0.0.1:*\"",
+        "mirror { name \"m\"; }\nrespond 200",
+    );
+    let running = start(&site).await;
+    assert_eq!(
+        put(&running, "mirror=m&url=http://169.254.169.254:80")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        put(&running, "mirror=m&url=http://169.254.169.253:80")
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn a_mirror_takes_at_most_1000_targets() {
+    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let running = start(&site).await;
+    let query: String = (0..1001)
+        .map(|i| format!("&url=http://127.0.0.1:{}", 10_000 + i))
+        .collect();
+    let resp = put(&running, &format!("mirror=m{query}")).await;
+    assert_eq!(resp.status, 409, "{}", resp.text());
+    assert!(resp.text().contains("at most 1000"));
+    assert!(running.mirrors()[0].targets().is_empty());
+}
+
+#[tokio::test]
+async fn foreign_hosts_origins_and_bodies_are_refused() {
+    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let running = start(&site).await;
+    let client = Client::http1();
+    let send = |method: &str, headers: &[(&str, &str)], body: Vec<u8>| {
+        let mut builder = client::req(
+            method,
+            &admin_url(&running, "/targets?mirror=m&url=http://127.0.0.1:9"),
+        );
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        client.send(builder.body(client::full(body)).unwrap())
+    };
+    // DNS rebinding: the page's own name in Host.
+    let resp = send("GET", &[("host", "attacker.example:2019")], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 403);
+    // A state change from another origin's page.
+    let resp = send("PUT", &[("origin", "http://attacker.example")], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 403);
+    assert!(running.mirrors()[0].targets().is_empty());
+    // A body the endpoint never needs.
+    let resp = send("PUT", &[], vec![b'x'; 100 * 1024]).await.unwrap();
+    assert_eq!(resp.status, 413);
+    assert!(running.mirrors()[0].targets().is_empty());
+    // The same call, properly made, works.
+    let resp = send("PUT", &[], Vec::new()).await.unwrap();
+    assert_eq!(resp.status, 200);
+}

@@ -56,19 +56,17 @@ impl Users {
         self.hashes.is_empty()
     }
 
-    /// Whether the request carries the credentials of a known user. Slow by
-    /// design (bcrypt): call it off the async threads.
-    pub fn admits(&self, headers: &HeaderMap) -> bool {
-        let Some((name, password)) = basic_credentials(headers) else {
-            return false;
-        };
+    /// The known user whose credentials the request carries, if any. Slow
+    /// by design (bcrypt): call it off the async threads.
+    pub fn admits(&self, headers: &HeaderMap) -> Option<String> {
+        let (name, password) = basic_credentials(headers)?;
         let (hash, known) = match self.hashes.get(&name) {
             Some(hash) => (hash.as_str(), true),
             None => (self.decoy.as_str(), false),
         };
         // bcrypt compares in constant time; the decoy keeps the time the
         // same for unknown names.
-        bcrypt::verify(password, hash).unwrap_or(false) && known
+        (bcrypt::verify(password, hash).unwrap_or(false) && known).then_some(name)
     }
 }
 
@@ -117,10 +115,13 @@ mod tests {
     fn checks_credentials() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let users = Users::load(&[("ops".into(), hash)], None).unwrap();
-        assert!(users.admits(&basic("ops", "s3cret")));
-        assert!(!users.admits(&basic("ops", "wrong")));
-        assert!(!users.admits(&basic("eve", "s3cret")));
-        assert!(!users.admits(&HeaderMap::new()));
+        assert_eq!(
+            users.admits(&basic("ops", "s3cret")).as_deref(),
+            Some("ops")
+        );
+        assert_eq!(users.admits(&basic("ops", "wrong")), None);
+        assert_eq!(users.admits(&basic("eve", "s3cret")), None);
+        assert_eq!(users.admits(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! request needs HTTP Basic credentials.
 
 pub mod auth;
+mod guard;
 pub mod metrics;
 pub mod state;
 mod targets;
@@ -40,6 +41,7 @@ pub trait Reload: Send + Sync {
 
 pub struct Admin {
     reload: Arc<dyn Reload>,
+    throttle: guard::Throttle,
     metrics: crate::metrics::MetricsRegistry,
     users: Users,
     allow: TargetPatterns,
@@ -80,6 +82,7 @@ impl Admin {
         }
         Ok(Admin {
             reload,
+            throttle: guard::Throttle::default(),
             metrics,
             users,
             allow: TargetPatterns::new(&config.allow_target),
@@ -102,18 +105,23 @@ impl Admin {
             .map_err(|source| AdminError::Bind { addr, source })?;
         tracing::info!(address = %local, "admin endpoint listening");
         let admin = Arc::new(self);
+        let origins = Arc::new(guard::Origins::new(local));
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     _ = stop.wait_for(|stop| *stop) => return,
                 };
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else {
+                    continue;
+                };
                 let admin = admin.clone();
+                let origins = origins.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: http::Request<Incoming>| {
                         let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                        let origins = origins.clone();
+                        async move { Ok::<_, Infallible>(admin.handle(req, peer.ip(), &origins).await) }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -124,15 +132,39 @@ impl Admin {
         Ok(local)
     }
 
-    async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> AdminResponse {
+    async fn handle(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        client: std::net::IpAddr,
+        origins: &guard::Origins,
+    ) -> AdminResponse {
+        if let Err(why) = origins.check(req.method(), req.headers()) {
+            tracing::warn!(%client, method = %req.method(), path = req.uri().path(), "admin call refused: {}", why.trim_end());
+            return text(StatusCode::FORBIDDEN, why);
+        }
+        if let Some(status) = guard::body_too_large(req.headers()) {
+            return text(status, "admin calls take no body over 64 KiB\n");
+        }
+        let mut user = None;
         if !self.users.is_empty() {
+            let delay = self.throttle.delay(client);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let admin = self.clone();
             let headers = req.headers().clone();
             // bcrypt is slow on purpose: keep it off the async threads.
-            let admitted = tokio::task::spawn_blocking(move || admin.users.admits(&headers))
+            user = tokio::task::spawn_blocking(move || admin.users.admits(&headers))
                 .await
-                .unwrap_or(false);
-            if !admitted {
+                .unwrap_or(None);
+            match &user {
+                Some(_) => self.throttle.succeeded(client),
+                None => {
+                    self.throttle.failed(client);
+                    tracing::warn!(%client, "admin login failed");
+                }
+            }
+            if user.is_none() {
                 let mut response = text(StatusCode::UNAUTHORIZED, "credentials required\n");
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -161,8 +193,13 @@ impl Admin {
                     .get(header::ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.contains("application/json"));
+                let who = targets::Caller {
+                    user: user.as_deref().unwrap_or("-"),
+                    client,
+                };
                 let (response, changed) =
-                    targets::handle(&self.mirrors, &self.allow, method, &query, wants_json).await;
+                    targets::handle(&self.mirrors, &self.allow, method, &query, wants_json, &who)
+                        .await;
                 match (&self.state, changed) {
                     (Some(state), true) => match state.save(&self.mirrors) {
                         Ok(()) => response,
@@ -177,7 +214,10 @@ impl Admin {
                     _ => response,
                 }
             }
-            ("/reload", &Method::POST) => match self.reload.reload().await {
+            ("/reload", &Method::POST) => match {
+                tracing::info!(user = user.as_deref().unwrap_or("-"), %client, action = "reload", "admin change");
+                self.reload.reload().await
+            } {
                 Ok(0) => text(StatusCode::OK, "reloaded\n"),
                 Ok(n) => text(
                     StatusCode::OK,

@@ -188,6 +188,12 @@ fn list_or_none(names: &[&str]) -> String {
     }
 }
 
+/// Who is calling, for the log line every change writes.
+pub struct Caller<'a> {
+    pub user: &'a str,
+    pub client: IpAddr,
+}
+
 /// Answers a `/targets` call; `true` when the target set changed.
 pub async fn handle(
     registry: &MirrorRegistry,
@@ -195,6 +201,7 @@ pub async fn handle(
     method: &Method,
     query: &str,
     json: bool,
+    who: &Caller<'_>,
 ) -> (AdminResponse, bool) {
     let params = match params(query) {
         Ok(p) => p,
@@ -206,8 +213,8 @@ pub async fn handle(
     };
     let changed = match *method {
         Method::GET | Method::HEAD => return (list(&mirror, json), false),
-        Method::PUT | Method::POST => add(&mirror, allow, &params.urls).await,
-        Method::DELETE => remove(&mirror, &params.urls),
+        Method::PUT | Method::POST => add(&mirror, allow, &params.urls, who).await,
+        Method::DELETE => remove(&mirror, &params.urls, who),
         _ => return (not_allowed("GET, PUT, DELETE"), false),
     };
     match changed {
@@ -288,6 +295,7 @@ async fn add(
     mirror: &Mirror,
     allow: &TargetPatterns,
     urls: &[String],
+    who: &Caller<'_>,
 ) -> Result<AdminResponse, Refusal> {
     let urls = parse_all(urls)?;
     let current = mirror.targets();
@@ -320,14 +328,14 @@ async fn add(
     for url in urls {
         let shown = url.to_string();
         if mirror.add_target(url) {
-            tracing::info!(mirror = %mirror.label(), target_url = %shown, "target added");
+            tracing::info!(user = who.user, client = %who.client, action = "add", mirror = %mirror.label(), target_url = %shown, "admin change: target added");
             body.push_str(&format!("added {shown}\n"));
         }
     }
     Ok(text(StatusCode::OK, body))
 }
 
-fn remove(mirror: &Mirror, urls: &[String]) -> Result<AdminResponse, Refusal> {
+fn remove(mirror: &Mirror, urls: &[String], who: &Caller<'_>) -> Result<AdminResponse, Refusal> {
     let urls = parse_all(urls)?;
     let current = mirror.targets();
     if let Some(missing) = urls.iter().find(|u| !current.iter().any(|t| t.url() == *u)) {
@@ -339,7 +347,7 @@ fn remove(mirror: &Mirror, urls: &[String]) -> Result<AdminResponse, Refusal> {
     let mut body = String::new();
     for url in urls {
         if mirror.remove_target(&url) {
-            tracing::info!(mirror = %mirror.label(), target_url = %url, "target removed");
+            tracing::info!(user = who.user, client = %who.client, action = "remove", mirror = %mirror.label(), target_url = %url, "admin change: target removed");
             body.push_str(&format!("removed {url}\n"));
         }
     }
