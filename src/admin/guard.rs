@@ -42,7 +42,7 @@ impl Origins {
 
     fn names_us(&self, host_port: &str) -> bool {
         let host_port = host_port.to_ascii_lowercase();
-        self.hosts.iter().any(|h| *h == host_port)
+        self.hosts.contains(&host_port)
     }
 
     /// `Err` with the reason when the request must be refused with 403.

@@ -132,6 +132,15 @@ impl Admin {
         Ok(local)
     }
 
+    async fn reload_for(
+        &self,
+        user: Option<&str>,
+        client: std::net::IpAddr,
+    ) -> Result<usize, String> {
+        tracing::info!(user = user.unwrap_or("-"), %client, action = "reload", "admin change");
+        self.reload.reload().await
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: http::Request<Incoming>,
@@ -214,10 +223,7 @@ impl Admin {
                     _ => response,
                 }
             }
-            ("/reload", &Method::POST) => match {
-                tracing::info!(user = user.as_deref().unwrap_or("-"), %client, action = "reload", "admin change");
-                self.reload.reload().await
-            } {
+            ("/reload", &Method::POST) => match self.reload_for(user.as_deref(), client).await {
                 Ok(0) => text(StatusCode::OK, "reloaded\n"),
                 Ok(n) => text(
                     StatusCode::OK,
