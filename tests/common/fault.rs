@@ -111,6 +111,46 @@ impl FaultServer {
         Self::raw_reply(response).await
     }
 
+    /// Reads a request head, writes `response` as raw bytes, then resets
+    /// the connection (RST, not a clean close).
+    pub async fn raw_reply_then_reset(response: Vec<u8>) -> Self {
+        let response = Arc::new(response);
+        Self::start(move |mut stream| {
+            let response = response.clone();
+            async move {
+                if read_head(&mut stream).await.is_some() {
+                    let _ = stream.write_all(&response).await;
+                    let _ = stream.flush().await;
+                }
+                // A zero linger sends RST on drop without blocking; the
+                // deprecation warns about non-zero lingers.
+                #[allow(deprecated)]
+                let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+            }
+        })
+        .await
+    }
+
+    /// Answers every request with a chunked body that never ends (until the
+    /// peer goes away or [`TIMEOUT`] passes).
+    pub async fn endless() -> Self {
+        Self::start(|mut stream| async move {
+            if read_head(&mut stream).await.is_none() {
+                return;
+            }
+            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            if stream.write_all(head).await.is_err() {
+                return;
+            }
+            let chunk = format!("4000\r\n{}\r\n", "e".repeat(0x4000));
+            let _ = tokio::time::timeout(TIMEOUT, async {
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+            })
+            .await;
+        })
+        .await
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
