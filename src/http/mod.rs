@@ -37,6 +37,21 @@ pub fn upstream_headers(
     host
 }
 
+/// The same headers, each value in an allocation of its own. hyper's
+/// header values are slices of the connection's read buffer, which holds
+/// the request's body too: a map kept for long (a queued mirror copy)
+/// would pin that whole buffer, doubling what the copy costs.
+pub fn detached(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut owned =
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        owned.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), owned);
+    }
+    out
+}
+
 /// A `host[:port]` value without its port; an IPv6 literal keeps its
 /// brackets (`[::1]:8080` gives `[::1]`).
 pub fn host_without_port(host: &str) -> &str {

@@ -266,7 +266,8 @@ impl Comparison {
         let watched = Watched {
             inner,
             collector: Some(BodyCollector::new(self.comparer.max_body)),
-            head: Some((parts.status, parts.headers.clone())),
+            // Kept until every target answered: must not pin hyper's buffer.
+            head: Some((parts.status, crate::http::detached(&parts.headers))),
             comparison: self,
         };
         Response::from_parts(parts, body::boxed(watched))

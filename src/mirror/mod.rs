@@ -248,7 +248,8 @@ impl Mirror {
             .header_up
             .needs_vars()
             .then(|| RequestVars::of(head));
-        let mut headers = head.headers.clone();
+        // A queued copy may wait long: it must not pin hyper's read buffer.
+        let mut headers = crate::http::detached(&head.headers);
         let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
         crate::http::upstream_headers(
             &mut headers,
