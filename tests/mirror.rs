@@ -38,11 +38,11 @@ fn counts(running: &Running, index: usize) -> Counts {
 }
 
 /// Headers as the backend saw them, without those that differ by design
-/// between primary and copy (`host`).
+/// between primary and copy (`host`, and the loop marker copies carry).
 fn comparable_headers(rec: &common::Recorded) -> Vec<(String, String)> {
     rec.header_pairs()
         .into_iter()
-        .filter(|(name, _)| name != "host")
+        .filter(|(name, _)| name != "host" && name != "teebox-shadow")
         .collect()
 }
 
@@ -95,6 +95,8 @@ async fn shadow_receives_what_the_primary_receives() {
             Some(shadow.authority().as_str()),
             "a copy carries the target's Host"
         );
+        assert_eq!(c.header("teebox-shadow"), Some("1"), "copies are marked");
+        assert_eq!(p.header("teebox-shadow"), None, "the primary is not");
     }
 }
 

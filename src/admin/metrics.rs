@@ -51,6 +51,9 @@ pub fn render(mirrors: &[std::sync::Arc<Mirror>], registry: &MetricsRegistry) ->
             ("skipped_paused", c.skipped_paused),
             ("incomplete", c.incomplete),
             ("sampled_out", c.sampled_out),
+            ("skipped_method", c.skipped_method),
+            ("skipped_loop", c.skipped_loop),
+            ("rate_limited", c.rate_limited),
         ] {
             let _ = writeln!(
                 out,

@@ -244,6 +244,8 @@ fn list(mirror: &Mirror, json: bool) -> AdminResponse {
                     "timed_out": c.timed_out, "dropped": c.dropped,
                     "skipped_too_large": c.skipped_too_large, "skipped_paused": c.skipped_paused,
                     "incomplete": c.incomplete, "sampled_out": c.sampled_out, "paused": c.paused,
+                    "skipped_method": c.skipped_method, "skipped_loop": c.skipped_loop,
+                    "rate_limited": c.rate_limited,
                 },
                 "compare": mirror.compares().then(|| serde_json::json!({
                     "match": c.compare_match, "status_differs": c.compare_status,

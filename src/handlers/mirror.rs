@@ -14,6 +14,7 @@ use crate::config::Problem;
 use crate::http::{body, hop_by_hop, Request, Response};
 use crate::mirror::breaker::BreakerConfig;
 use crate::mirror::compare::CompareConfig;
+use crate::mirror::policy::Policy;
 use crate::mirror::rewrite::CopyRewrite;
 use crate::mirror::target::TargetSettings;
 use crate::mirror::tee::{Capture, Tee};
@@ -58,6 +59,9 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             ("query_remove", Repeat::Many),
             ("replace_body", Repeat::Many),
             ("compare", Repeat::Once),
+            ("methods", Repeat::Once),
+            ("marker", Repeat::Once),
+            ("max_rps", Repeat::Once),
         ],
     );
     let name = match opts.one("name") {
@@ -122,6 +126,15 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         &opts.all("query_remove"),
         &opts.all("replace_body"),
     );
+    let policy = Policy::decode(opts.one("methods"), opts.one("marker"), r);
+    let max_rps = match opts.one("max_rps") {
+        Some(n) => r
+            .value(n, "a whole number of copies a second, from 1 to 1000000", |e| {
+                value::integer(e, 1, 1_000_000)
+            })
+            .map(|n| Some(n as u32)),
+        None => Some(None),
+    };
     let compare = match opts.one("compare") {
         Some(n) => CompareConfig::decode(n, r).map(Some),
         None => Some(None),
@@ -139,6 +152,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             header_up,
             rewrite: Arc::new(rewrite?),
             compare: compare?,
+            policy: policy?,
             targets: TargetSettings {
                 concurrency: concurrency? as usize,
                 backlog: backlog? as usize,
@@ -149,6 +163,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
                     fail_after: fail_after?,
                 },
                 host: host?,
+                max_rps: max_rps?,
             },
             tls: tls?,
         },
@@ -180,6 +195,9 @@ impl Middleware for MirrorHandler {
         }
         if hop_by_hop::upgrade_protocol(req.headers()).is_some() {
             self.mirror.count_upgrade();
+            return next.run(req);
+        }
+        if self.mirror.skips(req.method(), req.headers(), &targets) {
             return next.run(req);
         }
         if !self.mirror.sampled(&targets) {

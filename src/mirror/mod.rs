@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod compare;
 pub mod copy;
+pub mod policy;
 pub mod rewrite;
 pub mod runtime;
 pub mod stats;
@@ -49,6 +50,8 @@ pub struct MirrorOptions {
     pub rewrite: Arc<rewrite::CopyRewrite>,
     /// `compare { … }`: targets' responses against the primary's.
     pub compare: Option<compare::CompareConfig>,
+    /// `methods` and `marker`: which requests are copied at all.
+    pub policy: policy::Policy,
     pub targets: TargetSettings,
     /// For `https://` targets.
     pub tls: crate::http::upstream_tls::UpstreamTls,
@@ -221,6 +224,27 @@ impl Mirror {
         bump(&self.skipped_upgrade);
     }
 
+    /// Whether the mirror's policy leaves this request uncopied (counted
+    /// per target when it does).
+    pub fn skips(
+        &self,
+        method: &http::Method,
+        headers: &HeaderMap,
+        targets: &[Arc<Target>],
+    ) -> bool {
+        let Some(skip) = self.options.policy.skips(method, headers) else {
+            return false;
+        };
+        for target in targets {
+            let stats = &target.state().stats;
+            bump(match skip {
+                policy::Skip::Method => &stats.skipped_method,
+                policy::Skip::Loop => &stats.skipped_loop,
+            });
+        }
+        true
+    }
+
     /// Decides, once per request, whether it is copied; counts it per
     /// target when it is not.
     pub fn sampled(&self, targets: &[Arc<Target>]) -> bool {
@@ -258,6 +282,7 @@ impl Mirror {
             true,
         );
         self.options.header_up.apply(&mut headers, vars.as_ref());
+        self.options.policy.mark(&mut headers);
         let origin = head
             .uri
             .path_and_query()

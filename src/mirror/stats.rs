@@ -24,6 +24,12 @@ pub struct TargetStats {
     pub incomplete: AtomicU64,
     /// Not chosen by `sample`.
     pub sampled_out: AtomicU64,
+    /// Not one of the mirror's `methods`.
+    pub skipped_method: AtomicU64,
+    /// The request was itself a copy (it carried the `marker`).
+    pub skipped_loop: AtomicU64,
+    /// Over the target's `max_rps`.
+    pub rate_limited: AtomicU64,
     /// Times the breaker paused the target.
     pub paused: AtomicU64,
     /// With `compare`: the response matched the primary's.
@@ -51,6 +57,9 @@ pub struct Counts {
     pub skipped_paused: u64,
     pub incomplete: u64,
     pub sampled_out: u64,
+    pub skipped_method: u64,
+    pub skipped_loop: u64,
+    pub rate_limited: u64,
     pub paused: u64,
     pub compare_match: u64,
     pub compare_status: u64,
@@ -72,6 +81,9 @@ impl TargetStats {
             skipped_paused: get(&self.skipped_paused),
             incomplete: get(&self.incomplete),
             sampled_out: get(&self.sampled_out),
+            skipped_method: get(&self.skipped_method),
+            skipped_loop: get(&self.skipped_loop),
+            rate_limited: get(&self.rate_limited),
             paused: get(&self.paused),
             compare_match: get(&self.compare_match),
             compare_status: get(&self.compare_status),

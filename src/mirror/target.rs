@@ -19,6 +19,7 @@ use tokio::task::AbortHandle;
 
 use super::breaker::{Admit, Breaker, BreakerConfig, Transition};
 use super::copy::{CopyBody, CopyRequest};
+use super::policy::RateLimit;
 use super::stats::{bump, TargetStats};
 use super::TargetSet;
 use crate::config::value::UpstreamUrl;
@@ -39,6 +40,8 @@ pub struct TargetSettings {
     pub breaker: BreakerConfig,
     /// `host`: the Host of copies; default the target's own authority.
     pub host: Option<HeaderValue>,
+    /// `max_rps`: copies a second at most; over it they are dropped.
+    pub max_rps: Option<u32>,
 }
 
 struct Job {
@@ -52,6 +55,7 @@ pub struct TargetState {
     pub stats: TargetStats,
     pub breaker: Breaker,
     host: HeaderValue,
+    rate: Option<RateLimit>,
     removed: AtomicBool,
     in_flight: AtomicU64,
 }
@@ -80,6 +84,7 @@ impl Target {
             stats: TargetStats::default(),
             breaker: Breaker::new(settings.breaker),
             host,
+            rate: settings.max_rps.map(RateLimit::new),
             removed: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
         });
@@ -126,6 +131,14 @@ impl Target {
             Admit::Probe => true,
             Admit::Skip => return bump(&stats.skipped_paused),
         };
+        if let Some(rate) = &self.state.rate {
+            if !rate.admit(Instant::now()) {
+                if probe {
+                    self.state.breaker.probe_lost();
+                }
+                return bump(&stats.rate_limited);
+            }
+        }
         let job = Job {
             copy: copy.clone(),
             probe,

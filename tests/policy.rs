@@ -1,0 +1,133 @@
+//! Mirror traffic policy: which requests are copied (`methods`), how many
+//! (`max_rps`), and the loop `marker` that keeps teebox from copying its
+//! own copies.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{base_url, client, eventually, start, Backend, Client};
+use teebox::server::Running;
+
+fn counts(running: &Running) -> teebox::mirror::stats::Counts {
+    running.mirrors()[0].targets()[0].state().stats.counts()
+}
+
+fn site(shadow: &Backend, options: &str) -> String {
+    format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?} {{\n{options}\n    }}\n    respond 200 \"ok\"\n  }}\n}}\n",
+        shadow.url()
+    )
+}
+
+#[tokio::test]
+async fn methods_limits_what_is_copied() {
+    let shadow = Backend::ok().await;
+    let running = start(&site(&shadow, "methods \"GET\" \"HEAD\"")).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    for method in ["GET", "POST", "HEAD", "DELETE", "GET"] {
+        let req = client::req(method, &format!("{base}/m/{method}"))
+            .body(client::full(""))
+            .unwrap();
+        assert_eq!(client.send(req).await.unwrap().status, 200);
+    }
+    let got = shadow.wait_for(3).await;
+    let mut methods: Vec<&str> = got.iter().map(|r| r.method.as_str()).collect();
+    methods.sort();
+    assert_eq!(methods, ["GET", "GET", "HEAD"]);
+    eventually("two requests counted as skipped", || {
+        counts(&running).skipped_method == 2
+    })
+    .await;
+    shadow.assert_stays_at(3, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn the_marker_stops_teebox_from_mirroring_to_itself() {
+    // One teebox whose mirror's only target, added at runtime, is itself.
+    let kdl = "global {\n  admin \"127.0.0.1:0\"\n}\nsite \"127.0.0.1:0\" {\n  route \"/*\" {\n    mirror { name \"self\"; }\n    respond 200 \"ok\"\n  }\n}\n";
+    let running = start(kdl).await;
+    let admin = running.admin_addr().expect("admin endpoint");
+    let put = client::req(
+        "PUT",
+        &format!(
+            "http://{admin}/targets?mirror=self&url=http://{}",
+            running.addr()
+        ),
+    )
+    .body(client::full(""))
+    .unwrap();
+    assert_eq!(Client::http1().send(put).await.unwrap().status, 200);
+    let resp = Client::http1()
+        .get(&format!("{}/loop", base_url(&running)))
+        .await;
+    assert_eq!(resp.status, 200);
+    // The copy arrives marked, is answered, and is not copied again.
+    eventually("the copy arrives and is not copied again", || {
+        let c = counts(&running);
+        c.succeeded == 1 && c.skipped_loop == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = counts(&running);
+    assert_eq!((c.sent, c.skipped_loop), (1, 1), "{c:?}");
+}
+
+#[tokio::test]
+async fn marker_false_sends_unmarked_copies_and_a_custom_marker_is_used() {
+    let shadow = Backend::ok().await;
+    let running = start(&site(&shadow, "marker #false")).await;
+    Client::http1()
+        .get(&format!("{}/a", base_url(&running)))
+        .await;
+    assert_eq!(shadow.wait_for(1).await[0].header("teebox-shadow"), None);
+
+    let shadow = Backend::ok().await;
+    let running = start(&site(&shadow, "marker \"X-Is-Copy\"")).await;
+    let client = Client::http1();
+    client.get(&format!("{}/b", base_url(&running))).await;
+    assert_eq!(shadow.wait_for(1).await[0].header("x-is-copy"), Some("1"));
+    // A request already carrying it is served and not copied.
+    let req = client::req("GET", &format!("{}/c", base_url(&running)))
+        .header("x-is-copy", "1")
+        .body(client::full(""))
+        .unwrap();
+    assert_eq!(client.send(req).await.unwrap().status, 200);
+    eventually("the marked request counted", || {
+        counts(&running).skipped_loop == 1
+    })
+    .await;
+    assert_eq!(shadow.count(), 1);
+}
+
+#[tokio::test]
+async fn max_rps_drops_and_counts_what_is_over_the_rate() {
+    let shadow = Backend::ok().await;
+    let running = start(&site(&shadow, "max_rps 50\nbacklog 10000\nconcurrency 16")).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    // 1000 requests spread over about two seconds.
+    let started = Instant::now();
+    for i in 0..1000u64 {
+        let due = started + Duration::from_millis(i * 2);
+        tokio::time::sleep_until(due.into()).await;
+        client.get(&format!("{base}/r/{i}")).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eventually("every copy accounted for", || {
+        let c = counts(&running);
+        c.succeeded + c.rate_limited == 1000
+    })
+    .await;
+    let c = counts(&running);
+    // A burst of a tenth of a second's worth, then 50 a second.
+    let most = 5.0 + 50.0 * seconds + 1.0;
+    assert!(
+        c.succeeded as f64 <= most,
+        "{} copies in {seconds:.2}s",
+        c.succeeded
+    );
+    assert!(c.succeeded >= 50, "{} copies in {seconds:.2}s", c.succeeded);
+    assert_eq!(c.rate_limited, 1000 - c.succeeded);
+}
