@@ -131,3 +131,99 @@ async fn max_rps_drops_and_counts_what_is_over_the_rate() {
     assert!(c.succeeded >= 50, "{} copies in {seconds:.2}s", c.succeeded);
     assert_eq!(c.rate_limited, 1000 - c.succeeded);
 }
+
+/// Sends one GET per (user, n) with `X-User-Id`, eight at a time.
+async fn send_users(running: &Running, users: u32, per_user: u32) {
+    let base = base_url(running);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8u32 {
+        let base = base.clone();
+        tasks.spawn(async move {
+            let client = Client::http1();
+            for i in (worker..users * per_user).step_by(8) {
+                let req = client::req("GET", &format!("{base}/u/{i}"))
+                    .header("x-user-id", format!("user-{}", i % users))
+                    .body(client::full(""))
+                    .unwrap();
+                client.send(req).await.expect("request");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// The users whose copies reached `shadow`, with how many each.
+fn users_in(shadow: &Backend) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for rec in shadow.requests() {
+        *seen
+            .entry(rec.header("x-user-id").unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sample_by_keeps_each_user_all_in_or_all_out_on_every_instance() {
+    let options = "sample 0.2\nsample_by \"header:X-User-Id\"\nbacklog 20000";
+    let shadow_a = Backend::ok().await;
+    let a = start(&site(&shadow_a, options)).await;
+    send_users(&a, 1000, 10).await;
+    let copies = || counts(&a);
+    eventually("every copy delivered", || {
+        let c = copies();
+        c.succeeded + c.sampled_out == 10_000
+    })
+    .await;
+    let in_a = users_in(&shadow_a);
+    // All in or all out: a user's ten requests are all copied, or none.
+    assert!(in_a.values().all(|n| *n == 10), "{in_a:?}");
+    // About a fifth of the users: binomial sd = sqrt(1000 * 0.2 * 0.8) ≈ 12.6;
+    // 150..=250 is about four sd either way.
+    assert!((150..=250).contains(&in_a.len()), "{} users in", in_a.len());
+
+    // A second instance, fed each user once, agrees user by user.
+    let shadow_b = Backend::ok().await;
+    let b = start(&site(&shadow_b, options)).await;
+    send_users(&b, 1000, 1).await;
+    eventually("every copy delivered", || {
+        let c = counts(&b);
+        c.succeeded + c.sampled_out == 1000
+    })
+    .await;
+    let in_b: Vec<String> = users_in(&shadow_b).into_keys().collect();
+    let in_a: Vec<String> = in_a.into_keys().collect();
+    assert_eq!(in_a, in_b);
+}
+
+#[tokio::test]
+async fn without_the_key_sampling_falls_back_to_random() {
+    let shadow = Backend::ok().await;
+    let running = start(&site(&shadow, "sample 0.5\nsample_by \"cookie:session\"")).await;
+    let client = Client::http1();
+    for i in 0..400 {
+        client.get(&format!("{}/n/{i}", base_url(&running))).await;
+    }
+    eventually("all decided", || {
+        let c = counts(&running);
+        c.succeeded + c.sampled_out == 400
+    })
+    .await;
+    // Random at 0.5: sd = 10; both outcomes happen.
+    let c = counts(&running);
+    assert!((120..=280).contains(&c.succeeded), "{c:?}");
+    // With the cookie, one session is all in or all out.
+    let mut decided = Vec::new();
+    for _ in 0..20 {
+        let before = counts(&running).sampled_out;
+        let req = client::req("GET", &format!("{}/s", base_url(&running)))
+            .header("cookie", "theme=dark; session=abc123")
+            .body(client::full(""))
+            .unwrap();
+        client.send(req).await.unwrap();
+        decided.push(counts(&running).sampled_out == before);
+    }
+    assert!(decided.iter().all(|d| *d == decided[0]), "{decided:?}");
+}

@@ -14,7 +14,7 @@ use crate::config::Problem;
 use crate::http::{body, hop_by_hop, Request, Response};
 use crate::mirror::breaker::BreakerConfig;
 use crate::mirror::compare::CompareConfig;
-use crate::mirror::policy::Policy;
+use crate::mirror::policy::{Policy, SampleKey};
 use crate::mirror::rewrite::CopyRewrite;
 use crate::mirror::target::TargetSettings;
 use crate::mirror::tee::{Capture, Tee};
@@ -62,6 +62,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             ("methods", Repeat::Once),
             ("marker", Repeat::Once),
             ("max_rps", Repeat::Once),
+            ("sample_by", Repeat::Once),
         ],
     );
     let name = match opts.one("name") {
@@ -127,6 +128,10 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         &opts.all("replace_body"),
     );
     let policy = Policy::decode(opts.one("methods"), opts.one("marker"), r);
+    let sample_by = match opts.one("sample_by") {
+        Some(n) => SampleKey::decode(n, r).map(Some),
+        None => Some(None),
+    };
     let max_rps = match opts.one("max_rps") {
         Some(n) => r
             .value(n, "a whole number of copies a second, from 1 to 1000000", |e| {
@@ -153,6 +158,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             rewrite: Arc::new(rewrite?),
             compare: compare?,
             policy: policy?,
+            sample_by: sample_by?,
             targets: TargetSettings {
                 concurrency: concurrency? as usize,
                 backlog: backlog? as usize,
@@ -200,10 +206,10 @@ impl Middleware for MirrorHandler {
         if self.mirror.skips(req.method(), req.headers(), &targets) {
             return next.run(req);
         }
-        if !self.mirror.sampled(&targets) {
-            return next.run(req);
-        }
         let (mut head, request_body) = req.into_parts();
+        if !self.mirror.sampled(&head, &targets) {
+            return next.run(Request::from_parts(head, request_body));
+        }
         let Some(pending) = self.mirror.pending(&mut head, targets) else {
             return next.run(Request::from_parts(head, request_body));
         };

@@ -52,6 +52,8 @@ pub struct MirrorOptions {
     pub compare: Option<compare::CompareConfig>,
     /// `methods` and `marker`: which requests are copied at all.
     pub policy: policy::Policy,
+    /// `sample_by`: sampling sticky by a key of the request.
+    pub sample_by: Option<policy::SampleKey>,
     pub targets: TargetSettings,
     /// For `https://` targets.
     pub tls: crate::http::upstream_tls::UpstreamTls,
@@ -247,9 +249,18 @@ impl Mirror {
 
     /// Decides, once per request, whether it is copied; counts it per
     /// target when it is not.
-    pub fn sampled(&self, targets: &[Arc<Target>]) -> bool {
+    pub fn sampled(&self, head: &http::request::Parts, targets: &[Arc<Target>]) -> bool {
         let sample = self.options.sample;
-        if sample >= 1.0 || (sample > 0.0 && rand::random::<f64>() < sample) {
+        let key = match (&self.options.sample_by, sample < 1.0) {
+            (Some(by), true) => by.value(head),
+            _ => None,
+        };
+        let chosen = match key {
+            // The same key is in or out everywhere: a user's whole session.
+            Some(key) => policy::sticky_in(key.as_bytes(), sample),
+            None => sample >= 1.0 || (sample > 0.0 && rand::random::<f64>() < sample),
+        };
+        if chosen {
             return true;
         }
         for target in targets {

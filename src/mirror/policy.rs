@@ -100,6 +100,86 @@ impl Policy {
     }
 }
 
+/// `sample_by`: what makes a request's sampling sticky.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SampleKey {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+}
+
+const SAMPLE_BY_USAGE: &str =
+    "write sample_by \"header:X-User-Id\", \"cookie:session\", \"query:user\" or \"client_ip\"";
+
+impl SampleKey {
+    pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<SampleKey> {
+        r.value(node, "where the sampling key is", |entry| {
+            let text = value::non_empty_string(entry)?;
+            let bad = |why: &str| {
+                Problem::error(value::value_span(entry), why.to_string())
+                    .label("not a sampling key")
+                    .help(SAMPLE_BY_USAGE)
+            };
+            match text.split_once(':') {
+                None if text == "client_ip" => Ok(SampleKey::ClientIp),
+                Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                    .map(SampleKey::Header)
+                    .map_err(|_| bad("not a header name after `header:`")),
+                Some(("cookie", name)) if !name.is_empty() => Ok(SampleKey::Cookie(name.into())),
+                Some(("query", name)) if !name.is_empty() => Ok(SampleKey::Query(name.into())),
+                _ => Err(bad("unknown sampling key")),
+            }
+        })
+    }
+
+    /// The key's value in this request, if the request has one.
+    pub fn value(&self, parts: &http::request::Parts) -> Option<String> {
+        match self {
+            SampleKey::Header(name) => parts
+                .headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            SampleKey::Cookie(name) => parts
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string()),
+            SampleKey::Query(name) => parts.uri.query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+            }),
+            SampleKey::ClientIp => parts
+                .extensions
+                .get::<crate::http::ConnInfo>()
+                .map(|c| c.client.ip().to_canonical().to_string()),
+        }
+    }
+}
+
+/// Whether a key is in the sampled `fraction`: the same answer for the same
+/// key on every instance, platform and version. The key's bytes are hashed
+/// with 64-bit FNV-1a (offset basis 0xcbf29ce484222325, prime
+/// 0x100000001b3), then mixed with the SplitMix64 finalizer; the key is in
+/// when the result is below `fraction × 2^64`.
+pub fn sticky_in(key: &[u8], fraction: f64) -> bool {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h as f64) < fraction * 18_446_744_073_709_551_616.0
+}
+
 /// A token bucket for one target's copies: `rate` a second, with a burst of
 /// a tenth of a second's worth, so a burst cannot spend more than that
 /// ahead of the rate.
@@ -140,6 +220,10 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `sticky_in` says for user-1 … user-5 at 0.5; pinned so a
+    /// change to the hash cannot go unnoticed.
+    const STABLE: [bool; 5] = [false, true, true, true, true];
     use std::time::{Duration, Instant};
 
     #[test]
@@ -151,6 +235,23 @@ mod tests {
             .filter(|i| limit.admit(start + Duration::from_millis(i * 2)))
             .count();
         assert!((100..=106).contains(&admitted), "{admitted}");
+    }
+
+    #[test]
+    fn sticky_sampling_is_stable_and_even() {
+        // Fixed answers: the algorithm is part of the contract.
+        let sample: Vec<bool> = ["user-1", "user-2", "user-3", "user-4", "user-5"]
+            .iter()
+            .map(|k| sticky_in(k.as_bytes(), 0.5))
+            .collect();
+        assert_eq!(sample, STABLE);
+        let inside = (0..10_000)
+            .filter(|i| sticky_in(format!("user-{i}").as_bytes(), 0.2))
+            .count();
+        // Binomial: sd = sqrt(10000 * 0.2 * 0.8) = 40; 5 sd either way.
+        assert!((1800..=2200).contains(&inside), "{inside}");
+        assert!(!sticky_in(b"anyone", 0.0));
+        assert!(sticky_in(b"anyone", 1.0));
     }
 
     #[test]
