@@ -227,3 +227,38 @@ async fn without_the_key_sampling_falls_back_to_random() {
     }
     assert!(decided.iter().all(|d| *d == decided[0]), "{decided:?}");
 }
+
+#[tokio::test]
+async fn host_suffix_names_the_copies_after_the_client_host() {
+    let shadow = Backend::ok().await;
+    let running = start(&site(&shadow, "host_suffix \"-shadow\"")).await;
+    let client = Client::http1();
+    for host in ["api.example.com:8080", "plain.test"] {
+        let req = client::req("GET", &format!("{}/h", base_url(&running)))
+            .header("host", host)
+            .body(client::full(""))
+            .unwrap();
+        client.send(req).await.unwrap();
+    }
+    let mut hosts: Vec<String> = shadow
+        .wait_for(2)
+        .await
+        .iter()
+        .map(|r| r.header("host").unwrap().to_string())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["api.example.com-shadow:8080", "plain.test-shadow"]);
+}
+
+#[test]
+fn validate_warns_about_a_mirror_target_that_is_the_file_itself() {
+    let kdl = "site \"127.0.0.1:18555\" {\n  route \"/*\" {\n    mirror \"http://localhost:18555\" \"http://127.0.0.1:18556\"\n    respond 200\n  }\n}\n";
+    let loaded = teebox::config::parse("self.kdl", kdl, std::env::temp_dir()).expect("valid");
+    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
+    assert_eq!(loaded.warnings.len(), 1, "{rendered}");
+    assert!(
+        rendered.contains("one of this file's own listen addresses"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("localhost:18555"), "{rendered}");
+}

@@ -155,6 +155,7 @@ pub fn document(
         );
     }
     check_shared_addresses(&sites, &mut r);
+    warn_self_mirrors(doc, &sites, &mut r);
     if r.has_errors() {
         return None;
     }
@@ -703,6 +704,63 @@ fn route_matcher(
 
 /// Sites may share an address only when `host` tells them apart; one site
 /// per address may leave `host` out and catches every other name.
+/// A mirror target that is one of the file's own listen addresses sends
+/// copies back into teebox. The loop marker stops them being copied again,
+/// but it is rarely meant, so `validate` says so.
+fn warn_self_mirrors(doc: &KdlDocument, sites: &[Site], r: &mut Reader) {
+    let listening: Vec<SocketAddr> = sites
+        .iter()
+        .flat_map(|s| s.addresses.iter().map(|a| a.value))
+        .collect();
+    let is_ours = |url: &value::UpstreamUrl| {
+        let port = url
+            .authority
+            .port_u16()
+            .unwrap_or(match url.scheme.as_str() {
+                "https" => 443,
+                _ => 80,
+            });
+        let host = url
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let ip: Option<std::net::IpAddr> = match host {
+            "localhost" => Some(std::net::Ipv4Addr::LOCALHOST.into()),
+            _ => host.parse().ok(),
+        };
+        ip.is_some_and(|ip| {
+            listening.iter().any(|l| {
+                l.port() == port && (l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
+            })
+        })
+    };
+    let mut stack: Vec<&KdlNode> = doc.nodes().iter().collect();
+    while let Some(node) = stack.pop() {
+        if let Some(children) = node.children() {
+            stack.extend(children.nodes());
+        }
+        if node.name().value() != "mirror" {
+            continue;
+        }
+        for entry in arguments(node) {
+            let Ok(url) = value::upstream_url(entry) else {
+                continue;
+            };
+            if is_ours(&url) {
+                r.push(
+                    Problem::warning(
+                        value::value_span(entry),
+                        "this mirror target is one of this file's own listen addresses",
+                    )
+                    .label("copies come back to teebox")
+                    .help("the loop marker keeps them from being copied again; mirror to another server"),
+                );
+            }
+        }
+    }
+}
+
 fn check_shared_addresses(sites: &[Site], r: &mut Reader) {
     let mut by_addr: HashMap<SocketAddr, Vec<(&Site, SourceSpan)>> = HashMap::new();
     for site in sites {

@@ -63,6 +63,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             ("marker", Repeat::Once),
             ("max_rps", Repeat::Once),
             ("sample_by", Repeat::Once),
+            ("host_suffix", Repeat::Once),
         ],
     );
     let name = match opts.one("name") {
@@ -128,6 +129,27 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         &opts.all("replace_body"),
     );
     let policy = Policy::decode(opts.one("methods"), opts.one("marker"), r);
+    let host_suffix = match (opts.one("host_suffix"), opts.one("host")) {
+        (Some(n), Some(host)) => {
+            r.push(
+                Problem::error(name_span(n), "`host_suffix` and `host` both set the copies' Host")
+                    .label("give one")
+                    .also(name_span(host), "also sets it"),
+            );
+            None
+        }
+        (Some(n), None) => r
+            .value(n, "a suffix such as \"-shadow\"", |e| {
+                let suffix = value::non_empty_string(e)?;
+                match suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+                    true => Ok(suffix),
+                    false => Err(Problem::error(value::value_span(e), "a host suffix holds letters, digits, `-` and `.` only")
+                        .label("not part of a host name")),
+                }
+            })
+            .map(Some),
+        (None, _) => Some(None),
+    };
     let sample_by = match opts.one("sample_by") {
         Some(n) => SampleKey::decode(n, r).map(Some),
         None => Some(None),
@@ -159,6 +181,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             compare: compare?,
             policy: policy?,
             sample_by: sample_by?,
+            host_suffix: host_suffix?,
             targets: TargetSettings {
                 concurrency: concurrency? as usize,
                 backlog: backlog? as usize,

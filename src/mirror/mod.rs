@@ -54,6 +54,8 @@ pub struct MirrorOptions {
     pub policy: policy::Policy,
     /// `sample_by`: sampling sticky by a key of the request.
     pub sample_by: Option<policy::SampleKey>,
+    /// `host_suffix`: copies' Host is the client's host name plus this.
+    pub host_suffix: Option<String>,
     pub targets: TargetSettings,
     /// For `https://` targets.
     pub tls: crate::http::upstream_tls::UpstreamTls,
@@ -286,12 +288,17 @@ impl Mirror {
         // A queued copy may wait long: it must not pin hyper's read buffer.
         let mut headers = crate::http::detached(&head.headers);
         let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
-        crate::http::upstream_headers(
+        let original_host = crate::http::upstream_headers(
             &mut headers,
             &head.uri,
             head.extensions.get::<ConnInfo>(),
             true,
         );
+        if let (Some(suffix), Some(host)) = (&self.options.host_suffix, original_host) {
+            if let Some(host) = with_suffix(&host, suffix) {
+                headers.insert(http::header::HOST, host);
+            }
+        }
         self.options.header_up.apply(&mut headers, vars.as_ref());
         self.options.policy.mark(&mut headers);
         let origin = head
@@ -338,6 +345,15 @@ impl Mirror {
             target.abort();
         }
     }
+}
+
+/// `api.example.com:8080` with suffix `-shadow` is
+/// `api.example.com-shadow:8080`: the name changes, the port stays.
+fn with_suffix(host: &http::HeaderValue, suffix: &str) -> Option<http::HeaderValue> {
+    let text = host.to_str().ok()?;
+    let name = crate::http::host_without_port(text);
+    let port = &text[name.len()..];
+    http::HeaderValue::from_str(&format!("{name}{suffix}{port}")).ok()
 }
 
 /// The copy of one request, waiting for the body to end.
