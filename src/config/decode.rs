@@ -753,8 +753,8 @@ fn warn_self_mirrors(doc: &KdlDocument, sites: &[Site], r: &mut Reader) {
                         value::value_span(entry),
                         "this mirror target is one of this file's own listen addresses",
                     )
-                    .label("copies come back to teebox")
-                    .help("the loop marker keeps them from being copied again; mirror to another server"),
+                    .label("copies come back to this teebox")
+                    .help("fine for a self-contained demo; the loop marker keeps copies from being copied again"),
                 );
             }
         }
