@@ -49,17 +49,9 @@ async fn check_destination(url: &UpstreamUrl, allow: &TargetPatterns) -> Result<
     let host = url.authority.host();
     target_guard::check_host_form(host)
         .map_err(|why| refuse(StatusCode::BAD_REQUEST, format!("{why}\n")))?;
-    let port = url
-        .authority
-        .port_u16()
-        .unwrap_or(match url.scheme.as_str() {
-            "https" => 443,
-            _ => 80,
-        });
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<IpAddr> = match bare.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((bare, port))
+    let addrs: Vec<IpAddr> = match url.ip_literal() {
+        Some(ip) => vec![ip],
+        None => tokio::net::lookup_host((host, url.port()))
             .await
             .map_err(|e| {
                 refuse(

@@ -702,8 +702,6 @@ fn route_matcher(
     Some(())
 }
 
-/// Sites may share an address only when `host` tells them apart; one site
-/// per address may leave `host` out and catches every other name.
 /// A mirror target that is one of the file's own listen addresses sends
 /// copies back into teebox. The loop marker stops them being copied again,
 /// but it is rarely meant, so `validate` says so.
@@ -713,25 +711,14 @@ fn warn_self_mirrors(doc: &KdlDocument, sites: &[Site], r: &mut Reader) {
         .flat_map(|s| s.addresses.iter().map(|a| a.value))
         .collect();
     let is_ours = |url: &value::UpstreamUrl| {
-        let port = url
-            .authority
-            .port_u16()
-            .unwrap_or(match url.scheme.as_str() {
-                "https" => 443,
-                _ => 80,
-            });
-        let host = url
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let ip: Option<std::net::IpAddr> = match host {
+        let ip = match url.authority.host() {
             "localhost" => Some(std::net::Ipv4Addr::LOCALHOST.into()),
-            _ => host.parse().ok(),
+            _ => url.ip_literal(),
         };
         ip.is_some_and(|ip| {
             listening.iter().any(|l| {
-                l.port() == port && (l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
+                l.port() == url.port()
+                    && (l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
             })
         })
     };
@@ -761,6 +748,8 @@ fn warn_self_mirrors(doc: &KdlDocument, sites: &[Site], r: &mut Reader) {
     }
 }
 
+/// Sites may share an address only when `host` tells them apart; one site
+/// per address may leave `host` out and catches every other name.
 fn check_shared_addresses(sites: &[Site], r: &mut Reader) {
     let mut by_addr: HashMap<SocketAddr, Vec<(&Site, SourceSpan)>> = HashMap::new();
     for site in sites {

@@ -332,13 +332,28 @@ pub struct UpstreamUrl {
 }
 
 impl UpstreamUrl {
+    /// The port, the scheme's default if none is written.
+    pub fn port(&self) -> u16 {
+        match self.authority.port_u16() {
+            Some(port) => port,
+            None if self.scheme == Scheme::HTTPS => 443,
+            None => 80,
+        }
+    }
+
     /// The authority with the default port written out (`host:port`).
     pub fn host_port(&self) -> String {
-        match self.authority.port_u16() {
-            Some(_) => self.authority.to_string(),
-            None if self.scheme == Scheme::HTTPS => format!("{}:443", self.authority.host()),
-            None => format!("{}:80", self.authority.host()),
-        }
+        format!("{}:{}", self.authority.host(), self.port())
+    }
+
+    /// The host, when it is an address written literally (an IPv6 one
+    /// without its brackets).
+    pub fn ip_literal(&self) -> Option<std::net::IpAddr> {
+        let host = self.authority.host();
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()
     }
 }
 
