@@ -13,6 +13,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, StatusCode};
 use serde_json::Value;
 
+use crate::fnv::Fnv64;
+
 /// What to compare, from the site file (or the replay command line).
 #[derive(Debug, Clone, Default)]
 pub struct CompareRules {
@@ -87,28 +89,6 @@ impl BodyCollector {
             body: self.kept.freeze(),
             body_len: self.len,
             body_hash: if self.hashed { self.hasher.finish() } else { 0 },
-        }
-    }
-}
-
-/// FNV-1a: stable, fast for the short bodies that dominate, and needs no
-/// key (the hash never leaves the process).
-struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Self {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv64 {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
 }

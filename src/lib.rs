@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod compare;
 pub mod config;
+pub mod fnv;
 pub mod handlers;
 pub mod http;
 pub mod lines;

@@ -11,15 +11,14 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use kdl::KdlNode;
 
+use super::policy::RateLimit;
 use super::stats::bump;
 use super::target::TargetState;
 use crate::compare::{BodyCollector, CompareRules, JsonPath, Observed};
@@ -154,7 +153,8 @@ impl Comparer {
             max_body,
             mirror,
             diff_log,
-            limit: RateLimit::new(config.log_rate),
+            // A second's worth at once, then log_rate a second.
+            limit: RateLimit::with_burst(config.log_rate, f64::from(config.log_rate)),
         })
     }
 
@@ -193,7 +193,7 @@ impl Comparer {
             bump(&stats.compare_body);
         }
         let Some(log) = &self.diff_log else { return };
-        if !self.limit.allow() {
+        if !self.limit.admit(std::time::Instant::now()) {
             return;
         }
         let mut line = String::with_capacity(1024);
@@ -395,59 +395,5 @@ impl Drop for Watched {
         // hyper drops a body it knows has ended without a last poll.
         let complete = http_body::Body::is_end_stream(&self.inner);
         self.finish(complete);
-    }
-}
-
-/// At most `per_second` events in each wall-clock second.
-struct RateLimit {
-    per_second: u64,
-    /// The second now counted, and how many went in it: `second << 32 | n`.
-    window: AtomicU64,
-}
-
-impl RateLimit {
-    fn new(per_second: u32) -> Self {
-        RateLimit {
-            per_second: u64::from(per_second),
-            window: AtomicU64::new(0),
-        }
-    }
-
-    fn allow(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            & 0xffff_ffff;
-        let mut current = self.window.load(Ordering::Relaxed);
-        loop {
-            let (second, count) = (current >> 32, current & 0xffff_ffff);
-            let next = match second == now {
-                true if count >= self.per_second => return false,
-                true => current + 1,
-                false => (now << 32) | 1,
-            };
-            match self.window.compare_exchange_weak(
-                current,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(seen) => current = seen,
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_allows_per_second() {
-        let limit = RateLimit::new(3);
-        let allowed = (0..10).filter(|_| limit.allow()).count();
-        // Ten calls rarely straddle a second; if they do, up to twice.
-        assert!((3..=6).contains(&allowed), "{allowed}");
     }
 }

@@ -4,6 +4,8 @@
 //! teebox mirroring to itself, directly or through other proxies, cannot
 //! loop). Per-target pacing (`max_rps`) is in [`super::target`].
 
+use std::hash::Hasher;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use kdl::KdlNode;
 
@@ -168,10 +170,9 @@ impl SampleKey {
 /// 0x100000001b3), then mixed with the SplitMix64 finalizer; the key is in
 /// when the result is below `fraction × 2^64`.
 pub fn sticky_in(key: &[u8], fraction: f64) -> bool {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut fnv = crate::fnv::Fnv64::default();
+    fnv.write(key);
+    let mut h = fnv.finish();
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
@@ -180,9 +181,10 @@ pub fn sticky_in(key: &[u8], fraction: f64) -> bool {
     (h as f64) < fraction * 18_446_744_073_709_551_616.0
 }
 
-/// A token bucket for one target's copies: `rate` a second, with a burst of
-/// a tenth of a second's worth, so a burst cannot spend more than that
-/// ahead of the rate.
+/// A token bucket: `rate` a second, and at most `burst` at once. A target's
+/// `max_rps` uses a tenth of a second's worth as its burst, so a burst of
+/// requests cannot spend more than that ahead of the rate; the compare
+/// diff log allows a second's worth.
 #[derive(Debug)]
 pub struct RateLimit {
     rate: f64,
@@ -191,9 +193,13 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// For `max_rps`.
     pub fn new(rate: u32) -> Self {
+        Self::with_burst(rate, (f64::from(rate) / 10.0).max(1.0))
+    }
+
+    pub fn with_burst(rate: u32, burst: f64) -> Self {
         let rate = f64::from(rate);
-        let burst = (rate / 10.0).max(1.0);
         RateLimit {
             rate,
             burst,
