@@ -9,14 +9,11 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use http_body::{Frame, SizeHint};
 use kdl::KdlNode;
 
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
@@ -24,7 +21,7 @@ use crate::config::reader::{Reader, Repeat};
 use crate::config::value;
 use crate::http::json;
 use crate::http::placeholders::RequestVars;
-use crate::http::{body, BoxError, ConnInfo, Request, Response};
+use crate::http::{body, ConnInfo, Request, Response};
 use crate::lines::{Destination, LineSink, Roll};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
@@ -134,8 +131,8 @@ impl Middleware for Record {
             parts: Mutex::new(Parts::default()),
         });
         let max_body = self.config.max_body;
-        let request_body = Captured::new(request_body, max_body, line.clone(), Side::Request);
-        let req = Request::from_parts(parts, body::boxed(request_body));
+        let request_body = Captured::wrap(request_body, max_body, line.clone(), Side::Request);
+        let req = Request::from_parts(parts, request_body);
         let responses = self.config.responses;
         Box::pin(async move {
             let response = next.run(req).await;
@@ -146,8 +143,8 @@ impl Middleware for Record {
             let mut head = format!("{{\"status\":{},", parts.status.as_u16());
             json::push_headers(&mut head, "headers", &parts.headers);
             line.lock().response_head = Some(head);
-            let response_body = Captured::new(response_body, max_body, line, Side::Response);
-            Response::from_parts(parts, body::boxed(response_body))
+            let response_body = Captured::wrap(response_body, max_body, line, Side::Response);
+            Response::from_parts(parts, response_body)
         })
     }
 }
@@ -229,32 +226,47 @@ enum Side {
     Response,
 }
 
-/// Passes a body through untouched, keeping up to `max_body` bytes of it
-/// for the line.
+/// Keeps up to `max_body` bytes of a body for the line, as it goes past.
 struct Captured {
-    inner: body::Body,
     kept: BytesMut,
     record: BodyRecord,
     max_body: u64,
+    /// Let go when the body is done, so the line is written as soon as the
+    /// last part of it is.
     line: Option<Arc<Line>>,
     side: Side,
 }
 
 impl Captured {
-    fn new(inner: body::Body, max_body: u64, line: Arc<Line>, side: Side) -> Self {
-        Captured {
+    fn wrap(inner: body::Body, max_body: u64, line: Arc<Line>, side: Side) -> body::Body {
+        body::boxed(body::Observed::new(
             inner,
-            kept: BytesMut::new(),
-            record: BodyRecord::default(),
-            max_body,
-            line: Some(line),
-            side,
-        }
+            Captured {
+                kept: BytesMut::new(),
+                record: BodyRecord::default(),
+                max_body,
+                line: Some(line),
+                side,
+            },
+        ))
+    }
+}
+
+impl body::Observe for Captured {
+    fn data(&mut self, data: &Bytes) {
+        self.record.seen += data.len() as u64;
+        let room = self.max_body.saturating_sub(self.kept.len() as u64) as usize;
+        self.kept.extend_from_slice(&data[..data.len().min(room)]);
     }
 
-    fn finish(&mut self) {
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        self.record.trailers = Some(trailers.clone());
+    }
+
+    fn done(&mut self, complete: bool) {
         let Some(line) = self.line.take() else { return };
         let mut record = std::mem::take(&mut self.record);
+        record.complete = complete;
         record.kept = std::mem::take(&mut self.kept).freeze();
         let mut parts = line.lock();
         match self.side {
@@ -264,55 +276,5 @@ impl Captured {
                 parts.response_body = Some(record);
             }
         }
-    }
-}
-
-impl http_body::Body for Captured {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.record.seen += data.len() as u64;
-                    let room = this.max_body.saturating_sub(this.kept.len() as u64) as usize;
-                    this.kept.extend_from_slice(&data[..data.len().min(room)]);
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    this.record.trailers = Some(trailers.clone());
-                }
-            }
-            Poll::Ready(None) => {
-                this.record.complete = true;
-                this.finish();
-            }
-            Poll::Ready(Some(Err(_))) => this.finish(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Captured {
-    fn drop(&mut self) {
-        // hyper may drop a body it knows has ended without polling it to
-        // the end (an exact length fully read, or an empty body).
-        if http_body::Body::is_end_stream(&self.inner) {
-            self.record.complete = true;
-        }
-        self.finish();
     }
 }

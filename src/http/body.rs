@@ -106,3 +106,83 @@ impl<B: http_body::Body, G> http_body::Body for Guarded<B, G> {
         self.inner.size_hint()
     }
 }
+
+/// What a body wrapper does with the frames going past it untouched: the
+/// access log counts them, `record` and `compare` keep them.
+pub trait Observe: Send + Unpin + 'static {
+    fn data(&mut self, _data: &Bytes) {}
+
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
+
+    /// Called once: the body ended (`true`), or it failed or was dropped
+    /// before its end (`false`).
+    fn done(&mut self, complete: bool);
+}
+
+/// A body passed on as it is, shown to an [`Observe`] on the way.
+pub struct Observed<O: Observe> {
+    inner: Body,
+    observer: O,
+    done: bool,
+}
+
+impl<O: Observe> Observed<O> {
+    pub fn new(inner: Body, observer: O) -> Self {
+        Observed {
+            inner,
+            observer,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if !self.done {
+            self.done = true;
+            self.observer.done(complete);
+        }
+    }
+}
+
+impl<O: Observe> http_body::Body for Observed<O> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.observer.data(data);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.observer.trailers(trailers);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<O: Observe> Drop for Observed<O> {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows has ended without polling it to
+        // the end (an exact length fully read, or an empty body).
+        let complete = http_body::Body::is_end_stream(&self.inner);
+        self.finish(complete);
+    }
+}

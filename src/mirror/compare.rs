@@ -10,12 +10,9 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use kdl::KdlNode;
 
 use super::policy::RateLimit;
@@ -27,7 +24,7 @@ use crate::config::value;
 use crate::config::Problem;
 use crate::http::json;
 use crate::http::placeholders::RequestVars;
-use crate::http::{body, BoxError, Response};
+use crate::http::{body, Response};
 use crate::lines::{Destination, LineSink};
 
 /// The `compare` block, checked.
@@ -264,13 +261,12 @@ impl Comparison {
     pub fn watch(self: Arc<Self>, response: Response) -> Response {
         let (parts, inner) = response.into_parts();
         let watched = Watched {
-            inner,
             collector: Some(BodyCollector::new(self.comparer.max_body)),
             // Kept until every target answered: must not pin hyper's buffer.
             head: Some((parts.status, crate::http::detached(&parts.headers))),
             comparison: self,
         };
-        Response::from_parts(parts, body::boxed(watched))
+        Response::from_parts(parts, body::boxed(body::Observed::new(inner, watched)))
     }
 
     /// A collector for a target's response body.
@@ -340,60 +336,27 @@ impl Comparison {
     }
 }
 
-/// The primary's response body on its way to the client.
+/// Keeps what the comparison needs of the primary's response body on its
+/// way to the client.
 struct Watched {
-    inner: body::Body,
     collector: Option<BodyCollector>,
     head: Option<(http::StatusCode, http::HeaderMap)>,
     comparison: Arc<Comparison>,
 }
 
-impl Watched {
-    fn finish(&mut self, complete: bool) {
+impl body::Observe for Watched {
+    fn data(&mut self, data: &Bytes) {
+        if let Some(collector) = self.collector.as_mut() {
+            collector.push(data);
+        }
+    }
+
+    fn done(&mut self, complete: bool) {
         let (Some(collector), Some((status, headers))) = (self.collector.take(), self.head.take())
         else {
             return;
         };
         let observed = complete.then(|| collector.finish(status, headers));
         self.comparison.primary_done(observed);
-    }
-}
-
-impl http_body::Body for Watched {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(collector)) = (frame.data_ref(), self.collector.as_mut()) {
-                    collector.push(data);
-                }
-            }
-            Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => self.finish(false),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        // hyper drops a body it knows has ended without a last poll.
-        let complete = http_body::Body::is_end_stream(&self.inner);
-        self.finish(complete);
     }
 }

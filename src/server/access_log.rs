@@ -7,16 +7,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header;
-use http_body::{Frame, SizeHint};
 
 use crate::config::{AccessLogTarget, LogFormat};
-use crate::http::{body, BoxError, ConnInfo, Request, Response};
+use crate::http::{body, ConnInfo, Request, Response};
 use crate::lines::{Destination, LineSink};
 
 const QUEUE: usize = 16 * 1024;
@@ -52,7 +49,7 @@ impl AccessLog {
             status: parts.status.as_u16(),
             bytes: 0,
         };
-        Response::from_parts(parts, body::boxed(Logged { inner, record }))
+        Response::from_parts(parts, body::boxed(body::Observed::new(inner, record)))
     }
 }
 
@@ -172,36 +169,14 @@ impl Drop for Record {
     }
 }
 
-/// A response body that counts its bytes and logs when dropped.
-struct Logged {
-    inner: body::Body,
-    record: Record,
-}
-
-impl http_body::Body for Logged {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.record.bytes += data.len() as u64;
-            }
-        }
-        polled
+/// Counts the response's bytes; the line is written when the record is
+/// dropped with the body, finished or abandoned.
+impl body::Observe for Record {
+    fn data(&mut self, data: &Bytes) {
+        self.bytes += data.len() as u64;
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    fn done(&mut self, _complete: bool) {}
 }
 
 #[cfg(test)]
