@@ -86,18 +86,7 @@ impl FaultServer {
 
     /// Reads a request head, writes `response` as raw bytes, then closes.
     pub async fn raw_reply(response: Vec<u8>) -> Self {
-        let response = Arc::new(response);
-        Self::start(move |mut stream| {
-            let response = response.clone();
-            async move {
-                if read_head(&mut stream).await.is_some() {
-                    let _ = stream.write_all(&response).await;
-                    let _ = stream.flush().await;
-                }
-                // Dropping the stream closes the connection.
-            }
-        })
-        .await
+        Self::reply_then_close(response, false).await
     }
 
     /// Answers `200` with `Content-Length: declared` but sends only `sent`
@@ -114,6 +103,10 @@ impl FaultServer {
     /// Reads a request head, writes `response` as raw bytes, then resets
     /// the connection (RST, not a clean close).
     pub async fn raw_reply_then_reset(response: Vec<u8>) -> Self {
+        Self::reply_then_close(response, true).await
+    }
+
+    async fn reply_then_close(response: Vec<u8>, reset: bool) -> Self {
         let response = Arc::new(response);
         Self::start(move |mut stream| {
             let response = response.clone();
@@ -122,10 +115,13 @@ impl FaultServer {
                     let _ = stream.write_all(&response).await;
                     let _ = stream.flush().await;
                 }
-                // A zero linger sends RST on drop without blocking; the
-                // deprecation warns about non-zero lingers.
-                #[allow(deprecated)]
-                let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+                if reset {
+                    // A zero linger sends RST on drop without blocking; the
+                    // deprecation warns about non-zero lingers.
+                    #[allow(deprecated)]
+                    let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+                }
+                // Dropping the stream closes the connection.
             }
         })
         .await
