@@ -341,6 +341,15 @@ impl UpstreamUrl {
         }
     }
 
+    /// `scheme://authority/`, what a connector is asked to reach.
+    pub fn origin(&self) -> http::Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        http::Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+    }
+
     /// The authority with the default port written out (`host:port`).
     pub fn host_port(&self) -> String {
         format!("{}:{}", self.authority.host(), self.port())

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use kdl::KdlNode;
 
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig};
@@ -21,7 +20,8 @@ use crate::config::value::{self, UpstreamUrl};
 use crate::http::body::{self, Guarded};
 use crate::http::header_ops::HeaderOps;
 use crate::http::placeholders::RequestVars;
-use crate::http::upstream_tls::{Connector, UpstreamTls};
+use crate::http::upstream_pool::{PoolSettings, PooledBody, UpstreamPool};
+use crate::http::upstream_tls::UpstreamTls;
 use crate::http::{hop_by_hop, ConnInfo, Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Terminal {
@@ -142,14 +142,15 @@ struct Upstream {
     down_until_ms: AtomicU64,
     /// Time to the response head.
     latency: Arc<crate::metrics::Histogram>,
+    /// Its kept-alive connections, per serving worker.
+    pool: UpstreamPool<body::Body>,
+    /// The `Host` a request without one gets: the upstream's authority.
+    host: Option<HeaderValue>,
 }
 
 pub struct ReverseProxy {
     config: ReverseProxyConfig,
     upstreams: Vec<Arc<Upstream>>,
-    /// One connection pool per serving worker, so a request and the
-    /// upstream connection it uses run on the same thread.
-    clients: Vec<Client<Connector, body::Body>>,
     next: AtomicUsize,
     epoch: Instant,
     route: String,
@@ -179,17 +180,12 @@ impl ReverseProxy {
             .tls
             .connector(&cx.base_dir, config.connect_timeout, false)
             .map_err(BuildError)?;
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(90));
-        if !config.keepalive {
-            builder.pool_max_idle_per_host(0);
-        }
-        if config.h2c {
-            builder.http2_only(true);
-        }
-        let clients = (0..crate::server::workers::Workers::get().count())
-            .map(|_| builder.build(connector.clone()))
-            .collect();
+        let settings = PoolSettings {
+            keepalive: config.keepalive,
+            h2c: config.h2c,
+            ..PoolSettings::default()
+        };
+        let workers = crate::server::workers::Workers::get().count();
         let upstreams = config
             .upstreams
             .iter()
@@ -199,21 +195,18 @@ impl ReverseProxy {
                     active: AtomicUsize::new(0),
                     down_until_ms: AtomicU64::new(0),
                     latency: cx.metrics.upstream(&cx.route_key, &url.to_string()),
+                    pool: UpstreamPool::new(url.origin(), connector.clone(), settings, workers),
+                    host: HeaderValue::from_str(url.authority.as_str()).ok(),
                 })
             })
             .collect();
         Ok(ReverseProxy {
             config,
             upstreams,
-            clients,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             route: cx.route.clone(),
         })
-    }
-
-    fn client(&self) -> &Client<Connector, body::Body> {
-        &self.clients[crate::server::workers::current() % self.clients.len()]
     }
 
     fn now_ms(&self) -> u64 {
@@ -282,18 +275,14 @@ impl ReverseProxy {
         }
     }
 
-    /// The request's path and query on the upstream's scheme and authority;
-    /// `None` for a target that has no such form (an authority-form CONNECT).
-    fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
-        let mut out = http::uri::Parts::default();
-        out.scheme = Some(upstream.url.scheme.clone());
-        out.authority = Some(upstream.url.authority.clone());
-        out.path_and_query = Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(out).ok()
+    /// The request's target in origin form (`/path?query`), as an HTTP/1.1
+    /// request line carries it; `None` for a target that has no path (an
+    /// authority-form CONNECT).
+    fn origin_form(uri: &Uri) -> Option<Uri> {
+        if uri.scheme().is_none() && uri.authority().is_none() {
+            return uri.path_and_query().map(|_| uri.clone());
+        }
+        uri.path_and_query().cloned().map(Uri::from)
     }
 
     async fn forward(&self, mut req: Request) -> Response {
@@ -322,7 +311,7 @@ impl ReverseProxy {
             };
             let mut upstream_req = Request::new(this_body);
             *upstream_req.method_mut() = parts.method.clone();
-            let Some(uri) = Self::upstream_uri(&upstream, &parts.uri) else {
+            let Some(uri) = Self::origin_form(&parts.uri) else {
                 return error_response(StatusCode::BAD_REQUEST);
             };
             *upstream_req.uri_mut() = uri;
@@ -330,17 +319,16 @@ impl ReverseProxy {
             *upstream_req.headers_mut() = headers;
             // Without preserve_host (or a client Host), the upstream's own
             // name, unless header_up set one.
-            if !upstream_req.headers().contains_key(header::HOST) {
-                if let Ok(host) = HeaderValue::from_str(upstream.url.authority.as_str()) {
-                    upstream_req.headers_mut().insert(header::HOST, host);
+            if let Some(host) = &upstream.host {
+                if !upstream_req.headers().contains_key(header::HOST) {
+                    upstream_req.headers_mut().insert(header::HOST, host.clone());
                 }
             }
             upstream.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveGuard(upstream.clone());
             let started = Instant::now();
             let sent =
-                tokio::time::timeout(self.config.timeout, self.client().request(upstream_req))
-                    .await;
+                tokio::time::timeout(self.config.timeout, upstream.pool.send(upstream_req)).await;
             match sent {
                 Ok(Ok(response)) => {
                     upstream.latency.record(started.elapsed());
@@ -391,7 +379,7 @@ impl ReverseProxy {
 
     fn respond(
         &self,
-        mut response: http::Response<hyper::body::Incoming>,
+        mut response: http::Response<PooledBody<body::Body>>,
         guard: ActiveGuard,
         upgrade_requested: bool,
         client_upgrade: hyper::upgrade::OnUpgrade,

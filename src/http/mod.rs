@@ -9,6 +9,7 @@ pub mod hop_by_hop;
 pub mod json;
 pub mod placeholders;
 pub mod target_guard;
+pub mod upstream_pool;
 pub mod upstream_tls;
 
 pub use body::{Body, BoxError};

@@ -1,0 +1,319 @@
+//! Kept-alive connections to one upstream, one idle list per serving worker.
+//!
+//! hyper-util's legacy client solves the general problem: any host, a
+//! lock-guarded map of pools keyed by scheme and authority, and a task
+//! spawned per response to put the connection back once it is ready again.
+//! A `reverse_proxy` knows its upstreams when it is built, and each request
+//! runs on one worker, so the pool here is a short list per worker:
+//! checkout pops the most recently used connection, and the connection goes
+//! back when its response body has been read to the end. Connections are
+//! opened with the shared [`Connector`] (plain TCP or TLS with ALPN), and
+//! speak HTTP/2 when ALPN picks it or `h2c` is set.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Uri;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
+
+use super::upstream_tls::Connector;
+use super::BoxError;
+
+/// How a pool treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Reuse connections at all (`keepalive #false`: one per request).
+    pub keepalive: bool,
+    /// Speak HTTP/2 with prior knowledge on plain connections.
+    pub h2c: bool,
+    /// An idle connection older than this is closed instead of reused.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per worker; more are closed.
+    pub max_idle: usize,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            keepalive: true,
+            h2c: false,
+            idle_timeout: Duration::from_secs(90),
+            max_idle: 256,
+        }
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be opened: nothing was sent.
+    #[error("cannot connect: {}", super::error_chain(.0.as_ref()))]
+    Connect(BoxError),
+    /// The connection broke, or the upstream answered with something that
+    /// is not HTTP.
+    #[error(transparent)]
+    Exchange(#[from] hyper::Error),
+}
+
+impl SendError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+/// Connections to one upstream (`scheme://authority`).
+pub struct UpstreamPool<B> {
+    /// What the connector is asked to connect to.
+    origin: Uri,
+    connector: Connector,
+    settings: PoolSettings,
+    /// One per serving worker; each is only ever locked by its own thread,
+    /// so the lock is never contended.
+    idle: Box<[Arc<Mutex<Idle<B>>>]>,
+}
+
+struct Idle<B> {
+    /// Oldest first: checkout takes from the back (the warmest), expiry
+    /// trims the front.
+    h1: VecDeque<(http1::SendRequest<B>, Instant)>,
+    /// HTTP/2 multiplexes: one connection serves every request.
+    h2: Option<http2::SendRequest<B>>,
+}
+
+impl<B> Default for Idle<B> {
+    fn default() -> Self {
+        Idle {
+            h1: VecDeque::new(),
+            h2: None,
+        }
+    }
+}
+
+type Req<B> = http::Request<B>;
+
+impl<B> UpstreamPool<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(origin: Uri, connector: Connector, settings: PoolSettings, workers: usize) -> Self {
+        UpstreamPool {
+            origin,
+            connector,
+            settings,
+            idle: (0..workers.max(1)).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    fn idle_list(&self) -> &Arc<Mutex<Idle<B>>> {
+        &self.idle[crate::server::workers::current() % self.idle.len()]
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or
+    /// a new one. A request that an idle connection closed on before it was
+    /// written goes out again on the next one, as hyper-util's client does.
+    pub async fn send(&self, mut req: Req<B>) -> Result<http::Response<PooledBody<B>>, SendError> {
+        let list = self.idle_list();
+        loop {
+            match self.checkout(list) {
+                Some(Checkout::H2(mut conn)) => {
+                    let response = conn.send_request(self.absolute(req)).await?;
+                    return Ok(response.map(|body| PooledBody::new(body, None)));
+                }
+                Some(Checkout::H1(mut conn)) => {
+                    if !conn.is_ready() && conn.ready().await.is_err() {
+                        continue;
+                    }
+                    match conn.try_send_request(req).await {
+                        Ok(response) => return Ok(self.pooled(response, conn, list)),
+                        Err(mut err) => match err.take_message() {
+                            Some(unsent) => req = unsent,
+                            None => return Err(err.into_error().into()),
+                        },
+                    }
+                }
+                // Boxed: connecting (TLS state, handshakes) makes a large
+                // future, which would otherwise be moved around whole on
+                // every request, also those that reuse a connection.
+                None => return Box::pin(self.send_on_new(req, list)).await,
+            }
+        }
+    }
+
+    fn checkout(&self, list: &Mutex<Idle<B>>) -> Option<Checkout<B>> {
+        let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h2) = &idle.h2 {
+            if !h2.is_closed() {
+                return Some(Checkout::H2(h2.clone()));
+            }
+            idle.h2 = None;
+        }
+        let oldest_kept = Instant::now().checked_sub(self.settings.idle_timeout);
+        while let Some((conn, since)) = idle.h1.pop_back() {
+            let expired = oldest_kept.is_some_and(|kept| since < kept);
+            if !expired && !conn.is_closed() {
+                return Some(Checkout::H1(conn));
+            }
+            if expired {
+                // Everything before it is older still.
+                idle.h1.clear();
+            }
+        }
+        None
+    }
+
+    async fn send_on_new(
+        &self,
+        req: Req<B>,
+        list: &Arc<Mutex<Idle<B>>>,
+    ) -> Result<http::Response<PooledBody<B>>, SendError> {
+        let io = self
+            .connector
+            .clone()
+            .call(self.origin.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if self.settings.h2c || io.connected().is_negotiated_h2() {
+            let (mut conn, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "upstream HTTP/2 connection ended");
+                }
+            });
+            if self.settings.keepalive {
+                list.lock().unwrap_or_else(|e| e.into_inner()).h2 = Some(conn.clone());
+            }
+            let response = conn.send_request(self.absolute(req)).await?;
+            return Ok(response.map(|body| PooledBody::new(body, None)));
+        }
+        let (mut conn, connection) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream connection ended");
+            }
+        });
+        let response = conn.send_request(req).await?;
+        Ok(self.pooled(response, conn, list))
+    }
+
+    /// HTTP/2 carries the scheme and authority as pseudo-headers, taken
+    /// from an absolute URI.
+    fn absolute(&self, mut req: Req<B>) -> Req<B> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = self.origin.scheme().cloned();
+        parts.authority = self.origin.authority().cloned();
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        req
+    }
+
+    /// The response, with its connection going back to `list` once the
+    /// body has been read to the end.
+    fn pooled(
+        &self,
+        response: http::Response<Incoming>,
+        conn: http1::SendRequest<B>,
+        list: &Arc<Mutex<Idle<B>>>,
+    ) -> http::Response<PooledBody<B>> {
+        // After 101 the connection belongs to the upgrade.
+        let reusable =
+            self.settings.keepalive && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        let checkin = reusable.then(|| Checkin {
+            conn,
+            list: list.clone(),
+            max_idle: self.settings.max_idle,
+        });
+        response.map(|body| PooledBody::new(body, checkin))
+    }
+}
+
+enum Checkout<B> {
+    H1(http1::SendRequest<B>),
+    H2(http2::SendRequest<B>),
+}
+
+/// An HTTP/1 connection waiting for its response body to end.
+struct Checkin<B> {
+    conn: http1::SendRequest<B>,
+    list: Arc<Mutex<Idle<B>>>,
+    max_idle: usize,
+}
+
+impl<B> Checkin<B> {
+    fn put_back(self) {
+        if self.conn.is_closed() {
+            return;
+        }
+        let mut idle = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.h1.len() >= self.max_idle {
+            idle.h1.pop_front();
+        }
+        idle.h1.push_back((self.conn, Instant::now()));
+    }
+}
+
+/// An upstream's response body. Its connection is reused only if the body
+/// was read to the end; dropped earlier, the connection closes.
+pub struct PooledBody<B> {
+    inner: Incoming,
+    checkin: Option<Checkin<B>>,
+    /// The body ended (a chunked body never says so in `is_end_stream`).
+    ended: bool,
+}
+
+impl<B> PooledBody<B> {
+    fn new(inner: Incoming, checkin: Option<Checkin<B>>) -> Self {
+        PooledBody {
+            inner,
+            checkin,
+            ended: false,
+        }
+    }
+}
+
+impl<B> Drop for PooledBody<B> {
+    fn drop(&mut self) {
+        if let Some(checkin) = self.checkin.take() {
+            if self.ended || http_body::Body::is_end_stream(&self.inner) {
+                checkin.put_back();
+            }
+        }
+    }
+}
+
+impl<B: Unpin> http_body::Body for PooledBody<B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
