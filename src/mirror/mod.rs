@@ -277,7 +277,8 @@ impl Mirror {
     /// Takes what the copy needs from the request head, as `reverse_proxy`
     /// would send it upstream, plus the mirror's own edits (`rewrite`,
     /// `query_set`, `query_remove`, `header_up`). `None` when an edit
-    /// cannot be made (a regex that yields no URI): nothing is copied.
+    /// cannot be made (a regex that yields no URI), or for a gRPC call
+    /// when no target speaks HTTP/2: nothing is copied.
     pub fn pending(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
