@@ -3,9 +3,10 @@
 //! request trailers; streaming calls and targets that only speak HTTP/1.1
 //! are skipped and counted.
 //!
-//! The servers and the client here are raw hyper HTTP/2, so a test can
+//! The servers and most calls here are raw hyper HTTP/2, so a test can
 //! send request trailers (tonic's client never does) and see exactly what
-//! arrived.
+//! arrived; one call is made by tonic's client (without its transport, over
+//! hyper-util) for realism.
 
 mod common;
 
@@ -31,6 +32,21 @@ fn message(payload: &[u8]) -> Bytes {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
     Bytes::from(out)
+}
+
+/// A protobuf message whose field 1 is the string `text` (under 128
+/// bytes): what [`Text`] decodes.
+fn text_message(text: &str) -> Vec<u8> {
+    let mut out = vec![0x0a, text.len() as u8];
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// `message Text { string text = 1; }`, for tonic's client.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Text {
+    #[prost(string, tag = "1")]
+    text: String,
 }
 
 fn trailers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -130,7 +146,7 @@ async fn accept_loop(
                     let reply = format!("{name} got {} bytes", call.body.len());
                     calls.lock().unwrap().push(call);
                     count.send_modify(|n| *n += 1);
-                    Ok::<_, Infallible>(grpc_reply(reply.as_bytes()))
+                    Ok::<_, Infallible>(grpc_reply(&text_message(&reply)))
                 }
             });
             let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -255,7 +271,7 @@ fn assert_grpc_ok(reply: &Reply, from: &str, sent: usize) {
         reply.headers.get("content-type").map(HeaderValue::as_bytes),
         Some(&b"application/grpc"[..])
     );
-    let expected = message(format!("{from} got {sent} bytes").as_bytes());
+    let expected = message(&text_message(&format!("{from} got {sent} bytes")));
     assert_eq!(reply.body, expected, "the primary's message");
     let trailers = reply.trailers.as_ref().expect("response trailers");
     assert_eq!(
@@ -493,4 +509,43 @@ async fn a_grpc_copy_fails_rather_than_go_over_http1_when_alpn_picks_it() {
     })
     .await;
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_client_call_is_answered_by_the_primary_and_copied() {
+    let primary = GrpcServer::h2c("primary").await;
+    let shadow = GrpcServer::h2c("shadow").await;
+    let running = common::start(&site(&shadow.url("http"), "      h2c #true", &primary)).await;
+    let channel = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<tonic::body::Body>();
+    let origin: http::Uri = base_url(&running).parse().unwrap();
+    let mut client = tonic::client::Grpc::with_origin(channel, origin);
+    within("the client to be ready", client.ready())
+        .await
+        .expect("ready");
+    let request = Text {
+        text: "from tonic".into(),
+    };
+    let sent = prost::Message::encode_to_vec(&request);
+    let reply = within(
+        "the call",
+        client.unary(
+            tonic::Request::new(request),
+            http::uri::PathAndQuery::from_static("/echo.Echo/Say"),
+            tonic::codec::ProstCodec::<Text, Text>::default(),
+        ),
+    )
+    .await
+    .expect("an OK call");
+    // 5 bytes of prefix and the message.
+    let expected = format!("primary got {} bytes", sent.len() + 5);
+    assert_eq!(reply.into_inner().text, expected);
+    let copy = shadow.wait_for(1).await.remove(0);
+    assert_eq!(copy.body, message(&sent));
+    assert_eq!(copy.path, "/echo.Echo/Say");
+    assert_eq!(
+        copy.headers.get("te").map(HeaderValue::as_bytes),
+        Some(&b"trailers"[..])
+    );
 }
