@@ -54,6 +54,8 @@ pub fn render(mirrors: &[std::sync::Arc<Mirror>], registry: &MetricsRegistry) ->
             ("skipped_method", c.skipped_method),
             ("skipped_loop", c.skipped_loop),
             ("rate_limited", c.rate_limited),
+            ("skipped_streaming", c.skipped_streaming),
+            ("skipped_no_http2", c.skipped_no_http2),
         ] {
             let _ = writeln!(
                 out,

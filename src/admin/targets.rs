@@ -238,6 +238,8 @@ fn list(mirror: &Mirror, json: bool) -> AdminResponse {
                     "incomplete": c.incomplete, "sampled_out": c.sampled_out, "paused": c.paused,
                     "skipped_method": c.skipped_method, "skipped_loop": c.skipped_loop,
                     "rate_limited": c.rate_limited,
+                    "skipped_streaming": c.skipped_streaming,
+                    "skipped_no_http2": c.skipped_no_http2,
                 },
                 "compare": mirror.compares().then(|| serde_json::json!({
                     "match": c.compare_match, "status_differs": c.compare_status,

@@ -64,6 +64,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             ("max_rps", Repeat::Once),
             ("sample_by", Repeat::Once),
             ("host_suffix", Repeat::Once),
+            ("h2c", Repeat::Once),
         ],
     );
     let name = match opts.one("name") {
@@ -162,6 +163,10 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             .map(|n| Some(n as u32)),
         None => Some(None),
     };
+    let h2c = match opts.one("h2c") {
+        Some(n) => r.value(n, "#true or #false", value::boolean),
+        None => Some(false),
+    };
     let compare = match opts.one("compare") {
         Some(n) => CompareConfig::decode(n, r).map(Some),
         None => Some(None),
@@ -193,6 +198,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
                 },
                 host: host?,
                 max_rps: max_rps?,
+                h2c: h2c?,
             },
             tls: tls?,
         },
@@ -239,7 +245,7 @@ impl Middleware for MirrorHandler {
         let comparison = pending.comparison();
         let limit = self.mirror.copy_timeout();
         let response = if http_body::Body::is_end_stream(&request_body) {
-            pending.dispatch(Vec::new(), None);
+            Capture::new(pending).finish();
             next.run(Request::from_parts(head, request_body))
         } else {
             let (tee, rest) = Tee::new(request_body, Capture::new(pending));

@@ -29,6 +29,22 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
+/// Whether the client's `TE` says it takes trailer fields. `TE` is
+/// hop-by-hop, but teebox passes trailers on in both directions, so it may
+/// say `TE: trailers` upstream for such a client (RFC 9110 §10.1.4): gRPC
+/// servers expect it, and HTTP/1.1 servers send trailers only when told.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let coding = t.split(';').next().unwrap_or_default().trim();
+            coding.eq_ignore_ascii_case("trailers")
+        })
+}
+
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
@@ -104,6 +120,20 @@ mod tests {
         strip(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn trailers_in_te() {
+        let te = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("te", value.parse().unwrap());
+            accepts_trailers(&h)
+        };
+        assert!(te("trailers"));
+        assert!(te("gzip;q=0.5, Trailers"));
+        assert!(!te("gzip, deflate"));
+        assert!(!te("trailersx"));
+        assert!(!accepts_trailers(&HeaderMap::new()));
     }
 
     #[test]

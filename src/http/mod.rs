@@ -18,11 +18,11 @@ pub use conn::ConnInfo;
 pub type Request = http::Request<Body>;
 pub type Response = http::Response<Body>;
 
-/// The headers a proxy sends upstream: hop-by-hop ones removed, the
-/// forwarding headers added (when `forwarded`), and `Host` removed for the
-/// caller to set. Returns the host the client addressed. `reverse_proxy`
-/// and mirror copies both go through here, so a copy carries the headers
-/// the primary got.
+/// The headers a proxy sends upstream: hop-by-hop ones removed (but see
+/// [`hop_by_hop::accepts_trailers`]), the forwarding headers added (when
+/// `forwarded`), and `Host` removed for the caller to set. Returns the host
+/// the client addressed. `reverse_proxy` and mirror copies both go through
+/// here, so a copy carries the headers the primary got.
 pub fn upstream_headers(
     headers: &mut http::HeaderMap,
     uri: &http::Uri,
@@ -30,7 +30,11 @@ pub fn upstream_headers(
     forwarded: bool,
 ) -> Option<http::HeaderValue> {
     let host = original_host(uri, headers);
+    let trailers = hop_by_hop::accepts_trailers(headers);
     hop_by_hop::strip(headers);
+    if trailers {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
     if let (true, Some(conn)) = (forwarded, conn) {
         forwarded::add(headers, conn, host.as_ref());
     }

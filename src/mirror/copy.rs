@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, Uri};
 use http_body::{Frame, SizeHint};
 
 use super::compare::Comparison;
+use super::grpc::Protocol;
 use super::rewrite::CopyRewrite;
 
 /// What every target of one mirror is sent for one request, shared by all
@@ -77,6 +78,11 @@ impl CopyRequest {
         self.extras.comparison.as_ref()
     }
 
+    /// Whether the copy is a gRPC call, which only HTTP/2 can carry.
+    pub fn protocol(&self) -> Protocol {
+        self.extras.protocol
+    }
+
     pub fn body(&self) -> CopyBody {
         let body = self.sent_body();
         CopyBody {
@@ -94,6 +100,7 @@ pub struct CopyExtras {
     /// that sends the copy.
     pub body_rewrite: Option<Arc<CopyRewrite>>,
     pub comparison: Option<Arc<Comparison>>,
+    pub protocol: Protocol,
 }
 
 impl std::fmt::Debug for CopyExtras {
@@ -101,11 +108,13 @@ impl std::fmt::Debug for CopyExtras {
         f.debug_struct("CopyExtras")
             .field("body_rewrite", &self.body_rewrite.is_some())
             .field("comparison", &self.comparison.is_some())
+            .field("protocol", &self.protocol)
             .finish()
     }
 }
 
-/// Replays a copy's body and trailers.
+/// Replays a copy's body and then its trailers, if the client sent any
+/// (gRPC clients may; over HTTP/2 they go out as a trailing HEADERS frame).
 pub struct CopyBody {
     data: Option<Bytes>,
     trailers: Option<HeaderMap>,

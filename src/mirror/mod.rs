@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod compare;
 pub mod copy;
+pub mod grpc;
 pub mod policy;
 pub mod rewrite;
 pub mod runtime;
@@ -129,6 +130,8 @@ impl Mirror {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(options.targets.concurrency)
+            // `h2c`: every target speaks HTTP/2 with prior knowledge.
+            .http2_only(options.targets.h2c)
             .build(connector);
         let comparer = match &options.compare {
             Some(config) => Some(Arc::new(compare::Comparer::start(
@@ -274,12 +277,17 @@ impl Mirror {
     /// Takes what the copy needs from the request head, as `reverse_proxy`
     /// would send it upstream, plus the mirror's own edits (`rewrite`,
     /// `query_set`, `query_remove`, `header_up`). `None` when an edit
-    /// cannot be made (a regex that yields no URI): nothing is copied.
+    /// cannot be made (a regex that yields no URI), or for a gRPC call
+    /// when no target speaks HTTP/2: nothing is copied.
     pub fn pending(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
-        targets: Arc<Vec<Arc<Target>>>,
+        mut targets: Arc<Vec<Arc<Target>>>,
     ) -> Option<PendingCopy> {
+        let protocol = grpc::Protocol::of(&head.headers);
+        if protocol == grpc::Protocol::Grpc {
+            targets = target::over_http2(targets)?;
+        }
         let vars = self
             .options
             .header_up
@@ -323,6 +331,7 @@ impl Mirror {
             uri,
             headers,
             had_length,
+            protocol,
         })
     }
 
@@ -367,9 +376,14 @@ pub struct PendingCopy {
     uri: Uri,
     headers: HeaderMap,
     had_length: bool,
+    protocol: grpc::Protocol,
 }
 
 impl PendingCopy {
+    pub fn protocol(&self) -> grpc::Protocol {
+        self.protocol
+    }
+
     /// With `compare`: where the primary's response is to be given.
     pub fn comparison(&self) -> Option<Arc<compare::Comparison>> {
         self.comparison.clone()
@@ -397,8 +411,12 @@ impl PendingCopy {
             trailers,
             self.had_length,
             CopyExtras {
-                body_rewrite: rewrite.rewrites_body().then_some(rewrite),
+                // `replace_body` would break a gRPC message's length prefix
+                // (and protobuf's own): gRPC copies are sent as they came.
+                body_rewrite: (rewrite.rewrites_body() && self.protocol == grpc::Protocol::Http)
+                    .then_some(rewrite),
                 comparison: self.comparison,
+                protocol: self.protocol,
             },
         ));
         for target in self.targets.iter() {
@@ -413,6 +431,7 @@ impl PendingCopy {
             match why {
                 Abandon::TooLarge => bump(&stats.skipped_too_large),
                 Abandon::Incomplete => bump(&stats.incomplete),
+                Abandon::Streaming(_) => bump(&stats.skipped_streaming),
             }
         }
     }

@@ -30,6 +30,12 @@ pub struct TargetStats {
     pub skipped_loop: AtomicU64,
     /// Over the target's `max_rps`.
     pub rate_limited: AtomicU64,
+    /// A gRPC call whose request body was not exactly one message
+    /// (client-streaming or bidirectional, or malformed).
+    pub skipped_streaming: AtomicU64,
+    /// A gRPC call for a target that can only be reached over HTTP/1.1
+    /// (`http://` without `h2c`): gRPC needs HTTP/2.
+    pub skipped_no_http2: AtomicU64,
     /// Times the breaker paused the target.
     pub paused: AtomicU64,
     /// With `compare`: the response matched the primary's.
@@ -60,6 +66,8 @@ pub struct Counts {
     pub skipped_method: u64,
     pub skipped_loop: u64,
     pub rate_limited: u64,
+    pub skipped_streaming: u64,
+    pub skipped_no_http2: u64,
     pub paused: u64,
     pub compare_match: u64,
     pub compare_status: u64,
@@ -84,6 +92,8 @@ impl TargetStats {
             skipped_method: get(&self.skipped_method),
             skipped_loop: get(&self.skipped_loop),
             rate_limited: get(&self.rate_limited),
+            skipped_streaming: get(&self.skipped_streaming),
+            skipped_no_http2: get(&self.skipped_no_http2),
             paused: get(&self.paused),
             compare_match: get(&self.compare_match),
             compare_status: get(&self.compare_status),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Request, Uri};
+use http::{header, HeaderValue, Request, Uri, Version};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use tokio::sync::{mpsc, Mutex};
@@ -19,6 +19,7 @@ use tokio::task::AbortHandle;
 
 use super::breaker::{Admit, Breaker, BreakerConfig, Transition};
 use super::copy::{CopyBody, CopyRequest};
+use super::grpc::Protocol;
 use super::policy::RateLimit;
 use super::stats::{bump, TargetStats};
 use super::TargetSet;
@@ -42,6 +43,9 @@ pub struct TargetSettings {
     pub host: Option<HeaderValue>,
     /// `max_rps`: copies a second at most; over it they are dropped.
     pub max_rps: Option<u32>,
+    /// `h2c`: targets speak HTTP/2 with prior knowledge, `http://` ones
+    /// included; without it only `https://` targets can get HTTP/2 (ALPN).
+    pub h2c: bool,
 }
 
 struct Job {
@@ -58,6 +62,9 @@ pub struct TargetState {
     rate: Option<RateLimit>,
     removed: AtomicBool,
     in_flight: AtomicU64,
+    /// Whether copies can reach it over HTTP/2: `h2c`, or `https://` (if
+    /// the target picks h2 by ALPN; a gRPC copy fails if it picks HTTP/1.1).
+    http2: bool,
 }
 
 pub struct Target {
@@ -79,7 +86,9 @@ impl Target {
             .clone()
             .or_else(|| HeaderValue::from_str(url.authority.as_str()).ok())
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        let http2 = settings.h2c || url.scheme == http::uri::Scheme::HTTPS;
         let state = Arc::new(TargetState {
+            http2,
             url,
             stats: TargetStats::default(),
             breaker: Breaker::new(settings.breaker),
@@ -260,6 +269,11 @@ impl Worker {
             None => return Outcome::Failed("cannot form the copy's URI".into()),
         };
         *req.headers_mut() = copy.sent_headers();
+        if copy.protocol() == Protocol::Grpc {
+            // The client then refuses a connection that ALPN made HTTP/1.1
+            // rather than send gRPC where it cannot work.
+            *req.version_mut() = Version::HTTP_2;
+        }
         // The copy has no Host unless the mirror's header_up set one.
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut()
@@ -267,6 +281,12 @@ impl Worker {
         }
         let response = match self.client.request(req).await {
             Ok(response) => response,
+            Err(err) if copy.protocol() == Protocol::Grpc => {
+                return Outcome::Failed(format!(
+                    "{} (a gRPC copy; it needs HTTP/2)",
+                    error_chain(&err)
+                ))
+            }
             Err(err) => return Outcome::Failed(error_chain(&err)),
         };
         let status = response.status();
@@ -306,6 +326,22 @@ impl Worker {
             Outcome::Succeeded
         }
     }
+}
+
+/// The targets a gRPC call can be copied to: those reached over HTTP/2.
+/// The others count it `skipped_no_http2`; `None` when none is left.
+pub fn over_http2(targets: Arc<Vec<Arc<Target>>>) -> Option<Arc<Vec<Arc<Target>>>> {
+    if targets.iter().all(|t| t.state.http2) {
+        return Some(targets);
+    }
+    let mut kept = Vec::with_capacity(targets.len());
+    for target in targets.iter() {
+        match target.state.http2 {
+            true => kept.push(target.clone()),
+            false => bump(&target.state.stats.skipped_no_http2),
+        }
+    }
+    (!kept.is_empty()).then(|| Arc::new(kept))
 }
 
 fn target_uri(url: &UpstreamUrl, origin: &Uri) -> Option<Uri> {

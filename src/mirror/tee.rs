@@ -19,6 +19,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
+use super::grpc::{Framing, NotUnary, Protocol};
 use super::PendingCopy;
 use crate::http::{Body, BoxError};
 
@@ -30,6 +31,9 @@ pub enum Abandon {
     /// The client's body ended in an error (an abort): a truncated copy
     /// would lie about what the client sent.
     Incomplete,
+    /// A gRPC call whose body is not exactly one message: a streaming call
+    /// cannot be replayed as one request.
+    Streaming(NotUnary),
 }
 
 /// The copy being collected.
@@ -38,15 +42,19 @@ pub struct Capture {
     chunks: Vec<Bytes>,
     len: u64,
     trailers: Option<HeaderMap>,
+    /// For a gRPC call: its message framing, checked as the body goes past.
+    framing: Option<Framing>,
 }
 
 impl Capture {
     pub fn new(pending: PendingCopy) -> Self {
+        let framing = (pending.protocol() == Protocol::Grpc).then(Framing::default);
         Capture {
             pending,
             chunks: Vec::new(),
             len: 0,
             trailers: None,
+            framing,
         }
     }
 
@@ -54,6 +62,9 @@ impl Capture {
     fn observe(&mut self, frame: &Frame<Bytes>) -> Result<(), Abandon> {
         if let Some(data) = frame.data_ref() {
             self.len += data.len() as u64;
+            if let Some(framing) = self.framing.as_mut() {
+                framing.push(data).map_err(Abandon::Streaming)?;
+            }
             if self.len > self.pending.max_body() {
                 return Err(Abandon::TooLarge);
             }
@@ -61,13 +72,19 @@ impl Capture {
                 self.chunks.push(data.clone());
             }
         } else if let Some(trailers) = frame.trailers_ref() {
-            self.trailers = Some(trailers.clone());
+            // Like the headers, not slices of the connection's buffers.
+            self.trailers = Some(crate::http::detached(trailers));
         }
         Ok(())
     }
 
+    /// The body has ended: the copy is sent, unless it is a gRPC call that
+    /// turned out not to be unary.
     pub fn finish(self) {
-        self.pending.dispatch(self.chunks, self.trailers);
+        match self.framing.as_ref().map(Framing::finish) {
+            Some(Err(why)) => self.pending.abandon(Abandon::Streaming(why)),
+            _ => self.pending.dispatch(self.chunks, self.trailers),
+        }
     }
 
     fn abandon(self, why: Abandon) {
