@@ -54,6 +54,7 @@ pub fn render(mirrors: &[std::sync::Arc<Mirror>], registry: &MetricsRegistry) ->
             ("skipped_method", c.skipped_method),
             ("skipped_loop", c.skipped_loop),
             ("rate_limited", c.rate_limited),
+            ("primary_filtered", c.primary_filtered),
         ] {
             let _ = writeln!(
                 out,

@@ -237,7 +237,7 @@ fn list(mirror: &Mirror, json: bool) -> AdminResponse {
                     "skipped_too_large": c.skipped_too_large, "skipped_paused": c.skipped_paused,
                     "incomplete": c.incomplete, "sampled_out": c.sampled_out, "paused": c.paused,
                     "skipped_method": c.skipped_method, "skipped_loop": c.skipped_loop,
-                    "rate_limited": c.rate_limited,
+                    "rate_limited": c.rate_limited, "primary_filtered": c.primary_filtered,
                 },
                 "compare": mirror.compares().then(|| serde_json::json!({
                     "match": c.compare_match, "status_differs": c.compare_status,

@@ -30,6 +30,9 @@ pub struct TargetStats {
     pub skipped_loop: AtomicU64,
     /// Over the target's `max_rps`.
     pub rate_limited: AtomicU64,
+    /// With `primary_status`: the primary answered another status, or
+    /// never answered (its upstream failed, the client left).
+    pub primary_filtered: AtomicU64,
     /// Times the breaker paused the target.
     pub paused: AtomicU64,
     /// With `compare`: the response matched the primary's.
@@ -60,6 +63,7 @@ pub struct Counts {
     pub skipped_method: u64,
     pub skipped_loop: u64,
     pub rate_limited: u64,
+    pub primary_filtered: u64,
     pub paused: u64,
     pub compare_match: u64,
     pub compare_status: u64,
@@ -84,6 +88,7 @@ impl TargetStats {
             skipped_method: get(&self.skipped_method),
             skipped_loop: get(&self.skipped_loop),
             rate_limited: get(&self.rate_limited),
+            primary_filtered: get(&self.primary_filtered),
             paused: get(&self.paused),
             compare_match: get(&self.compare_match),
             compare_status: get(&self.compare_status),
