@@ -121,7 +121,9 @@ pub struct Mirror {
     /// Whether some target samples less than the mirror: only then is the
     /// list of targets narrowed per request.
     narrower: bool,
-    /// Whether a target's own `header_up` has placeholders.
+    /// Whether some target has its own `header_up`, and whether one of
+    /// those has placeholders: only then does a copy carry what they need.
+    targets_edit_headers: bool,
     targets_need_vars: bool,
     /// Upgrade requests (WebSocket) are never copied: a copy could not
     /// take part in the conversation.
@@ -151,6 +153,7 @@ impl Mirror {
             .build(connector);
         let lowest_sample = all().map(|s| s.sample).fold(defaults.sample, f64::min);
         let narrower = specs.iter().any(|s| s.settings.sample < defaults.sample);
+        let targets_edit_headers = specs.iter().any(|s| !s.settings.header_up.is_empty());
         let targets_need_vars = specs.iter().any(|s| s.settings.header_up.needs_vars());
         let comparer = match &options.compare {
             Some(config) => Some(Arc::new(compare::Comparer::start(
@@ -188,6 +191,7 @@ impl Mirror {
             comparer,
             lowest_sample,
             narrower,
+            targets_edit_headers,
             targets_need_vars,
             skipped_upgrade: AtomicU64::new(0),
         }))
@@ -472,7 +476,11 @@ impl PendingCopy {
                 comparison: self.comparison,
                 suffixed_host: self.suffixed_host,
                 vars: self.vars,
-                marker: self.mirror.options.policy.marker().cloned(),
+                marker: self
+                    .mirror
+                    .targets_edit_headers
+                    .then(|| self.mirror.options.policy.marker().cloned())
+                    .flatten(),
             },
         ));
         match self.gate {
