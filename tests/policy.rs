@@ -576,3 +576,12 @@ async fn a_target_node_has_its_own_breaker_and_the_others_keep_the_mirror_s() {
     assert_eq!((s.paused, s.skipped_paused, s.sent), (1, 1, 1), "{s:?}");
     assert_eq!((l.paused, l.skipped_paused, l.sent), (0, 0, 2), "{l:?}");
 }
+
+#[test]
+fn validate_warns_about_a_target_node_that_is_the_file_itself() {
+    let kdl = "site \"127.0.0.1:18557\" {\n  route \"/*\" {\n    mirror \"http://127.0.0.1:18558\" {\n      target \"http://127.0.0.1:18557\" { sample 0.5; }\n    }\n    respond 200\n  }\n}\n";
+    let loaded = teebox::config::parse("self.kdl", kdl, std::env::temp_dir()).expect("valid");
+    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
+    assert_eq!(loaded.warnings.len(), 1, "{rendered}");
+    assert!(rendered.contains("127.0.0.1:18557\" {"), "{rendered}");
+}
