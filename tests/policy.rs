@@ -585,3 +585,27 @@ fn validate_warns_about_a_target_node_that_is_the_file_itself() {
     assert_eq!(loaded.warnings.len(), 1, "{rendered}");
     assert!(rendered.contains("127.0.0.1:18557\" {"), "{rendered}");
 }
+
+#[tokio::test]
+async fn primary_status_withholds_the_copy_when_the_client_leaves_before_the_answer() {
+    let held = common::Gate::new();
+    let primary = Backend::start(Reply::ok("late").hold(&held)).await;
+    let shadow = Backend::ok().await;
+    let chain = format!(
+        "mirror {:?} {{\n  primary_status \"2xx\"\n}}\nreverse_proxy {:?}",
+        shadow.url(),
+        primary.url()
+    );
+    let running = start(&admin_site(&chain)).await;
+    let url = format!("{}/gone", base_url(&running));
+    let client = tokio::spawn(async move { Client::http1().get(&url).await });
+    primary.wait_for(1).await;
+    // The client hangs up while the primary is still working on it.
+    client.abort();
+    eventually("the copy withheld", || {
+        counts(&running).primary_filtered == 1
+    })
+    .await;
+    held.open();
+    shadow.assert_stays_at(0, Duration::from_millis(100)).await;
+}
