@@ -1,16 +1,61 @@
-//! Mirror traffic policy: which requests are copied (`methods`), how many
-//! (`max_rps`), and the loop `marker` that keeps teebox from copying its
-//! own copies.
+//! Mirror traffic policy: which requests are copied (`methods`,
+//! `primary_status`), how many (`sample`, `max_rps`), where (`target`
+//! nodes with options of their own), and the loop `marker` that keeps
+//! teebox from copying its own copies.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{base_url, client, eventually, start, Backend, Client};
+use common::{base_url, client, eventually, fault, random_bytes, start, Backend, Client, Reply};
+use teebox::mirror::stats::Counts;
 use teebox::server::Running;
 
-fn counts(running: &Running) -> teebox::mirror::stats::Counts {
+fn counts(running: &Running) -> Counts {
     running.mirrors()[0].targets()[0].state().stats.counts()
+}
+
+/// The counters of the target at `url` in the first mirror.
+fn counts_of(running: &Running, url: &str) -> Counts {
+    running.mirrors()[0]
+        .targets()
+        .iter()
+        .find(|t| t.url().to_string() == url)
+        .unwrap_or_else(|| panic!("no target {url}"))
+        .state()
+        .stats
+        .counts()
+}
+
+/// A file with an admin endpoint and one route whose chain is `chain`.
+fn admin_site(chain: &str) -> String {
+    format!(
+        "global {{\n  admin \"127.0.0.1:0\"\n}}\nsite \"127.0.0.1:0\" {{\n  route \"/*\" {{\n{chain}\n  }}\n}}\n"
+    )
+}
+
+async fn admin_get(running: &Running, path: &str, json: bool) -> String {
+    let url = format!(
+        "http://{}{path}",
+        running.admin_addr().expect("admin endpoint")
+    );
+    let mut req = client::req("GET", &url);
+    if json {
+        req = req.header("accept", "application/json");
+    }
+    let resp = Client::http1()
+        .send(req.body(client::full("")).unwrap())
+        .await
+        .expect("admin request");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.text()
+}
+
+async fn send(client: &Client, method: &str, url: &str, body: &[u8]) -> u16 {
+    let req = client::req(method, url)
+        .body(client::full(body.to_vec()))
+        .unwrap();
+    client.send(req).await.expect("request").status.as_u16()
 }
 
 fn site(shadow: &Backend, options: &str) -> String {
@@ -261,4 +306,306 @@ fn validate_warns_about_a_mirror_target_that_is_the_file_itself() {
         "{rendered}"
     );
     assert!(rendered.contains("localhost:18555"), "{rendered}");
+}
+
+/// The primary answers by path: `/ok…` 200, `/missing…` 404, `/broken…` 500.
+async fn primary_by_path() -> Backend {
+    Backend::with(|rec| {
+        let path = rec.uri.path();
+        let status = match () {
+            _ if path.starts_with("/missing") => 404,
+            _ if path.starts_with("/broken") => 500,
+            _ => 200,
+        };
+        Reply::ok(format!("primary {path}")).status(status)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn primary_status_sends_copies_of_wanted_answers_only() {
+    let primary = primary_by_path().await;
+    let shadow = Backend::ok().await;
+    let chain = format!(
+        "mirror {:?} {{\n  primary_status \"2xx\"\n}}\nreverse_proxy {:?}",
+        shadow.url(),
+        primary.url()
+    );
+    let running = start(&admin_site(&chain)).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    let upload = random_bytes(64 * 1024, 9);
+    let sent = [
+        ("GET", "/ok/1", &b""[..], 200),
+        ("GET", "/missing/1", b"", 404),
+        ("POST", "/broken/1", b"lost", 500),
+        ("POST", "/ok/2", &upload[..], 200),
+        ("POST", "/missing/2", b"also lost", 404),
+        ("GET", "/ok/3", b"", 200),
+    ];
+    for (method, path, body, status) in sent {
+        assert_eq!(
+            send(&client, method, &format!("{base}{path}"), body).await,
+            status
+        );
+    }
+    // Every request reached the primary, whatever became of its copy.
+    assert_eq!(primary.count(), 6);
+    eventually("three copies withheld", || {
+        counts(&running).primary_filtered == 3
+    })
+    .await;
+    let mut got = shadow.wait_for(3).await;
+    got.sort_by(|a, b| a.uri.path().cmp(b.uri.path()));
+    let paths: Vec<&str> = got.iter().map(|r| r.uri.path()).collect();
+    assert_eq!(paths, ["/ok/1", "/ok/2", "/ok/3"]);
+    assert_eq!(got[1].method, "POST");
+    assert_eq!(got[1].body, upload, "the held copy's body, byte for byte");
+    shadow.assert_stays_at(3, Duration::from_millis(100)).await;
+    let c = counts(&running);
+    assert_eq!(
+        (c.succeeded, c.primary_filtered, c.dropped),
+        (3, 3, 0),
+        "{c:?}"
+    );
+
+    let metrics = admin_get(&running, "/metrics", false).await;
+    let line = metrics
+        .lines()
+        .find(|l| l.contains("outcome=\"primary_filtered\""))
+        .unwrap_or_else(|| panic!("no primary_filtered in\n{metrics}"));
+    assert!(line.ends_with(" 3"), "{line}");
+    let json = admin_get(&running, "/targets", true).await;
+    let targets: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(targets[0]["counters"]["primary_filtered"], 3, "{json}");
+}
+
+#[tokio::test]
+async fn primary_status_withholds_the_copy_of_a_primary_that_never_answered() {
+    let shadow = Backend::ok().await;
+    // "5xx" would take teebox's own 502 for an answer if it could: the
+    // primary gave none, so the copy is still withheld.
+    let chain = format!(
+        "mirror {:?} {{\n  primary_status \"5xx\"\n}}\nreverse_proxy {:?}",
+        shadow.url(),
+        fault::refused_url()
+    );
+    let running = start(&admin_site(&chain)).await;
+    let client = Client::http1();
+    let base = base_url(&running);
+    assert_eq!(
+        send(&client, "GET", &format!("{base}/down"), b"").await,
+        502
+    );
+    assert_eq!(
+        send(&client, "POST", &format!("{base}/down"), b"body").await,
+        502
+    );
+    eventually("both copies withheld", || {
+        counts(&running).primary_filtered == 2
+    })
+    .await;
+    shadow.assert_stays_at(0, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn primary_status_matches_exact_codes_and_answers_given_before_the_body_ends() {
+    // `respond` answers without reading the body: the verdict comes first
+    // and the copy follows once the tee has the whole body.
+    let shadow = Backend::ok().await;
+    let kdl = format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/accepted/*\" {{\n    mirror {url:?} {{ primary_status \"202\"; }}\n    respond 202 \"queued\"\n  }}\n  route \"/*\" {{\n    mirror {url:?} {{ primary_status 202 \"3xx\"; }}\n    respond 201 \"made\"\n  }}\n}}\n",
+        url = shadow.url()
+    );
+    let running = start(&kdl).await;
+    let base = base_url(&running);
+    let client = Client::http1();
+    let upload = random_bytes(200 * 1024, 3);
+    assert_eq!(
+        send(&client, "POST", &format!("{base}/accepted/1"), &upload).await,
+        202
+    );
+    assert_eq!(
+        send(&client, "POST", &format!("{base}/other"), b"not copied").await,
+        201
+    );
+    let got = shadow.wait_for(1).await;
+    assert_eq!(got[0].uri.path(), "/accepted/1");
+    assert_eq!(got[0].body, upload, "byte for byte");
+    let other = || running.mirrors()[1].targets()[0].state().stats.counts();
+    eventually("the 201 withheld", || other().primary_filtered == 1).await;
+    assert_eq!(other().sent, 0, "{:?}", other());
+    shadow.assert_stays_at(1, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_target_node_has_its_own_headers_and_host_and_runtime_targets_do_not() {
+    let plain = Backend::ok().await;
+    let canary = Backend::ok().await;
+    let runtime = Backend::ok().await;
+    let chain = format!(
+        "mirror {:?} {{\n  name \"m\"\n  header_up \"X-Shadow\" \"1\"\n  target {:?} {{\n    header_up \"X-Canary\" \"{{request.id}}\"\n    header_up \"-Teebox-Shadow\"\n    host \"canary.internal\"\n  }}\n}}\nrespond 200 \"ok\"",
+        plain.url(),
+        canary.url()
+    );
+    let running = start(&admin_site(&chain)).await;
+    let admin = running.admin_addr().expect("admin endpoint");
+    let put = client::req(
+        "PUT",
+        &format!("http://{admin}/targets?mirror=m&url={}", runtime.url()),
+    )
+    .body(client::full(""))
+    .unwrap();
+    assert_eq!(Client::http1().send(put).await.unwrap().status, 200);
+
+    let body = random_bytes(10_000, 5);
+    let client = Client::http1();
+    assert_eq!(
+        send(
+            &client,
+            "PUT",
+            &format!("{}/doc", base_url(&running)),
+            &body
+        )
+        .await,
+        200
+    );
+    let (p, c, r) = (
+        plain.wait_for(1).await.remove(0),
+        canary.wait_for(1).await.remove(0),
+        runtime.wait_for(1).await.remove(0),
+    );
+    for copy in [&p, &c, &r] {
+        assert_eq!(copy.body, body, "byte for byte");
+        assert_eq!(copy.header("x-shadow"), Some("1"), "the mirror's header_up");
+        assert_eq!(copy.header("teebox-shadow"), Some("1"), "the marker stays");
+    }
+    let id = c.header("x-canary").expect("the target's own header_up");
+    assert_eq!(id.len(), 36, "a request id: {id}");
+    assert_eq!(p.header("x-canary"), None);
+    assert_eq!(
+        r.header("x-canary"),
+        None,
+        "runtime targets get the mirror's settings"
+    );
+    assert_eq!(c.header("host"), Some("canary.internal"));
+    assert_eq!(p.header("host"), Some(plain.authority().as_str()));
+    assert_eq!(r.header("host"), Some(runtime.authority().as_str()));
+}
+
+#[tokio::test]
+async fn a_target_node_with_sample_zero_gets_nothing_while_the_other_gets_everything() {
+    let all = Backend::ok().await;
+    let none = Backend::ok().await;
+    let options = format!("target {:?} {{ sample 0; }}", none.url());
+    let running = start(&site(&all, &options)).await;
+    let client = Client::http1();
+    for i in 0..50 {
+        client.get(&format!("{}/s/{i}", base_url(&running))).await;
+    }
+    all.wait_for(50).await;
+    eventually("every request left out of the sample-0 target", || {
+        counts_of(&running, &none.url()).sampled_out == 50
+    })
+    .await;
+    none.assert_stays_at(0, Duration::from_millis(100)).await;
+    let c = counts_of(&running, &all.url());
+    assert_eq!((c.sampled_out, c.succeeded), (0, 50), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_sample_is_a_cohort_inside_the_mirror_cohort() {
+    let staging = Backend::ok().await;
+    let canary = Backend::ok().await;
+    let options = format!(
+        "sample 0.5\nsample_by \"header:X-User-Id\"\nbacklog 4000\ntarget {:?} {{\n  sample 0.1\n  backlog 4000\n}}",
+        canary.url()
+    );
+    let running = start(&site(&staging, &options)).await;
+    send_users(&running, 500, 4).await;
+    eventually("every request decided for both targets", || {
+        let (s, c) = (
+            counts_of(&running, &staging.url()),
+            counts_of(&running, &canary.url()),
+        );
+        s.succeeded + s.sampled_out == 2000 && c.succeeded + c.sampled_out == 2000
+    })
+    .await;
+    let (in_staging, in_canary) = (users_in(&staging), users_in(&canary));
+    assert!(in_staging.values().all(|n| *n == 4), "{in_staging:?}");
+    assert!(in_canary.values().all(|n| *n == 4), "{in_canary:?}");
+    // The keys are fixed, so these are fixed too; the ranges say what the
+    // fractions mean: a share of all users, the canary's inside staging's.
+    assert!(
+        (200..=300).contains(&in_staging.len()),
+        "{}",
+        in_staging.len()
+    );
+    assert!((25..=75).contains(&in_canary.len()), "{}", in_canary.len());
+    let outside: Vec<&String> = in_canary
+        .keys()
+        .filter(|u| !in_staging.contains_key(*u))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "canary users not in staging: {outside:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_target_node_has_its_own_breaker_and_the_others_keep_the_mirror_s() {
+    // Both refuse connections; only the target node pauses after one failure.
+    let lenient = fault::refused_url();
+    let strict = format!("http://127.0.0.1:{}", fault::refused_addr().port());
+    let shadow_site = format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {lenient:?} {{\n      max_failures 100\n      target {strict:?} {{ max_failures 1; }}\n    }}\n    respond 200 \"ok\"\n  }}\n}}\n"
+    );
+    let running = start(&shadow_site).await;
+    let client = Client::http1();
+    client.get(&format!("{}/1", base_url(&running))).await;
+    eventually("the first copies failed", || {
+        counts_of(&running, &strict).failed == 1 && counts_of(&running, &lenient).failed == 1
+    })
+    .await;
+    client.get(&format!("{}/2", base_url(&running))).await;
+    eventually("the second copy tried on the lenient target", || {
+        counts_of(&running, &lenient).failed == 2
+    })
+    .await;
+    let (s, l) = (counts_of(&running, &strict), counts_of(&running, &lenient));
+    assert_eq!((s.paused, s.skipped_paused, s.sent), (1, 1, 1), "{s:?}");
+    assert_eq!((l.paused, l.skipped_paused, l.sent), (0, 0, 2), "{l:?}");
+}
+
+#[test]
+fn validate_warns_about_a_target_node_that_is_the_file_itself() {
+    let kdl = "site \"127.0.0.1:18557\" {\n  route \"/*\" {\n    mirror \"http://127.0.0.1:18558\" {\n      target \"http://127.0.0.1:18557\" { sample 0.5; }\n    }\n    respond 200\n  }\n}\n";
+    let loaded = teebox::config::parse("self.kdl", kdl, std::env::temp_dir()).expect("valid");
+    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
+    assert_eq!(loaded.warnings.len(), 1, "{rendered}");
+    assert!(rendered.contains("127.0.0.1:18557\" {"), "{rendered}");
+}
+
+#[tokio::test]
+async fn primary_status_withholds_the_copy_when_the_client_leaves_before_the_answer() {
+    let held = common::Gate::new();
+    let primary = Backend::start(Reply::ok("late").hold(&held)).await;
+    let shadow = Backend::ok().await;
+    let chain = format!(
+        "mirror {:?} {{\n  primary_status \"2xx\"\n}}\nreverse_proxy {:?}",
+        shadow.url(),
+        primary.url()
+    );
+    let running = start(&admin_site(&chain)).await;
+    let url = format!("{}/gone", base_url(&running));
+    let client = tokio::spawn(async move { Client::http1().get(&url).await });
+    primary.wait_for(1).await;
+    // The client hangs up while the primary is still working on it.
+    client.abort();
+    eventually("the copy withheld", || {
+        counts(&running).primary_filtered == 1
+    })
+    .await;
+    held.open();
+    shadow.assert_stays_at(0, Duration::from_millis(100)).await;
 }

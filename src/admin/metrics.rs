@@ -56,6 +56,7 @@ pub fn render(mirrors: &[std::sync::Arc<Mirror>], registry: &MetricsRegistry) ->
             ("rate_limited", c.rate_limited),
             ("skipped_streaming", c.skipped_streaming),
             ("skipped_no_http2", c.skipped_no_http2),
+            ("primary_filtered", c.primary_filtered),
         ] {
             let _ = writeln!(
                 out,

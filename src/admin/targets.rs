@@ -240,6 +240,7 @@ fn list(mirror: &Mirror, json: bool) -> AdminResponse {
                     "rate_limited": c.rate_limited,
                     "skipped_streaming": c.skipped_streaming,
                     "skipped_no_http2": c.skipped_no_http2,
+                    "primary_filtered": c.primary_filtered,
                 },
                 "compare": mirror.compares().then(|| serde_json::json!({
                     "match": c.compare_match, "status_differs": c.compare_status,

@@ -730,7 +730,11 @@ fn warn_self_mirrors(doc: &KdlDocument, sites: &[Site], r: &mut Reader) {
         if node.name().value() != "mirror" {
             continue;
         }
-        for entry in arguments(node) {
+        let target_nodes = children(node)
+            .iter()
+            .filter(|c| c.name().value() == "target")
+            .flat_map(arguments);
+        for entry in arguments(node).into_iter().chain(target_nodes) {
             let Ok(url) = value::upstream_url(entry) else {
                 continue;
             };

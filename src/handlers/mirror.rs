@@ -5,18 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kdl::KdlNode;
+use kdl::{KdlEntry, KdlNode};
+use miette::SourceSpan;
 
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
-use crate::config::reader::{arguments, name_span, Reader, Repeat};
+use crate::config::reader::{arguments, name_span, Options, Reader, Repeat};
 use crate::config::value::{self, UpstreamUrl};
 use crate::config::Problem;
+use crate::http::header_ops::HeaderOps;
 use crate::http::{body, hop_by_hop, Request, Response};
 use crate::mirror::breaker::BreakerConfig;
 use crate::mirror::compare::CompareConfig;
-use crate::mirror::policy::{Policy, SampleKey};
+use crate::mirror::policy::{Policy, SampleKey, StatusFilter};
 use crate::mirror::rewrite::CopyRewrite;
-use crate::mirror::target::TargetSettings;
+use crate::mirror::target::{TargetSettings, TargetSpec};
 use crate::mirror::tee::{Capture, Tee};
 use crate::mirror::{Mirror, MirrorOptions};
 
@@ -27,46 +29,76 @@ pub static KIND: HandlerKind = HandlerKind::Middleware {
 
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
-    pub urls: Vec<UpstreamUrl>,
+    /// The targets the file lists: the mirror's arguments (with the
+    /// mirror's settings), then its `target` nodes.
+    pub targets: Vec<TargetSpec>,
     pub options: MirrorOptions,
+}
+
+/// Options a `target` node may set over its mirror's; the mirror takes
+/// them too, as every target's defaults.
+const TARGET_OPTIONS: &[(&str, Repeat)] = &[
+    ("sample", Repeat::Once),
+    ("concurrency", Repeat::Once),
+    ("backlog", Repeat::Once),
+    ("timeout", Repeat::Once),
+    ("max_failures", Repeat::Once),
+    ("retry_after", Repeat::Once),
+    ("fail_after", Repeat::Once),
+    ("header_up", Repeat::Many),
+    ("host", Repeat::Once),
+    ("max_rps", Repeat::Once),
+];
+
+/// Options of the mirror as a whole.
+const MIRROR_OPTIONS: &[(&str, Repeat)] = &[
+    ("name", Repeat::Once),
+    ("alert_interval", Repeat::Once),
+    ("max_body", Repeat::Once),
+    ("tls_ca", Repeat::Once),
+    ("tls_server_name", Repeat::Once),
+    ("tls_insecure_skip_verify", Repeat::Once),
+    ("rewrite", Repeat::Many),
+    ("query_set", Repeat::Many),
+    ("query_remove", Repeat::Many),
+    ("replace_body", Repeat::Many),
+    ("compare", Repeat::Once),
+    ("methods", Repeat::Once),
+    ("marker", Repeat::Once),
+    ("sample_by", Repeat::Once),
+    ("host_suffix", Repeat::Once),
+    ("primary_status", Repeat::Once),
+    ("h2c", Repeat::Once),
+    ("target", Repeat::Many),
+];
+
+/// What a target gets when neither its mirror nor its `target` node says.
+fn default_settings() -> TargetSettings {
+    TargetSettings {
+        sample: 1.0,
+        concurrency: 4,
+        backlog: 1024,
+        timeout: Duration::from_secs(5),
+        breaker: BreakerConfig {
+            max_failures: 5,
+            retry_after: Duration::from_secs(60),
+            fail_after: Duration::from_secs(30 * 60),
+        },
+        host: None,
+        max_rps: None,
+        h2c: false,
+        header_up: HeaderOps::default(),
+    }
 }
 
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     r.no_properties(node);
-    let urls = r.urls(&arguments(node));
+    let args = arguments(node);
+    let urls = r.urls(&args);
     let mut ok = urls.is_some();
-    let urls = urls.unwrap_or_default();
-    let opts = r.options(
-        node,
-        &[
-            ("name", Repeat::Once),
-            ("sample", Repeat::Once),
-            ("concurrency", Repeat::Once),
-            ("backlog", Repeat::Once),
-            ("timeout", Repeat::Once),
-            ("alert_interval", Repeat::Once),
-            ("max_body", Repeat::Once),
-            ("max_failures", Repeat::Once),
-            ("retry_after", Repeat::Once),
-            ("fail_after", Repeat::Once),
-            ("header_up", Repeat::Many),
-            ("host", Repeat::Once),
-            ("tls_ca", Repeat::Once),
-            ("tls_server_name", Repeat::Once),
-            ("tls_insecure_skip_verify", Repeat::Once),
-            ("rewrite", Repeat::Many),
-            ("query_set", Repeat::Many),
-            ("query_remove", Repeat::Many),
-            ("replace_body", Repeat::Many),
-            ("compare", Repeat::Once),
-            ("methods", Repeat::Once),
-            ("marker", Repeat::Once),
-            ("max_rps", Repeat::Once),
-            ("sample_by", Repeat::Once),
-            ("host_suffix", Repeat::Once),
-            ("h2c", Repeat::Once),
-        ],
-    );
+    let known: Vec<(&'static str, Repeat)> =
+        [MIRROR_OPTIONS, TARGET_OPTIONS].concat();
+    let opts = r.options(node, &known);
     let name = match opts.one("name") {
         Some(n) => r
             .value(n, "a name", value::non_empty_string)
@@ -74,7 +106,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             .map(Some),
         None => Some(None),
     };
-    if arguments(node).is_empty() && opts.one("name").is_none() {
+    if args.is_empty() && opts.one("name").is_none() && opts.all("target").is_empty() {
         r.push(
             Problem::error(
                 name_span(node),
@@ -85,42 +117,26 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         );
         ok = false;
     }
-    let duration = |r: &mut Reader, key: &str, default: Duration| match opts.one(key) {
+    // One client serves every target of a mirror, so `h2c` is the
+    // mirror's, and its `target` nodes inherit it.
+    let h2c = match opts.one("h2c") {
+        Some(n) => r.value(n, "#true or #false", value::boolean),
+        None => Some(false),
+    };
+    let settings = target_settings(&opts, r, &default_settings())
+        .map(|settings| TargetSettings {
+            h2c: h2c.unwrap_or(false),
+            ..settings
+        });
+    let alert_interval = match opts.one("alert_interval") {
         Some(n) => r.value(n, "a duration such as \"2s\"", value::positive_duration),
-        None => Some(default),
+        None => Some(Duration::from_secs(60)),
     };
-    let int = |r: &mut Reader, key: &str, max: i128, default: i128| match opts.one(key) {
-        Some(n) => r.value(n, &format!("a whole number from 1 to {max}"), |e| {
-            value::integer(e, 1, max)
-        }),
-        None => Some(default),
-    };
-    let sample = match opts.one("sample") {
-        Some(n) => r.value(n, "a fraction from 0 to 1", value::fraction),
-        None => Some(1.0),
-    };
-    let concurrency = int(r, "concurrency", 1024, 4);
-    let backlog = int(r, "backlog", 1_000_000, 1024);
-    let max_failures = int(r, "max_failures", 1_000_000, 5);
-    let timeout = duration(r, "timeout", Duration::from_secs(5));
-    let alert_interval = duration(r, "alert_interval", Duration::from_secs(60));
-    let retry_after = duration(r, "retry_after", Duration::from_secs(60));
-    let fail_after = duration(r, "fail_after", Duration::from_secs(30 * 60));
     let max_body = match opts.one("max_body") {
         Some(n) => r.value(n, "a size such as \"1MiB\"", value::size),
         None => Some(1 << 20),
     };
     let header_up = r.header_ops(&opts.all("header_up"));
-    let host = match opts.one("host") {
-        Some(n) => r
-            .value(
-                n,
-                "a host name, such as \"staging.internal\"",
-                value::host_header,
-            )
-            .map(Some),
-        None => Some(None),
-    };
     let tls = crate::http::upstream_tls::UpstreamTls::decode(&opts, r);
     let rewrite = CopyRewrite::decode(
         r,
@@ -130,7 +146,114 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         &opts.all("replace_body"),
     );
     let policy = Policy::decode(opts.one("methods"), opts.one("marker"), r);
-    let host_suffix = match (opts.one("host_suffix"), opts.one("host")) {
+    let host_suffix = host_suffix(&opts, r);
+    let sample_by = match opts.one("sample_by") {
+        Some(n) => SampleKey::decode(n, r).map(Some),
+        None => Some(None),
+    };
+    let primary_status = match opts.one("primary_status") {
+        Some(n) => StatusFilter::decode(n, r).map(|f| Some(Arc::new(f))),
+        None => Some(None),
+    };
+    let compare = match opts.one("compare") {
+        Some(n) => CompareConfig::decode(n, r).map(Some),
+        None => Some(None),
+    };
+    let targets = target_specs(
+        &args,
+        urls,
+        &opts.all("target"),
+        settings.as_ref(),
+        opts.one("sample"),
+        r,
+    );
+    if !ok || h2c.is_none() {
+        return None;
+    }
+    Some(Box::new(MirrorConfig {
+        targets: targets?,
+        options: MirrorOptions {
+            name: name?,
+            max_body: max_body?,
+            alert_interval: alert_interval?,
+            header_up,
+            rewrite: Arc::new(rewrite?),
+            compare: compare?,
+            policy: policy?,
+            sample_by: sample_by?,
+            host_suffix: host_suffix?,
+            primary_status: primary_status?,
+            targets: settings?,
+            tls: tls?,
+        },
+    }))
+}
+
+/// The options a target is run with, each from `opts` if given there,
+/// else from `base` (the built-in defaults for a mirror, the mirror's
+/// settings for a `target` node). `header_up` is left to the caller: the
+/// mirror's goes on every copy, a target's only on its own.
+fn target_settings(opts: &Options, r: &mut Reader, base: &TargetSettings) -> Option<TargetSettings> {
+    let duration = |r: &mut Reader, key: &str, default: Duration| match opts.one(key) {
+        Some(n) => r.value(n, "a duration such as \"2s\"", value::positive_duration),
+        None => Some(default),
+    };
+    let int = |r: &mut Reader, key: &str, max: i128, default: usize| match opts.one(key) {
+        Some(n) => r
+            .value(n, &format!("a whole number from 1 to {max}"), |e| {
+                value::integer(e, 1, max)
+            })
+            .map(|n| n as usize),
+        None => Some(default),
+    };
+    let sample = match opts.one("sample") {
+        Some(n) => r.value(n, "a fraction from 0 to 1", value::fraction),
+        None => Some(base.sample),
+    };
+    let concurrency = int(r, "concurrency", 1024, base.concurrency);
+    let backlog = int(r, "backlog", 1_000_000, base.backlog);
+    let max_failures = int(r, "max_failures", 1_000_000, base.breaker.max_failures as usize);
+    let timeout = duration(r, "timeout", base.timeout);
+    let retry_after = duration(r, "retry_after", base.breaker.retry_after);
+    let fail_after = duration(r, "fail_after", base.breaker.fail_after);
+    let host = match opts.one("host") {
+        Some(n) => r
+            .value(
+                n,
+                "a host name, such as \"staging.internal\"",
+                value::host_header,
+            )
+            .map(Some),
+        None => Some(base.host.clone()),
+    };
+    let max_rps = match opts.one("max_rps") {
+        Some(n) => r
+            .value(n, "a whole number of copies a second, from 1 to 1000000", |e| {
+                value::integer(e, 1, 1_000_000)
+            })
+            .map(|n| Some(n as u32)),
+        None => Some(base.max_rps),
+    };
+    Some(TargetSettings {
+        sample: sample?,
+        concurrency: concurrency?,
+        backlog: backlog?,
+        timeout: timeout?,
+        breaker: BreakerConfig {
+            max_failures: max_failures? as u32,
+            retry_after: retry_after?,
+            fail_after: fail_after?,
+        },
+        host: host?,
+        max_rps: max_rps?,
+        h2c: base.h2c,
+        header_up: base.header_up.clone(),
+    })
+}
+
+/// `host_suffix`, which may not come with the mirror's `host`.
+fn host_suffix(opts: &Options, r: &mut Reader) -> Option<Option<String>> {
+    match (opts.one("host_suffix"), opts.one("host")) {
         (Some(n), Some(host)) => {
             r.push(
                 Problem::error(name_span(n), "`host_suffix` and `host` both set the copies' Host")
@@ -150,59 +273,140 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             })
             .map(Some),
         (None, _) => Some(None),
-    };
-    let sample_by = match opts.one("sample_by") {
-        Some(n) => SampleKey::decode(n, r).map(Some),
-        None => Some(None),
-    };
-    let max_rps = match opts.one("max_rps") {
-        Some(n) => r
-            .value(n, "a whole number of copies a second, from 1 to 1000000", |e| {
-                value::integer(e, 1, 1_000_000)
-            })
-            .map(|n| Some(n as u32)),
-        None => Some(None),
-    };
-    let h2c = match opts.one("h2c") {
-        Some(n) => r.value(n, "#true or #false", value::boolean),
-        None => Some(false),
-    };
-    let compare = match opts.one("compare") {
-        Some(n) => CompareConfig::decode(n, r).map(Some),
-        None => Some(None),
-    };
-    if !ok {
-        return None;
     }
-    Some(Box::new(MirrorConfig {
-        urls,
-        options: MirrorOptions {
-            name: name?,
-            sample: sample?,
-            max_body: max_body?,
-            alert_interval: alert_interval?,
-            header_up,
-            rewrite: Arc::new(rewrite?),
-            compare: compare?,
-            policy: policy?,
-            sample_by: sample_by?,
-            host_suffix: host_suffix?,
-            targets: TargetSettings {
-                concurrency: concurrency? as usize,
-                backlog: backlog? as usize,
-                timeout: timeout?,
-                breaker: BreakerConfig {
-                    max_failures: max_failures? as u32,
-                    retry_after: retry_after?,
-                    fail_after: fail_after?,
-                },
-                host: host?,
-                max_rps: max_rps?,
-                h2c: h2c?,
-            },
-            tls: tls?,
-        },
-    }))
+}
+
+/// Every target the mirror lists: its arguments, run with the mirror's
+/// settings, then its `target` nodes. A URL may be listed once, whichever
+/// way; the second listing is the one reported.
+fn target_specs(
+    args: &[&KdlEntry],
+    urls: Option<Vec<UpstreamUrl>>,
+    nodes: &[&KdlNode],
+    mirror: Option<&TargetSettings>,
+    mirror_sample: Option<&KdlNode>,
+    r: &mut Reader,
+) -> Option<Vec<TargetSpec>> {
+    // Broken mirror settings are reported already; the defaults stand in
+    // so the `target` nodes are still checked.
+    let fallback = default_settings();
+    let base = mirror.unwrap_or(&fallback);
+    let mut seen: Vec<(UpstreamUrl, SourceSpan)> = match &urls {
+        // `urls` is every argument, in order, when it is `Some`.
+        Some(urls) => urls
+            .iter()
+            .cloned()
+            .zip(args.iter().map(|a| value::value_span(a)))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut specs: Option<Vec<TargetSpec>> = urls.map(|urls| {
+        urls.into_iter()
+            .map(|url| TargetSpec {
+                url,
+                settings: base.clone(),
+            })
+            .collect()
+    });
+    for node in nodes {
+        let spec = target_node(node, base, mirror_sample, &mut seen, r);
+        match (spec, specs.as_mut()) {
+            (Some(spec), Some(specs)) => specs.push(spec),
+            _ => specs = None,
+        }
+    }
+    mirror.and(specs)
+}
+
+/// One `target "URL" { … }` node.
+fn target_node(
+    node: &KdlNode,
+    mirror: &TargetSettings,
+    mirror_sample: Option<&KdlNode>,
+    seen: &mut Vec<(UpstreamUrl, SourceSpan)>,
+    r: &mut Reader,
+) -> Option<TargetSpec> {
+    r.no_properties(node);
+    let url = r
+        .args_only(node, 1, "one target URL, such as \"http://canary:9000\"")
+        .and_then(|args| {
+            let url = r.check(value::upstream_url(args[0]))?;
+            let span = value::value_span(args[0]);
+            if let Some((_, first)) = seen.iter().find(|(u, _)| *u == url) {
+                r.push(
+                    Problem::error(span, format!("{url} is listed twice"))
+                        .label("again")
+                        .also(*first, "first listed here")
+                        .help("list each URL once: in the mirror's arguments or as a `target`"),
+                );
+                return None;
+            }
+            seen.push((url.clone(), span));
+            Some(url)
+        });
+    let opts = target_options(node, r);
+    let settings = target_settings(&opts, r, mirror);
+    let header_up = r.header_ops(&opts.all("header_up"));
+    let sample_fits = match (opts.one("sample"), &settings) {
+        (Some(own), Some(settings)) if settings.sample > mirror.sample => {
+            r.push(sample_over_mirror(own, mirror_sample, mirror.sample));
+            false
+        }
+        _ => true,
+    };
+    let mut settings = settings.filter(|_| sample_fits)?;
+    settings.header_up = header_up;
+    Some(TargetSpec { url: url?, settings })
+}
+
+/// A `target` node's options. One of the mirror's own options there gets
+/// its own message: it is known, just not per target.
+fn target_options<'n>(node: &'n KdlNode, r: &mut Reader) -> Options<'n> {
+    let mirror_only = MIRROR_OPTIONS
+        .iter()
+        .map(|(name, _)| (*name, Repeat::Many));
+    let known: Vec<(&'static str, Repeat)> =
+        TARGET_OPTIONS.iter().copied().chain(mirror_only).collect();
+    let opts = r.options(node, &known);
+    for (name, _) in MIRROR_OPTIONS {
+        for misplaced in opts.all(name) {
+            r.push(
+                Problem::error(
+                    name_span(misplaced),
+                    format!("`{name}` is an option of the whole mirror, not of one target"),
+                )
+                .label("not per target")
+                .help(format!(
+                    "move it into `mirror`; a `target` takes: {}",
+                    TARGET_OPTIONS
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            );
+        }
+    }
+    opts
+}
+
+/// A target is only offered what its mirror sampled, so its own `sample`
+/// (a share of all requests, like the mirror's) cannot be larger.
+fn sample_over_mirror(own: &KdlNode, mirror_sample: Option<&KdlNode>, mirror: f64) -> Problem {
+    let own_span = arguments(own).first().map_or(name_span(own), |a| a.span());
+    let p = Problem::error(
+        own_span,
+        format!("a target cannot sample more than its mirror ({mirror})"),
+    )
+    .label("more than the mirror's")
+    .help("a target's `sample` is a share of all requests, taken from those the mirror sampled: raise the mirror's `sample` and give the other targets theirs");
+    match mirror_sample {
+        Some(n) => p.also(
+            arguments(n).first().map_or(name_span(n), |a| a.span()),
+            "the mirror's",
+        ),
+        None => p,
+    }
 }
 
 impl MiddlewareConfig for MirrorConfig {
@@ -212,7 +416,7 @@ impl MiddlewareConfig for MirrorConfig {
             .name
             .clone()
             .unwrap_or_else(|| cx.route.clone());
-        let mirror = Mirror::start(self.options.clone(), &self.urls, label, &cx.base_dir).map_err(BuildError)?;
+        let mirror = Mirror::start(self.options.clone(), &self.targets, label, &cx.base_dir).map_err(BuildError)?;
         cx.mirrors.register(mirror.clone());
         Ok(Arc::new(MirrorHandler { mirror }))
     }
@@ -236,13 +440,14 @@ impl Middleware for MirrorHandler {
             return next.run(req);
         }
         let (mut head, request_body) = req.into_parts();
-        if !self.mirror.sampled(&head, &targets) {
+        let Some(targets) = self.mirror.choose(&head, targets) else {
             return next.run(Request::from_parts(head, request_body));
-        }
+        };
         let Some(pending) = self.mirror.pending(&mut head, targets) else {
             return next.run(Request::from_parts(head, request_body));
         };
         let comparison = pending.comparison();
+        let verdict = pending.verdict();
         let limit = self.mirror.copy_timeout();
         let response = if http_body::Body::is_end_stream(&request_body) {
             Capture::new(pending).finish();
@@ -255,6 +460,16 @@ impl Middleware for MirrorHandler {
                 rest.wait_if_reading(limit).await;
                 response
             })
+        };
+        // With `primary_status`: the copy goes out, or not, as the head
+        // passes; the client's response is not held for it.
+        let response = match verdict {
+            None => response,
+            Some(verdict) => Box::pin(async move {
+                let response = response.await;
+                verdict.judge(&response);
+                response
+            }),
         };
         match comparison {
             None => response,

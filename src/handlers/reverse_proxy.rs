@@ -371,10 +371,15 @@ impl ReverseProxy {
                 }
             }
         }
-        match failure {
+        let mut response = match failure {
             Failure::BadGateway => error_response(StatusCode::BAD_GATEWAY),
             Failure::Timeout => error_response(StatusCode::GATEWAY_TIMEOUT),
-        }
+        };
+        // A mirror's `primary_status` must not take this for an answer.
+        response
+            .extensions_mut()
+            .insert(crate::mirror::gate::NoUpstreamAnswer);
+        response
     }
 
     fn respond(

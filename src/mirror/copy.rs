@@ -8,12 +8,14 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body::{Frame, SizeHint};
 
 use super::compare::Comparison;
 use super::grpc::Protocol;
 use super::rewrite::CopyRewrite;
+use crate::http::header_ops::HeaderOps;
+use crate::http::placeholders::RequestVars;
 
 /// What every target of one mirror is sent for one request, shared by all
 /// of them.
@@ -73,6 +75,29 @@ impl CopyRequest {
         headers
     }
 
+    /// The headers one target gets: [`sent_headers`] with the target's own
+    /// `header_up` made last. The loop marker is put back afterwards, so no
+    /// target's edits can send an unmarked copy.
+    ///
+    /// [`sent_headers`]: CopyRequest::sent_headers
+    pub fn headers_for(&self, target_ops: &HeaderOps) -> HeaderMap {
+        let mut headers = self.sent_headers();
+        if target_ops.is_empty() {
+            return headers;
+        }
+        target_ops.apply(&mut headers, self.extras.vars.as_ref());
+        if let Some(marker) = &self.extras.marker {
+            headers.insert(marker.clone(), HeaderValue::from_static("1"));
+        }
+        headers
+    }
+
+    /// With `host_suffix`: the client's host with the suffix, the copies'
+    /// Host unless a target says otherwise.
+    pub fn suffixed_host(&self) -> Option<&HeaderValue> {
+        self.extras.suffixed_host.as_ref()
+    }
+
     /// Where the targets' responses meet the primary's, with `compare`.
     pub fn comparison(&self) -> Option<&Arc<Comparison>> {
         self.extras.comparison.as_ref()
@@ -101,6 +126,12 @@ pub struct CopyExtras {
     pub body_rewrite: Option<Arc<CopyRewrite>>,
     pub comparison: Option<Arc<Comparison>>,
     pub protocol: Protocol,
+    pub suffixed_host: Option<HeaderValue>,
+    /// The request's placeholder values, when a target's own `header_up`
+    /// needs them (the mirror's was applied when the copy was taken).
+    pub vars: Option<RequestVars>,
+    /// The loop marker, put back after a target's own `header_up`.
+    pub marker: Option<HeaderName>,
 }
 
 impl std::fmt::Debug for CopyExtras {
@@ -109,6 +140,9 @@ impl std::fmt::Debug for CopyExtras {
             .field("body_rewrite", &self.body_rewrite.is_some())
             .field("comparison", &self.comparison.is_some())
             .field("protocol", &self.protocol)
+            .field("suffixed_host", &self.suffixed_host)
+            .field("vars", &self.vars.is_some())
+            .field("marker", &self.marker)
             .finish()
     }
 }

@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod compare;
 pub mod copy;
+pub mod gate;
 pub mod grpc;
 pub mod policy;
 pub mod rewrite;
@@ -36,14 +37,13 @@ use crate::http::placeholders::RequestVars;
 use crate::http::ConnInfo;
 use copy::{CopyExtras, CopyRequest};
 use stats::{bump, Counts};
-use target::{CopyClient, Target, TargetSettings};
+use target::{CopyClient, Target, TargetSettings, TargetSpec};
 use tee::Abandon;
 
 /// Everything a `mirror` block says, checked.
 #[derive(Debug, Clone)]
 pub struct MirrorOptions {
     pub name: Option<String>,
-    pub sample: f64,
     pub max_body: u64,
     pub alert_interval: Duration,
     pub header_up: HeaderOps,
@@ -57,6 +57,11 @@ pub struct MirrorOptions {
     pub sample_by: Option<policy::SampleKey>,
     /// `host_suffix`: copies' Host is the client's host name plus this.
     pub host_suffix: Option<String>,
+    /// `primary_status`: copies wait for the primary's head and go out
+    /// only when its status is one of these.
+    pub primary_status: Option<Arc<policy::StatusFilter>>,
+    /// Every target's defaults, and all a runtime target gets. Its `sample`
+    /// is the mirror's: no target is sent a request the mirror left out.
     pub targets: TargetSettings,
     /// For `https://` targets.
     pub tls: crate::http::upstream_tls::UpstreamTls,
@@ -111,6 +116,16 @@ pub struct Mirror {
     configured: Vec<UpstreamUrl>,
     client: CopyClient,
     comparer: Option<Arc<compare::Comparer>>,
+    /// The lowest `sample` of any target the file lists (or the mirror's):
+    /// at 1, no request needs a ticket drawn.
+    lowest_sample: f64,
+    /// Whether some target samples less than the mirror: only then is the
+    /// list of targets narrowed per request.
+    narrower: bool,
+    /// Whether some target has its own `header_up`, and whether one of
+    /// those has placeholders: only then does a copy carry what they need.
+    targets_edit_headers: bool,
+    targets_need_vars: bool,
     /// Upgrade requests (WebSocket) are never copied: a copy could not
     /// take part in the conversation.
     skipped_upgrade: AtomicU64,
@@ -120,19 +135,29 @@ impl Mirror {
     /// Starts the targets' workers and the alert task on the current runtime.
     pub fn start(
         options: MirrorOptions,
-        urls: &[UpstreamUrl],
+        specs: &[TargetSpec],
         label: String,
         base_dir: &std::path::Path,
     ) -> Result<Arc<Mirror>, String> {
-        let connector = options
-            .tls
-            .connector(base_dir, options.targets.timeout, true)?;
+        let defaults = &options.targets;
+        let all = || std::iter::once(defaults).chain(specs.iter().map(|s| &s.settings));
+        // Shared by every target: each worker's own timeout bounds its copy.
+        let timeout = all().map(|s| s.timeout).max().unwrap_or(defaults.timeout);
+        let idle = all()
+            .map(|s| s.concurrency)
+            .max()
+            .unwrap_or(defaults.concurrency);
+        let connector = options.tls.connector(base_dir, timeout, true)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(options.targets.concurrency)
+            .pool_max_idle_per_host(idle)
             // `h2c`: every target speaks HTTP/2 with prior knowledge.
             .http2_only(options.targets.h2c)
             .build(connector);
+        let lowest_sample = all().map(|s| s.sample).fold(defaults.sample, f64::min);
+        let narrower = specs.iter().any(|s| s.settings.sample < defaults.sample);
+        let targets_edit_headers = specs.iter().any(|s| !s.settings.header_up.is_empty());
+        let targets_need_vars = specs.iter().any(|s| s.settings.header_up.needs_vars());
         let comparer = match &options.compare {
             Some(config) => Some(Arc::new(compare::Comparer::start(
                 config,
@@ -146,9 +171,14 @@ impl Mirror {
             targets: ArcSwap::from_pointee(Vec::new()),
             changes: Mutex::new(()),
         });
-        for url in urls {
+        for spec in specs {
             // URLs were checked for duplicates when the file was read.
-            let _ = set.add(Target::start(url.clone(), &options.targets, &client, &set));
+            let _ = set.add(Target::start(
+                spec.url.clone(),
+                &spec.settings,
+                &client,
+                &set,
+            ));
         }
         tokio::spawn(alerts(
             Arc::downgrade(&set),
@@ -159,9 +189,13 @@ impl Mirror {
             options,
             label,
             set,
-            configured: urls.to_vec(),
+            configured: specs.iter().map(|s| s.url.clone()).collect(),
             client,
             comparer,
+            lowest_sample,
+            narrower,
+            targets_edit_headers,
+            targets_need_vars,
             skipped_upgrade: AtomicU64::new(0),
         }))
     }
@@ -252,26 +286,55 @@ impl Mirror {
         true
     }
 
-    /// Decides, once per request, whether it is copied; counts it per
-    /// target when it is not.
-    pub fn sampled(&self, head: &http::request::Parts, targets: &[Arc<Target>]) -> bool {
-        let sample = self.options.sample;
-        let key = match (&self.options.sample_by, sample < 1.0) {
-            (Some(by), true) => by.value(head),
-            _ => None,
-        };
-        let chosen = match key {
-            // The same key is in or out everywhere: a user's whole session.
-            Some(key) => policy::sticky_in(key.as_bytes(), sample),
-            None => sample >= 1.0 || (sample > 0.0 && rand::random::<f64>() < sample),
-        };
-        if chosen {
-            return true;
+    /// Decides, once per request, which targets are sent a copy: the
+    /// mirror's `sample` first, then each target's own, all with the same
+    /// [`policy::Ticket`]. Counts the request per target left out; `None`
+    /// when no target takes it.
+    pub fn choose(
+        &self,
+        head: &http::request::Parts,
+        targets: Arc<Vec<Arc<Target>>>,
+    ) -> Option<Arc<Vec<Arc<Target>>>> {
+        if self.lowest_sample >= 1.0 {
+            return Some(targets);
         }
-        for target in targets {
+        let ticket = self.ticket(head);
+        if !ticket.admits(self.options.targets.sample) {
+            for target in targets.iter() {
+                bump(&target.state().stats.sampled_out);
+            }
+            return None;
+        }
+        if !self.narrower {
+            return Some(targets);
+        }
+        let (taken, left): (Vec<_>, Vec<_>) = targets
+            .iter()
+            .cloned()
+            .partition(|t| ticket.admits(t.sample()));
+        for target in &left {
             bump(&target.state().stats.sampled_out);
         }
-        false
+        match (taken.is_empty(), left.is_empty()) {
+            (true, _) => None,
+            (false, true) => Some(targets),
+            (false, false) => Some(Arc::new(taken)),
+        }
+    }
+
+    /// The request's sampling ticket: from its `sample_by` key when it has
+    /// one (the same key is in or out everywhere: a user's whole session),
+    /// else at random.
+    fn ticket(&self, head: &http::request::Parts) -> policy::Ticket {
+        match self
+            .options
+            .sample_by
+            .as_ref()
+            .and_then(|by| by.value(head))
+        {
+            Some(key) => policy::sticky_ticket(key.as_bytes()),
+            None => policy::Ticket::random(),
+        }
     }
 
     /// Takes what the copy needs from the request head, as `reverse_proxy`
@@ -288,10 +351,7 @@ impl Mirror {
         if protocol == grpc::Protocol::Grpc {
             targets = target::over_http2(targets)?;
         }
-        let vars = self
-            .options
-            .header_up
-            .needs_vars()
+        let vars = (self.options.header_up.needs_vars() || self.targets_need_vars)
             .then(|| RequestVars::of(head));
         // A queued copy may wait long: it must not pin hyper's read buffer.
         let mut headers = crate::http::detached(&head.headers);
@@ -302,11 +362,11 @@ impl Mirror {
             head.extensions.get::<ConnInfo>(),
             true,
         );
-        if let (Some(suffix), Some(host)) = (&self.options.host_suffix, original_host) {
-            if let Some(host) = with_suffix(&host, suffix) {
-                headers.insert(http::header::HOST, host);
-            }
-        }
+        // Kept apart from the headers: a target's own `host` wins over it.
+        let suffixed_host = match (&self.options.host_suffix, original_host) {
+            (Some(suffix), Some(host)) => with_suffix(&host, suffix),
+            _ => None,
+        };
         self.options.header_up.apply(&mut headers, vars.as_ref());
         self.options.policy.mark(&mut headers);
         let origin = head
@@ -323,9 +383,13 @@ impl Mirror {
             return None;
         };
         let comparison = self.comparer.as_ref().map(|c| c.comparison(head));
+        let gate = self.options.primary_status.clone().map(gate::Gate::new);
         Some(PendingCopy {
             mirror: self.clone(),
             comparison,
+            gate,
+            suffixed_host,
+            vars: vars.filter(|_| self.targets_need_vars),
             targets,
             method: head.method.clone(),
             uri,
@@ -369,6 +433,11 @@ fn with_suffix(host: &http::HeaderValue, suffix: &str) -> Option<http::HeaderVal
 pub struct PendingCopy {
     mirror: Arc<Mirror>,
     comparison: Option<Arc<compare::Comparison>>,
+    /// With `primary_status`: where the copy waits for the primary's head.
+    gate: Option<Arc<gate::Gate>>,
+    suffixed_host: Option<http::HeaderValue>,
+    /// For targets' own `header_up` placeholders.
+    vars: Option<RequestVars>,
     /// The targets when the request arrived: a copy goes where the request
     /// was meant to be mirrored, even if the set changes meanwhile.
     targets: Arc<Vec<Arc<Target>>>,
@@ -387,6 +456,12 @@ impl PendingCopy {
     /// With `compare`: where the primary's response is to be given.
     pub fn comparison(&self) -> Option<Arc<compare::Comparison>> {
         self.comparison.clone()
+    }
+
+    /// With `primary_status`: what the handler gives the primary's
+    /// response head to, to let the copy go or discard it.
+    pub fn verdict(&self) -> Option<gate::Verdict> {
+        self.gate.clone().map(gate::Verdict::new)
     }
 
     pub fn max_body(&self) -> u64 {
@@ -417,10 +492,18 @@ impl PendingCopy {
                     .then_some(rewrite),
                 comparison: self.comparison,
                 protocol: self.protocol,
+                suffixed_host: self.suffixed_host,
+                vars: self.vars,
+                marker: self
+                    .mirror
+                    .targets_edit_headers
+                    .then(|| self.mirror.options.policy.marker().cloned())
+                    .flatten(),
             },
         ));
-        for target in self.targets.iter() {
-            target.offer(&copy);
+        match self.gate {
+            Some(gate) => gate.copy_ready(copy, self.targets),
+            None => self.targets.iter().for_each(|t| t.offer(&copy)),
         }
     }
 

@@ -3,14 +3,16 @@
 //! it; a request that arrives with it is served but never copied again, so
 //! teebox mirroring to itself, directly or through other proxies, cannot
 //! loop). Per-target pacing (`max_rps`) is in [`super::target`].
+//! `primary_status` is decided later, on the primary's response head: see
+//! [`super::gate`].
 
 use std::hash::Hasher;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use kdl::KdlNode;
+use kdl::{KdlEntry, KdlNode};
 
 use crate::config::reader::{arguments, Reader};
-use crate::config::value;
+use crate::config::value::{self, Parsed};
 use crate::config::Problem;
 
 /// The header every copy carries unless `marker #false`.
@@ -94,6 +96,11 @@ impl Policy {
         }
     }
 
+    /// The header copies carry, if any.
+    pub fn marker(&self) -> Option<&HeaderName> {
+        self.marker.as_ref()
+    }
+
     /// Marks a copy's headers.
     pub fn mark(&self, headers: &mut HeaderMap) {
         if let Some(marker) = &self.marker {
@@ -170,6 +177,30 @@ impl SampleKey {
 /// 0x100000001b3), then mixed with the SplitMix64 finalizer; the key is in
 /// when the result is below `fraction × 2^64`.
 pub fn sticky_in(key: &[u8], fraction: f64) -> bool {
+    sticky_ticket(key).admits(fraction)
+}
+
+/// A request's place in `[0, 1)` for sampling: drawn once per request, then
+/// compared with the mirror's `sample` and with each target's own. One
+/// ticket for all of them makes the cohorts nest: a target sampling 0.01
+/// gets a subset of what a target sampling 0.1 gets, user by user.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Ticket(f64);
+
+impl Ticket {
+    pub fn random() -> Ticket {
+        Ticket(rand::random::<f64>())
+    }
+
+    /// Whether a `sample` of `fraction` takes the request.
+    pub fn admits(self, fraction: f64) -> bool {
+        self.0 < fraction
+    }
+}
+
+/// The ticket of a sampling key (see [`sticky_in`]). Dividing by 2^64 is
+/// exact in floating point, so `ticket < fraction` is `h < fraction × 2^64`.
+pub fn sticky_ticket(key: &[u8]) -> Ticket {
     let mut fnv = crate::fnv::Fnv64::default();
     fnv.write(key);
     let mut h = fnv.finish();
@@ -178,7 +209,97 @@ pub fn sticky_in(key: &[u8], fraction: f64) -> bool {
     h ^= h >> 27;
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^= h >> 31;
-    (h as f64) < fraction * 18_446_744_073_709_551_616.0
+    Ticket(h as f64 / 18_446_744_073_709_551_616.0)
+}
+
+/// `primary_status`: the statuses (100 to 599) whose copies are sent, one
+/// bit each, so a class and an exact code are the same kind of thing and a
+/// check is one shift.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatusFilter {
+    bits: [u64; 8],
+}
+
+const STATUS_USAGE: &str =
+    "write a class such as \"2xx\" (1xx to 5xx) or a status such as \"304\" (100 to 599)";
+
+impl StatusFilter {
+    fn empty() -> Self {
+        StatusFilter { bits: [0; 8] }
+    }
+
+    fn add(&mut self, code: u16) {
+        let i = usize::from(code - 100);
+        self.bits[i / 64] |= 1 << (i % 64);
+    }
+
+    pub fn matches(&self, status: http::StatusCode) -> bool {
+        let code = status.as_u16();
+        if !(100..600).contains(&code) {
+            return false;
+        }
+        let i = usize::from(code - 100);
+        self.bits[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<StatusFilter> {
+        r.no_children(node);
+        r.no_properties(node);
+        let args = r.some_args(node, "one or more statuses, such as \"2xx\" \"304\"")?;
+        let ranges = r.each(&args, status_range)?;
+        let mut filter = StatusFilter::empty();
+        for range in ranges {
+            range.for_each(|code| filter.add(code));
+        }
+        Some(filter)
+    }
+}
+
+/// One `primary_status` argument: a class (`"2xx"`) or one status
+/// (`"304"`, or the integer `304`), as the codes it stands for.
+fn status_range(entry: &KdlEntry) -> Parsed<std::ops::RangeInclusive<u16>> {
+    let bad = |why: &str| {
+        Problem::error(value::value_span(entry), why.to_string())
+            .label("not a status or class")
+            .help(STATUS_USAGE)
+    };
+    let text = match entry.value() {
+        kdl::KdlValue::Integer(n) => n.to_string(),
+        kdl::KdlValue::String(s) => s.clone(),
+        _ => return Err(bad("expected a status or a status class")),
+    };
+    let bytes = text.as_bytes();
+    let class = match bytes {
+        [c @ b'1'..=b'5', rest @ ..] if rest.eq_ignore_ascii_case(b"xx") => Some(c - b'0'),
+        _ => None,
+    };
+    if let Some(class) = class {
+        let first = u16::from(class) * 100;
+        return Ok(first..=first + 99);
+    }
+    if let [_, rest @ ..] = bytes {
+        if rest.eq_ignore_ascii_case(b"xx") {
+            return Err(bad("status classes go from 1xx to 5xx"));
+        }
+    }
+    match text.parse::<u16>() {
+        Ok(code) if bytes.len() == 3 && (100..600).contains(&code) => Ok(code..=code),
+        Ok(_) if bytes.len() == 3 && bytes.iter().all(u8::is_ascii_digit) => {
+            Err(bad("statuses go from 100 to 599"))
+        }
+        _ => Err(bad("not an HTTP status or status class")),
+    }
+}
+
+impl std::fmt::Debug for StatusFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let codes: Vec<u16> = (100..600)
+            .filter(|&c| http::StatusCode::from_u16(c).is_ok_and(|s| self.matches(s)))
+            .collect();
+        f.debug_struct("StatusFilter")
+            .field("codes", &codes)
+            .finish()
+    }
 }
 
 /// A token bucket: `rate` a second, and at most `burst` at once. A target's
@@ -258,6 +379,47 @@ mod tests {
         assert!((1800..=2200).contains(&inside), "{inside}");
         assert!(!sticky_in(b"anyone", 0.0));
         assert!(sticky_in(b"anyone", 1.0));
+    }
+
+    fn filter(args: &str) -> Option<StatusFilter> {
+        let doc: kdl::KdlDocument = format!("primary_status {args}").parse().unwrap();
+        let mut problems = crate::config::diag::Problems::default();
+        let mut r = Reader::new(&mut problems);
+        StatusFilter::decode(&doc.nodes()[0], &mut r)
+    }
+
+    #[test]
+    fn status_filter_takes_classes_and_codes() {
+        let f = filter("\"2xx\" \"304\" 418").expect("valid");
+        let ok = |c: u16| f.matches(http::StatusCode::from_u16(c).unwrap());
+        assert!(ok(200) && ok(204) && ok(299) && ok(304) && ok(418));
+        assert!(!ok(199) && !ok(300) && !ok(305) && !ok(404) && !ok(500));
+        assert!(filter("\"5XX\"").is_some());
+        for bad in [
+            "\"6xx\"", "\"2x\"", "\"600\"", "\"20\"", "99", "\"abc\"", "#true", "\"0200\"",
+        ] {
+            assert!(filter(bad).is_none(), "{bad}");
+        }
+        assert!(filter("").is_none());
+    }
+
+    #[test]
+    fn tickets_agree_with_sticky_in() {
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            for f in [0.0, 0.01, 0.2, 0.5, 0.99, 1.0] {
+                assert_eq!(
+                    sticky_in(key.as_bytes(), f),
+                    sticky_ticket(key.as_bytes()).admits(f)
+                );
+            }
+        }
+        // Nested: whoever is in at 0.01 is in at 0.1.
+        let key = (0..)
+            .map(|i| format!("u{i}"))
+            .find(|k| sticky_in(k.as_bytes(), 0.01))
+            .unwrap();
+        assert!(sticky_in(key.as_bytes(), 0.1));
     }
 
     #[test]

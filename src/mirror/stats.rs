@@ -36,6 +36,9 @@ pub struct TargetStats {
     /// A gRPC call for a target that can only be reached over HTTP/1.1
     /// (`http://` without `h2c`): gRPC needs HTTP/2.
     pub skipped_no_http2: AtomicU64,
+    /// With `primary_status`: the primary answered another status, or
+    /// never answered (its upstream failed, the client left).
+    pub primary_filtered: AtomicU64,
     /// Times the breaker paused the target.
     pub paused: AtomicU64,
     /// With `compare`: the response matched the primary's.
@@ -68,6 +71,7 @@ pub struct Counts {
     pub rate_limited: u64,
     pub skipped_streaming: u64,
     pub skipped_no_http2: u64,
+    pub primary_filtered: u64,
     pub paused: u64,
     pub compare_match: u64,
     pub compare_status: u64,
@@ -94,6 +98,7 @@ impl TargetStats {
             rate_limited: get(&self.rate_limited),
             skipped_streaming: get(&self.skipped_streaming),
             skipped_no_http2: get(&self.skipped_no_http2),
+            primary_filtered: get(&self.primary_filtered),
             paused: get(&self.paused),
             compare_match: get(&self.compare_match),
             compare_status: get(&self.compare_status),

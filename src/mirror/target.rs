@@ -25,6 +25,7 @@ use super::stats::{bump, TargetStats};
 use super::TargetSet;
 use crate::config::value::UpstreamUrl;
 use crate::http::error_chain;
+use crate::http::header_ops::HeaderOps;
 
 pub type CopyClient = Client<crate::http::upstream_tls::Connector, CopyBody>;
 
@@ -32,9 +33,12 @@ pub type CopyClient = Client<crate::http::upstream_tls::Connector, CopyBody>;
 /// this much, then dropped: an endless response costs nothing more.
 const DRAIN_CAP: usize = 1 << 20;
 
-/// Settings every target of a mirror shares.
+/// How one target is run. The mirror's options are every target's
+/// defaults (and all a runtime target gets); a `target` node changes some.
 #[derive(Debug, Clone)]
 pub struct TargetSettings {
+    /// `sample`: the share of all matching requests this target is sent.
+    pub sample: f64,
     pub concurrency: usize,
     pub backlog: usize,
     pub timeout: Duration,
@@ -45,7 +49,18 @@ pub struct TargetSettings {
     pub max_rps: Option<u32>,
     /// `h2c`: targets speak HTTP/2 with prior knowledge, `http://` ones
     /// included; without it only `https://` targets can get HTTP/2 (ALPN).
+    /// One setting for the whole mirror, whose targets share one client.
     pub h2c: bool,
+    /// A `target` node's own `header_up`, made after the mirror's (which
+    /// every copy already carries); empty for the mirror's defaults.
+    pub header_up: HeaderOps,
+}
+
+/// A target the site file lists, with how it is run.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    pub url: UpstreamUrl,
+    pub settings: TargetSettings,
 }
 
 struct Job {
@@ -58,7 +73,12 @@ pub struct TargetState {
     pub url: UpstreamUrl,
     pub stats: TargetStats,
     pub breaker: Breaker,
-    host: HeaderValue,
+    sample: f64,
+    /// `host`, the target's or the mirror's.
+    host: Option<HeaderValue>,
+    /// The target URL's host and port, the Host when nothing else sets it.
+    authority: HeaderValue,
+    header_up: HeaderOps,
     rate: Option<RateLimit>,
     removed: AtomicBool,
     in_flight: AtomicU64,
@@ -81,18 +101,18 @@ impl Target {
         client: &CopyClient,
         set: &Arc<TargetSet>,
     ) -> Target {
-        let host = settings
-            .host
-            .clone()
-            .or_else(|| HeaderValue::from_str(url.authority.as_str()).ok())
-            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         let http2 = settings.h2c || url.scheme == http::uri::Scheme::HTTPS;
+        let authority = HeaderValue::from_str(url.authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         let state = Arc::new(TargetState {
             http2,
             url,
             stats: TargetStats::default(),
             breaker: Breaker::new(settings.breaker),
-            host,
+            sample: settings.sample,
+            host: settings.host.clone(),
+            authority,
+            header_up: settings.header_up.clone(),
             rate: settings.max_rps.map(RateLimit::new),
             removed: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
@@ -130,6 +150,11 @@ impl Target {
 
     pub fn in_flight(&self) -> u64 {
         self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The share of all matching requests this target is sent.
+    pub fn sample(&self) -> f64 {
+        self.state.sample
     }
 
     /// Hands a copy to the backlog without waiting. Full: dropped, counted.
@@ -268,16 +293,23 @@ impl Worker {
             Some(uri) => uri,
             None => return Outcome::Failed("cannot form the copy's URI".into()),
         };
-        *req.headers_mut() = copy.sent_headers();
+        *req.headers_mut() = copy.headers_for(&self.state.header_up);
         if copy.protocol() == Protocol::Grpc {
             // The client then refuses a connection that ALPN made HTTP/1.1
             // rather than send gRPC where it cannot work.
             *req.version_mut() = Version::HTTP_2;
         }
-        // The copy has no Host unless the mirror's header_up set one.
+        // The copy has no Host unless a header_up set one; then `host`
+        // (the target's or the mirror's), the mirror's `host_suffix`, and
+        // last the target's own name.
         if !req.headers().contains_key(header::HOST) {
-            req.headers_mut()
-                .insert(header::HOST, self.state.host.clone());
+            let host = self
+                .state
+                .host
+                .as_ref()
+                .or(copy.suffixed_host())
+                .unwrap_or(&self.state.authority);
+            req.headers_mut().insert(header::HOST, host.clone());
         }
         let response = match self.client.request(req).await {
             Ok(response) => response,
