@@ -298,9 +298,13 @@ impl ReverseProxy {
         let replayable = http_body::Body::is_end_stream(&body);
         let mut body = Some(body);
         let mut failure = Failure::BadGateway;
-        let candidates = self.candidates();
+        // One upstream needs no ordering (nor the allocation it costs).
+        let candidates = match self.upstreams.len() {
+            1 => std::borrow::Cow::Borrowed(&self.upstreams[..]),
+            _ => std::borrow::Cow::Owned(self.candidates()),
+        };
         let last = candidates.len() - 1;
-        for (attempt, upstream) in candidates.into_iter().enumerate() {
+        for (attempt, upstream) in candidates.iter().enumerate() {
             let Some(this_body) = body.take().or_else(|| replayable.then(body::empty)) else {
                 break;
             };

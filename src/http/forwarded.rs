@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, FORWARDED};
 
 use super::ConnInfo;
 
@@ -20,6 +20,8 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// rather than through `format!`, which cost more than the rest of the
 /// request's header work put together.
 pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>) {
+    // Room for the four, so the map is not regrown (and rehashed) midway.
+    headers.reserve(4);
     let ip = conn.client.ip().to_canonical();
     let mut node = String::with_capacity(48);
     push_ip(&mut node, ip);
@@ -89,15 +91,18 @@ fn push_quoted(out: &mut String, value: &str) {
 }
 
 /// Appends to a comma-separated header, joining several lines into one.
+/// One lookup by name, whether the header is there or not.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
-    if !headers.contains_key(&name) {
-        if let Ok(value) = HeaderValue::from_str(item) {
-            headers.insert(name, value);
+    let mut slot = match headers.entry(name) {
+        Entry::Vacant(slot) => {
+            if let Ok(value) = HeaderValue::from_str(item) {
+                slot.insert(value);
+            }
+            return;
         }
-        return;
-    }
-    let mut joined = headers
-        .get_all(&name)
+        Entry::Occupied(slot) => slot,
+    };
+    let mut joined = slot
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
@@ -106,16 +111,9 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
         joined.push_str(", ");
     }
     joined.push_str(item);
-    match HeaderValue::from_str(&joined) {
-        Ok(value) => {
-            headers.insert(name, value);
-        }
-        // The old value was not valid text: start the list afresh.
-        Err(_) => {
-            if let Ok(value) = HeaderValue::from_str(item) {
-                headers.insert(name, value);
-            }
-        }
+    // An old value that was not valid text: the list starts afresh.
+    if let Ok(value) = HeaderValue::from_str(&joined).or_else(|_| HeaderValue::from_str(item)) {
+        slot.insert(value);
     }
 }
 
