@@ -61,6 +61,10 @@ pub enum SendError {
     /// is not HTTP.
     #[error(transparent)]
     Exchange(#[from] hyper::Error),
+    /// The request is marked HTTP/2 (gRPC) and the upstream speaks only
+    /// HTTP/1.1 (ALPN chose it, and there is no `h2c`).
+    #[error("the upstream speaks HTTP/1.1; this request needs HTTP/2")]
+    NotHttp2,
 }
 
 impl SendError {
@@ -122,8 +126,10 @@ where
     /// written goes out again on the next one, as hyper-util's client does.
     pub async fn send(&self, mut req: Req<B>) -> Result<http::Response<PooledBody<B>>, SendError> {
         let list = self.idle_list();
+        let needs_h2 = req.version() == http::Version::HTTP_2;
         loop {
-            match self.checkout(list) {
+            match self.checkout(list, needs_h2) {
+                Some(Checkout::NotHttp2) => return Err(SendError::NotHttp2),
                 Some(Checkout::H2(mut conn)) => {
                     let response = conn.send_request(self.absolute(req)).await?;
                     return Ok(response.map(|body| PooledBody::new(body, None)));
@@ -148,13 +154,18 @@ where
         }
     }
 
-    fn checkout(&self, list: &Mutex<Idle<B>>) -> Option<Checkout<B>> {
+    fn checkout(&self, list: &Mutex<Idle<B>>, needs_h2: bool) -> Option<Checkout<B>> {
         let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h2) = &idle.h2 {
             if !h2.is_closed() {
                 return Some(Checkout::H2(h2.clone()));
             }
             idle.h2 = None;
+        }
+        if needs_h2 {
+            // Idle HTTP/1.1 connections say what the upstream speaks, without
+            // opening another to hear it again.
+            return (!idle.h1.is_empty()).then_some(Checkout::NotHttp2);
         }
         let oldest_kept = Instant::now().checked_sub(self.settings.idle_timeout);
         while let Some((conn, since)) = idle.h1.pop_back() {
@@ -203,6 +214,14 @@ where
                 tracing::debug!(error = %err, "upstream connection ended");
             }
         });
+        if req.version() == http::Version::HTTP_2 {
+            // Kept, so the next such request is refused without connecting.
+            if self.settings.keepalive {
+                let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
+                idle.h1.push_back((conn, Instant::now()));
+            }
+            return Err(SendError::NotHttp2);
+        }
         let response = conn.send_request(req).await?;
         Ok(self.pooled(response, conn, list))
     }
@@ -243,6 +262,8 @@ where
 enum Checkout<B> {
     H1(http1::SendRequest<B>),
     H2(http2::SendRequest<B>),
+    /// Only HTTP/1.1 connections, for a request that needs HTTP/2.
+    NotHttp2,
 }
 
 /// An HTTP/1 connection waiting for its response body to end.

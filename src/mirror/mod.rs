@@ -28,12 +28,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::config::value::UpstreamUrl;
 use crate::http::header_ops::HeaderOps;
 use crate::http::placeholders::RequestVars;
+use crate::http::upstream_pool::PoolSettings;
 use crate::http::ConnInfo;
 use copy::{CopyExtras, CopyRequest};
 use stats::{bump, Counts};
@@ -147,13 +146,15 @@ impl Mirror {
             .map(|s| s.concurrency)
             .max()
             .unwrap_or(defaults.concurrency);
-        let connector = options.tls.connector(base_dir, timeout, true)?;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(idle)
-            // `h2c`: every target speaks HTTP/2 with prior knowledge.
-            .http2_only(options.targets.h2c)
-            .build(connector);
+        let client = CopyClient {
+            connector: options.tls.connector(base_dir, timeout, true)?,
+            settings: PoolSettings {
+                // `h2c`: every target speaks HTTP/2 with prior knowledge.
+                h2c: options.targets.h2c,
+                max_idle: idle,
+                ..PoolSettings::default()
+            },
+        };
         let lowest_sample = all().map(|s| s.sample).fold(defaults.sample, f64::min);
         let narrower = specs.iter().any(|s| s.settings.sample < defaults.sample);
         let targets_edit_headers = specs.iter().any(|s| !s.settings.header_up.is_empty());

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::http::upstream_pool::{PoolSettings, UpstreamPool};
 use http::{header, HeaderValue, Request, Uri, Version};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::AbortHandle;
 
@@ -27,7 +27,14 @@ use crate::config::value::UpstreamUrl;
 use crate::http::error_chain;
 use crate::http::header_ops::HeaderOps;
 
-pub type CopyClient = Client<crate::http::upstream_tls::Connector, CopyBody>;
+/// How a mirror's targets are reached: each target keeps its own pool of
+/// connections, opened with the mirror's connector.
+pub struct CopyClient {
+    pub connector: crate::http::upstream_tls::Connector,
+    pub settings: PoolSettings,
+}
+
+type CopyPool = UpstreamPool<CopyBody>;
 
 /// A shadow's response body is read (so the connection can be reused) up to
 /// this much, then dropped: an endless response costs nothing more.
@@ -117,6 +124,13 @@ impl Target {
             removed: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
         });
+        // The copy runtime's threads are not serving workers: one idle list.
+        let pool = Arc::new(CopyPool::new(
+            state.url.origin(),
+            client.connector.clone(),
+            client.settings,
+            1,
+        ));
         let (tx, rx) = mpsc::channel(settings.backlog.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let runtime = super::runtime::handle();
@@ -125,7 +139,7 @@ impl Target {
                 let worker = Worker {
                     state: state.clone(),
                     rx: rx.clone(),
-                    client: client.clone(),
+                    pool: pool.clone(),
                     timeout: settings.timeout,
                     set: Arc::downgrade(set),
                 };
@@ -204,7 +218,7 @@ impl Target {
 struct Worker {
     state: Arc<TargetState>,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
-    client: CopyClient,
+    pool: Arc<CopyPool>,
     timeout: Duration,
     /// To take the target out of its mirror when the breaker says so.
     set: std::sync::Weak<TargetSet>,
@@ -289,10 +303,7 @@ impl Worker {
     async fn send(&self, copy: &CopyRequest) -> Outcome {
         let mut req = Request::new(copy.body());
         *req.method_mut() = copy.method.clone();
-        *req.uri_mut() = match target_uri(&self.state.url, &copy.uri) {
-            Some(uri) => uri,
-            None => return Outcome::Failed("cannot form the copy's URI".into()),
-        };
+        *req.uri_mut() = origin_form(&copy.uri);
         *req.headers_mut() = copy.headers_for(&self.state.header_up);
         if copy.protocol() == Protocol::Grpc {
             // The client then refuses a connection that ALPN made HTTP/1.1
@@ -311,7 +322,7 @@ impl Worker {
                 .unwrap_or(&self.state.authority);
             req.headers_mut().insert(header::HOST, host.clone());
         }
-        let response = match self.client.request(req).await {
+        let response = match self.pool.send(req).await {
             Ok(response) => response,
             Err(err) if copy.protocol() == Protocol::Grpc => {
                 return Outcome::Failed(format!(
@@ -376,13 +387,11 @@ pub fn over_http2(targets: Arc<Vec<Arc<Target>>>) -> Option<Arc<Vec<Arc<Target>>
     (!kept.is_empty()).then(|| Arc::new(kept))
 }
 
-fn target_uri(url: &UpstreamUrl, origin: &Uri) -> Option<Uri> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(url.scheme.clone());
-    parts.authority = Some(url.authority.clone());
-    parts.path_and_query = origin
-        .path_and_query()
-        .cloned()
-        .or_else(|| "/".parse().ok());
-    Uri::from_parts(parts).ok()
+/// The copy's target as an HTTP/1.1 request line carries it.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(_) if uri.scheme().is_none() && uri.authority().is_none() => uri.clone(),
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
 }
