@@ -47,7 +47,8 @@ pub fn upstream_headers(
 /// the request's body too: a map kept for long (a queued mirror copy)
 /// would pin that whole buffer, doubling what the copy costs.
 pub fn detached(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut out = http::HeaderMap::with_capacity(headers.len());
+    // Room for the forwarding headers a copy gets next.
+    let mut out = http::HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
         let mut owned =
             http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
