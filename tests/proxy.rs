@@ -428,6 +428,28 @@ async fn keepalive_false_opens_a_new_upstream_connection_per_request() {
     assert_eq!(conns, [0, 1, 2, 3, 4]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_that_closes_after_every_answer_never_costs_a_request() {
+    // One says so (`Connection: close`), the other just closes its idle
+    // connection: either way the pool must not send on a dead connection.
+    for response in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"[..],
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+    ] {
+        let upstream = FaultServer::raw_reply(response.to_vec()).await;
+        let teebox = start_proxy(&[upstream.url()], "").await;
+        let client = Client::http1();
+        for i in 0..5 {
+            let resp = client.get(&url(&teebox, &format!("/close/{i}"))).await;
+            assert_eq!(resp.status, StatusCode::OK, "request {i}");
+            assert_eq!(resp.body, Bytes::from_static(b"ok"));
+            // Time for the close to reach teebox before the next request.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(upstream.accepted(), 5);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Load balancing
 
