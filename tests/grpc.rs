@@ -430,19 +430,7 @@ async fn a_grpc_call_is_not_copied_to_a_target_that_only_speaks_http1() {
 /// A self-signed certificate for `shadow.test` in `dir/ca.pem`, and a
 /// server config offering only `alpn`.
 fn tls_config(dir: &TempDir, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
-    let made = rcgen::generate_simple_self_signed(vec!["shadow.test".to_string()]).unwrap();
-    std::fs::write(dir.join("ca.pem"), made.cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(made.key_pair.serialize_der()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![made.cert.der().clone()], key)
-    .unwrap();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
+    common::tls::self_signed_server(dir.path(), "shadow.test", alpn)
 }
 
 const TLS_OPTIONS: &str = "      tls_ca \"ca.pem\"\n      tls_server_name \"shadow.test\"";

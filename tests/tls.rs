@@ -550,19 +550,9 @@ async fn h2c_upstreams_get_http2() {
 #[tokio::test]
 async fn an_https_upstream_offering_h2_gets_http2() {
     let dir = TempDir::new("tls-alpn-upstream");
-    let made = rcgen::generate_simple_self_signed(vec!["upstream.test".to_string()]).unwrap();
-    std::fs::write(dir.join("ca.pem"), made.cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(made.key_pair.serialize_der()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![made.cert.der().clone()], key)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let addr = version_backend(Some(Arc::new(config))).await;
+    let config =
+        common::tls::self_signed_server(dir.path(), "upstream.test", &[b"h2", b"http/1.1"]);
+    let addr = version_backend(Some(config)).await;
     let site = format!(
         "site \"127.0.0.1:0\" {{ route \"/*\" {{ reverse_proxy \"https://{addr}\" {{ tls_ca \"ca.pem\"; tls_server_name \"upstream.test\"; }} }} }}"
     );

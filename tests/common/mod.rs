@@ -12,6 +12,7 @@ pub mod backend;
 pub mod client;
 pub mod fault;
 pub mod raw;
+pub mod tls;
 pub mod ws;
 
 use std::future::Future;
