@@ -115,9 +115,10 @@ async fn a_slow_upstream_is_not_cut_by_the_connection_timers() {
 }
 
 #[tokio::test]
-async fn a_websocket_is_not_cut_by_the_idle_timer() {
+async fn a_websocket_is_not_cut_by_the_idle_or_body_timers() {
     let echo = EchoServer::start().await;
-    let limits = "read_header_timeout \"200ms\"\nidle_timeout \"300ms\"";
+    let limits =
+        "read_header_timeout \"200ms\"\nread_body_timeout \"300ms\"\nidle_timeout \"300ms\"";
     let running = start(&site(limits, &echo.url())).await;
     let (mut ws, _) = within(
         "the WebSocket handshake",
@@ -230,6 +231,76 @@ async fn a_chunked_body_passing_max_size_gets_413_and_no_copy() {
     // No complete request reached either side.
     shadow.assert_stays_at(0, Duration::from_millis(100)).await;
     assert!(primary.requests().iter().all(|r| r.body.len() <= 1024));
+}
+
+/// A site that mirrors to `shadow`, then proxies to `primary`.
+fn mirrored_site(limits: &str, shadow: &Backend, primary: &Backend) -> String {
+    format!(
+        "global {{\n  limits {{\n{limits}\n  }}\n}}\nsite \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?}\n    reverse_proxy {:?}\n  }}\n}}\n",
+        shadow.url(),
+        primary.url()
+    )
+}
+
+/// A complete head, part of its body, then nothing (slowloris on the body):
+/// 408 and a closed connection; the primary sees the body fail, the shadow
+/// gets no copy.
+async fn stall_mid_body(head_and_part: &[u8]) {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&mirrored_site(
+        "read_body_timeout \"300ms\"",
+        &shadow,
+        &primary,
+    ))
+    .await;
+    let mut stream = TcpStream::connect(running.addr()).await.unwrap();
+    stream.write_all(head_and_part).await.unwrap();
+    let got = until_closed(&mut stream).await;
+    assert_eq!(
+        raw::status_of(&got),
+        Some(408),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let seen = primary.wait_for(1).await;
+    assert!(
+        seen[0].body_error.is_some(),
+        "the primary saw a complete-looking body: {seen:#?}"
+    );
+    shadow.assert_stays_at(0, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_408_and_the_upstream_sees_it_aborted() {
+    let mut request =
+        b"POST /slow-body HTTP/1.1\r\nHost: limits.test\r\nContent-Length: 100\r\n\r\n".to_vec();
+    request.extend(vec![b'x'; 50]);
+    stall_mid_body(&request).await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_stalls_gets_408_and_the_upstream_sees_it_aborted() {
+    let request = b"POST /slow-chunks HTTP/1.1\r\nHost: limits.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nhalf";
+    stall_mid_body(request).await;
+}
+
+#[tokio::test]
+async fn a_complete_body_is_not_cut_by_read_body_timeout_while_the_upstream_is_slow_or_streams() {
+    // The head comes after the timeout, the body streams for longer than it.
+    let reply = Reply::ok(vec![b'z'; 4096])
+        .delay(Duration::from_millis(500))
+        .chunked(1024)
+        .chunk_delay(Duration::from_millis(200));
+    let backend = Backend::start(reply).await;
+    let running = start(&site("read_body_timeout \"300ms\"", &backend.url())).await;
+    let req = common::client::req("POST", &format!("{}/upload", base_url(&running)))
+        .body(common::client::full("a whole body"))
+        .unwrap();
+    let resp = Client::http1().send(req).await.expect("response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body.len(), 4096);
+    assert_eq!(backend.only().body.as_ref(), b"a whole body");
 }
 
 // ---------------------------------------------------------------------------
@@ -388,6 +459,47 @@ async fn h2_a_few_resets_leave_the_connection_open() {
     let status = within("a request after the resets", h2_status(&send, "/after")).await;
     assert_eq!(status.expect("response"), 200);
     assert!(!task.is_finished());
+}
+
+#[tokio::test]
+async fn h2_a_stalled_stream_body_gets_408_while_other_streams_go_on() {
+    let backend = Backend::with(|req| match req.path_and_query() {
+        "/slow" => Reply::ok("slow").delay(Duration::from_millis(700)),
+        _ => Reply::ok("ok"),
+    })
+    .await;
+    let running = start(&site("read_body_timeout \"300ms\"", &backend.url())).await;
+    let (send, conn) = h2_connect(&running).await;
+    let task = tokio::spawn(conn);
+    // A stream whose body is complete, waiting on a slow upstream for
+    // longer than the timeout.
+    let slow = {
+        let send = send.clone();
+        tokio::spawn(async move { h2_status(&send, "/slow").await })
+    };
+    // A stream that sends half a body and then nothing.
+    let mut ready = within("room for a stream", send.clone().ready())
+        .await
+        .expect("ready");
+    let post = http::Request::post("http://limits.test/stalled")
+        .body(())
+        .unwrap();
+    let (response, mut body) = ready.send_request(post, false).expect("send_request");
+    body.send_data(bytes::Bytes::from_static(b"half"), false)
+        .expect("data");
+    let status = within("the stalled stream's answer", response)
+        .await
+        .expect("response");
+    assert_eq!(status.status(), 408);
+    let slow = within("the slow stream's answer", slow)
+        .await
+        .expect("task");
+    assert_eq!(slow.expect("response"), 200);
+    // The connection itself is fine.
+    let after = within("a request after the 408", h2_status(&send, "/after")).await;
+    assert_eq!(after.expect("response"), 200);
+    assert!(!task.is_finished());
+    drop(body);
 }
 
 /// Just enough HTTP/2 framing (RFC 9113 §4) to send what a well-behaved

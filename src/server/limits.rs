@@ -12,7 +12,8 @@
 //! - the first bytes of a new HTTP/1 request arrived but its head is not
 //!   complete: closed with a 408 after `read_header_timeout`;
 //! - a request being served (until its response body is done), an HTTP/2
-//!   stream open, or an upgraded connection (WebSocket): no timer here.
+//!   stream open, or an upgraded connection (WebSocket): no timer here
+//!   (a request body that stalls has its own, see `body_timeout`).
 
 use std::future::Future;
 use std::io;

@@ -17,6 +17,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use arc_swap::ArcSwap;
 
+use super::body_timeout::ReadTimeout;
 use super::limits::{ConnLimits, ConnState, TimedIo};
 use super::router::AddressRouter;
 use crate::config::Limits;
@@ -175,12 +176,13 @@ where
     } = served;
     let state = Arc::new(ConnState::default());
     let io = TimedIo::new(io, state.clone(), &limits.limits);
+    let read_body_timeout = limits.limits.read_body_timeout;
     let service = service_fn(move |req: http::Request<Incoming>| {
         let router = router.clone();
         let in_flight = state.begin();
         let state = state.clone();
         async move {
-            let req = req.map(|b| body::boxed(b.map_err(body::ClientBodyError)));
+            let req = req.map(|b| request_body(b, read_body_timeout));
             // One config for the whole request, even if a reload
             // lands meanwhile.
             let router = router.load_full();
@@ -197,6 +199,16 @@ where
         tracing::debug!(client = %conn.client, error = %err, "connection ended with an error");
     }
     drop(permit);
+}
+
+/// The client's request body as handlers see it; one that is not over
+/// before it starts is timed between reads (`read_body_timeout`).
+fn request_body(incoming: Incoming, read_body_timeout: Duration) -> body::Body {
+    let incoming = incoming.map_err(body::ClientBodyError);
+    if http_body::Body::is_end_stream(&incoming) {
+        return body::boxed(incoming);
+    }
+    body::boxed(ReadTimeout::new(incoming, read_body_timeout))
 }
 
 /// Whether the client's first byte is a TLS handshake record (0x16).

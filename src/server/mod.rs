@@ -2,6 +2,7 @@
 //! their chains, and stop gracefully.
 
 pub mod access_log;
+mod body_timeout;
 mod limits;
 mod listener;
 pub mod redirect;
