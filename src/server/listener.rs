@@ -18,6 +18,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use arc_swap::ArcSwap;
 
 use super::body_timeout::ReadTimeout;
+use super::framing;
 use super::limits::{ConnLimits, ConnState, TimedIo};
 use super::router::AddressRouter;
 use crate::config::Limits;
@@ -186,7 +187,10 @@ where
             // One config for the whole request, even if a reload
             // lands meanwhile.
             let router = router.load_full();
-            let response = router.handle(req, conn).await;
+            let response = match framing::conflicts(&req, state.cl_and_te_seen()) {
+                true => framing::refusal(),
+                false => router.handle(req, conn).await,
+            };
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 state.upgraded();
             }

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 mod body_timeout;
+mod framing;
 mod limits;
 mod listener;
 pub mod redirect;
