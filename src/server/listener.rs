@@ -188,7 +188,7 @@ where
             // lands meanwhile.
             let router = router.load_full();
             let response = match framing::conflicts(&req, state.cl_and_te_seen()) {
-                true => framing::refusal(),
+                true => framing::refusal(conn.client),
                 false => router.handle(req, conn).await,
             };
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
