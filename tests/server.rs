@@ -752,14 +752,13 @@ async fn a_header_block_over_64_kib_gets_431_and_never_reaches_the_backend() {
     assert_rejected(&request, 431).await;
 }
 
-/// hyper does not answer 400 to `Content-Length` plus `Transfer-Encoding:
-/// chunked`: it follows RFC 9112 §6.1's other option, framing the body by
-/// `Transfer-Encoding` alone (it drops `Content-Length`, so teebox never
-/// sees both) and closing the connection after the response. That is what
-/// matters against request smuggling, and what this test pins down: the
-/// bytes after the chunked body (a second, "smuggled" request if the body
-/// were framed by `Content-Length`) are never served, and the backend gets
-/// one request, framed one way only.
+/// `Content-Length` plus `Transfer-Encoding: chunked` gets 400 and a closed
+/// connection (RFC 9112 §6.1), although hyper would frame it by
+/// `Transfer-Encoding` alone and hide `Content-Length` (teebox finds it in
+/// the raw bytes, see `server::framing`): no upstream has to agree with
+/// teebox on the framing, the bytes after the chunked body (a "smuggled"
+/// request if framed by `Content-Length`) are never served, and the backend
+/// gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn content_length_with_chunked_cannot_smuggle_a_request() {
     let (backend, teebox) = guarded_backend().await;
@@ -771,29 +770,10 @@ async fn content_length_with_chunked_cannot_smuggle_a_request() {
     let outcome = raw::exchange(teebox.addr(), request.as_bytes()).await;
     assert!(outcome.closed, "connection left open: {:?}", outcome.text());
     assert_eq!(outcome.responses(), 1, "{:?}", outcome.text());
-    let status = outcome.status().expect("a response");
-    assert!(
-        status == 200 || status == 400,
-        "unexpected {status}: {:?}",
-        outcome.text()
-    );
+    assert_eq!(outcome.status(), Some(400), "{:?}", outcome.text());
     // Give a smuggled request every chance to show up before counting.
-    backend
-        .assert_stays_at(usize::from(status == 200), Duration::from_millis(200))
-        .await;
-    let got = backend.requests();
-    if let Some(first) = got.first() {
-        assert_eq!(first.path_and_query(), "/cl-te");
-        assert!(first.body.is_empty(), "body: {:?}", first.body);
-        assert!(
-            !(first.headers.contains_key("content-length")
-                && first.headers.contains_key("transfer-encoding")),
-            "both framings sent upstream: {:?}",
-            first.headers
-        );
-    }
-    assert!(got.iter().all(|r| r.path_and_query() != "/smuggled"));
-    assert_still_serves(&teebox, &backend, got.len()).await;
+    backend.assert_stays_at(0, Duration::from_millis(200)).await;
+    assert_still_serves(&teebox, &backend, 0).await;
 }
 
 // ---------------------------------------------------------------------------

@@ -220,6 +220,7 @@ fn limits(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
         &[
             ("max_header_size", Repeat::Once),
             ("read_header_timeout", Repeat::Once),
+            ("read_body_timeout", Repeat::Once),
             ("idle_timeout", Repeat::Once),
             ("max_connections", Repeat::Once),
             ("h2_max_concurrent_streams", Repeat::Once),
@@ -247,6 +248,7 @@ fn limits(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
         None => Some(default),
     };
     let read_header_timeout = duration(r, "read_header_timeout", defaults.read_header_timeout);
+    let read_body_timeout = duration(r, "read_body_timeout", defaults.read_body_timeout);
     let idle_timeout = duration(r, "idle_timeout", defaults.idle_timeout);
     let max_connections = match opts.one("max_connections") {
         Some(n) => r.value(n, "a whole number from 1 to 1000000", |e| {
@@ -263,6 +265,7 @@ fn limits(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
     Some(Limits {
         max_header_size: max_header_size?,
         read_header_timeout: read_header_timeout?,
+        read_body_timeout: read_body_timeout?,
         idle_timeout: idle_timeout?,
         max_connections: max_connections? as usize,
         h2_max_concurrent_streams: streams? as u32,

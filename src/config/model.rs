@@ -42,6 +42,9 @@ pub struct Limits {
     /// A request head not complete this long after its first byte: 408,
     /// closed (slowloris).
     pub read_header_timeout: Duration,
+    /// The longest wait for the client between two reads of a request
+    /// body (nginx's client_body_timeout): over it, 408 and closed.
+    pub read_body_timeout: Duration,
     /// A keep-alive connection without a request this long: closed.
     pub idle_timeout: Duration,
     /// Connections served at once; at the limit, accepting pauses.
@@ -54,6 +57,7 @@ impl Default for Limits {
         Limits {
             max_header_size: 64 * 1024,
             read_header_timeout: Duration::from_secs(10),
+            read_body_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
             max_connections: 10_000,
             h2_max_concurrent_streams: 256,

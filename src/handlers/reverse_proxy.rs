@@ -355,6 +355,13 @@ impl ReverseProxy {
                 Ok(Err(err)) if body::is_too_large(&err) => {
                     return super::request_body::too_large();
                 }
+                Ok(Err(err)) if body::is_read_timeout(&err) => {
+                    let mut response = error_response(StatusCode::REQUEST_TIMEOUT);
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return response;
+                }
                 Ok(Err(err)) if body::is_client_body_error(&err) => {
                     tracing::debug!(route = %self.route, error = %crate::http::error_chain(&err), "the client's body failed");
                     let mut response = error_response(StatusCode::BAD_REQUEST);

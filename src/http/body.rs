@@ -17,6 +17,17 @@ pub struct BodyTooLarge;
 #[error("the client's request body: {0}")]
 pub struct ClientBodyError(#[source] pub hyper::Error);
 
+/// The client sent nothing more of its request body for
+/// `read_body_timeout` while teebox was waiting for it.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no more of its request body for {0:?}")]
+pub struct BodyReadTimeout(pub std::time::Duration);
+
+/// Whether `err` (or any error under it) is a [`BodyReadTimeout`].
+pub fn is_read_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<BodyReadTimeout>(err)
+}
+
 /// Whether `err` (or any error under it) is a [`BodyTooLarge`].
 pub fn is_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     caused_by::<BodyTooLarge>(err)

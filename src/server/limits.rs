@@ -12,7 +12,8 @@
 //! - the first bytes of a new HTTP/1 request arrived but its head is not
 //!   complete: closed with a 408 after `read_header_timeout`;
 //! - a request being served (until its response body is done), an HTTP/2
-//!   stream open, or an upgraded connection (WebSocket): no timer here.
+//!   stream open, or an upgraded connection (WebSocket): no timer here
+//!   (a request body that stalls has its own, see `body_timeout`).
 
 use std::future::Future;
 use std::io;
@@ -26,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 
+use super::framing::FramingScan;
 use crate::config::Limits;
 
 /// The limits, and the connection count they cap, shared by every listener.
@@ -63,6 +65,9 @@ pub struct ConnState {
     in_flight: AtomicUsize,
     /// The connection was handed over (101 Switching Protocols).
     upgraded: AtomicBool,
+    /// A header block with both Content-Length and Transfer-Encoding came
+    /// in (see `framing`).
+    cl_and_te: AtomicBool,
     /// The I/O's reader, to re-arm its timer when a response finishes.
     reader: Mutex<Option<Waker>>,
 }
@@ -78,6 +83,10 @@ impl ConnState {
 
     pub fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    pub fn cl_and_te_seen(&self) -> bool {
+        self.cl_and_te.load(Ordering::Relaxed)
     }
 }
 
@@ -118,6 +127,7 @@ pub struct TimedIo<I> {
     /// When the first bytes of a request head came, and how many requests
     /// had started then: the head is pending while no new one started.
     head: Option<(Instant, u64)>,
+    framing: FramingScan,
 }
 
 impl<I> TimedIo<I> {
@@ -133,6 +143,7 @@ impl<I> TimedIo<I> {
             h2: None,
             // A new connection is waiting for its first request head.
             head: Some((now, 0)),
+            framing: FramingScan::default(),
         }
     }
 
@@ -142,6 +153,12 @@ impl<I> TimedIo<I> {
         if self.h2.is_none() && !bytes.is_empty() {
             let n = bytes.len().min(H2_PREFACE.len());
             self.h2 = Some(bytes[..n] == H2_PREFACE[..n]);
+        }
+        if self.h2 == Some(false)
+            && !self.state.upgraded.load(Ordering::Relaxed)
+            && self.framing.scan(bytes)
+        {
+            self.state.cl_and_te.store(true, Ordering::Relaxed);
         }
         let started = self.state.started.load(Ordering::Relaxed);
         let idle = self.state.in_flight.load(Ordering::Acquire) == 0;

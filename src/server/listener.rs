@@ -17,6 +17,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use arc_swap::ArcSwap;
 
+use super::body_timeout::ReadTimeout;
+use super::framing;
 use super::limits::{ConnLimits, ConnState, TimedIo};
 use super::router::AddressRouter;
 use crate::config::Limits;
@@ -175,16 +177,20 @@ where
     } = served;
     let state = Arc::new(ConnState::default());
     let io = TimedIo::new(io, state.clone(), &limits.limits);
+    let read_body_timeout = limits.limits.read_body_timeout;
     let service = service_fn(move |req: http::Request<Incoming>| {
         let router = router.clone();
         let in_flight = state.begin();
         let state = state.clone();
         async move {
-            let req = req.map(|b| body::boxed(b.map_err(body::ClientBodyError)));
+            let req = req.map(|b| request_body(b, read_body_timeout));
             // One config for the whole request, even if a reload
             // lands meanwhile.
             let router = router.load_full();
-            let response = router.handle(req, conn).await;
+            let response = match framing::conflicts(&req, state.cl_and_te_seen()) {
+                true => framing::refusal(conn.client),
+                false => router.handle(req, conn).await,
+            };
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 state.upgraded();
             }
@@ -197,6 +203,16 @@ where
         tracing::debug!(client = %conn.client, error = %err, "connection ended with an error");
     }
     drop(permit);
+}
+
+/// The client's request body as handlers see it; one that is not over
+/// before it starts is timed between reads (`read_body_timeout`).
+fn request_body(incoming: Incoming, read_body_timeout: Duration) -> body::Body {
+    let incoming = incoming.map_err(body::ClientBodyError);
+    if http_body::Body::is_end_stream(&incoming) {
+        return body::boxed(incoming);
+    }
+    body::boxed(ReadTimeout::new(incoming, read_body_timeout))
 }
 
 /// Whether the client's first byte is a TLS handshake record (0x16).

@@ -2,6 +2,8 @@
 //! their chains, and stop gracefully.
 
 pub mod access_log;
+mod body_timeout;
+mod framing;
 mod limits;
 mod listener;
 pub mod redirect;
