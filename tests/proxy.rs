@@ -450,6 +450,87 @@ async fn an_upstream_that_closes_after_every_answer_never_costs_a_request() {
     }
 }
 
+/// An upstream that answers every request at once, without waiting for
+/// its body, and keeps the connection (discarding the body as it comes),
+/// as nginx does for a `return` or an early 401.
+async fn early_answering_upstream() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    // One answer per request line seen; body bytes never
+                    // start with a method here.
+                    while let Some(at) = find(&seen, b"HTTP/1.1\r\n") {
+                        seen.drain(..at + 10);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, task)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_still_sending_an_upload_is_not_reused_before_it_is_done() {
+    use tokio::io::AsyncWriteExt;
+    let (upstream, _task) = early_answering_upstream().await;
+    let teebox = start_proxy(&[upstream], "").await;
+    // A starts a chunked upload, gets its answer early, and holds the rest
+    // of its body back.
+    let mut a = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
+    a.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    within("A's early answer", async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        while find(&head, b"\r\n\r\nok").is_none() {
+            let n = a.read(&mut buf).await.unwrap();
+            assert!(n > 0, "teebox closed A's connection");
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    // Meanwhile GETs on fresh connections (they land on every serving
+    // thread in turn, A's among them) must not wait for A's upload.
+    for i in 0..4 {
+        // Idle connections in between shift which thread the next one
+        // gets, so some GET shares A's.
+        for _ in 0..i {
+            drop(tokio::net::TcpStream::connect(teebox.addr()).await.unwrap());
+        }
+        // A new client each time: a new connection.
+        let client = Client::http1();
+        let target = url(&teebox, &format!("/get/{i}"));
+        let resp = within("a GET during the upload", client.get(&target)).await;
+        assert_eq!(resp.status, StatusCode::OK);
+    }
+    a.write_all(b"0\r\n\r\n").await.unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // Load balancing
 

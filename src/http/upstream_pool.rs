@@ -51,6 +51,10 @@ impl Default for PoolSettings {
     }
 }
 
+/// HTTP/2 keep-alive pings on upstream connections.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -79,8 +83,9 @@ pub struct UpstreamPool<B> {
     origin: Uri,
     connector: Connector,
     settings: PoolSettings,
-    /// One per serving worker; each is only ever locked by its own thread,
-    /// so the lock is never contended.
+    /// One per serving worker, each locked only by its own thread, so the
+    /// lock is never contended there. Other threads (the mirror's) share
+    /// the first.
     idle: Box<[Arc<Mutex<Idle<B>>>]>,
 }
 
@@ -90,6 +95,32 @@ struct Idle<B> {
     h1: VecDeque<(http1::SendRequest<B>, Instant)>,
     /// HTTP/2 multiplexes: one connection serves every request.
     h2: Option<http2::SendRequest<B>>,
+}
+
+impl<B> Idle<B> {
+    /// Closes idle connections older than `idle_timeout`: the list is in
+    /// the order they went idle, so only its front needs looking at.
+    fn expire(&mut self, idle_timeout: Duration) {
+        if let Some(oldest_kept) = Instant::now().checked_sub(idle_timeout) {
+            while self
+                .h1
+                .front()
+                .is_some_and(|(_, since)| *since < oldest_kept)
+            {
+                self.h1.pop_front();
+            }
+        }
+    }
+
+    /// The warmest idle connection the upstream has not closed.
+    fn take_h1(&mut self) -> Option<http1::SendRequest<B>> {
+        while let Some((conn, _)) = self.h1.pop_back() {
+            if !conn.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
 }
 
 impl<B> Default for Idle<B> {
@@ -131,8 +162,18 @@ where
             match self.checkout(list, needs_h2) {
                 Some(Checkout::NotHttp2) => return Err(SendError::NotHttp2),
                 Some(Checkout::H2(mut conn)) => {
-                    let response = conn.send_request(self.absolute(req)).await?;
-                    return Ok(response.map(|body| PooledBody::new(body, None)));
+                    match conn.try_send_request(self.absolute(req)).await {
+                        Ok(response) => return Ok(response.map(|body| PooledBody::new(body, None))),
+                        // The connection was going away (GOAWAY, or its
+                        // task ended): forget it and send on a new one.
+                        Err(mut err) => match err.take_message() {
+                            Some(unsent) => {
+                                req = unsent;
+                                Self::forget_h2(list);
+                            }
+                            None => return Err(err.into_error().into()),
+                        },
+                    }
                 }
                 Some(Checkout::H1(mut conn)) => {
                     if !conn.is_ready() && conn.ready().await.is_err() {
@@ -154,6 +195,14 @@ where
         }
     }
 
+    /// Drops the shared HTTP/2 connection after it handed a request back
+    /// unsent, so the next attempt opens a new one. (Had another request
+    /// just put a fresh one there, that one keeps serving its own streams
+    /// and is merely not shared.)
+    fn forget_h2(list: &Mutex<Idle<B>>) {
+        list.lock().unwrap_or_else(|e| e.into_inner()).h2 = None;
+    }
+
     fn checkout(&self, list: &Mutex<Idle<B>>, needs_h2: bool) -> Option<Checkout<B>> {
         let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h2) = &idle.h2 {
@@ -162,23 +211,15 @@ where
             }
             idle.h2 = None;
         }
+        idle.expire(self.settings.idle_timeout);
         if needs_h2 {
-            // Idle HTTP/1.1 connections say what the upstream speaks, without
-            // opening another to hear it again.
+            // A live idle HTTP/1.1 connection says what the upstream speaks,
+            // without opening another to hear it again; once those are
+            // gone (expired, closed), a new connection asks again.
+            idle.h1.retain(|(conn, _)| !conn.is_closed());
             return (!idle.h1.is_empty()).then_some(Checkout::NotHttp2);
         }
-        let oldest_kept = Instant::now().checked_sub(self.settings.idle_timeout);
-        while let Some((conn, since)) = idle.h1.pop_back() {
-            let expired = oldest_kept.is_some_and(|kept| since < kept);
-            if !expired && !conn.is_closed() {
-                return Some(Checkout::H1(conn));
-            }
-            if expired {
-                // Everything before it is older still.
-                idle.h1.clear();
-            }
-        }
-        None
+        idle.take_h1().map(Checkout::H1)
     }
 
     async fn send_on_new(
@@ -195,6 +236,9 @@ where
         if self.settings.h2c || io.connected().is_negotiated_h2() {
             let (mut conn, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                // A connection that died silently is noticed, not waited on.
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {
@@ -217,8 +261,12 @@ where
         if req.version() == http::Version::HTTP_2 {
             // Kept, so the next such request is refused without connecting.
             if self.settings.keepalive {
-                let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
-                idle.h1.push_back((conn, Instant::now()));
+                Checkin {
+                    conn,
+                    list: list.clone(),
+                    settings: self.settings,
+                }
+                .put_back();
             }
             return Err(SendError::NotHttp2);
         }
@@ -253,7 +301,7 @@ where
         let checkin = reusable.then(|| Checkin {
             conn,
             list: list.clone(),
-            max_idle: self.settings.max_idle,
+            settings: self.settings,
         });
         response.map(|body| PooledBody::new(body, checkin))
     }
@@ -270,16 +318,34 @@ enum Checkout<B> {
 struct Checkin<B> {
     conn: http1::SendRequest<B>,
     list: Arc<Mutex<Idle<B>>>,
-    max_idle: usize,
+    settings: PoolSettings,
 }
 
-impl<B> Checkin<B> {
-    fn put_back(self) {
-        if self.conn.is_closed() {
+impl<B: Send + 'static> Checkin<B> {
+    /// Puts the connection back once it can take the next request. The
+    /// response may end before the request's body has been sent (an
+    /// upstream that answers an upload early): until then the connection
+    /// is busy, and the next request must not queue behind it.
+    fn put_back(mut self) {
+        if self.settings.max_idle == 0 || self.conn.is_closed() {
             return;
         }
+        if self.conn.is_ready() {
+            return self.idle_now();
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move {
+                if self.conn.ready().await.is_ok() {
+                    self.idle_now();
+                }
+            });
+        }
+    }
+
+    fn idle_now(self) {
         let mut idle = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.h1.len() >= self.max_idle {
+        idle.expire(self.settings.idle_timeout);
+        if idle.h1.len() >= self.settings.max_idle {
             idle.h1.pop_front();
         }
         idle.h1.push_back((self.conn, Instant::now()));
@@ -288,14 +354,14 @@ impl<B> Checkin<B> {
 
 /// An upstream's response body. Its connection is reused only if the body
 /// was read to the end; dropped earlier, the connection closes.
-pub struct PooledBody<B> {
+pub struct PooledBody<B: Send + 'static> {
     inner: Incoming,
     checkin: Option<Checkin<B>>,
     /// The body ended (a chunked body never says so in `is_end_stream`).
     ended: bool,
 }
 
-impl<B> PooledBody<B> {
+impl<B: Send + 'static> PooledBody<B> {
     fn new(inner: Incoming, checkin: Option<Checkin<B>>) -> Self {
         PooledBody {
             inner,
@@ -305,7 +371,7 @@ impl<B> PooledBody<B> {
     }
 }
 
-impl<B> Drop for PooledBody<B> {
+impl<B: Send + 'static> Drop for PooledBody<B> {
     fn drop(&mut self) {
         if let Some(checkin) = self.checkin.take() {
             if self.ended || http_body::Body::is_end_stream(&self.inner) {
@@ -315,7 +381,7 @@ impl<B> Drop for PooledBody<B> {
     }
 }
 
-impl<B: Unpin> http_body::Body for PooledBody<B> {
+impl<B: Send + Unpin + 'static> http_body::Body for PooledBody<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -324,8 +390,11 @@ impl<B: Unpin> http_body::Body for PooledBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended = true;
+        match &polled {
+            // Trailers come last: hyper's server stops polling after them.
+            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.ended = true,
+            _ => {}
         }
         polled
     }
