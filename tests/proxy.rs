@@ -531,6 +531,65 @@ async fn a_connection_still_sending_an_upload_is_not_reused_before_it_is_done() 
     a.write_all(b"0\r\n\r\n").await.unwrap();
 }
 
+/// An upstream that answers the first request on each connection and
+/// closes the connection when the second arrives, unanswered: its idle
+/// timeout firing just as teebox reuses the connection.
+async fn closes_under_the_second_request() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                let mut heads = 0;
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(at) = find(&seen, b"\r\n\r\n") {
+                        seen.drain(..at + 4);
+                        heads += 1;
+                        if heads > 1 {
+                            return;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        let _ = stream.write_all(answer).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_get_whose_kept_alive_connection_dies_under_it_is_sent_again_a_post_is_not() {
+    let (upstream, _task) = closes_under_the_second_request().await;
+    let teebox = start_proxy(&[upstream], "").await;
+    let client = Client::http1();
+    let first = client.get(&url(&teebox, "/first")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    // Long enough idle for the race to be possible at all.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = client.get(&url(&teebox, "/again")).await;
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "the GET went again on a new connection"
+    );
+    assert_eq!(again.body, Bytes::from_static(b"ok"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The POST's connection is the GET's new one: it dies the same way,
+    // and a POST is not sent twice.
+    let post = client
+        .request(Method::POST, &url(&teebox, "/post"), full("x"))
+        .await;
+    assert_eq!(post.status, StatusCode::BAD_GATEWAY);
+}
+
 // ---------------------------------------------------------------------------
 // Load balancing
 

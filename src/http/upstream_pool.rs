@@ -51,6 +51,10 @@ impl Default for PoolSettings {
     }
 }
 
+/// An idle connection older than this may be closed by the upstream just
+/// as a request goes out on it (a common keep-alive timeout is 5 s).
+const RACY_IDLE: Duration = Duration::from_secs(1);
+
 /// HTTP/2 keep-alive pings on upstream connections.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,11 +116,12 @@ impl<B> Idle<B> {
         }
     }
 
-    /// The warmest idle connection the upstream has not closed.
-    fn take_h1(&mut self) -> Option<http1::SendRequest<B>> {
-        while let Some((conn, _)) = self.h1.pop_back() {
+    /// The warmest idle connection the upstream has not closed, and since
+    /// when it has been idle.
+    fn take_h1(&mut self) -> Option<(http1::SendRequest<B>, Instant)> {
+        while let Some((conn, since)) = self.h1.pop_back() {
             if !conn.is_closed() {
-                return Some(conn);
+                return Some((conn, since));
             }
         }
         None
@@ -136,7 +141,7 @@ type Req<B> = http::Request<B>;
 
 impl<B> UpstreamPool<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B: http_body::Body<Data = Bytes> + Default + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     pub fn new(origin: Uri, connector: Connector, settings: PoolSettings, workers: usize) -> Self {
@@ -175,15 +180,31 @@ where
                         },
                     }
                 }
-                Some(Checkout::H1(mut conn)) => {
+                Some(Checkout::H1(mut conn, idle_since)) => {
                     if !conn.is_ready() && conn.ready().await.is_err() {
                         continue;
                     }
+                    // Only a connection idle for a while can meet the
+                    // upstream's idle timeout; copying the request for the
+                    // others would cost every request.
+                    let again = match idle_since.elapsed() >= RACY_IDLE {
+                        true => replayable(&req),
+                        false => None,
+                    };
                     match conn.try_send_request(req).await {
                         Ok(response) => return Ok(self.pooled(response, conn, list)),
-                        Err(mut err) => match err.take_message() {
-                            Some(unsent) => req = unsent,
-                            None => return Err(err.into_error().into()),
+                        Err(mut err) => match (err.take_message(), again) {
+                            (Some(unsent), _) => req = unsent,
+                            // The upstream closed the kept-alive connection
+                            // as the request went out (its idle timeout
+                            // raced ours): no answer came, and a bodyless
+                            // idempotent request may go again, as nginx,
+                            // Go and Caddy send it.
+                            (None, Some(again)) if err.error().is_incomplete_message() => {
+                                tracing::debug!(upstream = %self.origin, "kept-alive connection closed under a request; sending it again");
+                                req = again;
+                            }
+                            (None, _) => return Err(err.into_error().into()),
                         },
                     }
                 }
@@ -219,7 +240,8 @@ where
             idle.h1.retain(|(conn, _)| !conn.is_closed());
             return (!idle.h1.is_empty()).then_some(Checkout::NotHttp2);
         }
-        idle.take_h1().map(Checkout::H1)
+        idle.take_h1()
+            .map(|(conn, since)| Checkout::H1(conn, since))
     }
 
     async fn send_on_new(
@@ -307,8 +329,24 @@ where
     }
 }
 
+/// A copy of a request with no body and an idempotent method (RFC 9110
+/// §9.2.2), which may be sent again when a kept-alive connection dies
+/// under it; `None` for any other.
+fn replayable<B: http_body::Body + Default>(req: &Req<B>) -> Option<Req<B>> {
+    if !req.method().is_idempotent() || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut again = http::Request::new(B::default());
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    Some(again)
+}
+
 enum Checkout<B> {
-    H1(http1::SendRequest<B>),
+    /// With when it went idle.
+    H1(http1::SendRequest<B>, Instant),
     H2(http2::SendRequest<B>),
     /// Only HTTP/1.1 connections, for a request that needs HTTP/2.
     NotHttp2,

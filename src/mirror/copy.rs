@@ -149,6 +149,8 @@ impl std::fmt::Debug for CopyExtras {
 
 /// Replays a copy's body and then its trailers, if the client sent any
 /// (gRPC clients may; over HTTP/2 they go out as a trailing HEADERS frame).
+/// The default is no body at all.
+#[derive(Default)]
 pub struct CopyBody {
     data: Option<Bytes>,
     trailers: Option<HeaderMap>,
