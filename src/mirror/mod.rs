@@ -288,9 +288,30 @@ impl Mirror {
 
     /// Decides, once per request, which targets are sent a copy: the
     /// mirror's `sample` first, then each target's own, all with the same
-    /// [`policy::Ticket`]. Counts the request per target left out; `None`
-    /// when no target takes it.
+    /// [`policy::Ticket`]; then only targets that can take a copy now (not
+    /// paused, room in the backlog), so that no body is collected only to
+    /// be dropped. Counts the request per target left out; `None` when no
+    /// target takes it.
     pub fn choose(
+        &self,
+        head: &http::request::Parts,
+        targets: Arc<Vec<Arc<Target>>>,
+    ) -> Option<Arc<Vec<Arc<Target>>>> {
+        let targets = self.sampled(head, targets)?;
+        let Some(first_out) = targets.iter().position(|t| !t.takes_copies()) else {
+            return Some(targets);
+        };
+        let mut kept = targets[..first_out].to_vec();
+        kept.extend(
+            targets[first_out + 1..]
+                .iter()
+                .filter(|t| t.takes_copies())
+                .cloned(),
+        );
+        (!kept.is_empty()).then(|| Arc::new(kept))
+    }
+
+    fn sampled(
         &self,
         head: &http::request::Parts,
         targets: Arc<Vec<Arc<Target>>>,
