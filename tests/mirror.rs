@@ -241,12 +241,44 @@ async fn blackhole_shadow_changes_nothing_for_the_client() {
     .await;
     all_answered_by_primary(&running, 40).await;
     assert_eq!(primary.count(), 40);
-    // Two copies hang in the workers, four wait in the backlog, the rest
-    // were dropped and counted.
+    // The backlog holds four copies, the two hanging in the workers
+    // included: two are in flight, two wait, the rest were dropped and
+    // counted.
+    let target = running.mirrors()[0].targets()[0].clone();
+    eventually("two copies in flight", || target.in_flight() == 2).await;
     let c = counts(&running, 0);
     assert_eq!(c.sent, 2, "{c:?}");
-    assert_eq!(c.dropped, 40 - 2 - 4, "{c:?}");
-    assert_eq!(running.mirrors()[0].targets()[0].backlog_depth(), 4);
+    assert_eq!(c.dropped, 40 - 4, "{c:?}");
+    assert_eq!(target.backlog_depth(), 2);
+}
+
+#[tokio::test]
+async fn a_request_arriving_at_a_full_backlog_is_not_collected() {
+    let primary = Backend::start(Reply::ok("primary")).await;
+    let blackhole = FaultServer::silent().await;
+    // One place in the backlog, taken by the first copy while it hangs in
+    // the worker.
+    let options = "concurrency 1\nbacklog 1\ntimeout \"30s\"\nmax_body \"1KiB\"";
+    let running = start(&mirror_site(
+        &[blackhole.url()],
+        options,
+        &proxy_to(&primary),
+    ))
+    .await;
+    let target = running.mirrors()[0].targets()[0].clone();
+    let client = Client::http1();
+    client.get(&format!("{}/first", base_url(&running))).await;
+    eventually("the first copy in flight", || target.in_flight() == 1).await;
+    // Over `max_body`: had its body been teed, it would count as too large.
+    let req = client::req("POST", &format!("{}/big", base_url(&running)))
+        .body(client::full(random_bytes(4096, 1)))
+        .unwrap();
+    let resp = client.send(req).await.expect("request");
+    assert_eq!(resp.text(), "primary");
+    let c = counts(&running, 0);
+    assert_eq!(c.dropped, 1, "{c:?}");
+    assert_eq!(c.skipped_too_large, 0, "{c:?}");
+    assert_eq!(target.backlog_depth(), 0);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body::SizeHint;
 use kdl::{KdlEntry, KdlNode};
 use miette::SourceSpan;
 
@@ -450,10 +451,11 @@ impl Middleware for MirrorHandler {
         let verdict = pending.verdict();
         let limit = self.mirror.copy_timeout();
         let response = if http_body::Body::is_end_stream(&request_body) {
-            Capture::new(pending).finish();
+            Capture::new(pending, &SizeHint::with_exact(0)).finish();
             next.run(Request::from_parts(head, request_body))
         } else {
-            let (tee, rest) = Tee::new(request_body, Capture::new(pending));
+            let size = http_body::Body::size_hint(&request_body);
+            let (tee, rest) = Tee::new(request_body, Capture::new(pending, &size));
             let req = Request::from_parts(head, body::boxed(tee));
             Box::pin(async move {
                 let response = next.run(req).await;

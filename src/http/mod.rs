@@ -35,20 +35,22 @@ pub fn upstream_headers(
     if trailers {
         headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
+    // Before the forwarding headers go in: a map sized for them then
+    // does not grow.
+    headers.remove(http::header::HOST);
     if let (true, Some(conn)) = (forwarded, conn) {
         forwarded::add(headers, conn, host.as_ref());
     }
-    headers.remove(http::header::HOST);
     host
 }
 
 /// The same headers, each value in an allocation of its own. hyper's
 /// header values are slices of the connection's read buffer, which holds
 /// the request's body too: a map kept for long (a queued mirror copy)
-/// would pin that whole buffer, doubling what the copy costs.
-pub fn detached(headers: &http::HeaderMap) -> http::HeaderMap {
-    // Room for the forwarding headers a copy gets next.
-    let mut out = http::HeaderMap::with_capacity(headers.len() + 4);
+/// would pin that whole buffer, doubling what the copy costs. `room`: for
+/// headers to be added after.
+pub fn detached(headers: &http::HeaderMap, room: usize) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len() + room);
     for (name, value) in headers {
         let mut owned =
             http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());

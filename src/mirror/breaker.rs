@@ -89,6 +89,13 @@ impl Breaker {
         }
     }
 
+    /// Whether [`admit`](Breaker::admit) would let a probe through now,
+    /// without taking it.
+    pub fn probe_due(&self, now: Instant) -> bool {
+        let failing = self.lock();
+        failing.retry_at.is_some_and(|at| now >= at) && !failing.probe_in_flight
+    }
+
     /// A probe that was admitted but never sent (dropped from a full
     /// backlog) must not block the next one.
     pub fn probe_lost(&self) {
@@ -193,6 +200,21 @@ mod tests {
         // A copy sent before the pause fails now: the probe is still out.
         assert_eq!(b.record(false, false, t1), Transition::None);
         assert_eq!(b.admit(t1), Admit::Skip);
+    }
+
+    #[test]
+    fn probe_due_says_what_admit_would_without_taking_it() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record(false, false, t0);
+        }
+        assert!(!b.probe_due(t0));
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(b.probe_due(t1));
+        assert!(b.probe_due(t1), "asking takes nothing");
+        assert_eq!(b.admit(t1), Admit::Probe);
+        assert!(!b.probe_due(t1), "the probe is out");
     }
 
     #[test]

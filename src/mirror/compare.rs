@@ -263,7 +263,7 @@ impl Comparison {
         let watched = Watched {
             collector: Some(BodyCollector::new(self.comparer.max_body)),
             // Kept until every target answered: must not pin hyper's buffer.
-            head: Some((parts.status, crate::http::detached(&parts.headers))),
+            head: Some((parts.status, crate::http::detached(&parts.headers, 0))),
             comparison: self,
         };
         Response::from_parts(parts, body::boxed(body::Observed::new(inner, watched)))

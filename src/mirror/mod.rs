@@ -289,9 +289,30 @@ impl Mirror {
 
     /// Decides, once per request, which targets are sent a copy: the
     /// mirror's `sample` first, then each target's own, all with the same
-    /// [`policy::Ticket`]. Counts the request per target left out; `None`
-    /// when no target takes it.
+    /// [`policy::Ticket`]; then only targets that can take a copy now (not
+    /// paused, room in the backlog), so that no body is collected only to
+    /// be dropped. Counts the request per target left out; `None` when no
+    /// target takes it.
     pub fn choose(
+        &self,
+        head: &http::request::Parts,
+        targets: Arc<Vec<Arc<Target>>>,
+    ) -> Option<Arc<Vec<Arc<Target>>>> {
+        let targets = self.sampled(head, targets)?;
+        let Some(first_out) = targets.iter().position(|t| !t.takes_copies()) else {
+            return Some(targets);
+        };
+        let mut kept = targets[..first_out].to_vec();
+        kept.extend(
+            targets[first_out + 1..]
+                .iter()
+                .filter(|t| t.takes_copies())
+                .cloned(),
+        );
+        (!kept.is_empty()).then(|| Arc::new(kept))
+    }
+
+    fn sampled(
         &self,
         head: &http::request::Parts,
         targets: Arc<Vec<Arc<Target>>>,
@@ -355,7 +376,10 @@ impl Mirror {
         let vars = (self.options.header_up.needs_vars() || self.targets_need_vars)
             .then(|| RequestVars::of(head));
         // A queued copy may wait long: it must not pin hyper's read buffer.
-        let mut headers = crate::http::detached(&head.headers);
+        // With room for the four forwarding headers and the loop marker
+        // (less the Host that goes): the map is not grown for them.
+        let room = 5 - usize::from(head.headers.contains_key(http::header::HOST));
+        let mut headers = crate::http::detached(&head.headers, room);
         let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
         let original_host = crate::http::upstream_headers(
             &mut headers,
@@ -469,15 +493,10 @@ impl PendingCopy {
         self.mirror.options.max_body
     }
 
-    pub fn dispatch(self, chunks: Vec<Bytes>, trailers: Option<HeaderMap>) {
-        tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = chunks.iter().map(Bytes::len).sum::<usize>(), "copy complete");
-        // The client's chunks are slices of hyper's read buffers; a queued
-        // copy holding them would pin those whole buffers (twice the body
-        // or more, measured). One exact-size copy keeps a queued copy's
-        // memory at its body's size, which is what the memory bound counts.
-        let mut body = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-        chunks.iter().for_each(|c| body.extend_from_slice(c));
-        let body = body.freeze();
+    /// `body`: the copy's own (never a slice of hyper's read buffers, which
+    /// a queued copy would pin whole), in an allocation of its size.
+    pub fn dispatch(self, body: Bytes, trailers: Option<HeaderMap>) {
+        tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = body.len(), "copy complete");
         let rewrite = self.mirror.options.rewrite.clone();
         let copy = Arc::new(CopyRequest::new(
             self.method,

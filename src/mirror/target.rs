@@ -4,10 +4,12 @@
 //! The request path only ever calls [`Target::offer`], a non-blocking send
 //! into the backlog. Workers are tasks that take copies from the backlog one
 //! at a time each, so at most `concurrency` copies are in flight per target.
+//! A copy keeps its place in the backlog until its worker is done with it:
+//! queued and in flight together, a target holds at most `backlog` copies.
 //! A target owns the only sender of its backlog: when it is dropped, its
 //! workers send what is queued and exit (or, if it was removed, drop it).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +75,17 @@ pub struct TargetSpec {
 struct Job {
     copy: Arc<CopyRequest>,
     probe: bool,
+    _place: Place,
+}
+
+/// A copy's place in its target's backlog, given back when the job is
+/// dropped: sent, skipped, or thrown away with the backlog.
+struct Place(Arc<TargetState>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// What workers share with the target, without the backlog's sender.
@@ -89,6 +102,9 @@ pub struct TargetState {
     rate: Option<RateLimit>,
     removed: AtomicBool,
     in_flight: AtomicU64,
+    /// Copies queued or in flight, at most `backlog`.
+    held: AtomicUsize,
+    backlog: usize,
     /// Whether copies can reach it over HTTP/2: `h2c`, or `https://` (if
     /// the target picks h2 by ALPN; a gRPC copy fails if it picks HTTP/1.1).
     http2: bool,
@@ -123,6 +139,8 @@ impl Target {
             rate: settings.max_rps.map(RateLimit::new),
             removed: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
+            backlog: settings.backlog.max(1),
         });
         // The copy runtime's threads are not serving workers: one idle list.
         let pool = Arc::new(CopyPool::new(
@@ -131,7 +149,8 @@ impl Target {
             client.settings,
             1,
         ));
-        let (tx, rx) = mpsc::channel(settings.backlog.max(1));
+        // Never full: a copy needs a place (see `held`) before it is sent.
+        let (tx, rx) = mpsc::channel(state.backlog);
         let rx = Arc::new(Mutex::new(rx));
         let runtime = super::runtime::handle();
         let workers = (0..settings.concurrency.max(1))
@@ -166,6 +185,34 @@ impl Target {
         self.state.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Whether a copy offered now could be taken: the target is not paused
+    /// (or a probe is due) and its backlog has room. Without a place for
+    /// it, a copy is not worth collecting: counted as `offer` would.
+    pub fn takes_copies(&self) -> bool {
+        let state = &self.state;
+        if state.breaker.is_paused() && !state.breaker.probe_due(Instant::now()) {
+            bump(&state.stats.skipped_paused);
+            return false;
+        }
+        if state.held.load(Ordering::Acquire) >= state.backlog {
+            bump(&state.stats.dropped);
+            return false;
+        }
+        true
+    }
+
+    /// Takes a place in the backlog, if one is free.
+    fn place(&self) -> Option<Place> {
+        let state = &self.state;
+        state
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < state.backlog).then_some(held + 1)
+            })
+            .ok()
+            .map(|_| Place(state.clone()))
+    }
+
     /// The share of all matching requests this target is sent.
     pub fn sample(&self) -> f64 {
         self.state.sample
@@ -187,11 +234,15 @@ impl Target {
                 return bump(&stats.rate_limited);
             }
         }
-        let job = Job {
-            copy: copy.clone(),
-            probe,
-        };
-        if self.tx.try_send(job).is_err() {
+        let sent = self.place().is_some_and(|place| {
+            let job = Job {
+                copy: copy.clone(),
+                probe,
+                _place: place,
+            };
+            self.tx.try_send(job).is_ok()
+        });
+        if !sent {
             bump(&stats.dropped);
             if probe {
                 self.state.breaker.probe_lost();

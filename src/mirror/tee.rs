@@ -1,9 +1,13 @@
 //! The request body as the primary reads it, with a copy kept on the side.
 //!
 //! Frames pass through untouched and in step with the primary: the tee
-//! never waits for the whole body. Data chunks are kept by reference count
-//! up to `max_body`; past that the copy is abandoned and the primary goes on
-//! unaffected. If the primary stops reading early (a `respond` that never
+//! never waits for the whole body. Data is copied as it passes into the
+//! copy's own buffer (sized from `Content-Length` when there is one), up to
+//! `max_body`; past that the copy is abandoned and the primary goes on
+//! unaffected. Keeping the chunks themselves would pin hyper's read
+//! buffers until the body ends, so that every read needs a fresh one.
+//! This is the one copy a copy's body needs, made as the chunks pass
+//! instead of all at once at the end. If the primary stops reading early (a `respond` that never
 //! looks at the body, an upstream that answers before the upload ends), the
 //! tee finishes reading in a task of its own so the copy is still whole.
 
@@ -13,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -39,7 +43,7 @@ pub enum Abandon {
 /// The copy being collected.
 pub struct Capture {
     pending: PendingCopy,
-    chunks: Vec<Bytes>,
+    body: BytesMut,
     len: u64,
     trailers: Option<HeaderMap>,
     /// For a gRPC call: its message framing, checked as the body goes past.
@@ -47,11 +51,14 @@ pub struct Capture {
 }
 
 impl Capture {
-    pub fn new(pending: PendingCopy) -> Self {
+    /// `size`: what the body says of its length, to size the buffer.
+    pub fn new(pending: PendingCopy, size: &SizeHint) -> Self {
         let framing = (pending.protocol() == Protocol::Grpc).then(Framing::default);
+        // Over `max_body` it is abandoned anyway: no room made for it.
+        let expected = size.exact().filter(|&n| n <= pending.max_body());
         Capture {
             pending,
-            chunks: Vec::new(),
+            body: BytesMut::with_capacity(expected.unwrap_or(0) as usize),
             len: 0,
             trailers: None,
             framing,
@@ -68,12 +75,10 @@ impl Capture {
             if self.len > self.pending.max_body() {
                 return Err(Abandon::TooLarge);
             }
-            if !data.is_empty() {
-                self.chunks.push(data.clone());
-            }
+            self.body.extend_from_slice(data);
         } else if let Some(trailers) = frame.trailers_ref() {
             // Like the headers, not slices of the connection's buffers.
-            self.trailers = Some(crate::http::detached(trailers));
+            self.trailers = Some(crate::http::detached(trailers, 0));
         }
         Ok(())
     }
@@ -83,13 +88,23 @@ impl Capture {
     pub fn finish(self) {
         match self.framing.as_ref().map(Framing::finish) {
             Some(Err(why)) => self.pending.abandon(Abandon::Streaming(why)),
-            _ => self.pending.dispatch(self.chunks, self.trailers),
+            _ => self.pending.dispatch(exact(self.body), self.trailers),
         }
     }
 
     fn abandon(self, why: Abandon) {
         self.pending.abandon(why);
     }
+}
+
+/// The body in an allocation of its size: one grown chunk by chunk (no
+/// `Content-Length`) may have up to twice the room it needs, kept for as
+/// long as the copy is queued.
+fn exact(body: BytesMut) -> Bytes {
+    if body.capacity() - body.len() <= body.len() / 16 {
+        return body.freeze();
+    }
+    Bytes::copy_from_slice(&body)
 }
 
 pub struct Tee {
