@@ -450,40 +450,37 @@ async fn an_upstream_that_closes_after_every_answer_never_costs_a_request() {
     }
 }
 
-/// An upstream that answers every request at once, without waiting for
-/// its body, and keeps the connection (discarding the body as it comes),
-/// as nginx does for a `return` or an early 401.
-async fn early_answering_upstream() -> (String, tokio::task::JoinHandle<()>) {
+/// An upstream that answers `200 ok` to every request line at once,
+/// without waiting for a body (discarding it as it comes, as nginx does
+/// for a `return` or an early 401), and keeps the connection; with
+/// `answers`, it closes a connection, unanswered, when the request after
+/// that many arrives (its idle timeout firing just as teebox reuses it).
+async fn answering_upstream(answers: Option<usize>) -> FaultServer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut seen = Vec::new();
-                loop {
-                    let Ok(n) = stream.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    // One answer per request line seen; body bytes never
-                    // start with a method here.
-                    while let Some(at) = find(&seen, b"HTTP/1.1\r\n") {
-                        seen.drain(..at + 10);
-                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
+    FaultServer::start(move |mut stream| async move {
+        let mut buf = vec![0u8; 65536];
+        let mut seen = Vec::new();
+        let mut requests = 0;
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            // Body bytes never look like a request line here.
+            while let Some(at) = find(&seen, b"HTTP/1.1\r\n") {
+                seen.drain(..at + 10);
+                requests += 1;
+                if answers.is_some_and(|answers| requests > answers) {
+                    return;
                 }
-            });
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
-    (url, task)
+    })
+    .await
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -493,8 +490,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_still_sending_an_upload_is_not_reused_before_it_is_done() {
     use tokio::io::AsyncWriteExt;
-    let (upstream, _task) = early_answering_upstream().await;
-    let teebox = start_proxy(&[upstream], "").await;
+    let upstream = answering_upstream(None).await;
+    let teebox = start_proxy(&[upstream.url()], "").await;
     // A starts a chunked upload, gets its answer early, and holds the rest
     // of its body back.
     let mut a = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
@@ -531,44 +528,10 @@ async fn a_connection_still_sending_an_upload_is_not_reused_before_it_is_done() 
     a.write_all(b"0\r\n\r\n").await.unwrap();
 }
 
-/// An upstream that answers the first request on each connection and
-/// closes the connection when the second arrives, unanswered: its idle
-/// timeout firing just as teebox reuses the connection.
-async fn closes_under_the_second_request() -> (String, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut seen = Vec::new();
-                let mut heads = 0;
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(at) = find(&seen, b"\r\n\r\n") {
-                        seen.drain(..at + 4);
-                        heads += 1;
-                        if heads > 1 {
-                            return;
-                        }
-                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        let _ = stream.write_all(answer).await;
-                    }
-                }
-            });
-        }
-    });
-    (url, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_get_whose_kept_alive_connection_dies_under_it_is_sent_again_a_post_is_not() {
-    let (upstream, _task) = closes_under_the_second_request().await;
-    let teebox = start_proxy(&[upstream], "").await;
+    let upstream = answering_upstream(Some(1)).await;
+    let teebox = start_proxy(&[upstream.url()], "").await;
     let client = Client::http1();
     let first = client.get(&url(&teebox, "/first")).await;
     assert_eq!(first.status, StatusCode::OK);

@@ -39,7 +39,7 @@ impl Drop for FaultServer {
 }
 
 impl FaultServer {
-    async fn start<F, Fut>(script: F) -> Self
+    pub async fn start<F, Fut>(script: F) -> Self
     where
         F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
