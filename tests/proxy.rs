@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -692,6 +694,41 @@ async fn an_upstream_closing_mid_body_never_looks_complete_to_the_client() {
 
 // ---------------------------------------------------------------------------
 // Protocols
+
+/// An h2c upstream that answers `ok` and counts its connections.
+async fn h2c_upstream() -> (String, Arc<AtomicUsize>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_to_an_h2c_upstream_share_one_new_connection() {
+    let (upstream, connections) = h2c_upstream().await;
+    let teebox = start_proxy(&[upstream], "h2c #true").await;
+    // One client connection: its requests are served by one thread, whose
+    // pool is empty when they all arrive at once.
+    let client = Client::h2c();
+    let target = url(&teebox, "/together");
+    let answers = futures_util::future::join_all((0..32).map(|_| client.get(&target))).await;
+    assert!(answers.iter().all(|r| r.status == StatusCode::OK));
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_h2c_client_reaches_an_http1_backend() {

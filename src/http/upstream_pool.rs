@@ -91,6 +91,10 @@ pub struct UpstreamPool<B> {
     /// lock is never contended there. Other threads (the mirror's) share
     /// the first.
     idle: Box<[Arc<Mutex<Idle<B>>>]>,
+    /// With `h2c`, one connection per list is opened at a time: requests
+    /// that find none wait for it and share it, instead of each opening
+    /// its own (hyper-util's client does the same).
+    connecting: Box<[tokio::sync::Mutex<()>]>,
 }
 
 struct Idle<B> {
@@ -150,11 +154,18 @@ where
             connector,
             settings,
             idle: (0..workers.max(1)).map(|_| Arc::default()).collect(),
+            connecting: (0..workers.max(1))
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
     fn idle_list(&self) -> &Arc<Mutex<Idle<B>>> {
         &self.idle[crate::server::workers::current() % self.idle.len()]
+    }
+
+    fn connect_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.connecting[crate::server::workers::current() % self.connecting.len()]
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or
@@ -211,6 +222,7 @@ where
                 // Boxed: connecting (TLS state, handshakes) makes a large
                 // future, which would otherwise be moved around whole on
                 // every request, also those that reuse a connection.
+                None if self.settings.h2c => return Box::pin(self.send_on_h2c(req, list)).await,
                 None => return Box::pin(self.send_on_new(req, list)).await,
             }
         }
@@ -244,11 +256,50 @@ where
             .map(|(conn, since)| Checkout::H1(conn, since))
     }
 
+    /// With `h2c`: waits its turn to open the list's HTTP/2 connection,
+    /// and uses the one another request opened meanwhile if there is one.
+    /// The turn covers connecting only, not the exchange.
+    async fn send_on_h2c(
+        &self,
+        req: Req<B>,
+        list: &Arc<Mutex<Idle<B>>>,
+    ) -> Result<http::Response<PooledBody<B>>, SendError> {
+        let opened = {
+            let _turn = self.connect_lock().lock().await;
+            let shared = list.lock().unwrap_or_else(|e| e.into_inner()).h2.clone();
+            match shared.filter(|h2| !h2.is_closed()) {
+                Some(conn) => Opened::H2(conn),
+                None => self.open(list).await?,
+            }
+        };
+        let Opened::H2(mut conn) = opened else {
+            return self.send_opened(opened, req, list).await;
+        };
+        match conn.try_send_request(self.absolute(req)).await {
+            Ok(response) => Ok(response.map(|body| PooledBody::new(body, None))),
+            // Going away already: a connection of its own, without waiting.
+            Err(mut err) => match err.take_message() {
+                Some(unsent) => {
+                    Self::forget_h2(list);
+                    self.send_on_new(unsent, list).await
+                }
+                None => Err(err.into_error().into()),
+            },
+        }
+    }
+
     async fn send_on_new(
         &self,
         req: Req<B>,
         list: &Arc<Mutex<Idle<B>>>,
     ) -> Result<http::Response<PooledBody<B>>, SendError> {
+        let opened = self.open(list).await?;
+        self.send_opened(opened, req, list).await
+    }
+
+    /// A new connection, HTTP/2 when `h2c` or ALPN says so; an HTTP/2 one
+    /// is shared through `list` from then on.
+    async fn open(&self, list: &Arc<Mutex<Idle<B>>>) -> Result<Opened<B>, SendError> {
         let io = self
             .connector
             .clone()
@@ -256,7 +307,7 @@ where
             .await
             .map_err(SendError::Connect)?;
         if self.settings.h2c || io.connected().is_negotiated_h2() {
-            let (mut conn, connection) = http2::Builder::new(TokioExecutor::new())
+            let (conn, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 // A connection that died silently is noticed, not waited on.
                 .keep_alive_interval(H2_PING_INTERVAL)
@@ -271,29 +322,45 @@ where
             if self.settings.keepalive {
                 list.lock().unwrap_or_else(|e| e.into_inner()).h2 = Some(conn.clone());
             }
-            let response = conn.send_request(self.absolute(req)).await?;
-            return Ok(response.map(|body| PooledBody::new(body, None)));
+            return Ok(Opened::H2(conn));
         }
-        let (mut conn, connection) = http1::handshake(io).await?;
+        let (conn, connection) = http1::handshake(io).await?;
         tokio::spawn(async move {
             if let Err(err) = connection.with_upgrades().await {
                 tracing::debug!(error = %err, "upstream connection ended");
             }
         });
-        if req.version() == http::Version::HTTP_2 {
-            // Kept, so the next such request is refused without connecting.
-            if self.settings.keepalive {
-                Checkin {
-                    conn,
-                    list: list.clone(),
-                    settings: self.settings,
-                }
-                .put_back();
+        Ok(Opened::H1(conn))
+    }
+
+    async fn send_opened(
+        &self,
+        opened: Opened<B>,
+        req: Req<B>,
+        list: &Arc<Mutex<Idle<B>>>,
+    ) -> Result<http::Response<PooledBody<B>>, SendError> {
+        match opened {
+            Opened::H2(mut conn) => {
+                let response = conn.send_request(self.absolute(req)).await?;
+                Ok(response.map(|body| PooledBody::new(body, None)))
             }
-            return Err(SendError::NotHttp2);
+            Opened::H1(conn) if req.version() == http::Version::HTTP_2 => {
+                // Kept, so the next such request is refused without connecting.
+                if self.settings.keepalive {
+                    Checkin {
+                        conn,
+                        list: list.clone(),
+                        settings: self.settings,
+                    }
+                    .put_back();
+                }
+                Err(SendError::NotHttp2)
+            }
+            Opened::H1(mut conn) => {
+                let response = conn.send_request(req).await?;
+                Ok(self.pooled(response, conn, list))
+            }
         }
-        let response = conn.send_request(req).await?;
-        Ok(self.pooled(response, conn, list))
     }
 
     /// HTTP/2 carries the scheme and authority as pseudo-headers, taken
@@ -342,6 +409,12 @@ fn replayable<B: http_body::Body + Default>(req: &Req<B>) -> Option<Req<B>> {
     *again.version_mut() = req.version();
     *again.headers_mut() = req.headers().clone();
     Some(again)
+}
+
+/// A connection just opened.
+enum Opened<B> {
+    H1(http1::SendRequest<B>),
+    H2(http2::SendRequest<B>),
 }
 
 enum Checkout<B> {
