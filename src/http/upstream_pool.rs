@@ -177,20 +177,10 @@ where
         loop {
             match self.checkout(list, needs_h2) {
                 Some(Checkout::NotHttp2) => return Err(SendError::NotHttp2),
-                Some(Checkout::H2(mut conn)) => {
-                    match conn.try_send_request(self.absolute(req)).await {
-                        Ok(response) => return Ok(response.map(|body| PooledBody::new(body, None))),
-                        // The connection was going away (GOAWAY, or its
-                        // task ended): forget it and send on a new one.
-                        Err(mut err) => match err.take_message() {
-                            Some(unsent) => {
-                                req = unsent;
-                                Self::forget_h2(list);
-                            }
-                            None => return Err(err.into_error().into()),
-                        },
-                    }
-                }
+                Some(Checkout::H2(conn)) => match self.send_h2(conn, req, list).await? {
+                    Ok(response) => return Ok(response),
+                    Err(unsent) => req = unsent,
+                },
                 Some(Checkout::H1(mut conn, idle_since)) => {
                     if !conn.is_ready() && conn.ready().await.is_err() {
                         continue;
@@ -225,6 +215,27 @@ where
                 None if self.settings.h2c => return Box::pin(self.send_on_h2c(req, list)).await,
                 None => return Box::pin(self.send_on_new(req, list)).await,
             }
+        }
+    }
+
+    /// Sends on the shared HTTP/2 connection. A request it hands back
+    /// unsent (GOAWAY, or its task ended) comes back for another, and the
+    /// connection is forgotten.
+    async fn send_h2(
+        &self,
+        mut conn: http2::SendRequest<B>,
+        req: Req<B>,
+        list: &Mutex<Idle<B>>,
+    ) -> Result<Result<http::Response<PooledBody<B>>, Req<B>>, SendError> {
+        match conn.try_send_request(self.absolute(req)).await {
+            Ok(response) => Ok(Ok(response.map(|body| PooledBody::new(body, None)))),
+            Err(mut err) => match err.take_message() {
+                Some(unsent) => {
+                    Self::forget_h2(list);
+                    Ok(Err(unsent))
+                }
+                None => Err(err.into_error().into()),
+            },
         }
     }
 
@@ -272,19 +283,13 @@ where
                 None => self.open(list).await?,
             }
         };
-        let Opened::H2(mut conn) = opened else {
+        let Opened::H2(conn) = opened else {
             return self.send_opened(opened, req, list).await;
         };
-        match conn.try_send_request(self.absolute(req)).await {
-            Ok(response) => Ok(response.map(|body| PooledBody::new(body, None))),
+        match self.send_h2(conn, req, list).await? {
+            Ok(response) => Ok(response),
             // Going away already: a connection of its own, without waiting.
-            Err(mut err) => match err.take_message() {
-                Some(unsent) => {
-                    Self::forget_h2(list);
-                    self.send_on_new(unsent, list).await
-                }
-                None => Err(err.into_error().into()),
-            },
+            Err(unsent) => self.send_on_new(unsent, list).await,
         }
     }
 
