@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::{StatusCode, Uri, Version};
+use http::{StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use kdl::KdlNode;
 
@@ -20,7 +20,7 @@ use crate::config::value::{self, UpstreamUrl};
 use crate::http::body::{self, Guarded};
 use crate::http::header_ops::HeaderOps;
 use crate::http::placeholders::RequestVars;
-use crate::http::upstream_pool::{PoolSettings, PooledBody, UpstreamPool};
+use crate::http::upstream_pool::{self, PoolSettings, PooledBody, UpstreamPool};
 use crate::http::upstream_tls::UpstreamTls;
 use crate::http::{hop_by_hop, ConnInfo, Request, Response};
 
@@ -275,16 +275,6 @@ impl ReverseProxy {
         }
     }
 
-    /// The request's target in origin form (`/path?query`), as an HTTP/1.1
-    /// request line carries it; `None` for a target that has no path (an
-    /// authority-form CONNECT).
-    fn origin_form(uri: &Uri) -> Option<Uri> {
-        if uri.scheme().is_none() && uri.authority().is_none() {
-            return uri.path_and_query().map(|_| uri.clone());
-        }
-        uri.path_and_query().cloned().map(Uri::from)
-    }
-
     async fn forward(&self, mut req: Request) -> Response {
         let client_upgrade = hyper::upgrade::on(&mut req);
         let Prepared {
@@ -315,7 +305,7 @@ impl ReverseProxy {
             };
             let mut upstream_req = Request::new(this_body);
             *upstream_req.method_mut() = parts.method.clone();
-            let Some(uri) = Self::origin_form(&parts.uri) else {
+            let Some(uri) = upstream_pool::origin_form(&parts.uri) else {
                 return error_response(StatusCode::BAD_REQUEST);
             };
             *upstream_req.uri_mut() = uri;

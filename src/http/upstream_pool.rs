@@ -401,6 +401,16 @@ where
     }
 }
 
+/// The request's target in origin form (`/path?query`), which the pool
+/// sends on HTTP/1.1 request lines (and makes absolute for HTTP/2);
+/// `None` for a target that has no path (an authority-form CONNECT).
+pub fn origin_form(uri: &Uri) -> Option<Uri> {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.path_and_query().map(|_| uri.clone());
+    }
+    uri.path_and_query().cloned().map(Uri::from)
+}
+
 /// A copy of a request with no body and an idempotent method (RFC 9110
 /// §9.2.2), which may be sent again when a kept-alive connection dies
 /// under it; `None` for any other.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::upstream_pool::{PoolSettings, UpstreamPool};
+use crate::http::upstream_pool::{self, PoolSettings, UpstreamPool};
 use http::{header, HeaderValue, Request, Uri, Version};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Mutex};
@@ -354,7 +354,8 @@ impl Worker {
     async fn send(&self, copy: &CopyRequest) -> Outcome {
         let mut req = Request::new(copy.body());
         *req.method_mut() = copy.method.clone();
-        *req.uri_mut() = origin_form(&copy.uri);
+        *req.uri_mut() =
+            upstream_pool::origin_form(&copy.uri).unwrap_or_else(|| Uri::from_static("/"));
         *req.headers_mut() = copy.headers_for(&self.state.header_up);
         if copy.protocol() == Protocol::Grpc {
             // The client then refuses a connection that ALPN made HTTP/1.1
@@ -436,13 +437,4 @@ pub fn over_http2(targets: Arc<Vec<Arc<Target>>>) -> Option<Arc<Vec<Arc<Target>>
         }
     }
     (!kept.is_empty()).then(|| Arc::new(kept))
-}
-
-/// The copy's target as an HTTP/1.1 request line carries it.
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(_) if uri.scheme().is_none() && uri.authority().is_none() => uri.clone(),
-        Some(pq) => Uri::from(pq.clone()),
-        None => Uri::from_static("/"),
-    }
 }
