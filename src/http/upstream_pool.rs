@@ -87,14 +87,19 @@ pub struct UpstreamPool<B> {
     origin: Uri,
     connector: Connector,
     settings: PoolSettings,
-    /// One per serving worker, each locked only by its own thread, so the
-    /// lock is never contended there. Other threads (the mirror's) share
-    /// the first.
-    idle: Box<[Arc<Mutex<Idle<B>>>]>,
-    /// With `h2c`, one connection per list is opened at a time: requests
-    /// that find none wait for it and share it, instead of each opening
-    /// its own (hyper-util's client does the same).
-    connecting: Box<[tokio::sync::Mutex<()>]>,
+    /// One per serving worker, used only by its own thread, so its locks
+    /// are never contended there. Other threads (the mirror's) share the
+    /// first.
+    workers: Box<[WorkerPool<B>]>,
+}
+
+/// One serving worker's share of a pool.
+struct WorkerPool<B> {
+    idle: Arc<Mutex<Idle<B>>>,
+    /// With `h2c`, one connection is opened at a time: requests that find
+    /// none wait for it and share it, instead of each opening its own
+    /// (hyper-util's client does the same).
+    connecting: tokio::sync::Mutex<()>,
 }
 
 struct Idle<B> {
@@ -108,8 +113,8 @@ struct Idle<B> {
 impl<B> Idle<B> {
     /// Closes idle connections older than `idle_timeout`: the list is in
     /// the order they went idle, so only its front needs looking at.
-    fn expire(&mut self, idle_timeout: Duration) {
-        if let Some(oldest_kept) = Instant::now().checked_sub(idle_timeout) {
+    fn expire(&mut self, now: Instant, idle_timeout: Duration) {
+        if let Some(oldest_kept) = now.checked_sub(idle_timeout) {
             while self
                 .h1
                 .front()
@@ -153,26 +158,25 @@ where
             origin,
             connector,
             settings,
-            idle: (0..workers.max(1)).map(|_| Arc::default()).collect(),
-            connecting: (0..workers.max(1))
-                .map(|_| tokio::sync::Mutex::new(()))
+            workers: (0..workers.max(1))
+                .map(|_| WorkerPool {
+                    idle: Arc::default(),
+                    connecting: tokio::sync::Mutex::new(()),
+                })
                 .collect(),
         }
     }
 
-    fn idle_list(&self) -> &Arc<Mutex<Idle<B>>> {
-        &self.idle[crate::server::workers::current() % self.idle.len()]
-    }
-
-    fn connect_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.connecting[crate::server::workers::current() % self.connecting.len()]
+    fn worker(&self) -> &WorkerPool<B> {
+        &self.workers[crate::server::workers::current() % self.workers.len()]
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or
     /// a new one. A request that an idle connection closed on before it was
     /// written goes out again on the next one, as hyper-util's client does.
     pub async fn send(&self, mut req: Req<B>) -> Result<http::Response<PooledBody<B>>, SendError> {
-        let list = self.idle_list();
+        let worker = self.worker();
+        let list = &worker.idle;
         let needs_h2 = req.version() == http::Version::HTTP_2;
         loop {
             match self.checkout(list, needs_h2) {
@@ -181,14 +185,14 @@ where
                     Ok(response) => return Ok(response),
                     Err(unsent) => req = unsent,
                 },
-                Some(Checkout::H1(mut conn, idle_since)) => {
+                Some(Checkout::H1(mut conn, idle_for)) => {
                     if !conn.is_ready() && conn.ready().await.is_err() {
                         continue;
                     }
                     // Only a connection idle for a while can meet the
                     // upstream's idle timeout; copying the request for the
                     // others would cost every request.
-                    let again = match idle_since.elapsed() >= RACY_IDLE {
+                    let again = match idle_for >= RACY_IDLE {
                         true => replayable(&req),
                         false => None,
                     };
@@ -212,7 +216,7 @@ where
                 // Boxed: connecting (TLS state, handshakes) makes a large
                 // future, which would otherwise be moved around whole on
                 // every request, also those that reuse a connection.
-                None if self.settings.h2c => return Box::pin(self.send_on_h2c(req, list)).await,
+                None if self.settings.h2c => return Box::pin(self.send_on_h2c(req, worker)).await,
                 None => return Box::pin(self.send_on_new(req, list)).await,
             }
         }
@@ -255,7 +259,8 @@ where
             }
             idle.h2 = None;
         }
-        idle.expire(self.settings.idle_timeout);
+        let now = Instant::now();
+        idle.expire(now, self.settings.idle_timeout);
         if needs_h2 {
             // A live idle HTTP/1.1 connection says what the upstream speaks,
             // without opening another to hear it again; once those are
@@ -264,7 +269,7 @@ where
             return (!idle.h1.is_empty()).then_some(Checkout::NotHttp2);
         }
         idle.take_h1()
-            .map(|(conn, since)| Checkout::H1(conn, since))
+            .map(|(conn, since)| Checkout::H1(conn, now.saturating_duration_since(since)))
     }
 
     /// With `h2c`: waits its turn to open the list's HTTP/2 connection,
@@ -273,10 +278,11 @@ where
     async fn send_on_h2c(
         &self,
         req: Req<B>,
-        list: &Arc<Mutex<Idle<B>>>,
+        worker: &WorkerPool<B>,
     ) -> Result<http::Response<PooledBody<B>>, SendError> {
+        let list = &worker.idle;
         let opened = {
-            let _turn = self.connect_lock().lock().await;
+            let _turn = worker.connecting.lock().await;
             let shared = list.lock().unwrap_or_else(|e| e.into_inner()).h2.clone();
             match shared.filter(|h2| !h2.is_closed()) {
                 Some(conn) => Opened::H2(conn),
@@ -352,12 +358,7 @@ where
             Opened::H1(conn) if req.version() == http::Version::HTTP_2 => {
                 // Kept, so the next such request is refused without connecting.
                 if self.settings.keepalive {
-                    Checkin {
-                        conn,
-                        list: list.clone(),
-                        settings: self.settings,
-                    }
-                    .put_back();
+                    self.checkin(conn, list).put_back();
                 }
                 Err(SendError::NotHttp2)
             }
@@ -392,12 +393,16 @@ where
         // After 101 the connection belongs to the upgrade.
         let reusable =
             self.settings.keepalive && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-        let checkin = reusable.then(|| Checkin {
+        let checkin = reusable.then(|| self.checkin(conn, list));
+        response.map(|body| PooledBody::new(body, checkin))
+    }
+
+    fn checkin(&self, conn: http1::SendRequest<B>, list: &Arc<Mutex<Idle<B>>>) -> Checkin<B> {
+        Checkin {
             conn,
             list: list.clone(),
             settings: self.settings,
-        });
-        response.map(|body| PooledBody::new(body, checkin))
+        }
     }
 }
 
@@ -433,8 +438,8 @@ enum Opened<B> {
 }
 
 enum Checkout<B> {
-    /// With when it went idle.
-    H1(http1::SendRequest<B>, Instant),
+    /// With how long it had been idle.
+    H1(http1::SendRequest<B>, Duration),
     H2(http2::SendRequest<B>),
     /// Only HTTP/1.1 connections, for a request that needs HTTP/2.
     NotHttp2,
@@ -469,12 +474,13 @@ impl<B: Send + 'static> Checkin<B> {
     }
 
     fn idle_now(self) {
+        let now = Instant::now();
         let mut idle = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        idle.expire(self.settings.idle_timeout);
+        idle.expire(now, self.settings.idle_timeout);
         if idle.h1.len() >= self.settings.max_idle {
             idle.h1.pop_front();
         }
-        idle.h1.push_back((self.conn, Instant::now()));
+        idle.h1.push_back((self.conn, now));
     }
 }
 
