@@ -112,6 +112,14 @@ async fn a_slow_upstream_is_not_cut_by_the_connection_timers() {
         .get(&format!("{}/slow-upstream", base_url(&running)))
         .await;
     assert_eq!(resp.status, 200);
+    // The idle timer, which came due while the upstream was answering,
+    // still closes a kept-alive connection once it is idle.
+    let mut stream = TcpStream::connect(running.addr()).await.unwrap();
+    assert!(request_on(&mut stream, "/slow-again")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let got = until_closed(&mut stream).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
 }
 
 #[tokio::test]

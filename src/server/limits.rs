@@ -19,8 +19,8 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -68,8 +68,6 @@ pub struct ConnState {
     /// A header block with both Content-Length and Transfer-Encoding came
     /// in (see `framing`).
     cl_and_te: AtomicBool,
-    /// The I/O's reader, to re-arm its timer when a response finishes.
-    reader: Mutex<Option<Waker>>,
 }
 
 impl ConnState {
@@ -95,17 +93,10 @@ pub struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let waker = self
-                .0
-                .reader
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        }
+        // No wake-up for the reader: its timer is still armed, no later
+        // than the idle deadline this end of a request starts (see
+        // `TimedIo::poll_read`).
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -121,6 +112,9 @@ pub struct TimedIo<I> {
     read_header_timeout: Duration,
     idle_timeout: Duration,
     timer: Pin<Box<Sleep>>,
+    /// Whether the timer was polled since it was last set, so that it
+    /// will wake the reader.
+    timer_polled: bool,
     last_activity: Instant,
     /// Whether the client speaks HTTP/2 (known from its first bytes).
     h2: Option<bool>,
@@ -139,6 +133,7 @@ impl<I> TimedIo<I> {
             read_header_timeout: limits.read_header_timeout,
             idle_timeout: limits.idle_timeout,
             timer: Box::pin(tokio::time::sleep_until(now + limits.read_header_timeout)),
+            timer_polled: false,
             last_activity: now,
             h2: None,
             // A new connection is waiting for its first request head.
@@ -202,33 +197,70 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<I> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => {
-                *self.state.reader.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(cx.waker().clone());
-                let Some((deadline, during_head)) = self.deadline() else {
-                    return Poll::Pending;
-                };
-                if self.timer.deadline() != deadline {
-                    self.timer.as_mut().reset(deadline);
-                }
-                if self.timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                if during_head {
-                    // Best effort: the client is slow by assumption, so a
-                    // full socket buffer just means no 408.
-                    let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT);
-                    tracing::debug!("request head not complete in time; closing with 408");
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request head not complete in time",
-                    )))
-                } else {
-                    tracing::debug!("keep-alive connection idle; closing");
-                    // End of stream: hyper closes an idle connection quietly.
-                    Poll::Ready(Ok(()))
-                }
+            Poll::Pending => self.poll_timer(cx),
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> TimedIo<I> {
+    /// The reader waits: closes the connection if its deadline has passed,
+    /// else makes sure the timer will wake it by then.
+    ///
+    /// The timer is lazy, so a busy connection costs no timer work per
+    /// request: it stays armed at a deadline that is never later than the
+    /// real one, and when it fires early the real deadline is worked out
+    /// again and the timer moved to it. Deadlines only move later (activity
+    /// pushes the idle one out) except when a new request head starts,
+    /// which is earlier and moves the timer at once.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let due = self.deadline();
+        if !self.timer.is_elapsed() {
+            match due {
+                Some((deadline, _)) if deadline < self.timer.deadline() => self.rearm(deadline),
+                // Armed no later than needed, and already polled.
+                _ if self.timer_polled => return Poll::Pending,
+                _ => {}
             }
+        } else {
+            let now = Instant::now();
+            match due {
+                Some((deadline, during_head)) if deadline <= now => {
+                    return self.expire(cx, during_head)
+                }
+                Some((deadline, _)) => self.rearm(deadline),
+                // Serving a request: look again an idle period from now,
+                // which is never later than the idle deadline its end
+                // starts.
+                None => self.rearm(now + self.idle_timeout),
+            }
+        }
+        self.timer_polled = true;
+        match self.timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            // Moved to a deadline that has just passed: look again.
+            Poll::Ready(()) => self.poll_timer(cx),
+        }
+    }
+
+    fn rearm(&mut self, deadline: Instant) {
+        self.timer.as_mut().reset(deadline);
+        self.timer_polled = false;
+    }
+
+    fn expire(&mut self, cx: &mut Context<'_>, during_head: bool) -> Poll<io::Result<()>> {
+        if during_head {
+            // Best effort: the client is slow by assumption, so a
+            // full socket buffer just means no 408.
+            let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT);
+            tracing::debug!("request head not complete in time; closing with 408");
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not complete in time",
+            )))
+        } else {
+            tracing::debug!("keep-alive connection idle; closing");
+            // End of stream: hyper closes an idle connection quietly.
+            Poll::Ready(Ok(()))
         }
     }
 }
