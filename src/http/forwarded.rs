@@ -18,103 +18,141 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 /// Runs on every proxied request and copy, so it builds the values by hand
 /// rather than through `format!`, which cost more than the rest of the
-/// request's header work put together.
+/// request's header work put together, and with one allocation per value.
 pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>) {
     // Room for the four, so the map is not regrown (and rehashed) midway.
     headers.reserve(4);
     let ip = conn.client.ip().to_canonical();
-    let mut node = String::with_capacity(48);
-    push_ip(&mut node, ip);
-    append_list(headers, X_FORWARDED_FOR, &node);
+    let node = IpText::of(ip);
+    append_list(headers, X_FORWARDED_FOR, node.as_bytes().to_vec());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
     match host {
         Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    let mut element = String::with_capacity(64);
-    element.push_str("for=");
+    let host = host.and_then(|h| h.to_str().ok());
+    // Sized exactly, so that the value takes the buffer as it is.
+    let quoted_host = host.map_or(0, |h| b";host=".len() + quoted_len(h));
+    let bracketed = if ip.is_ipv6() { 4 } else { 0 };
+    let mut element = Vec::with_capacity(
+        b"for=".len() + bracketed + node.len + quoted_host + b";proto=".len() + conn.scheme().len(),
+    );
+    element.extend_from_slice(b"for=");
     // RFC 7239 §6: IPv6 addresses are bracketed, and then must be quoted.
     match ip {
-        IpAddr::V4(_) => element.push_str(&node),
+        IpAddr::V4(_) => element.extend_from_slice(node.as_bytes()),
         IpAddr::V6(_) => {
-            element.push_str("\"[");
-            element.push_str(&node);
-            element.push_str("]\"");
+            element.extend_from_slice(b"\"[");
+            element.extend_from_slice(node.as_bytes());
+            element.extend_from_slice(b"]\"");
         }
     }
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=");
+    if let Some(host) = host {
+        element.extend_from_slice(b";host=");
         push_quoted(&mut element, host);
     }
-    element.push_str(";proto=");
-    element.push_str(conn.scheme());
-    append_list(headers, FORWARDED, &element);
+    element.extend_from_slice(b";proto=");
+    element.extend_from_slice(conn.scheme().as_bytes());
+    debug_assert_eq!(element.len(), element.capacity());
+    append_list(headers, FORWARDED, element);
 }
 
-fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
+/// An address as text, on the stack: the longest IPv6 form is 45 bytes.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: IpAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    text.push_u8(octet);
                 }
-                push_u8(out, octet);
+            }
+            // Rare enough on this path that the formatter's cost does not matter.
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut rest = &mut text.buf[..];
+                let before = rest.len();
+                let _ = write!(rest, "{v6}");
+                text.len = before - rest.len();
             }
         }
-        // Rare enough on this path that the formatter's cost does not matter.
-        IpAddr::V6(v6) => {
-            use std::fmt::Write;
-            let _ = write!(out, "{v6}");
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn push_u8(&mut self, n: u8) {
+        if n >= 100 {
+            self.push(b'0' + n / 100);
         }
+        if n >= 10 {
+            self.push(b'0' + n / 10 % 10);
+        }
+        self.push(b'0' + n % 10);
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
-fn push_u8(out: &mut String, n: u8) {
-    if n >= 100 {
-        out.push(char::from(b'0' + n / 100));
-    }
-    if n >= 10 {
-        out.push(char::from(b'0' + n / 10 % 10));
-    }
-    out.push(char::from(b'0' + n % 10));
+fn quoted_len(value: &str) -> usize {
+    let escapes = value.bytes().filter(|&b| b == b'\\' || b == b'"').count();
+    value.len() + escapes + 2
 }
 
-fn push_quoted(out: &mut String, value: &str) {
-    out.push('"');
-    for c in value.chars() {
-        if c == '\\' || c == '"' {
-            out.push('\\');
+fn push_quoted(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    for &b in value.as_bytes() {
+        if b == b'\\' || b == b'"' {
+            out.push(b'\\');
         }
-        out.push(c);
+        out.push(b);
     }
-    out.push('"');
+    out.push(b'"');
 }
 
 /// Appends to a comma-separated header, joining several lines into one.
 /// One lookup by name, whether the header is there or not.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: Vec<u8>) {
     let mut slot = match headers.entry(name) {
         Entry::Vacant(slot) => {
-            if let Ok(value) = HeaderValue::from_str(item) {
+            if let Ok(value) = header_value(item) {
                 slot.insert(value);
             }
             return;
         }
         Entry::Occupied(slot) => slot,
     };
-    let mut joined = slot
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if !joined.is_empty() {
-        joined.push_str(", ");
+    let mut joined = Vec::new();
+    for old in slot.iter().filter(|v| v.to_str().is_ok()) {
+        joined.extend_from_slice(old.as_bytes());
+        joined.extend_from_slice(b", ");
     }
-    joined.push_str(item);
+    joined.extend_from_slice(&item);
     // An old value that was not valid text: the list starts afresh.
-    if let Ok(value) = HeaderValue::from_str(&joined).or_else(|_| HeaderValue::from_str(item)) {
+    if let Ok(value) = header_value(joined).or_else(|_| header_value(item)) {
         slot.insert(value);
     }
+}
+
+/// A value that takes over `bytes` (no copy when it is exactly full).
+fn header_value(bytes: Vec<u8>) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes))
 }
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ where
                 state.upgraded();
             }
             // The request counts as in flight until its body is sent.
-            Ok::<_, Infallible>(response.map(|b| body::boxed(Guarded::new(b, in_flight))))
+            Ok::<_, Infallible>(response.map(|b| Guarded::new(b, in_flight)))
         }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -208,10 +208,11 @@ where
 /// The client's request body as handlers see it; one that is not over
 /// before it starts is timed between reads (`read_body_timeout`).
 fn request_body(incoming: Incoming, read_body_timeout: Duration) -> body::Body {
-    let incoming = incoming.map_err(body::ClientBodyError);
+    // Most requests have no body: the empty one costs no allocation.
     if http_body::Body::is_end_stream(&incoming) {
-        return body::boxed(incoming);
+        return body::empty();
     }
+    let incoming = incoming.map_err(body::ClientBodyError);
     body::boxed(ReadTimeout::new(incoming, read_body_timeout))
 }
 
