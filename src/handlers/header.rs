@@ -62,7 +62,7 @@ impl Middleware for Header {
         let vars = self
             .ops
             .needs_vars()
-            .then(|| RequestVars::of(&mut parts));
+            .then(|| RequestVars::of(&mut parts, next.conn()));
         let req = Request::from_parts(parts, body);
         Box::pin(async move {
             let mut response = next.run(req).await;

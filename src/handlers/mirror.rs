@@ -441,10 +441,10 @@ impl Middleware for MirrorHandler {
             return next.run(req);
         }
         let (mut head, request_body) = req.into_parts();
-        let Some(targets) = self.mirror.choose(&head, targets) else {
+        let Some(targets) = self.mirror.choose(&head, next.conn(), targets) else {
             return next.run(Request::from_parts(head, request_body));
         };
-        let Some(pending) = self.mirror.pending(&mut head, targets) else {
+        let Some(pending) = self.mirror.pending(&mut head, next.conn(), targets) else {
             return next.run(Request::from_parts(head, request_body));
         };
         let comparison = pending.comparison();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use kdl::KdlNode;
 
 use crate::config::reader::Reader;
-use crate::http::{Request, Response};
+use crate::http::{ConnInfo, Request, Response};
 
 macro_rules! handlers {
     ($($module:ident),* $(,)?) => {
@@ -48,7 +48,7 @@ pub trait Middleware: Send + Sync + 'static {
 
 /// A handler that answers: the end of every chain.
 pub trait Terminal: Send + Sync + 'static {
-    fn serve(&self, req: Request) -> BoxFuture<'_, Response>;
+    fn serve<'a>(&'a self, req: Request, conn: &'a ConnInfo) -> BoxFuture<'a, Response>;
 }
 
 /// The rest of a chain, as seen from one middleware.
@@ -56,20 +56,20 @@ pub trait Terminal: Send + Sync + 'static {
 pub struct Next<'a> {
     rest: &'a [Arc<dyn Middleware>],
     terminal: &'a dyn Terminal,
+    conn: &'a ConnInfo,
 }
 
 impl<'a> Next<'a> {
     pub fn run(self, req: Request) -> BoxFuture<'a, Response> {
         match self.rest.split_first() {
-            Some((first, rest)) => first.handle(
-                req,
-                Next {
-                    rest,
-                    terminal: self.terminal,
-                },
-            ),
-            None => self.terminal.serve(req),
+            Some((first, rest)) => first.handle(req, Next { rest, ..self }),
+            None => self.terminal.serve(req, self.conn),
         }
+    }
+
+    /// The connection the request came in on.
+    pub fn conn(&self) -> &'a ConnInfo {
+        self.conn
     }
 }
 
@@ -87,10 +87,11 @@ impl Chain {
         }
     }
 
-    pub fn run(&self, req: Request) -> BoxFuture<'_, Response> {
+    pub fn run<'a>(&'a self, req: Request, conn: &'a ConnInfo) -> BoxFuture<'a, Response> {
         Next {
             rest: &self.middleware,
             terminal: &*self.terminal,
+            conn,
         }
         .run(req)
     }

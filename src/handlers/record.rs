@@ -21,7 +21,7 @@ use crate::config::reader::{Reader, Repeat};
 use crate::config::value;
 use crate::http::json;
 use crate::http::placeholders::RequestVars;
-use crate::http::{body, ConnInfo, Request, Response};
+use crate::http::{body, Request, Response};
 use crate::lines::{Destination, LineSink, Roll};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
@@ -108,16 +108,13 @@ pub struct Record {
 impl Middleware for Record {
     fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
         let (mut parts, request_body) = req.into_parts();
-        let vars = RequestVars::of(&mut parts);
+        let vars = RequestVars::of(&mut parts, next.conn());
         // The request's part of the line, written now: `{"ts_ms":…,…,"headers":[…]`.
         let mut head = String::with_capacity(512);
         let _ = write!(head, "{{\"ts_ms\":{},\"id\":", vars.unix_ms);
         json::push_str(&mut head, &vars.id);
         head.push_str(",\"client\":");
-        match parts.extensions.get::<ConnInfo>() {
-            Some(conn) => json::push_str(&mut head, &conn.client.to_string()),
-            None => head.push_str("null"),
-        }
+        json::push_str(&mut head, &next.conn().client.to_string());
         head.push_str(",\"method\":");
         json::push_str(&mut head, parts.method.as_str());
         head.push_str(",\"uri\":");

@@ -9,7 +9,7 @@ use kdl::KdlNode;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig};
 use crate::config::reader::{arguments, Reader};
 use crate::config::value;
-use crate::http::{body, Request, Response};
+use crate::http::{body, ConnInfo, Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Terminal {
     name: "respond",
@@ -65,7 +65,7 @@ impl TerminalConfig for Respond {
 }
 
 impl Terminal for Respond {
-    fn serve(&self, _req: Request) -> BoxFuture<'_, Response> {
+    fn serve<'a>(&'a self, _req: Request, _: &'a ConnInfo) -> BoxFuture<'a, Response> {
         let mut response = Response::new(body::full(self.body.clone()));
         *response.status_mut() = self.status;
         if !self.body.is_empty() {

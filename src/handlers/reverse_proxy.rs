@@ -236,12 +236,12 @@ impl ReverseProxy {
 
     /// The request as the upstream should see it (headers, version), minus
     /// the URI's authority, which depends on the upstream picked.
-    fn prepare(&self, req: Request) -> Prepared {
+    fn prepare(&self, req: Request, conn: &ConnInfo) -> Prepared {
         let (mut parts, body) = req.into_parts();
         // Placeholders describe the request as the client sent it, so the
         // values are taken before the headers are changed.
         let vars = (self.config.header_up.needs_vars() || self.config.header_down.needs_vars())
-            .then(|| RequestVars::of(&mut parts));
+            .then(|| RequestVars::of(&mut parts, conn));
         let upgrade = match parts.version {
             Version::HTTP_11 => hop_by_hop::upgrade_protocol(&parts.headers),
             _ => None,
@@ -249,7 +249,7 @@ impl ReverseProxy {
         let original_host = crate::http::upstream_headers(
             &mut parts.headers,
             &parts.uri,
-            parts.extensions.get::<ConnInfo>(),
+            conn,
             self.config.forwarded,
         );
         if let Some(protocol) = &upgrade {
@@ -275,14 +275,14 @@ impl ReverseProxy {
         }
     }
 
-    async fn forward(&self, mut req: Request) -> Response {
+    async fn forward(&self, mut req: Request, conn: &ConnInfo) -> Response {
         let client_upgrade = hyper::upgrade::on(&mut req);
         let Prepared {
             mut parts,
             body,
             upgrade,
             vars,
-        } = self.prepare(req);
+        } = self.prepare(req, conn);
         // Without a body the request can be sent again, so an upstream that
         // refuses the connection is skipped for the next one.
         let replayable = http_body::Body::is_end_stream(&body);
@@ -429,8 +429,8 @@ impl ReverseProxy {
 }
 
 impl Terminal for ReverseProxy {
-    fn serve(&self, req: Request) -> BoxFuture<'_, Response> {
-        Box::pin(self.forward(req))
+    fn serve<'a>(&'a self, req: Request, conn: &'a ConnInfo) -> BoxFuture<'a, Response> {
+        Box::pin(self.forward(req, conn))
     }
 }
 

@@ -1,5 +1,7 @@
-//! What the server knows about the connection a request came in on. The
-//! server puts a [`ConnInfo`] in every request's extensions.
+//! What the server knows about the connection a request came in on. Every
+//! handler is given it beside the request (see `handlers::Next::conn`):
+//! passed, not put in the request's extensions, whose map would cost two
+//! allocations and a hash lookup per request.
 
 use std::net::SocketAddr;
 

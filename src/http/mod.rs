@@ -26,7 +26,7 @@ pub type Response = http::Response<Body>;
 pub fn upstream_headers(
     headers: &mut http::HeaderMap,
     uri: &http::Uri,
-    conn: Option<&ConnInfo>,
+    conn: &ConnInfo,
     forwarded: bool,
 ) -> Option<http::HeaderValue> {
     let host = original_host(uri, headers);
@@ -38,7 +38,7 @@ pub fn upstream_headers(
     // Before the forwarding headers go in: a map sized for them then
     // does not grow.
     headers.remove(http::header::HOST);
-    if let (true, Some(conn)) = (forwarded, conn) {
+    if forwarded {
         forwarded::add(headers, conn, host.as_ref());
     }
     host

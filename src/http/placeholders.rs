@@ -124,7 +124,7 @@ fn looks_like_placeholder(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct RequestVars {
     pub id: Arc<str>,
-    pub client_ip: Option<IpAddr>,
+    pub client_ip: IpAddr,
     /// As the client wrote it (`Host`, `:authority` or an absolute URI).
     pub host: Option<String>,
     pub unix_ms: u64,
@@ -132,16 +132,13 @@ pub struct RequestVars {
 
 impl RequestVars {
     /// The request's values, made now if no handler needed them before.
-    pub fn of(parts: &mut Parts) -> RequestVars {
+    pub fn of(parts: &mut Parts, conn: &ConnInfo) -> RequestVars {
         if let Some(vars) = parts.extensions.get::<RequestVars>() {
             return vars.clone();
         }
         let vars = RequestVars {
             id: new_request_id().into(),
-            client_ip: parts
-                .extensions
-                .get::<ConnInfo>()
-                .map(|c| c.client.ip().to_canonical()),
+            client_ip: conn.client.ip().to_canonical(),
             host: super::original_host(&parts.uri, &parts.headers)
                 .and_then(|h| h.to_str().ok().map(str::to_string)),
             unix_ms: SystemTime::now()
@@ -156,9 +153,7 @@ impl RequestVars {
         match var {
             Placeholder::RequestId => out.push_str(&self.id),
             Placeholder::ClientIp => {
-                if let Some(ip) = self.client_ip {
-                    let _ = write!(out, "{ip}");
-                }
+                let _ = write!(out, "{}", self.client_ip);
             }
             Placeholder::RequestHost => out.push_str(self.host.as_deref().unwrap_or_default()),
             Placeholder::TimeUnixMs => {
@@ -192,7 +187,7 @@ mod tests {
     fn vars() -> RequestVars {
         RequestVars {
             id: "id-1".into(),
-            client_ip: Some("192.0.2.7".parse().unwrap()),
+            client_ip: "192.0.2.7".parse().unwrap(),
             host: Some("example.com:8080".into()),
             unix_ms: 1700000000123,
         }

@@ -156,8 +156,12 @@ impl Comparer {
     }
 
     /// Where one request's primary and shadow responses will meet.
-    pub fn comparison(self: &Arc<Self>, head: &mut http::request::Parts) -> Arc<Comparison> {
-        let vars = RequestVars::of(head);
+    pub fn comparison(
+        self: &Arc<Self>,
+        head: &mut http::request::Parts,
+        conn: &crate::http::ConnInfo,
+    ) -> Arc<Comparison> {
+        let vars = RequestVars::of(head, conn);
         // `{"ts_ms":…,"id":…,"method":…,"uri":…` for the diff line.
         let mut request = String::with_capacity(128);
         let _ = write!(request, "{{\"ts_ms\":{},\"id\":", vars.unix_ms);

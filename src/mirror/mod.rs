@@ -296,9 +296,10 @@ impl Mirror {
     pub fn choose(
         &self,
         head: &http::request::Parts,
+        conn: &ConnInfo,
         targets: Arc<Vec<Arc<Target>>>,
     ) -> Option<Arc<Vec<Arc<Target>>>> {
-        let targets = self.sampled(head, targets)?;
+        let targets = self.sampled(head, conn, targets)?;
         let Some(first_out) = targets.iter().position(|t| !t.takes_copies()) else {
             return Some(targets);
         };
@@ -315,12 +316,13 @@ impl Mirror {
     fn sampled(
         &self,
         head: &http::request::Parts,
+        conn: &ConnInfo,
         targets: Arc<Vec<Arc<Target>>>,
     ) -> Option<Arc<Vec<Arc<Target>>>> {
         if self.lowest_sample >= 1.0 {
             return Some(targets);
         }
-        let ticket = self.ticket(head);
+        let ticket = self.ticket(head, conn);
         if !ticket.admits(self.options.targets.sample) {
             for target in targets.iter() {
                 bump(&target.state().stats.sampled_out);
@@ -347,12 +349,12 @@ impl Mirror {
     /// The request's sampling ticket: from its `sample_by` key when it has
     /// one (the same key is in or out everywhere: a user's whole session),
     /// else at random.
-    fn ticket(&self, head: &http::request::Parts) -> policy::Ticket {
+    fn ticket(&self, head: &http::request::Parts, conn: &ConnInfo) -> policy::Ticket {
         match self
             .options
             .sample_by
             .as_ref()
-            .and_then(|by| by.value(head))
+            .and_then(|by| by.value(head, conn))
         {
             Some(key) => policy::sticky_ticket(key.as_bytes()),
             None => policy::Ticket::random(),
@@ -367,6 +369,7 @@ impl Mirror {
     pub fn pending(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
+        conn: &ConnInfo,
         mut targets: Arc<Vec<Arc<Target>>>,
     ) -> Option<PendingCopy> {
         let protocol = grpc::Protocol::of(&head.headers);
@@ -374,7 +377,7 @@ impl Mirror {
             targets = target::over_http2(targets)?;
         }
         let vars = (self.options.header_up.needs_vars() || self.targets_need_vars)
-            .then(|| RequestVars::of(head));
+            .then(|| RequestVars::of(head, conn));
         // A queued copy may wait long: it must not pin hyper's read buffer.
         // With room for the four forwarding headers and the loop marker
         // (less the Host that goes): the map is not grown for them.
@@ -384,7 +387,7 @@ impl Mirror {
         let original_host = crate::http::upstream_headers(
             &mut headers,
             &head.uri,
-            head.extensions.get::<ConnInfo>(),
+            conn,
             true,
         );
         // Kept apart from the headers: a target's own `host` wins over it.
@@ -407,7 +410,7 @@ impl Mirror {
             }
             return None;
         };
-        let comparison = self.comparer.as_ref().map(|c| c.comparison(head));
+        let comparison = self.comparer.as_ref().map(|c| c.comparison(head, conn));
         let gate = self.options.primary_status.clone().map(gate::Gate::new);
         Some(PendingCopy {
             mirror: self.clone(),

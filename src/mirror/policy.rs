@@ -143,7 +143,11 @@ impl SampleKey {
     }
 
     /// The key's value in this request, if the request has one.
-    pub fn value(&self, parts: &http::request::Parts) -> Option<String> {
+    pub fn value(
+        &self,
+        parts: &http::request::Parts,
+        conn: &crate::http::ConnInfo,
+    ) -> Option<String> {
         match self {
             SampleKey::Header(name) => parts
                 .headers
@@ -163,10 +167,7 @@ impl SampleKey {
                     .find(|(k, _)| k == name)
                     .map(|(_, v)| v.into_owned())
             }),
-            SampleKey::ClientIp => parts
-                .extensions
-                .get::<crate::http::ConnInfo>()
-                .map(|c| c.client.ip().to_canonical().to_string()),
+            SampleKey::ClientIp => Some(conn.client.ip().to_canonical().to_string()),
         }
     }
 }

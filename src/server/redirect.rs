@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{header, HeaderValue, StatusCode};
 
 use crate::handlers::{BoxFuture, Terminal};
-use crate::http::{body, Request, Response};
+use crate::http::{body, ConnInfo, Request, Response};
 
 pub struct HttpsRedirect {
     /// The HTTPS port, known once the TLS address is bound (it may be 0 in
@@ -16,7 +16,7 @@ pub struct HttpsRedirect {
 }
 
 impl Terminal for HttpsRedirect {
-    fn serve(&self, req: Request) -> BoxFuture<'_, Response> {
+    fn serve<'a>(&'a self, req: Request, _: &'a ConnInfo) -> BoxFuture<'a, Response> {
         let host = crate::http::original_host(req.uri(), req.headers())
             .and_then(|h| h.to_str().ok().map(str::to_string))
             .unwrap_or_default();

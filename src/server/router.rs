@@ -25,7 +25,7 @@ pub struct SiteRuntime {
 }
 
 impl SiteRuntime {
-    async fn handle(&self, req: Request) -> Response {
+    async fn handle(&self, req: Request, conn: &ConnInfo) -> Response {
         let route = {
             // Routes see the normalised path (as nginx's locations see
             // `$uri`), so `/public/../admin` or `/%61dmin` cannot slip past
@@ -37,7 +37,7 @@ impl SiteRuntime {
         };
         match route {
             Some(route) => {
-                let response = route.chain.run(req).await;
+                let response = route.chain.run(req, conn).await;
                 route.stats.record(response.status());
                 response
             }
@@ -99,7 +99,7 @@ impl AddressRouter {
             .or(self.catch_all.as_ref())
     }
 
-    pub async fn handle(&self, mut req: Request, conn: ConnInfo) -> Response {
+    pub async fn handle(&self, req: Request, conn: ConnInfo) -> Response {
         if let Err((status, why)) = check_request(&req) {
             let mut response = plain(status, why);
             // The request was malformed: do not trust the rest of the stream.
@@ -123,12 +123,11 @@ impl AddressRouter {
                 "404 Not Found: no site for this host\n",
             );
         };
-        req.extensions_mut().insert(conn);
         let Some(log) = &site.access_log else {
-            return site.handle(req).await;
+            return site.handle(req, &conn).await;
         };
         let entry = Entry::begin(&req, conn, Instant::now());
-        let response = site.handle(req).await;
+        let response = site.handle(req, &conn).await;
         log.wrap(entry, response)
     }
 }
