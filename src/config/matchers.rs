@@ -71,6 +71,15 @@ impl PathPattern {
 /// A path that needs none of this, the usual case, is returned borrowed.
 /// Only the match uses this: the request itself is not changed.
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
+    // The usual path has no escape, `//` or `/.`: nothing below would
+    // change it.
+    let bytes = path.as_bytes();
+    let plain = !bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%' || (b == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'.')))
+    });
+    if plain {
+        return Cow::Borrowed(path);
+    }
     let decoded = decode_escapes(path);
     if !decoded.starts_with('/') || !has_dot_or_empty_segments(&decoded) {
         return decoded;

@@ -242,26 +242,22 @@ impl ReverseProxy {
         // values are taken before the headers are changed.
         let vars = (self.config.header_up.needs_vars() || self.config.header_down.needs_vars())
             .then(|| RequestVars::of(&mut parts, conn));
-        let upgrade = match parts.version {
-            Version::HTTP_11 => hop_by_hop::upgrade_protocol(&parts.headers),
-            _ => None,
-        };
-        let original_host = crate::http::upstream_headers(
+        let forwarding = crate::http::upstream_headers(
             &mut parts.headers,
             &parts.uri,
             conn,
             self.config.forwarded,
+            self.config.preserve_host,
         );
+        let upgrade = match parts.version {
+            Version::HTTP_11 => forwarding.upgrade,
+            _ => None,
+        };
         if let Some(protocol) = &upgrade {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
-        }
-        if self.config.preserve_host {
-            if let Some(host) = &original_host {
-                parts.headers.insert(header::HOST, host.clone());
-            }
         }
         self.config
             .header_up

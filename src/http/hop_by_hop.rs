@@ -4,14 +4,13 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that are hop-by-hop whether or not `Connection` names them.
-/// `Keep-Alive` and `Proxy-Connection` are not standard but are sent by old
-/// clients; forwarding them confuses upstreams.
+/// Headers that are hop-by-hop whether or not `Connection` names them, and
+/// `Upgrade`. `Keep-Alive` and `Proxy-Connection` are not standard but are
+/// sent by old clients; forwarding them confuses upstreams.
 ///
 /// `Trailer` is not among them (RFC 9110 §6.6.2 makes it end to end), and
 /// hyper only sends trailer fields that it announces.
-const ALWAYS_LEN: usize = 7;
-static ALWAYS: [HeaderName; ALWAYS_LEN] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -19,40 +18,27 @@ static ALWAYS: [HeaderName; ALWAYS_LEN] = [
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+const CONNECTION: usize = 0;
+const TE: usize = 5;
+const UPGRADE: usize = 7;
 
-/// The protocol a client asks to switch to, if this is an `Upgrade` request
-/// (`Connection: upgrade` plus an `Upgrade` header).
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// Whether the client's `TE` says it takes trailer fields. `TE` is
-/// hop-by-hop, but teebox passes trailers on in both directions, so it may
-/// say `TE: trailers` upstream for such a client (RFC 9110 §10.1.4): gRPC
-/// servers expect it, and HTTP/1.1 servers send trailers only when told.
-pub fn accepts_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            let coding = t.split(';').next().unwrap_or_default().trim();
-            coding.eq_ignore_ascii_case("trailers")
-        })
-}
-
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+/// Where `name` is in `HOP_BY_HOP`. This runs for every header of every
+/// proxied request and response, so it matches the name's text, which
+/// settles most names by their length alone.
+fn index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => CONNECTION,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => TE,
+        "transfer-encoding" => 6,
+        "upgrade" => UPGRADE,
+        _ => return None,
+    })
 }
 
 /// Connection options that name no end-to-end header: `close`, or headers
@@ -60,49 +46,103 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// common case needs no lookups by name.
 const IMPLIED: [&str; 3] = ["close", "keep-alive", "upgrade"];
 
-/// Where `name` is in `ALWAYS`, or `ALWAYS_LEN` for `Upgrade`.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    match ALWAYS.iter().position(|always| always == name) {
-        Some(i) => Some(i),
-        None => (name == header::UPGRADE).then_some(ALWAYS_LEN),
-    }
+/// What one pass over a header block found: which hop-by-hop headers are
+/// there and what `Connection` and `TE` say.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scan {
+    /// Bit i: `HOP_BY_HOP[i]` is present.
+    present: u8,
+    /// `Connection` names a header other than the implied options.
+    names_others: bool,
+    /// `Connection` has the `upgrade` option.
+    connection_upgrade: bool,
+    /// `TE` lists `trailers`.
+    te_trailers: bool,
 }
 
-/// Removes hop-by-hop headers and those named in `Connection`. `Upgrade` is
-/// removed too; a proxy that passes an upgrade through puts it back.
-///
-/// This runs on every proxied request and response, so it looks before it
-/// removes: one pass over the names, and removals only of what is there.
-pub fn strip(headers: &mut HeaderMap) {
-    let names_others = connection_tokens(headers).any(|t| {
-        !IMPLIED
-            .iter()
-            .any(|implied| t.eq_ignore_ascii_case(implied))
-    });
-    if names_others {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+impl Scan {
+    pub fn of(headers: &HeaderMap) -> Scan {
+        let mut scan = Scan::default();
+        for (name, value) in headers {
+            let Some(i) = index(name) else { continue };
+            scan.present |= 1 << i;
+            let Ok(text) = value.to_str() else { continue };
+            match i {
+                CONNECTION => {
+                    for token in list(text) {
+                        if token.eq_ignore_ascii_case("upgrade") {
+                            scan.connection_upgrade = true;
+                        } else if !IMPLIED.iter().any(|t| token.eq_ignore_ascii_case(t)) {
+                            scan.names_others = true;
+                        }
+                    }
+                }
+                TE => {
+                    scan.te_trailers |= text.split(',').any(|t| {
+                        let coding = t.split(';').next().unwrap_or_default().trim();
+                        coding.eq_ignore_ascii_case("trailers")
+                    })
+                }
+                _ => {}
+            }
         }
+        scan
     }
-    // Usually only `Connection` is there: remove just what is.
-    let mut present = [false; ALWAYS_LEN + 1];
-    let mut any = false;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            present[i] = true;
-            any = true;
+
+    /// The protocol a client asks to switch to, if this is an `Upgrade`
+    /// request (`Connection: upgrade` plus an `Upgrade` header).
+    pub fn upgrade_protocol(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let asks = self.connection_upgrade && self.present & (1 << UPGRADE) != 0;
+        asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+    }
+
+    /// Whether the client's `TE` says it takes trailer fields. `TE` is
+    /// hop-by-hop, but teebox passes trailers on in both directions, so it
+    /// may say `TE: trailers` upstream for such a client (RFC 9110
+    /// §10.1.4): gRPC servers expect it, and HTTP/1.1 servers send trailers
+    /// only when told.
+    pub fn accepts_trailers(&self) -> bool {
+        self.te_trailers
+    }
+
+    /// Removes hop-by-hop headers and those named in `Connection`.
+    /// `Upgrade` is removed too; a proxy that passes an upgrade through
+    /// puts it back. Only what is there is removed: most blocks have none,
+    /// or only `Connection`.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if self.names_others {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(list)
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
         }
-    }
-    if any {
-        for (i, name) in ALWAYS.iter().chain([&header::UPGRADE]).enumerate() {
-            if present[i] {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.present & (1 << i) != 0 {
                 headers.remove(name);
             }
         }
     }
+}
+
+/// The protocol a client asks to switch to (see [`Scan::upgrade_protocol`]).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    Scan::of(headers).upgrade_protocol(headers)
+}
+
+/// Removes hop-by-hop headers (see [`Scan::strip`]).
+pub fn strip(headers: &mut HeaderMap) {
+    Scan::of(headers).strip(headers)
+}
+
+/// The items of a comma-separated header value.
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -127,13 +167,13 @@ mod tests {
         let te = |value: &str| {
             let mut h = HeaderMap::new();
             h.insert("te", value.parse().unwrap());
-            accepts_trailers(&h)
+            Scan::of(&h).accepts_trailers()
         };
         assert!(te("trailers"));
         assert!(te("gzip;q=0.5, Trailers"));
         assert!(!te("gzip, deflate"));
         assert!(!te("trailersx"));
-        assert!(!accepts_trailers(&HeaderMap::new()));
+        assert!(!Scan::of(&HeaderMap::new()).accepts_trailers());
     }
 
     #[test]

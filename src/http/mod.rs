@@ -18,30 +18,53 @@ pub use conn::ConnInfo;
 pub type Request = http::Request<Body>;
 pub type Response = http::Response<Body>;
 
+/// What [`upstream_headers`] found out while it worked.
+pub struct Forwarding {
+    /// The host (and port) the client addressed.
+    pub original_host: Option<http::HeaderValue>,
+    /// The protocol of an `Upgrade` request, read before `Upgrade` went.
+    pub upgrade: Option<http::HeaderValue>,
+}
+
 /// The headers a proxy sends upstream: hop-by-hop ones removed (but see
-/// [`hop_by_hop::accepts_trailers`]), the forwarding headers added (when
-/// `forwarded`), and `Host` removed for the caller to set. Returns the host
-/// the client addressed. `reverse_proxy` and mirror copies both go through
-/// here, so a copy carries the headers the primary got.
+/// [`hop_by_hop::Scan::accepts_trailers`]), the forwarding headers added
+/// (when `forwarded`), and `Host` either kept as the client addressed it
+/// (`keep_host`) or removed for the caller to set. `reverse_proxy` and
+/// mirror copies both go through here, so a copy carries the headers the
+/// primary got.
 pub fn upstream_headers(
     headers: &mut http::HeaderMap,
     uri: &http::Uri,
     conn: &ConnInfo,
     forwarded: bool,
-) -> Option<http::HeaderValue> {
+    keep_host: bool,
+) -> Forwarding {
     let host = original_host(uri, headers);
-    let trailers = hop_by_hop::accepts_trailers(headers);
-    hop_by_hop::strip(headers);
-    if trailers {
+    let hop_by_hop = hop_by_hop::Scan::of(headers);
+    let upgrade = hop_by_hop.upgrade_protocol(headers);
+    hop_by_hop.strip(headers);
+    if hop_by_hop.accepts_trailers() {
         headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
-    // Before the forwarding headers go in: a map sized for them then
-    // does not grow.
-    headers.remove(http::header::HOST);
+    match (keep_host, &host) {
+        // An absolute-form target or HTTP/2's `:authority` named it.
+        (true, Some(host)) if uri.authority().is_some() => {
+            headers.insert(http::header::HOST, host.clone());
+        }
+        (true, _) => {}
+        // Before the forwarding headers go in: a map sized for them then
+        // does not grow.
+        (false, _) => {
+            headers.remove(http::header::HOST);
+        }
+    }
     if forwarded {
         forwarded::add(headers, conn, host.as_ref());
     }
-    host
+    Forwarding {
+        original_host: host,
+        upgrade,
+    }
 }
 
 /// The same headers, each value in an allocation of its own. hyper's

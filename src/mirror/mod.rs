@@ -389,7 +389,9 @@ impl Mirror {
             &head.uri,
             conn,
             true,
-        );
+            false,
+        )
+        .original_host;
         // Kept apart from the headers: a target's own `host` wins over it.
         let suffixed_host = match (&self.options.host_suffix, original_host) {
             (Some(suffix), Some(host)) => with_suffix(&host, suffix),
