@@ -5,7 +5,9 @@
 
 use std::net::SocketAddr;
 
-#[derive(Debug, Clone, Copy)]
+use http::HeaderValue;
+
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address (the TCP peer).
     pub client: SocketAddr,
@@ -13,14 +15,38 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Whether the connection is TLS (`https`).
     pub tls: bool,
+    /// The client's IP address as text, made once per connection: every
+    /// proxied request's `X-Forwarded-For` names it.
+    client_ip: HeaderValue,
 }
 
 impl ConnInfo {
+    pub fn new(client: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+        let text = super::forwarded::ip_text(client.ip().to_canonical());
+        ConnInfo {
+            client,
+            local,
+            tls,
+            client_ip: HeaderValue::from_bytes(text.as_bytes())
+                .expect("an IP address is a valid header value"),
+        }
+    }
+
+    /// The same connection, after its TLS handshake.
+    pub fn over_tls(self) -> Self {
+        ConnInfo { tls: true, ..self }
+    }
+
     pub fn scheme(&self) -> &'static str {
         if self.tls {
             "https"
         } else {
             "http"
         }
+    }
+
+    /// The client's IP address (IPv4-mapped IPv6 as IPv4) as a header value.
+    pub fn client_ip_value(&self) -> &HeaderValue {
+        &self.client_ip
     }
 }

@@ -23,8 +23,13 @@ pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>)
     // Room for the four, so the map is not regrown (and rehashed) midway.
     headers.reserve(4);
     let ip = conn.client.ip().to_canonical();
-    let node = IpText::of(ip);
-    append_list(headers, X_FORWARDED_FOR, node.as_bytes().to_vec());
+    let node = conn.client_ip_value();
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(node.clone());
+        }
+        Entry::Occupied(slot) => append_to(slot, node.as_bytes().to_vec()),
+    }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
     match host {
         Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
@@ -35,7 +40,7 @@ pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>)
     let quoted_host = host.map_or(0, |h| b";host=".len() + quoted_len(h));
     let bracketed = if ip.is_ipv6() { 4 } else { 0 };
     let mut element = Vec::with_capacity(
-        b"for=".len() + bracketed + node.len + quoted_host + b";proto=".len() + conn.scheme().len(),
+        b"for=".len() + bracketed + node.len() + quoted_host + b";proto=".len() + conn.scheme().len(),
     );
     element.extend_from_slice(b"for=");
     // RFC 7239 §6: IPv6 addresses are bracketed, and then must be quoted.
@@ -57,8 +62,13 @@ pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>)
     append_list(headers, FORWARDED, element);
 }
 
+/// An address as text, written without the formatter.
+pub fn ip_text(ip: IpAddr) -> IpText {
+    IpText::of(ip)
+}
+
 /// An address as text, on the stack: the longest IPv6 form is 45 bytes.
-struct IpText {
+pub struct IpText {
     buf: [u8; 48],
     len: usize,
 }
@@ -105,7 +115,7 @@ impl IpText {
         self.push(b'0' + n % 10);
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 }
@@ -129,15 +139,17 @@ fn push_quoted(out: &mut Vec<u8>, value: &str) {
 /// Appends to a comma-separated header, joining several lines into one.
 /// One lookup by name, whether the header is there or not.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, item: Vec<u8>) {
-    let mut slot = match headers.entry(name) {
+    match headers.entry(name) {
         Entry::Vacant(slot) => {
             if let Ok(value) = header_value(item) {
                 slot.insert(value);
             }
-            return;
         }
-        Entry::Occupied(slot) => slot,
-    };
+        Entry::Occupied(slot) => append_to(slot, item),
+    }
+}
+
+fn append_to(mut slot: http::header::OccupiedEntry<'_, HeaderValue>, item: Vec<u8>) {
     let mut joined = Vec::new();
     for old in slot.iter().filter(|v| v.to_str().is_ok()) {
         joined.extend_from_slice(old.as_bytes());
@@ -160,11 +172,11 @@ mod tests {
     use super::*;
 
     fn conn(ip: &str) -> ConnInfo {
-        ConnInfo {
-            client: format!("{ip}:1234").parse().unwrap(),
-            local: "127.0.0.1:80".parse().unwrap(),
-            tls: false,
-        }
+        ConnInfo::new(
+            format!("{ip}:1234").parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            false,
+        )
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn begin(req: &Request, conn: ConnInfo, start: Instant) -> Self {
+    pub fn begin(req: &Request, conn: &ConnInfo, start: Instant) -> Self {
         let header = |name: header::HeaderName| {
             req.headers()
                 .get(name)
@@ -184,12 +184,12 @@ mod tests {
     use super::*;
 
     fn host_of(req: http::request::Builder) -> String {
-        let conn = ConnInfo {
-            client: "127.0.0.1:1".parse().unwrap(),
-            local: "127.0.0.1:2".parse().unwrap(),
-            tls: false,
-        };
-        Entry::begin(&req.body(body::empty()).unwrap(), conn, Instant::now()).host
+        let conn = ConnInfo::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            false,
+        );
+        Entry::begin(&req.body(body::empty()).unwrap(), &conn, Instant::now()).host
     }
 
     #[test]

@@ -81,11 +81,7 @@ impl Listener {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let conn = ConnInfo {
-                        client: peer,
-                        local,
-                        tls: false,
-                    };
+                    let conn = ConnInfo::new(peer, local, false);
                     serve_connection(
                         stream,
                         conn,
@@ -150,7 +146,7 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
                 let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
                 match handshake {
                     Ok(Ok(tls_stream)) => {
-                        let conn = ConnInfo { tls: true, ..conn };
+                        let conn = conn.over_tls();
                         serve_http(tls_stream, conn, served).await
                     }
                     Ok(Err(err)) => tracing::debug!(client = %conn.client, error = %err, "TLS handshake failed"),
@@ -178,8 +174,11 @@ where
     let state = Arc::new(ConnState::default());
     let io = TimedIo::new(io, state.clone(), &limits.limits);
     let read_body_timeout = limits.limits.read_body_timeout;
+    let client = conn.client;
+    let conn = Arc::new(conn);
     let service = service_fn(move |req: http::Request<Incoming>| {
         let router = router.clone();
+        let conn = conn.clone();
         let in_flight = state.begin();
         let state = state.clone();
         async move {
@@ -189,7 +188,7 @@ where
             let router = router.load_full();
             let response = match framing::conflicts(&req, state.cl_and_te_seen()) {
                 true => framing::refusal(conn.client),
-                false => router.handle(req, conn).await,
+                false => router.handle(req, &conn).await,
             };
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 state.upgraded();
@@ -200,7 +199,7 @@ where
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(client = %conn.client, error = %err, "connection ended with an error");
+        tracing::debug!(%client, error = %err, "connection ended with an error");
     }
     drop(permit);
 }

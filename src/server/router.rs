@@ -99,7 +99,7 @@ impl AddressRouter {
             .or(self.catch_all.as_ref())
     }
 
-    pub async fn handle(&self, req: Request, conn: ConnInfo) -> Response {
+    pub async fn handle(&self, req: Request, conn: &ConnInfo) -> Response {
         if let Err((status, why)) = check_request(&req) {
             let mut response = plain(status, why);
             // The request was malformed: do not trust the rest of the stream.
@@ -124,10 +124,10 @@ impl AddressRouter {
             );
         };
         let Some(log) = &site.access_log else {
-            return site.handle(req, &conn).await;
+            return site.handle(req, conn).await;
         };
         let entry = Entry::begin(&req, conn, Instant::now());
-        let response = site.handle(req, &conn).await;
+        let response = site.handle(req, conn).await;
         log.wrap(entry, response)
     }
 }
