@@ -207,3 +207,31 @@ async fn a_slow_upstream_within_timeout_answers_and_one_past_it_gets_504() {
     let hasty = common::start_proxy(&[slow.url()], "timeout \"100ms\"").await;
     assert_eq!(Client::http1().get(&base_url(&hasty)).await.status, 504);
 }
+
+#[tokio::test]
+async fn the_timeout_holds_on_a_kept_alive_upstream_connection_and_resets_after() {
+    // Fast answers except on /slow: the slow one comes on a connection the
+    // fast ones kept alive, and the fast ones after it are not cut short.
+    let backend = Backend::with(|req| match req.path_and_query() {
+        "/slow" => Reply::ok("late").delay(Duration::from_millis(800)),
+        _ => Reply::ok("quick"),
+    })
+    .await;
+    let teebox = common::start_proxy(&[backend.url()], "timeout \"300ms\"").await;
+    let get = |path: &'static str| {
+        let url = format!("{}{path}", base_url(&teebox));
+        async move { Client::http1().get(&url).await }
+    };
+    for _ in 0..3 {
+        assert_eq!(get("/fast").await.body.as_ref(), b"quick");
+    }
+    assert_eq!(get("/slow").await.status, 504);
+    for _ in 0..3 {
+        assert_eq!(get("/fast").await.body.as_ref(), b"quick");
+    }
+    // Longer than the timeout in all, each within it: none is cut.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(get("/fast").await.status, 200);
+    }
+}

@@ -20,7 +20,7 @@ use crate::config::value::{self, UpstreamUrl};
 use crate::http::body::{self, Guarded};
 use crate::http::header_ops::HeaderOps;
 use crate::http::placeholders::RequestVars;
-use crate::http::upstream_pool::{self, PoolSettings, PooledBody, UpstreamPool};
+use crate::http::upstream_pool::{self, PoolSettings, PooledBody, SendError, UpstreamPool};
 use crate::http::upstream_tls::UpstreamTls;
 use crate::http::{hop_by_hop, ConnInfo, Request, Response};
 
@@ -317,10 +317,12 @@ impl ReverseProxy {
             upstream.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveGuard(upstream.clone());
             let started = Instant::now();
-            let sent =
-                tokio::time::timeout(self.config.timeout, upstream.pool.send(upstream_req)).await;
+            let sent = upstream
+                .pool
+                .send_within(upstream_req, self.config.timeout)
+                .await;
             match sent {
-                Ok(Ok(response)) => {
+                Ok(response) => {
                     upstream.latency.record(started.elapsed());
                     return self.respond(
                         response,
@@ -330,7 +332,12 @@ impl ReverseProxy {
                         vars.as_ref(),
                     );
                 }
-                Ok(Err(err)) if err.is_connect() => {
+                Err(SendError::Timeout) => {
+                    tracing::warn!(route = %self.route, upstream = %upstream.url, timeout = ?self.config.timeout, "upstream did not answer in time");
+                    failure = Failure::Timeout;
+                    break;
+                }
+                Err(err) if err.is_connect() => {
                     upstream.down_until_ms.store(
                         self.now_ms() + FAIL_TIMEOUT.as_millis() as u64,
                         Ordering::Relaxed,
@@ -338,17 +345,17 @@ impl ReverseProxy {
                     tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream unreachable");
                     failure = Failure::BadGateway;
                 }
-                Ok(Err(err)) if body::is_too_large(&err) => {
+                Err(err) if body::is_too_large(&err) => {
                     return super::request_body::too_large();
                 }
-                Ok(Err(err)) if body::is_read_timeout(&err) => {
+                Err(err) if body::is_read_timeout(&err) => {
                     let mut response = error_response(StatusCode::REQUEST_TIMEOUT);
                     response
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     return response;
                 }
-                Ok(Err(err)) if body::is_client_body_error(&err) => {
+                Err(err) if body::is_client_body_error(&err) => {
                     tracing::debug!(route = %self.route, error = %crate::http::error_chain(&err), "the client's body failed");
                     let mut response = error_response(StatusCode::BAD_REQUEST);
                     response
@@ -356,16 +363,12 @@ impl ReverseProxy {
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     return response;
                 }
-                Ok(Err(err)) => {
+                Err(err) => {
                     tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream failed before answering");
                     failure = Failure::BadGateway;
                     break;
                 }
-                Err(_) => {
-                    tracing::warn!(route = %self.route, upstream = %upstream.url, timeout = ?self.config.timeout, "upstream did not answer in time");
-                    failure = Failure::Timeout;
-                    break;
-                }
+
             }
         }
         let mut response = match failure {

@@ -11,6 +11,7 @@
 //! speak HTTP/2 when ALPN picks it or `h2c` is set.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -73,6 +74,9 @@ pub enum SendError {
     /// HTTP/1.1 (ALPN chose it, and there is no `h2c`).
     #[error("the upstream speaks HTTP/1.1; this request needs HTTP/2")]
     NotHttp2,
+    /// No response head by the deadline `send_within` was given.
+    #[error("no response head in time")]
+    Timeout,
 }
 
 impl SendError {
@@ -105,7 +109,7 @@ struct WorkerPool<B> {
 struct Idle<B> {
     /// Oldest first: checkout takes from the back (the warmest), expiry
     /// trims the front.
-    h1: VecDeque<(http1::SendRequest<B>, Instant)>,
+    h1: VecDeque<(H1Conn<B>, Instant)>,
     /// HTTP/2 multiplexes: one connection serves every request.
     h2: Option<http2::SendRequest<B>>,
 }
@@ -127,9 +131,9 @@ impl<B> Idle<B> {
 
     /// The warmest idle connection the upstream has not closed, and since
     /// when it has been idle.
-    fn take_h1(&mut self) -> Option<(http1::SendRequest<B>, Instant)> {
+    fn take_h1(&mut self) -> Option<(H1Conn<B>, Instant)> {
         while let Some((conn, since)) = self.h1.pop_back() {
-            if !conn.is_closed() {
+            if !conn.send.is_closed() {
                 return Some((conn, since));
             }
         }
@@ -174,20 +178,44 @@ where
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or
     /// a new one. A request that an idle connection closed on before it was
     /// written goes out again on the next one, as hyper-util's client does.
-    pub async fn send(&self, mut req: Req<B>) -> Result<http::Response<PooledBody<B>>, SendError> {
+    pub async fn send(&self, req: Req<B>) -> Result<http::Response<PooledBody<B>>, SendError> {
+        self.send_until(req, None).await
+    }
+
+    /// [`send`](Self::send), failing with [`SendError::Timeout`] if no
+    /// response head has come `limit` from now (connecting included).
+    pub async fn send_within(
+        &self,
+        req: Req<B>,
+        limit: Duration,
+    ) -> Result<http::Response<PooledBody<B>>, SendError> {
+        self.send_until(req, Some(tokio::time::Instant::now() + limit))
+            .await
+    }
+
+    async fn send_until(
+        &self,
+        mut req: Req<B>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<http::Response<PooledBody<B>>, SendError> {
         let worker = self.worker();
         let list = &worker.idle;
         let needs_h2 = req.version() == http::Version::HTTP_2;
         loop {
             match self.checkout(list, needs_h2) {
                 Some(Checkout::NotHttp2) => return Err(SendError::NotHttp2),
-                Some(Checkout::H2(conn)) => match self.send_h2(conn, req, list).await? {
+                Some(Checkout::H2(conn)) => match within(deadline, self.send_h2(conn, req, list))
+                    .await?
+                {
                     Ok(response) => return Ok(response),
                     Err(unsent) => req = unsent,
                 },
                 Some(Checkout::H1(mut conn, idle_for)) => {
-                    if !conn.is_ready() && conn.ready().await.is_err() {
-                        continue;
+                    if !conn.send.is_ready() {
+                        match within(deadline, async { Ok(conn.send.ready().await) }).await? {
+                            Ok(()) => {}
+                            Err(_) => continue,
+                        }
                     }
                     // Only a connection idle for a while can meet the
                     // upstream's idle timeout; copying the request for the
@@ -196,7 +224,8 @@ where
                         true => replayable(&req),
                         false => None,
                     };
-                    match conn.try_send_request(req).await {
+                    let sent = conn.send.try_send_request(req);
+                    match conn.head_timer.wait(sent, deadline).await? {
                         Ok(response) => return Ok(self.pooled(response, conn, list)),
                         Err(mut err) => match (err.take_message(), again) {
                             (Some(unsent), _) => req = unsent,
@@ -216,8 +245,10 @@ where
                 // Boxed: connecting (TLS state, handshakes) makes a large
                 // future, which would otherwise be moved around whole on
                 // every request, also those that reuse a connection.
-                None if self.settings.h2c => return Box::pin(self.send_on_h2c(req, worker)).await,
-                None => return Box::pin(self.send_on_new(req, list)).await,
+                None if self.settings.h2c => {
+                    return Box::pin(within(deadline, self.send_on_h2c(req, worker))).await
+                }
+                None => return Box::pin(within(deadline, self.send_on_new(req, list))).await,
             }
         }
     }
@@ -265,7 +296,7 @@ where
             // A live idle HTTP/1.1 connection says what the upstream speaks,
             // without opening another to hear it again; once those are
             // gone (expired, closed), a new connection asks again.
-            idle.h1.retain(|(conn, _)| !conn.is_closed());
+            idle.h1.retain(|(conn, _)| !conn.send.is_closed());
             return (!idle.h1.is_empty()).then_some(Checkout::NotHttp2);
         }
         idle.take_h1()
@@ -341,7 +372,10 @@ where
                 tracing::debug!(error = %err, "upstream connection ended");
             }
         });
-        Ok(Opened::H1(conn))
+        Ok(Opened::H1(H1Conn {
+            send: conn,
+            head_timer: HeadTimer::default(),
+        }))
     }
 
     async fn send_opened(
@@ -363,7 +397,7 @@ where
                 Err(SendError::NotHttp2)
             }
             Opened::H1(mut conn) => {
-                let response = conn.send_request(req).await?;
+                let response = conn.send.send_request(req).await?;
                 Ok(self.pooled(response, conn, list))
             }
         }
@@ -387,7 +421,7 @@ where
     fn pooled(
         &self,
         response: http::Response<Incoming>,
-        conn: http1::SendRequest<B>,
+        conn: H1Conn<B>,
         list: &Arc<Mutex<Idle<B>>>,
     ) -> http::Response<PooledBody<B>> {
         // After 101 the connection belongs to the upgrade.
@@ -397,7 +431,7 @@ where
         response.map(|body| PooledBody::new(body, checkin))
     }
 
-    fn checkin(&self, conn: http1::SendRequest<B>, list: &Arc<Mutex<Idle<B>>>) -> Checkin<B> {
+    fn checkin(&self, conn: H1Conn<B>, list: &Arc<Mutex<Idle<B>>>) -> Checkin<B> {
         Checkin {
             conn,
             list: list.clone(),
@@ -431,15 +465,83 @@ fn replayable<B: http_body::Body + Default>(req: &Req<B>) -> Option<Req<B>> {
     Some(again)
 }
 
+/// Waits for `future` until `deadline`, if there is one.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    future: impl Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    match deadline {
+        None => future.await,
+        Some(deadline) => tokio::time::timeout_at(deadline, future)
+            .await
+            .unwrap_or(Err(SendError::Timeout)),
+    }
+}
+
+/// An HTTP/1.1 connection and the timer its exchanges wait on.
+struct H1Conn<B> {
+    send: http1::SendRequest<B>,
+    head_timer: HeadTimer,
+}
+
+/// A timer kept with a connection and moved lazily: a new timer per
+/// request costs a registration with tokio's timer wheel and its removal
+/// (two locks), where this one is set only when it came due early, about
+/// once per `timeout` on a busy connection.
+///
+/// It never runs later than the exchange's deadline: it is moved earlier
+/// when needed, and when it fires before the deadline it is set to it.
+/// Left armed while the connection is idle, it may wake the task that last
+/// used it once; that task finds nothing to do.
+#[derive(Default)]
+struct HeadTimer(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl HeadTimer {
+    async fn wait<T>(
+        &mut self,
+        future: impl Future<Output = T>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<T, SendError> {
+        let Some(deadline) = deadline else {
+            return Ok(future.await);
+        };
+        let timer = match &mut self.0 {
+            Some(timer) => {
+                if timer.is_elapsed() || timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self.0.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = future.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            loop {
+                match timer.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) if tokio::time::Instant::now() >= deadline => {
+                        return Poll::Ready(Err(SendError::Timeout))
+                    }
+                    Poll::Ready(()) => timer.as_mut().reset(deadline),
+                }
+            }
+        })
+        .await
+    }
+}
+
 /// A connection just opened.
 enum Opened<B> {
-    H1(http1::SendRequest<B>),
+    H1(H1Conn<B>),
     H2(http2::SendRequest<B>),
 }
 
 enum Checkout<B> {
     /// With how long it had been idle.
-    H1(http1::SendRequest<B>, Duration),
+    H1(H1Conn<B>, Duration),
     H2(http2::SendRequest<B>),
     /// Only HTTP/1.1 connections, for a request that needs HTTP/2.
     NotHttp2,
@@ -447,7 +549,7 @@ enum Checkout<B> {
 
 /// An HTTP/1 connection waiting for its response body to end.
 struct Checkin<B> {
-    conn: http1::SendRequest<B>,
+    conn: H1Conn<B>,
     list: Arc<Mutex<Idle<B>>>,
     settings: PoolSettings,
 }
@@ -458,15 +560,15 @@ impl<B: Send + 'static> Checkin<B> {
     /// upstream that answers an upload early): until then the connection
     /// is busy, and the next request must not queue behind it.
     fn put_back(mut self) {
-        if self.settings.max_idle == 0 || self.conn.is_closed() {
+        if self.settings.max_idle == 0 || self.conn.send.is_closed() {
             return;
         }
-        if self.conn.is_ready() {
+        if self.conn.send.is_ready() {
             return self.idle_now();
         }
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(async move {
-                if self.conn.ready().await.is_ok() {
+                if self.conn.send.ready().await.is_ok() {
                     self.idle_now();
                 }
             });
