@@ -74,9 +74,10 @@ pub fn normalize_path(path: &str) -> Cow<'_, str> {
     // The usual path has no escape, `//` or `/.`: nothing below would
     // change it.
     let bytes = path.as_bytes();
-    let plain = !bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'%' || (b == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'.')))
-    });
+    let plain = !bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'%' || (b == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'.'))));
     if plain {
         return Cow::Borrowed(path);
     }

@@ -40,7 +40,12 @@ pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>)
     let quoted_host = host.map_or(0, |h| b";host=".len() + quoted_len(h));
     let bracketed = if ip.is_ipv6() { 4 } else { 0 };
     let mut element = Vec::with_capacity(
-        b"for=".len() + bracketed + node.len() + quoted_host + b";proto=".len() + conn.scheme().len(),
+        b"for=".len()
+            + bracketed
+            + node.len()
+            + quoted_host
+            + b";proto=".len()
+            + conn.scheme().len(),
     );
     element.extend_from_slice(b"for=");
     // RFC 7239 §6: IPv6 addresses are bracketed, and then must be quoted.

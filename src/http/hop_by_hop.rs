@@ -93,7 +93,8 @@ impl Scan {
     /// request (`Connection: upgrade` plus an `Upgrade` header).
     pub fn upgrade_protocol(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         let asks = self.connection_upgrade && self.present & (1 << UPGRADE) != 0;
-        asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+        asks.then(|| headers.get(header::UPGRADE).cloned())
+            .flatten()
     }
 
     /// Whether the client's `TE` says it takes trailer fields. `TE` is

@@ -204,12 +204,12 @@ where
         loop {
             match self.checkout(list, needs_h2) {
                 Some(Checkout::NotHttp2) => return Err(SendError::NotHttp2),
-                Some(Checkout::H2(conn)) => match within(deadline, self.send_h2(conn, req, list))
-                    .await?
-                {
-                    Ok(response) => return Ok(response),
-                    Err(unsent) => req = unsent,
-                },
+                Some(Checkout::H2(conn)) => {
+                    match within(deadline, self.send_h2(conn, req, list)).await? {
+                        Ok(response) => return Ok(response),
+                        Err(unsent) => req = unsent,
+                    }
+                }
                 Some(Checkout::H1(mut conn, idle_for)) => {
                     if !conn.send.is_ready() {
                         match within(deadline, async { Ok(conn.send.ready().await) }).await? {

@@ -384,14 +384,8 @@ impl Mirror {
         let room = 5 - usize::from(head.headers.contains_key(http::header::HOST));
         let mut headers = crate::http::detached(&head.headers, room);
         let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
-        let original_host = crate::http::upstream_headers(
-            &mut headers,
-            &head.uri,
-            conn,
-            true,
-            false,
-        )
-        .original_host;
+        let original_host =
+            crate::http::upstream_headers(&mut headers, &head.uri, conn, true, false).original_host;
         // Kept apart from the headers: a target's own `host` wins over it.
         let suffixed_host = match (&self.options.host_suffix, original_host) {
             (Some(suffix), Some(host)) => with_suffix(&host, suffix),

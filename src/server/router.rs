@@ -150,8 +150,23 @@ fn check_request(req: &Request) -> Result<(), Refusal> {
             _ => bad("400 Bad Request: the request target must start with /\n"),
         };
     }
-    check_transfer_coding(req)?;
-    check_host(req).or_else(bad)
+    // One pass for the two headers checked below, which most requests
+    // have once (Host) or not at all (Transfer-Encoding).
+    let mut hosts = 0;
+    let mut host = None;
+    let mut transfer_coding = false;
+    for (name, value) in req.headers() {
+        if name == header::HOST {
+            hosts += 1;
+            host.get_or_insert(value);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_coding = true;
+        }
+    }
+    if transfer_coding {
+        check_transfer_coding(req)?;
+    }
+    check_host(req, hosts, host).or_else(bad)
 }
 
 /// hyper decodes the final `chunked` and passes any other coding on without
@@ -193,10 +208,12 @@ fn check_transfer_coding(req: &Request) -> Result<(), Refusal> {
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, unless
 /// its target is in absolute form (whose authority then wins); and a `Host`
 /// must be a valid authority.
-fn check_host(req: &Request) -> Result<(), &'static str> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
+fn check_host(
+    req: &Request,
+    hosts: usize,
+    first: Option<&HeaderValue>,
+) -> Result<(), &'static str> {
+    if hosts > 1 {
         return Err("400 Bad Request: more than one Host header\n");
     }
     match first {
