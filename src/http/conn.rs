@@ -22,7 +22,7 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     pub fn new(client: SocketAddr, local: SocketAddr, tls: bool) -> Self {
-        let text = super::forwarded::ip_text(client.ip().to_canonical());
+        let text = super::forwarded::IpText::of(client.ip().to_canonical());
         ConnInfo {
             client,
             local,

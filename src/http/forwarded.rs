@@ -67,19 +67,15 @@ pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>)
     append_list(headers, FORWARDED, element);
 }
 
-/// An address as text, written without the formatter.
-pub fn ip_text(ip: IpAddr) -> IpText {
-    IpText::of(ip)
-}
-
-/// An address as text, on the stack: the longest IPv6 form is 45 bytes.
+/// An address as text, on the stack (the longest IPv6 form is 45 bytes),
+/// an IPv4 one written without the formatter.
 pub struct IpText {
     buf: [u8; 48],
     len: usize,
 }
 
 impl IpText {
-    fn of(ip: IpAddr) -> Self {
+    pub fn of(ip: IpAddr) -> Self {
         let mut text = IpText {
             buf: [0; 48],
             len: 0,
