@@ -5,6 +5,7 @@
 //! connections are pooled and kept alive (unless `keepalive #false`).
 //! `Upgrade` requests (WebSocket) are tunnelled once the upstream answers 101.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -159,11 +160,13 @@ pub struct ReverseProxy {
 /// The request as it goes upstream, before an upstream is picked.
 struct Prepared {
     parts: http::request::Parts,
-    body: body::Body,
-    /// The protocol of an `Upgrade` request.
-    upgrade: Option<HeaderValue>,
-    /// For placeholders in `header_up` / `header_down`, when they have any.
-    vars: Option<RequestVars>,
+    /// Taken by the first attempt.
+    body: Option<body::Body>,
+    /// An `Upgrade` request (its `Upgrade` header is back in `parts`).
+    upgrade: bool,
+    /// For placeholders in `header_up` / `header_down`, when they have
+    /// any. Boxed: rare, and every request's future would hold its room.
+    vars: Option<Box<RequestVars>>,
 }
 
 /// Why no upstream answered.
@@ -215,7 +218,7 @@ impl ReverseProxy {
 
     /// Upstreams in the order to try them: the policy's pick first, those
     /// recently refusing connections last.
-    fn candidates(&self) -> Vec<Arc<Upstream>> {
+    fn candidates(&self) -> Box<[Arc<Upstream>]> {
         let n = self.upstreams.len();
         let start = match self.config.lb_policy {
             LbPolicy::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
@@ -231,7 +234,7 @@ impl ReverseProxy {
         let now = self.now_ms();
         // A stable sort keeps the policy's order among the healthy ones.
         order.sort_by_key(|u| u.down_until_ms.load(Ordering::Relaxed) > now);
-        order
+        order.into_boxed_slice()
     }
 
     /// The request as the upstream should see it (headers, version), minus
@@ -241,7 +244,7 @@ impl ReverseProxy {
         // Placeholders describe the request as the client sent it, so the
         // values are taken before the headers are changed.
         let vars = (self.config.header_up.needs_vars() || self.config.header_down.needs_vars())
-            .then(|| RequestVars::of(&mut parts, conn));
+            .then(|| Box::new(RequestVars::of(&mut parts, conn)));
         let forwarding = crate::http::upstream_headers(
             &mut parts.headers,
             &parts.uri,
@@ -261,125 +264,156 @@ impl ReverseProxy {
         }
         self.config
             .header_up
-            .apply(&mut parts.headers, vars.as_ref());
+            .apply(&mut parts.headers, vars.as_deref());
         parts.version = Version::HTTP_11;
         Prepared {
             parts,
-            body,
-            upgrade,
+            body: Some(body),
+            upgrade: upgrade.is_some(),
             vars,
         }
     }
 
-    async fn forward(&self, mut req: Request, conn: &ConnInfo) -> Response {
-        let client_upgrade = hyper::upgrade::on(&mut req);
-        let Prepared {
-            mut parts,
-            body,
-            upgrade,
-            vars,
-        } = self.prepare(req, conn);
-        // Without a body the request can be sent again, so an upstream that
-        // refuses the connection is skipped for the next one.
-        let replayable = http_body::Body::is_end_stream(&body);
-        let mut body = Some(body);
-        let mut failure = Failure::BadGateway;
-        // One upstream needs no ordering (nor the allocation it costs).
-        let candidates = match self.upstreams.len() {
-            1 => std::borrow::Cow::Borrowed(&self.upstreams[..]),
-            _ => std::borrow::Cow::Owned(self.candidates()),
-        };
-        let last = candidates.len() - 1;
-        for (attempt, upstream) in candidates.iter().enumerate() {
-            let Some(this_body) = body.take().or_else(|| replayable.then(body::empty)) else {
-                break;
-            };
-            // The headers are copied only if another attempt may need them.
-            let headers = match replayable && attempt < last {
-                true => parts.headers.clone(),
-                false => std::mem::take(&mut parts.headers),
-            };
-            let mut upstream_req = Request::new(this_body);
-            *upstream_req.method_mut() = parts.method.clone();
-            let Some(uri) = upstream_pool::origin_form(&parts.uri) else {
-                return error_response(StatusCode::BAD_REQUEST);
-            };
-            *upstream_req.uri_mut() = uri;
-            *upstream_req.version_mut() = parts.version;
-            *upstream_req.headers_mut() = headers;
-            // Without preserve_host (or a client Host), the upstream's own
-            // name, unless header_up set one.
-            if let Some(host) = &upstream.host {
-                if !upstream_req.headers().contains_key(header::HOST) {
-                    upstream_req.headers_mut().insert(header::HOST, host.clone());
+    /// Sends the prepared request to the upstreams in turn until one
+    /// answers. The future is boxed for every request, so it holds only what
+    /// it needs across the wait: an `async` block that uses `prepared` in
+    /// place (an `async fn` would hold a second copy), and each attempt's
+    /// request made in a block of its own.
+    #[allow(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+    fn forward(
+        &self,
+        mut prepared: Prepared,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+    ) -> impl Future<Output = Response> + Send + '_ {
+        async move {
+            // Without a body the request can be sent again, so an upstream
+            // that refuses the connection is skipped for the next one.
+            let replayable = prepared
+                .body
+                .as_ref()
+                .is_none_or(http_body::Body::is_end_stream);
+            let mut failure = Failure::BadGateway;
+            // One upstream needs no ordering (nor the allocation it costs).
+            let order = (self.upstreams.len() > 1).then(|| self.candidates());
+            // Counted by hand, and the upstream reached through `active`
+            // after the wait: fewer locals held across it.
+            let mut attempt = 0;
+            while attempt < self.upstreams.len() {
+                let upstream = match &order {
+                    Some(order) => &order[attempt],
+                    None => &self.upstreams[attempt],
+                };
+                attempt += 1;
+                let is_last = attempt == self.upstreams.len();
+                // The request is moved into the exchange within this match,
+                // so the future keeps no room for it.
+                let exchange = match self.attempt(&mut prepared, upstream, replayable, is_last) {
+                    Some(Ok(req)) => upstream.pool.send_within(req, self.config.timeout),
+                    Some(Err(())) => return error_response(StatusCode::BAD_REQUEST),
+                    None => break,
+                };
+                let active = ActiveGuard::new(upstream);
+                let sent = exchange.await;
+                let upstream = &active.upstream;
+                match sent {
+                    Ok(response) => {
+                        upstream.latency.record(active.started.elapsed());
+                        return self.respond(
+                            response,
+                            active,
+                            prepared.upgrade,
+                            client_upgrade,
+                            prepared.vars.as_deref(),
+                        );
+                    }
+                    Err(SendError::Timeout) => {
+                        tracing::warn!(route = %self.route, upstream = %upstream.url, timeout = ?self.config.timeout, "upstream did not answer in time");
+                        failure = Failure::Timeout;
+                        break;
+                    }
+                    Err(err) if err.is_connect() => {
+                        upstream.down_until_ms.store(
+                            self.now_ms() + FAIL_TIMEOUT.as_millis() as u64,
+                            Ordering::Relaxed,
+                        );
+                        tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream unreachable");
+                        failure = Failure::BadGateway;
+                    }
+                    Err(err) if body::is_too_large(&err) => {
+                        return super::request_body::too_large();
+                    }
+                    Err(err) if body::is_read_timeout(&err) => {
+                        let mut response = error_response(StatusCode::REQUEST_TIMEOUT);
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return response;
+                    }
+                    Err(err) if body::is_client_body_error(&err) => {
+                        tracing::debug!(route = %self.route, error = %crate::http::error_chain(&err), "the client's body failed");
+                        let mut response = error_response(StatusCode::BAD_REQUEST);
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return response;
+                    }
+                    Err(err) => {
+                        tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream failed before answering");
+                        failure = Failure::BadGateway;
+                        break;
+                    }
+
                 }
             }
-            upstream.active.fetch_add(1, Ordering::Relaxed);
-            let guard = ActiveGuard(upstream.clone());
-            let started = Instant::now();
-            let sent = upstream
-                .pool
-                .send_within(upstream_req, self.config.timeout)
-                .await;
-            match sent {
-                Ok(response) => {
-                    upstream.latency.record(started.elapsed());
-                    return self.respond(
-                        response,
-                        guard,
-                        upgrade.is_some(),
-                        client_upgrade,
-                        vars.as_ref(),
-                    );
-                }
-                Err(SendError::Timeout) => {
-                    tracing::warn!(route = %self.route, upstream = %upstream.url, timeout = ?self.config.timeout, "upstream did not answer in time");
-                    failure = Failure::Timeout;
-                    break;
-                }
-                Err(err) if err.is_connect() => {
-                    upstream.down_until_ms.store(
-                        self.now_ms() + FAIL_TIMEOUT.as_millis() as u64,
-                        Ordering::Relaxed,
-                    );
-                    tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream unreachable");
-                    failure = Failure::BadGateway;
-                }
-                Err(err) if body::is_too_large(&err) => {
-                    return super::request_body::too_large();
-                }
-                Err(err) if body::is_read_timeout(&err) => {
-                    let mut response = error_response(StatusCode::REQUEST_TIMEOUT);
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return response;
-                }
-                Err(err) if body::is_client_body_error(&err) => {
-                    tracing::debug!(route = %self.route, error = %crate::http::error_chain(&err), "the client's body failed");
-                    let mut response = error_response(StatusCode::BAD_REQUEST);
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return response;
-                }
-                Err(err) => {
-                    tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream failed before answering");
-                    failure = Failure::BadGateway;
-                    break;
-                }
+            let mut response = match failure {
+                Failure::BadGateway => error_response(StatusCode::BAD_GATEWAY),
+                Failure::Timeout => error_response(StatusCode::GATEWAY_TIMEOUT),
+            };
+            // A mirror's `primary_status` must not take this for an answer.
+            response
+                .extensions_mut()
+                .insert(crate::mirror::gate::NoUpstreamAnswer);
+            response
+        }
+    }
 
+    /// The request for one attempt on `upstream`. A `replayable` request
+    /// (no body) may go to the next upstream too, so unless this is the
+    /// last, its headers are copied. `None` when the body went with an
+    /// earlier attempt; `Err` for a target without a path.
+    fn attempt(
+        &self,
+        prepared: &mut Prepared,
+        upstream: &Upstream,
+        replayable: bool,
+        is_last: bool,
+    ) -> Option<Result<Request, ()>> {
+        let body = match prepared.body.take() {
+            Some(body) => body,
+            None if replayable => body::empty(),
+            None => return None,
+        };
+        let keep_for_retry = replayable && !is_last;
+        let Some(uri) = upstream_pool::origin_form(&prepared.parts.uri) else {
+            return Some(Err(()));
+        };
+        let headers = match keep_for_retry {
+            true => prepared.parts.headers.clone(),
+            false => std::mem::take(&mut prepared.parts.headers),
+        };
+        let mut upstream_req = Request::new(body);
+        *upstream_req.method_mut() = prepared.parts.method.clone();
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = prepared.parts.version;
+        *upstream_req.headers_mut() = headers;
+        // Without preserve_host (or a client Host), the upstream's own
+        // name, unless header_up set one.
+        if let Some(host) = &upstream.host {
+            if !upstream_req.headers().contains_key(header::HOST) {
+                upstream_req.headers_mut().insert(header::HOST, host.clone());
             }
         }
-        let mut response = match failure {
-            Failure::BadGateway => error_response(StatusCode::BAD_GATEWAY),
-            Failure::Timeout => error_response(StatusCode::GATEWAY_TIMEOUT),
-        };
-        // A mirror's `primary_status` must not take this for an answer.
-        response
-            .extensions_mut()
-            .insert(crate::mirror::gate::NoUpstreamAnswer);
-        response
+        Some(Ok(upstream_req))
     }
 
     fn respond(
@@ -428,17 +462,33 @@ impl ReverseProxy {
 }
 
 impl Terminal for ReverseProxy {
-    fn serve<'a>(&'a self, req: Request, conn: &'a ConnInfo) -> BoxFuture<'a, Response> {
-        Box::pin(self.forward(req, conn))
+    fn serve<'a>(&'a self, mut req: Request, conn: &'a ConnInfo) -> BoxFuture<'a, Response> {
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let prepared = self.prepare(req, conn);
+        Box::pin(self.forward(prepared, client_upgrade))
     }
 }
 
-/// Keeps an upstream's in-flight count up until the response is done.
-struct ActiveGuard(Arc<Upstream>);
+/// Keeps an upstream's in-flight count up until the response is done, and
+/// when the request went to it.
+struct ActiveGuard {
+    upstream: Arc<Upstream>,
+    started: Instant,
+}
+
+impl ActiveGuard {
+    fn new(upstream: &Arc<Upstream>) -> Self {
+        upstream.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard {
+            upstream: upstream.clone(),
+            started: Instant::now(),
+        }
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.upstream.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 
 use http::HeaderValue;
 
-#[derive(Debug, Clone)]
+use super::forwarded::ElementMemo;
+
+#[derive(Debug)]
 pub struct ConnInfo {
     /// The client's address (the TCP peer).
     pub client: SocketAddr,
@@ -18,6 +20,20 @@ pub struct ConnInfo {
     /// The client's IP address as text, made once per connection: every
     /// proxied request's `X-Forwarded-For` names it.
     client_ip: HeaderValue,
+    forwarded: ElementMemo,
+}
+
+/// A copy knows the same connection; it makes its own memo.
+impl Clone for ConnInfo {
+    fn clone(&self) -> Self {
+        ConnInfo {
+            client: self.client,
+            local: self.local,
+            tls: self.tls,
+            client_ip: self.client_ip.clone(),
+            forwarded: ElementMemo::default(),
+        }
+    }
 }
 
 impl ConnInfo {
@@ -29,12 +45,17 @@ impl ConnInfo {
             tls,
             client_ip: HeaderValue::from_bytes(text.as_bytes())
                 .expect("an IP address is a valid header value"),
+            forwarded: ElementMemo::default(),
         }
     }
 
     /// The same connection, after its TLS handshake.
     pub fn over_tls(self) -> Self {
-        ConnInfo { tls: true, ..self }
+        ConnInfo {
+            tls: true,
+            forwarded: ElementMemo::default(),
+            ..self
+        }
     }
 
     pub fn scheme(&self) -> &'static str {
@@ -48,5 +69,10 @@ impl ConnInfo {
     /// The client's IP address (IPv4-mapped IPv6 as IPv4) as a header value.
     pub fn client_ip_value(&self) -> &HeaderValue {
         &self.client_ip
+    }
+
+    /// The `Forwarded` element last made for a request on this connection.
+    pub fn forwarded_memo(&self) -> &ElementMemo {
+        &self.forwarded
     }
 }

@@ -7,6 +7,7 @@
 //! this hop and replace what the client sent.
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, FORWARDED};
 
@@ -16,44 +17,46 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Runs on every proxied request and copy, so it builds the values by hand
-/// rather than through `format!`, which cost more than the rest of the
-/// request's header work put together, and with one allocation per value.
+/// Runs on every proxied request and copy, so the values are built by hand
+/// (`format!` cost more than the rest of the request's header work put
+/// together), and the `Forwarded` element, which only changes with the
+/// host, is made once per connection and host (see [`ElementMemo`]).
 pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>) {
     // Room for the four, so the map is not regrown (and rehashed) midway.
     headers.reserve(4);
-    let ip = conn.client.ip().to_canonical();
     let node = conn.client_ip_value();
     match headers.entry(X_FORWARDED_FOR) {
         Entry::Vacant(slot) => {
             slot.insert(node.clone());
         }
-        Entry::Occupied(slot) => append_to(slot, node.as_bytes().to_vec()),
+        Entry::Occupied(slot) => append_to(slot, node.as_bytes()),
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
     match host {
         Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
+    let element = conn.forwarded_memo().element(host, || element(conn, host));
+    match headers.entry(FORWARDED) {
+        Entry::Vacant(slot) => {
+            slot.insert(element);
+        }
+        Entry::Occupied(slot) => append_to(slot, element.as_bytes()),
+    }
+}
+
+/// This hop's `Forwarded` element: `for=...;host="...";proto=...`.
+fn element(conn: &ConnInfo, host: Option<&HeaderValue>) -> HeaderValue {
+    let node = conn.client_ip_value().as_bytes();
     let host = host.and_then(|h| h.to_str().ok());
-    // Sized exactly, so that the value takes the buffer as it is.
-    let quoted_host = host.map_or(0, |h| b";host=".len() + quoted_len(h));
-    let bracketed = if ip.is_ipv6() { 4 } else { 0 };
-    let mut element = Vec::with_capacity(
-        b"for=".len()
-            + bracketed
-            + node.len()
-            + quoted_host
-            + b";proto=".len()
-            + conn.scheme().len(),
-    );
+    let mut element = Vec::with_capacity(64);
     element.extend_from_slice(b"for=");
     // RFC 7239 §6: IPv6 addresses are bracketed, and then must be quoted.
-    match ip {
-        IpAddr::V4(_) => element.extend_from_slice(node.as_bytes()),
+    match conn.client.ip().to_canonical() {
+        IpAddr::V4(_) => element.extend_from_slice(node),
         IpAddr::V6(_) => {
             element.extend_from_slice(b"\"[");
-            element.extend_from_slice(node.as_bytes());
+            element.extend_from_slice(node);
             element.extend_from_slice(b"]\"");
         }
     }
@@ -63,8 +66,44 @@ pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>)
     }
     element.extend_from_slice(b";proto=");
     element.extend_from_slice(conn.scheme().as_bytes());
-    debug_assert_eq!(element.len(), element.capacity());
-    append_list(headers, FORWARDED, element);
+    HeaderValue::from_bytes(&element).expect("made of a valid address and a valid header value")
+}
+
+/// A connection's last `Forwarded` element and the host it was made for.
+/// Every request on a connection usually names the same host, so the
+/// element is made once and shared (a reference count) after that.
+#[derive(Default)]
+pub struct ElementMemo(Mutex<Option<(Option<HeaderValue>, HeaderValue)>>);
+
+impl ElementMemo {
+    fn element(
+        &self,
+        host: Option<&HeaderValue>,
+        make: impl FnOnce() -> HeaderValue,
+    ) -> HeaderValue {
+        // Concurrent HTTP/2 streams do not wait on each other for it.
+        let Ok(mut memo) = self.0.try_lock() else {
+            return make();
+        };
+        if let Some((for_host, element)) = &*memo {
+            if for_host.as_ref().map(HeaderValue::as_bytes) == host.map(HeaderValue::as_bytes) {
+                return element.clone();
+            }
+        }
+        let element = make();
+        // Owned bytes: the request's host is a slice of hyper's read
+        // buffer, which a connection-long memo must not hold on to.
+        let host =
+            host.map(|h| HeaderValue::from_bytes(h.as_bytes()).unwrap_or_else(|_| h.clone()));
+        *memo = Some((host, element.clone()));
+        element
+    }
+}
+
+impl std::fmt::Debug for ElementMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ElementMemo")
+    }
 }
 
 /// An address as text, on the stack (the longest IPv6 form is 45 bytes),
@@ -121,11 +160,6 @@ impl IpText {
     }
 }
 
-fn quoted_len(value: &str) -> usize {
-    let escapes = value.bytes().filter(|&b| b == b'\\' || b == b'"').count();
-    value.len() + escapes + 2
-}
-
 fn push_quoted(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
     for &b in value.as_bytes() {
@@ -138,34 +172,17 @@ fn push_quoted(out: &mut Vec<u8>, value: &str) {
 }
 
 /// Appends to a comma-separated header, joining several lines into one.
-/// One lookup by name, whether the header is there or not.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, item: Vec<u8>) {
-    match headers.entry(name) {
-        Entry::Vacant(slot) => {
-            if let Ok(value) = header_value(item) {
-                slot.insert(value);
-            }
-        }
-        Entry::Occupied(slot) => append_to(slot, item),
-    }
-}
-
-fn append_to(mut slot: http::header::OccupiedEntry<'_, HeaderValue>, item: Vec<u8>) {
+fn append_to(mut slot: http::header::OccupiedEntry<'_, HeaderValue>, item: &[u8]) {
     let mut joined = Vec::new();
     for old in slot.iter().filter(|v| v.to_str().is_ok()) {
         joined.extend_from_slice(old.as_bytes());
         joined.extend_from_slice(b", ");
     }
-    joined.extend_from_slice(&item);
+    joined.extend_from_slice(item);
     // An old value that was not valid text: the list starts afresh.
-    if let Ok(value) = header_value(joined).or_else(|_| header_value(item)) {
+    if let Ok(value) = HeaderValue::from_bytes(&joined).or_else(|_| HeaderValue::from_bytes(item)) {
         slot.insert(value);
     }
-}
-
-/// A value that takes over `bytes` (no copy when it is exactly full).
-fn header_value(bytes: Vec<u8>) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes))
 }
 
 #[cfg(test)]

@@ -178,78 +178,103 @@ where
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or
     /// a new one. A request that an idle connection closed on before it was
     /// written goes out again on the next one, as hyper-util's client does.
-    pub async fn send(&self, req: Req<B>) -> Result<http::Response<PooledBody<B>>, SendError> {
-        self.send_until(req, None).await
+    pub fn send(
+        &self,
+        req: Req<B>,
+    ) -> impl Future<Output = Result<http::Response<PooledBody<B>>, SendError>> + Send + '_ {
+        self.send_until(req, None)
     }
 
     /// [`send`](Self::send), failing with [`SendError::Timeout`] if no
     /// response head has come `limit` from now (connecting included).
-    pub async fn send_within(
+    pub fn send_within(
         &self,
         req: Req<B>,
         limit: Duration,
-    ) -> Result<http::Response<PooledBody<B>>, SendError> {
+    ) -> impl Future<Output = Result<http::Response<PooledBody<B>>, SendError>> + Send + '_ {
         self.send_until(req, Some(tokio::time::Instant::now() + limit))
-            .await
     }
 
-    async fn send_until(
+    /// Every request waits in this future, and the future is moved (and
+    /// boxed by the handler) whole: so it is written to stay small. It is
+    /// an `async` block rather than an `async fn`, which would hold `req`
+    /// twice; only a reused HTTP/1.1 connection is served here, the rest is
+    /// boxed ([`send_elsewhere`](Self::send_elsewhere)); no value that a
+    /// `match` looks at is held over a wait; and the request is pinned
+    /// where it is sent.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice"
+    )]
+    fn send_until(
         &self,
         mut req: Req<B>,
         deadline: Option<tokio::time::Instant>,
+    ) -> impl Future<Output = Result<http::Response<PooledBody<B>>, SendError>> + Send + '_ {
+        async move {
+            let shared_h2 = 'reuse: loop {
+                let needs_h2 = req.version() == http::Version::HTTP_2;
+                // Only a connection idle for a while can meet the upstream's
+                // idle timeout (`racy`); copying the request for the others
+                // would cost every request.
+                let (mut conn, racy) = match self.checkout(&self.worker().idle, needs_h2) {
+                    Some(Checkout::H1(conn, idle_for)) => (conn, idle_for >= RACY_IDLE),
+                    Some(Checkout::NotHttp2) => return Err(SendError::NotHttp2),
+                    Some(Checkout::H2(conn)) => break 'reuse Some(conn),
+                    None => break 'reuse None,
+                };
+                if !conn.send.is_ready() {
+                    let ready = Box::pin(within(deadline, async { Ok(conn.send.ready().await) }));
+                    if ready.await?.is_err() {
+                        continue;
+                    }
+                }
+                let again = match racy {
+                    true => replayable(&req).map(Box::new),
+                    false => None,
+                };
+                let sent = std::pin::pin!(conn.send.try_send_request(req));
+                match conn.head_timer.wait(sent, deadline).await? {
+                    Ok(response) => return Ok(self.pooled(response, conn, &self.worker().idle)),
+                    Err(mut err) => match (err.take_message(), again) {
+                        (Some(unsent), _) => req = unsent,
+                        // The upstream closed the kept-alive connection as
+                        // the request went out (its idle timeout raced
+                        // ours): no answer came, and a bodyless idempotent
+                        // request may go again, as nginx, Go and Caddy send
+                        // it.
+                        (None, Some(again)) if err.error().is_incomplete_message() => {
+                            tracing::debug!(upstream = %self.origin, "kept-alive connection closed under a request; sending it again");
+                            req = *again;
+                        }
+                        (None, _) => return Err(err.into_error().into()),
+                    },
+                }
+            };
+            Box::pin(within(deadline, self.send_elsewhere(shared_h2, req))).await
+        }
+    }
+
+    /// Every way to send but a reused HTTP/1.1 connection: the shared
+    /// HTTP/2 connection, or a new one (connecting, with its TLS state and
+    /// handshakes, makes a large future). A request the HTTP/2 connection
+    /// hands back unsent goes on a new connection.
+    async fn send_elsewhere(
+        &self,
+        shared_h2: Option<http2::SendRequest<B>>,
+        req: Req<B>,
     ) -> Result<http::Response<PooledBody<B>>, SendError> {
         let worker = self.worker();
-        let list = &worker.idle;
-        let needs_h2 = req.version() == http::Version::HTTP_2;
-        loop {
-            match self.checkout(list, needs_h2) {
-                Some(Checkout::NotHttp2) => return Err(SendError::NotHttp2),
-                Some(Checkout::H2(conn)) => {
-                    match within(deadline, self.send_h2(conn, req, list)).await? {
-                        Ok(response) => return Ok(response),
-                        Err(unsent) => req = unsent,
-                    }
-                }
-                Some(Checkout::H1(mut conn, idle_for)) => {
-                    if !conn.send.is_ready() {
-                        match within(deadline, async { Ok(conn.send.ready().await) }).await? {
-                            Ok(()) => {}
-                            Err(_) => continue,
-                        }
-                    }
-                    // Only a connection idle for a while can meet the
-                    // upstream's idle timeout; copying the request for the
-                    // others would cost every request.
-                    let again = match idle_for >= RACY_IDLE {
-                        true => replayable(&req),
-                        false => None,
-                    };
-                    let sent = conn.send.try_send_request(req);
-                    match conn.head_timer.wait(sent, deadline).await? {
-                        Ok(response) => return Ok(self.pooled(response, conn, list)),
-                        Err(mut err) => match (err.take_message(), again) {
-                            (Some(unsent), _) => req = unsent,
-                            // The upstream closed the kept-alive connection
-                            // as the request went out (its idle timeout
-                            // raced ours): no answer came, and a bodyless
-                            // idempotent request may go again, as nginx,
-                            // Go and Caddy send it.
-                            (None, Some(again)) if err.error().is_incomplete_message() => {
-                                tracing::debug!(upstream = %self.origin, "kept-alive connection closed under a request; sending it again");
-                                req = again;
-                            }
-                            (None, _) => return Err(err.into_error().into()),
-                        },
-                    }
-                }
-                // Boxed: connecting (TLS state, handshakes) makes a large
-                // future, which would otherwise be moved around whole on
-                // every request, also those that reuse a connection.
-                None if self.settings.h2c => {
-                    return Box::pin(within(deadline, self.send_on_h2c(req, worker))).await
-                }
-                None => return Box::pin(within(deadline, self.send_on_new(req, list))).await,
-            }
+        let req = match shared_h2 {
+            Some(conn) => match self.send_h2(conn, req, &worker.idle).await? {
+                Ok(response) => return Ok(response),
+                Err(unsent) => unsent,
+            },
+            None => req,
+        };
+        match self.settings.h2c {
+            true => self.send_on_h2c(req, worker).await,
+            false => self.send_on_new(req, &worker.idle).await,
         }
     }
 
@@ -497,11 +522,13 @@ struct H1Conn<B> {
 struct HeadTimer(Option<Pin<Box<tokio::time::Sleep>>>);
 
 impl HeadTimer {
-    async fn wait<T>(
+    /// `future` comes pinned by the caller, so that this future holds a
+    /// pointer to it rather than a copy.
+    async fn wait<F: Future>(
         &mut self,
-        future: impl Future<Output = T>,
+        mut future: Pin<&mut F>,
         deadline: Option<tokio::time::Instant>,
-    ) -> Result<T, SendError> {
+    ) -> Result<F::Output, SendError> {
         let Some(deadline) = deadline else {
             return Ok(future.await);
         };
@@ -514,7 +541,6 @@ impl HeadTimer {
             }
             None => self.0.insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        let mut future = std::pin::pin!(future);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = future.as_mut().poll(cx) {
                 return Poll::Ready(Ok(out));

@@ -32,7 +32,7 @@
 
 use http::{header, HeaderValue, StatusCode};
 
-use crate::http::{Request, Response};
+use crate::http::Response;
 
 /// `"transfer-encoding:"`, the longer of the two names with its colon.
 const LONGEST: usize = 18;
@@ -165,7 +165,7 @@ fn starts_with_name(start: &[u8], name: &[u8], line: Line) -> Option<Line> {
 
 /// Whether `req` is to be refused: it is chunked and its connection
 /// carried a header block with both framing headers (see the module doc).
-pub fn conflicts(req: &Request, cl_and_te_seen: bool) -> bool {
+pub fn conflicts<B>(req: &http::Request<B>, cl_and_te_seen: bool) -> bool {
     cl_and_te_seen && req.headers().contains_key(header::TRANSFER_ENCODING)
 }
 

@@ -182,13 +182,18 @@ where
         let in_flight = state.begin();
         let state = state.clone();
         async move {
-            let req = req.map(|b| request_body(b, read_body_timeout));
             // One config for the whole request, even if a reload
             // lands meanwhile.
             let router = router.load_full();
+            // The request goes straight into the router's future: a local
+            // of its own would take room in this one.
             let response = match framing::conflicts(&req, state.cl_and_te_seen()) {
                 true => framing::refusal(conn.client),
-                false => router.handle(req, &conn).await,
+                false => {
+                    router
+                        .handle(req.map(|b| request_body(b, read_body_timeout)), &conn)
+                        .await
+                }
             };
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 state.upgraded();

@@ -2,6 +2,7 @@
 //! then the catch-all) and the route (first match in file order, on the
 //! normalised path) for a request, and runs the route's chain.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +26,13 @@ pub struct SiteRuntime {
 }
 
 impl SiteRuntime {
-    async fn handle(&self, req: Request, conn: &ConnInfo) -> Response {
+    /// Picks the route and starts its chain now; the future only waits for
+    /// it (and stays small, where an `async fn` would hold the request).
+    fn handle<'a>(
+        &'a self,
+        req: Request,
+        conn: &'a ConnInfo,
+    ) -> impl Future<Output = Response> + Send + 'a {
         let route = {
             // Routes see the normalised path (as nginx's locations see
             // `$uri`), so `/public/../admin` or `/%61dmin` cannot slip past
@@ -35,13 +42,16 @@ impl SiteRuntime {
                 .iter()
                 .find(|r| r.matcher.matches(req.method(), &path, req.headers()))
         };
-        match route {
-            Some(route) => {
-                let response = route.chain.run(req, conn).await;
-                route.stats.record(response.status());
-                response
+        let running = route.map(|route| (route, route.chain.run(req, conn)));
+        async move {
+            match running {
+                Some((route, chain)) => {
+                    let response = chain.await;
+                    route.stats.record(response.status());
+                    response
+                }
+                None => plain(StatusCode::NOT_FOUND, "404 Not Found\n"),
             }
-            None => plain(StatusCode::NOT_FOUND, "404 Not Found\n"),
         }
     }
 }
@@ -99,14 +109,35 @@ impl AddressRouter {
             .or(self.catch_all.as_ref())
     }
 
-    pub async fn handle(&self, req: Request, conn: &ConnInfo) -> Response {
+    /// Answers what needs no site at once and starts the site's handling
+    /// otherwise, so that the future holds only what it waits on.
+    pub fn handle<'a>(
+        &'a self,
+        req: Request,
+        conn: &'a ConnInfo,
+    ) -> impl Future<Output = Response> + Send + 'a {
+        let started = self.start(req, conn);
+        async move {
+            match started {
+                Started::Answered(response) => response,
+                Started::Site(handling) => handling.await,
+                Started::Logged(log, entry, handling) => log.wrap(*entry, handling.await),
+            }
+        }
+    }
+
+    fn start<'a>(
+        &'a self,
+        req: Request,
+        conn: &'a ConnInfo,
+    ) -> Started<'a, impl Future<Output = Response> + Send + 'a> {
         if let Err((status, why)) = check_request(&req) {
             let mut response = plain(status, why);
             // The request was malformed: do not trust the rest of the stream.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return response;
+            return Started::Answered(response);
         }
         if req.method() == http::Method::OPTIONS && req.uri() == "*" {
             // Asterisk-form asks about the server itself (RFC 9110 §9.3.7).
@@ -115,21 +146,32 @@ impl AddressRouter {
                 header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
-            return response;
+            return Started::Answered(response);
         }
         let Some(site) = self.site_for(&req) else {
-            return plain(
+            return Started::Answered(plain(
                 StatusCode::NOT_FOUND,
                 "404 Not Found: no site for this host\n",
-            );
+            ));
         };
-        let Some(log) = &site.access_log else {
-            return site.handle(req, conn).await;
-        };
-        let entry = Entry::begin(&req, conn, Instant::now());
-        let response = site.handle(req, conn).await;
-        log.wrap(entry, response)
+        match &site.access_log {
+            None => Started::Site(site.handle(req, conn)),
+            Some(log) => {
+                let entry = Box::new(Entry::begin(&req, conn, Instant::now()));
+                Started::Logged(log, entry, site.handle(req, conn))
+            }
+        }
     }
+}
+
+/// How [`AddressRouter::handle`] goes on with a request.
+enum Started<'a, F> {
+    /// Refused, or answered without a site.
+    Answered(Response),
+    Site(F),
+    /// With the site's access log and the request's entry in it (boxed:
+    /// most sites log nothing, and this is in every request's future).
+    Logged(&'a AccessLog, Box<Entry>, F),
 }
 
 type Refusal = (StatusCode, &'static str);
