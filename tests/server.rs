@@ -820,3 +820,37 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_connectio
     let finished = within("shutdown", shutdown).await.unwrap();
     assert!(finished, "shutdown reported unfinished connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start(Reply::ok("hello")).await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let mut stream = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    within("the response", async {
+        while !seen.ends_with(b"hello") {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the response was complete");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    // The connection is now idle and kept alive. Told to stop, it closes
+    // without waiting out its idle timeout or the grace period.
+    let finished = within("shutdown", teebox.shutdown(Duration::from_secs(60))).await;
+    assert!(finished, "shutdown reported unfinished connections");
+    let mut rest = Vec::new();
+    within(
+        "the idle connection to close",
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+}

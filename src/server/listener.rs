@@ -11,13 +11,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use arc_swap::ArcSwap;
 
 use super::body_timeout::ReadTimeout;
+use super::drain::{Drain, Entered};
 use super::framing;
 use super::limits::{ConnLimits, ConnState, TimedIo};
 use super::router::AddressRouter;
@@ -59,8 +59,8 @@ pub struct Listener {
 
 impl Listener {
     /// Accepts until `stop` turns true; each connection is watched by the
-    /// graceful-shutdown watcher that `watcher` makes.
-    pub async fn serve(self, mut stop: watch::Receiver<bool>, watcher: impl Fn() -> Watcher) {
+    /// graceful shutdown's `drain`.
+    pub async fn serve(self, mut stop: watch::Receiver<bool>, drain: Arc<Drain>) {
         let local = match self.tcp.local_addr() {
             Ok(addr) => addr,
             Err(err) => {
@@ -89,7 +89,7 @@ impl Listener {
                             router: self.router.clone(),
                             builder: builder.clone(),
                             limits: self.limits.clone(),
-                            watcher: watcher(),
+                            entered: drain.enter(),
                             permit,
                         },
                     );
@@ -111,7 +111,8 @@ struct Served {
     router: Arc<ArcSwap<AddressRouter>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: Arc<ConnLimits>,
-    watcher: Watcher,
+    /// Counts the connection as open for graceful shutdown.
+    entered: Entered,
     /// Counts the connection against max_connections until it closes.
     permit: OwnedSemaphorePermit,
 }
@@ -168,7 +169,7 @@ where
         router,
         builder,
         limits,
-        watcher,
+        entered,
         permit,
     } = served;
     let state = Arc::new(ConnState::default());
@@ -203,7 +204,7 @@ where
         }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(err) = watcher.watch(connection.into_owned()).await {
+    if let Err(err) = entered.watch(connection.into_owned()).await {
         tracing::debug!(%client, error = %err, "connection ended with an error");
     }
     drop(permit);

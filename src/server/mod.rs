@@ -3,6 +3,7 @@
 
 pub mod access_log;
 mod body_timeout;
+mod drain;
 mod framing;
 mod limits;
 mod listener;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -25,6 +25,7 @@ use crate::handlers::{BuildContext, Chain};
 use crate::metrics::MetricsRegistry;
 use crate::mirror::{Mirror, MirrorRegistry};
 use access_log::AccessLog;
+use drain::Drain;
 use listener::Listener;
 use router::{AddressRouter, RouteRuntime, SiteRuntime};
 
@@ -65,7 +66,7 @@ struct State {
 struct Shared {
     state: tokio::sync::Mutex<State>,
     /// Watches every connection; taken at shutdown.
-    graceful: std::sync::Mutex<Option<Arc<GracefulShutdown>>>,
+    graceful: std::sync::Mutex<Option<Arc<Drain>>>,
     /// The listen addresses now bound, readable without waiting for a reload.
     bound: std::sync::Mutex<Vec<Bound>>,
     /// The current config's mirrors; a reload replaces them.
@@ -365,7 +366,7 @@ fn spawn_listener(
     configured: SocketAddr,
     tcp: tokio::net::TcpListener,
     router: AddressRouter,
-    graceful: &Arc<GracefulShutdown>,
+    graceful: &Arc<Drain>,
     limits: &Arc<limits::ConnLimits>,
 ) -> Result<ListenerHandle, StartError> {
     let local = tcp.local_addr().map_err(|source| StartError::Bind {
@@ -381,7 +382,7 @@ fn spawn_listener(
         limits: limits.clone(),
     };
     let graceful = graceful.clone();
-    accept_loops.spawn(async move { listener.serve(stop_rx, move || graceful.watcher()).await });
+    accept_loops.spawn(async move { listener.serve(stop_rx, graceful).await });
     Ok(ListenerHandle {
         bound: Bound { configured, local },
         router,
@@ -418,7 +419,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     for (addr, _) in &built.routers {
         bound_sockets.push(bind(*addr).await?);
     }
-    let graceful = Arc::new(GracefulShutdown::new());
+    let graceful = Arc::new(Drain::new());
     let mut accept_loops = JoinSet::new();
     let mut listeners = Vec::new();
     let redirect_ports = built.redirect_ports;
