@@ -283,7 +283,7 @@ impl ReverseProxy {
     fn forward(
         &self,
         mut prepared: Prepared,
-        client_upgrade: hyper::upgrade::OnUpgrade,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> impl Future<Output = Response> + Send + '_ {
         async move {
             // Without a body the request can be sent again, so an upstream
@@ -307,12 +307,16 @@ impl ReverseProxy {
                 let is_last = attempt == self.upstreams.len();
                 // The request is moved into the exchange within this match,
                 // so the future keeps no room for it.
+                let active = ActiveGuard::new(upstream);
                 let exchange = match self.attempt(&mut prepared, upstream, replayable, is_last) {
-                    Some(Ok(req)) => upstream.pool.send_within(req, self.config.timeout),
+                    Some(Ok(req)) => {
+                        upstream
+                            .pool
+                            .send_within(req, active.started, self.config.timeout)
+                    }
                     Some(Err(())) => return error_response(StatusCode::BAD_REQUEST),
                     None => break,
                 };
-                let active = ActiveGuard::new(upstream);
                 let sent = exchange.await;
                 let upstream = &active.upstream;
                 match sent {
@@ -321,7 +325,6 @@ impl ReverseProxy {
                         return self.respond(
                             response,
                             active,
-                            prepared.upgrade,
                             client_upgrade,
                             prepared.vars.as_deref(),
                         );
@@ -420,8 +423,7 @@ impl ReverseProxy {
         &self,
         mut response: http::Response<PooledBody<body::Body>>,
         guard: ActiveGuard,
-        upgrade_requested: bool,
-        client_upgrade: hyper::upgrade::OnUpgrade,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         vars: Option<&RequestVars>,
     ) -> Response {
         let mut guard = Some(guard);
@@ -430,7 +432,7 @@ impl ReverseProxy {
             .then(|| response.headers().get(header::UPGRADE).cloned())
             .flatten();
         if switching {
-            if let (true, Some(_)) = (upgrade_requested, &upgrade_to) {
+            if let (Some(client_upgrade), Some(_)) = (client_upgrade, &upgrade_to) {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
                 let route = self.route.clone();
                 let guard = guard.take();
@@ -462,9 +464,17 @@ impl ReverseProxy {
 }
 
 impl Terminal for ReverseProxy {
-    fn serve<'a>(&'a self, mut req: Request, conn: &'a ConnInfo) -> BoxFuture<'a, Response> {
-        let client_upgrade = hyper::upgrade::on(&mut req);
-        let prepared = self.prepare(req, conn);
+    fn serve<'a>(&'a self, req: Request, conn: &'a ConnInfo) -> BoxFuture<'a, Response> {
+        let mut prepared = self.prepare(req, conn);
+        // Only an upgrade request has a connection to hand over (and the
+        // lookup is not free).
+        let client_upgrade = match prepared.upgrade {
+            true => prepared
+                .parts
+                .extensions
+                .remove::<hyper::upgrade::OnUpgrade>(),
+            false => None,
+        };
         Box::pin(self.forward(prepared, client_upgrade))
     }
 }

@@ -182,17 +182,20 @@ where
         &self,
         req: Req<B>,
     ) -> impl Future<Output = Result<http::Response<PooledBody<B>>, SendError>> + Send + '_ {
-        self.send_until(req, None)
+        self.send_until(req, Instant::now(), None)
     }
 
     /// [`send`](Self::send), failing with [`SendError::Timeout`] if no
-    /// response head has come `limit` from now (connecting included).
+    /// response head has come `limit` after `now` (connecting included).
+    /// `now` is the caller's: a clock read less per request.
     pub fn send_within(
         &self,
         req: Req<B>,
+        now: Instant,
         limit: Duration,
     ) -> impl Future<Output = Result<http::Response<PooledBody<B>>, SendError>> + Send + '_ {
-        self.send_until(req, Some(tokio::time::Instant::now() + limit))
+        let deadline = tokio::time::Instant::from_std(now + limit);
+        self.send_until(req, now, Some(deadline))
     }
 
     /// Every request waits in this future, and the future is moved (and
@@ -209,6 +212,7 @@ where
     fn send_until(
         &self,
         mut req: Req<B>,
+        mut now: Instant,
         deadline: Option<tokio::time::Instant>,
     ) -> impl Future<Output = Result<http::Response<PooledBody<B>>, SendError>> + Send + '_ {
         async move {
@@ -217,7 +221,7 @@ where
                 // Only a connection idle for a while can meet the upstream's
                 // idle timeout (`racy`); copying the request for the others
                 // would cost every request.
-                let (mut conn, racy) = match self.checkout(&self.worker().idle, needs_h2) {
+                let (mut conn, racy) = match self.checkout(&self.worker().idle, needs_h2, now) {
                     Some(Checkout::H1(conn, idle_for)) => (conn, idle_for >= RACY_IDLE),
                     Some(Checkout::NotHttp2) => return Err(SendError::NotHttp2),
                     Some(Checkout::H2(conn)) => break 'reuse Some(conn),
@@ -226,6 +230,7 @@ where
                 if !conn.send.is_ready() {
                     let ready = Box::pin(within(deadline, async { Ok(conn.send.ready().await) }));
                     if ready.await?.is_err() {
+                        now = Instant::now();
                         continue;
                     }
                 }
@@ -237,7 +242,10 @@ where
                 match conn.head_timer.wait(sent, deadline).await? {
                     Ok(response) => return Ok(self.pooled(response, conn, &self.worker().idle)),
                     Err(mut err) => match (err.take_message(), again) {
-                        (Some(unsent), _) => req = unsent,
+                        (Some(unsent), _) => {
+                            req = unsent;
+                            now = Instant::now();
+                        }
                         // The upstream closed the kept-alive connection as
                         // the request went out (its idle timeout raced
                         // ours): no answer came, and a bodyless idempotent
@@ -246,6 +254,7 @@ where
                         (None, Some(again)) if err.error().is_incomplete_message() => {
                             tracing::debug!(upstream = %self.origin, "kept-alive connection closed under a request; sending it again");
                             req = *again;
+                            now = Instant::now();
                         }
                         (None, _) => return Err(err.into_error().into()),
                     },
@@ -307,7 +316,7 @@ where
         list.lock().unwrap_or_else(|e| e.into_inner()).h2 = None;
     }
 
-    fn checkout(&self, list: &Mutex<Idle<B>>, needs_h2: bool) -> Option<Checkout<B>> {
+    fn checkout(&self, list: &Mutex<Idle<B>>, needs_h2: bool, now: Instant) -> Option<Checkout<B>> {
         let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h2) = &idle.h2 {
             if !h2.is_closed() {
@@ -315,7 +324,6 @@ where
             }
             idle.h2 = None;
         }
-        let now = Instant::now();
         idle.expire(now, self.settings.idle_timeout);
         if needs_h2 {
             // A live idle HTTP/1.1 connection says what the upstream speaks,
@@ -391,7 +399,7 @@ where
             }
             return Ok(Opened::H2(conn));
         }
-        let (conn, connection) = http1::handshake(io).await?;
+        let (conn, connection) = http1::Builder::new().writev(false).handshake(io).await?;
         tokio::spawn(async move {
             if let Err(err) = connection.with_upgrades().await {
                 tracing::debug!(error = %err, "upstream connection ended");

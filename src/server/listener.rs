@@ -39,6 +39,7 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // TimedIo times request heads and idle connections; hyper's own
         // timer would also close idle keep-alive connections early.
         .header_read_timeout(None)
+        .writev(false)
         .max_buf_size(limits.max_header_size);
     builder
         .http2()
