@@ -175,15 +175,24 @@ where
     } = served;
     let state = Arc::new(ConnState::default());
     let io = TimedIo::new(io, state.clone(), &limits.limits);
-    let read_body_timeout = limits.limits.read_body_timeout;
     let client = conn.client;
-    let conn = Arc::new(conn);
+    // One reference count per request for all of it, rather than one each.
+    let shared = Arc::new(PerConnection {
+        router,
+        conn,
+        state,
+        read_body_timeout: limits.limits.read_body_timeout,
+    });
     let service = service_fn(move |req: http::Request<Incoming>| {
-        let router = router.clone();
-        let conn = conn.clone();
-        let in_flight = state.begin();
-        let state = state.clone();
+        let shared = shared.clone();
+        let in_flight = shared.state.begin();
         async move {
+            let PerConnection {
+                router,
+                conn,
+                state,
+                read_body_timeout,
+            } = &*shared;
             // One config for the whole request, even if a reload
             // lands meanwhile.
             let router = router.load_full();
@@ -193,7 +202,7 @@ where
                 true => framing::refusal(conn.client),
                 false => {
                     router
-                        .handle(req.map(|b| request_body(b, read_body_timeout)), &conn)
+                        .handle(req.map(|b| request_body(b, *read_body_timeout)), conn)
                         .await
                 }
             };
@@ -209,6 +218,14 @@ where
         tracing::debug!(%client, error = %err, "connection ended with an error");
     }
     drop(permit);
+}
+
+/// What each request on a connection needs.
+struct PerConnection {
+    router: Arc<ArcSwap<AddressRouter>>,
+    conn: ConnInfo,
+    state: Arc<ConnState>,
+    read_body_timeout: Duration,
 }
 
 /// The client's request body as handlers see it; one that is not over
