@@ -399,7 +399,7 @@ where
             }
             return Ok(Opened::H2(conn));
         }
-        let (conn, connection) = http1::Builder::new().writev(false).handshake(io).await?;
+        let (conn, connection) = http1::handshake(io).await?;
         tokio::spawn(async move {
             if let Err(err) = connection.with_upgrades().await {
                 tracing::debug!(error = %err, "upstream connection ended");

@@ -39,6 +39,11 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // TimedIo times request heads and idle connections; hyper's own
         // timer would also close idle keep-alive connections early.
         .header_read_timeout(None)
+        // A response head and a small body go out in one write from one
+        // buffer rather than a writev of queued buffers (cheaper for the
+        // usual small response; a large body is copied once more on its
+        // way). Upstream connections keep hyper's queue: request bodies
+        // (uploads, mirrored POSTs) are not copied.
         .writev(false)
         .max_buf_size(limits.max_header_size);
     builder
