@@ -21,10 +21,24 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// (`format!` cost more than the rest of the request's header work put
 /// together), and the `Forwarded` element, which only changes with the
 /// host, is made once per connection and host (see [`ElementMemo`]).
-pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>) {
+///
+/// `earlier`: the request may already carry forwarding headers (see
+/// `hop_by_hop::Scan::has_forwarding`). Without them, the four are
+/// appended, which costs less than inserting over what might be there.
+pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>, earlier: bool) {
     // Room for the four, so the map is not regrown (and rehashed) midway.
     headers.reserve(4);
     let node = conn.client_ip_value();
+    if !earlier {
+        headers.append(X_FORWARDED_FOR, node.clone());
+        headers.append(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
+        if let Some(host) = host {
+            headers.append(X_FORWARDED_HOST, host.clone());
+        }
+        let element = conn.forwarded_memo().element(host, || element(conn, host));
+        headers.append(FORWARDED, element);
+        return;
+    }
     match headers.entry(X_FORWARDED_FOR) {
         Entry::Vacant(slot) => {
             slot.insert(node.clone());
@@ -205,6 +219,7 @@ mod tests {
             &mut h,
             &conn("192.0.2.7"),
             Some(&HeaderValue::from_static("example.com")),
+            true,
         );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 192.0.2.7");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
@@ -219,7 +234,7 @@ mod tests {
     fn formats_every_octet_width() {
         for ip in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "192.0.2.7"] {
             let mut h = HeaderMap::new();
-            add(&mut h, &conn(ip), None);
+            add(&mut h, &conn(ip), None, false);
             assert_eq!(h[X_FORWARDED_FOR], ip);
         }
     }
@@ -231,6 +246,7 @@ mod tests {
             &mut h,
             &conn("192.0.2.7"),
             Some(&HeaderValue::from_static("a\\b\"c")),
+            false,
         );
         assert_eq!(
             h[FORWARDED],
@@ -239,9 +255,20 @@ mod tests {
     }
 
     #[test]
+    fn appending_to_a_fresh_block_gives_what_inserting_does() {
+        let host = HeaderValue::from_static("example.com");
+        for host in [Some(&host), None] {
+            let (mut appended, mut inserted) = (HeaderMap::new(), HeaderMap::new());
+            add(&mut appended, &conn("192.0.2.7"), host, false);
+            add(&mut inserted, &conn("192.0.2.7"), host, true);
+            assert_eq!(appended, inserted);
+        }
+    }
+
+    #[test]
     fn ipv6_is_quoted() {
         let mut h = HeaderMap::new();
-        add(&mut h, &conn("[::1]"), None);
+        add(&mut h, &conn("[::1]"), None, false);
         assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http");
     }
 }

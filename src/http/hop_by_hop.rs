@@ -24,17 +24,23 @@ const CONNECTION: usize = 0;
 const TE: usize = 5;
 const UPGRADE: usize = 7;
 
-/// Where `name` is in `HOP_BY_HOP`. This runs for every header of every
-/// proxied request and response, so it matches the name's text, which
-/// settles most names by their length alone.
-fn index(name: &HeaderName) -> Option<usize> {
+/// What the scan makes of a header name.
+enum Name {
+    /// `HOP_BY_HOP[i]`.
+    HopByHop(usize),
+    /// One of the forwarding headers an earlier proxy may have added.
+    Forwarding,
+    Other,
+}
+
+/// This runs for every header of every proxied request and response, so it
+/// matches the name's text, and settles most names by their length alone.
+fn classify(name: &HeaderName) -> Name {
     let name = name.as_str();
-    // Only names of 2, 7, 10 and 16 to 19 letters can be one: most are
-    // passed over without a comparison.
-    if !matches!(name.len(), 2 | 7 | 10 | 16..=19) {
-        return None;
+    if !matches!(name.len(), 2 | 7 | 9 | 10 | 15..=19) {
+        return Name::Other;
     }
-    Some(match name {
+    Name::HopByHop(match name {
         "connection" => CONNECTION,
         "keep-alive" => 1,
         "proxy-connection" => 2,
@@ -43,7 +49,10 @@ fn index(name: &HeaderName) -> Option<usize> {
         "te" => TE,
         "transfer-encoding" => 6,
         "upgrade" => UPGRADE,
-        _ => return None,
+        "forwarded" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" => {
+            return Name::Forwarding
+        }
+        _ => return Name::Other,
     })
 }
 
@@ -53,7 +62,8 @@ fn index(name: &HeaderName) -> Option<usize> {
 const IMPLIED: [&str; 3] = ["close", "keep-alive", "upgrade"];
 
 /// What one pass over a header block found: which hop-by-hop headers are
-/// there and what `Connection` and `TE` say.
+/// there, what `Connection` and `TE` say, and whether forwarding headers
+/// are.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Scan {
     /// Bit i: `HOP_BY_HOP[i]` is present.
@@ -64,13 +74,22 @@ pub struct Scan {
     connection_upgrade: bool,
     /// `TE` lists `trailers`.
     te_trailers: bool,
+    /// `Forwarded` or an `X-Forwarded-*` header is there.
+    forwarding: bool,
 }
 
 impl Scan {
     pub fn of(headers: &HeaderMap) -> Scan {
         let mut scan = Scan::default();
         for (name, value) in headers {
-            let Some(i) = index(name) else { continue };
+            let i = match classify(name) {
+                Name::HopByHop(i) => i,
+                Name::Forwarding => {
+                    scan.forwarding = true;
+                    continue;
+                }
+                Name::Other => continue,
+            };
             scan.present |= 1 << i;
             let Ok(text) = value.to_str() else { continue };
             match i {
@@ -110,6 +129,12 @@ impl Scan {
     /// only when told.
     pub fn accepts_trailers(&self) -> bool {
         self.te_trailers
+    }
+
+    /// Whether the block has `Forwarded` or `X-Forwarded-*` (an earlier
+    /// proxy's), which new values must join or replace.
+    pub fn has_forwarding(&self) -> bool {
+        self.forwarding
     }
 
     /// Removes hop-by-hop headers and those named in `Connection`.

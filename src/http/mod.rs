@@ -59,7 +59,7 @@ pub fn upstream_headers(
         }
     }
     if forwarded {
-        forwarded::add(headers, conn, host.as_ref());
+        forwarded::add(headers, conn, host.as_ref(), hop_by_hop.has_forwarding());
     }
     Forwarding {
         original_host: host,
