@@ -93,6 +93,10 @@ impl Scan {
             scan.present |= 1 << i;
             let Ok(text) = value.to_str() else { continue };
             match i {
+                // The usual values, without taking the list apart.
+                CONNECTION if IMPLIED.iter().any(|t| text.eq_ignore_ascii_case(t)) => {
+                    scan.connection_upgrade |= text.eq_ignore_ascii_case("upgrade");
+                }
                 CONNECTION => {
                     for token in list(text) {
                         if token.eq_ignore_ascii_case("upgrade") {
@@ -216,6 +220,14 @@ mod tests {
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
         h.remove("connection");
         assert!(upgrade_protocol(&h).is_none());
+        // A lone option takes the short way; it must end the same.
+        h.insert("connection", "Upgrade".parse().unwrap());
+        assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+        h.insert("connection", "keep-alive".parse().unwrap());
+        assert!(upgrade_protocol(&h).is_none());
+        let mut lone = h.clone();
+        strip(&mut lone);
+        assert!(lone.is_empty());
     }
 
     #[test]
