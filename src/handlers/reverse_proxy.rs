@@ -305,9 +305,9 @@ impl ReverseProxy {
                 };
                 attempt += 1;
                 let is_last = attempt == self.upstreams.len();
+                let active = ActiveGuard::new(upstream);
                 // The request is moved into the exchange within this match,
                 // so the future keeps no room for it.
-                let active = ActiveGuard::new(upstream);
                 let exchange = match self.attempt(&mut prepared, upstream, replayable, is_last) {
                     Some(Ok(req)) => {
                         upstream
@@ -365,7 +365,6 @@ impl ReverseProxy {
                         failure = Failure::BadGateway;
                         break;
                     }
-
                 }
             }
             let mut response = match failure {

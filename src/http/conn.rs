@@ -9,7 +9,7 @@ use http::HeaderValue;
 
 use super::forwarded::ElementMemo;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address (the TCP peer).
     pub client: SocketAddr,
@@ -21,19 +21,6 @@ pub struct ConnInfo {
     /// proxied request's `X-Forwarded-For` names it.
     client_ip: HeaderValue,
     forwarded: ElementMemo,
-}
-
-/// A copy knows the same connection; it makes its own memo.
-impl Clone for ConnInfo {
-    fn clone(&self) -> Self {
-        ConnInfo {
-            client: self.client,
-            local: self.local,
-            tls: self.tls,
-            client_ip: self.client_ip.clone(),
-            forwarded: ElementMemo::default(),
-        }
-    }
 }
 
 impl ConnInfo {

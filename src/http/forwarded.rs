@@ -29,13 +29,13 @@ pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>,
     // Room for the four, so the map is not regrown (and rehashed) midway.
     headers.reserve(4);
     let node = conn.client_ip_value();
+    let element = conn.forwarded_memo().element(host, || element(conn, host));
     if !earlier {
         headers.append(X_FORWARDED_FOR, node.clone());
         headers.append(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
         if let Some(host) = host {
             headers.append(X_FORWARDED_HOST, host.clone());
         }
-        let element = conn.forwarded_memo().element(host, || element(conn, host));
         headers.append(FORWARDED, element);
         return;
     }
@@ -50,7 +50,6 @@ pub fn add(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>,
         Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    let element = conn.forwarded_memo().element(host, || element(conn, host));
     match headers.entry(FORWARDED) {
         Entry::Vacant(slot) => {
             slot.insert(element);
@@ -88,6 +87,13 @@ fn element(conn: &ConnInfo, host: Option<&HeaderValue>) -> HeaderValue {
 /// element is made once and shared (a reference count) after that.
 #[derive(Default)]
 pub struct ElementMemo(Mutex<Option<(Option<HeaderValue>, HeaderValue)>>);
+
+/// A copy of a `ConnInfo` starts with an empty memo of its own.
+impl Clone for ElementMemo {
+    fn clone(&self) -> Self {
+        ElementMemo::default()
+    }
+}
 
 impl ElementMemo {
     fn element(
