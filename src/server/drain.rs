@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use hyper_util::server::graceful::GracefulConnection;
+use hyper::body::{Body, Incoming};
+use hyper::service::HttpService;
 use tokio::sync::Notify;
 
 #[derive(Default)]
@@ -29,6 +30,9 @@ struct Shared {
     open: AtomicUsize,
     /// Signalled when `open` drops to zero.
     closed: Notify,
+    /// Signalled when the server starts to stop, for connections that are
+    /// not served yet (see [`Entered::stopping`]).
+    stop: Notify,
     wakers: Mutex<Wakers>,
 }
 
@@ -62,6 +66,7 @@ impl Drain {
     /// has (connections accepted after this stop at their first poll).
     pub async fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stop.notify_waiters();
         for waker in self.shared.lock().slots.iter().flatten() {
             waker.wake_by_ref();
         }
@@ -93,9 +98,23 @@ pub struct Entered {
 }
 
 impl Entered {
+    /// Resolves once the server starts to stop: for a connection that is
+    /// still waiting for its first bytes, before it has anything to finish.
+    pub async fn stopping(&self) {
+        loop {
+            let notified = self.shared.stop.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.stopping() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// The connection, served until it ends or, once the server stops,
     /// until it has shut down gracefully.
-    pub fn watch<C: GracefulConnection>(self, conn: C) -> Watched<C> {
+    pub fn watch<C: Graceful>(self, conn: C) -> Watched<C> {
         Watched {
             // Boxed once per connection, so the wrapper needs no pin
             // projection.
@@ -148,7 +167,7 @@ impl<C> Watched<C> {
     }
 }
 
-impl<C: GracefulConnection> Future for Watched<C> {
+impl<C: Graceful> Future for Watched<C> {
     type Output = C::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
@@ -168,7 +187,7 @@ impl<C: GracefulConnection> Future for Watched<C> {
             }
             if stopping {
                 this.shutting_down = true;
-                this.conn.as_mut().graceful_shutdown();
+                this.conn.as_mut().begin_shutdown();
             }
         }
         this.conn.as_mut().poll(cx)
@@ -184,5 +203,40 @@ impl<C> Drop for Watched<C> {
                 wakers.free.push(slot);
             }
         }
+    }
+}
+
+/// A served connection that can be told to finish what it is doing and
+/// close: what [`Watched`] needs of it. (hyper-util's own trait for this
+/// is sealed, and leaves out hyper's HTTP/1.1 connection with upgrades.)
+pub trait Graceful: Future {
+    fn begin_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn begin_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn begin_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }

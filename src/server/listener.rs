@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,29 +32,51 @@ use crate::http::{body, ConnInfo};
 const H2_MAX_PENDING_RESETS: usize = 20;
 const H2_MAX_ERROR_RESETS: usize = 1024;
 
-pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // TimedIo times request heads and idle connections; hyper's own
-        // timer would also close idle keep-alive connections early.
-        .header_read_timeout(None)
-        // A response head and a small body go out in one write from one
-        // buffer rather than a writev of queued buffers (cheaper for the
-        // usual small response; a large body is copied once more on its
-        // way). Upstream connections keep hyper's queue: request bodies
-        // (uploads, mirrored POSTs) are not copied.
-        .writev(false)
-        .max_buf_size(limits.max_header_size);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_size as u32)
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
-    builder
+/// hyper's HTTP/1.1 options, the same for a connection served by the
+/// HTTP/1.1 builder and by the auto builder's HTTP/1.1 side.
+macro_rules! http1_options {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            // TimedIo times request heads and idle connections; hyper's own
+            // timer would also close idle keep-alive connections early.
+            .header_read_timeout(None)
+            // A response head and a small body go out in one write from one
+            // buffer rather than a writev of queued buffers (cheaper for the
+            // usual small response; a large body is copied once more on its
+            // way). Upstream connections keep hyper's queue: request bodies
+            // (uploads, mirrored POSTs) are not copied.
+            .writev(false)
+            .max_buf_size($limits.max_header_size)
+    };
+}
+
+/// How connections on one address are served.
+pub struct Builders {
+    /// A plain connection that cannot be HTTP/2 (see [`sniff`]).
+    http1: http1::Builder,
+    /// Everything else: HTTP/1.1 or HTTP/2, told apart by the preface.
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    pub fn new(limits: &Limits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1_options!(http1, limits)
+            // The head's size checked once it is parsed: the buffer limit
+            // alone lets through a head that arrived in one large read.
+            // (hyper-util's auto builder has no such option yet.)
+            .max_header_size(limits.max_header_size);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        http1_options!(auto.http1(), limits);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_size as u32)
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
+        Builders { http1, auto }
+    }
 }
 
 pub struct Listener {
@@ -74,7 +97,7 @@ impl Listener {
                 return;
             }
         };
-        let builder = Arc::new(http_builder(&self.limits.limits));
+        let builders = Arc::new(Builders::new(&self.limits.limits));
         loop {
             // At max_connections, wait for one to close before accepting.
             let permit = tokio::select! {
@@ -93,7 +116,7 @@ impl Listener {
                         conn,
                         Served {
                             router: self.router.clone(),
-                            builder: builder.clone(),
+                            builders: builders.clone(),
                             limits: self.limits.clone(),
                             entered: drain.enter(),
                             permit,
@@ -115,7 +138,7 @@ impl Listener {
 /// What serving one connection needs besides the socket.
 struct Served {
     router: Arc<ArcSwap<AddressRouter>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     limits: Arc<ConnLimits>,
     /// Counts the connection as open for graceful shutdown.
     entered: Entered,
@@ -144,7 +167,15 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
         };
         let tls = served.router.load().tls.clone();
         match tls {
-            None => serve_http(stream, conn, served).await,
+            None => {
+                let protocol = tokio::select! {
+                    sniffed = sniff(&stream, served.limits.limits.read_header_timeout) => sniffed,
+                    () = served.entered.stopping() => return,
+                };
+                if let Some(protocol) = protocol {
+                    serve_http(stream, conn, served, protocol).await;
+                }
+            }
             Some(acceptor) => {
                 if !starts_with_tls(&stream).await {
                     refuse_plain_http(stream).await;
@@ -154,7 +185,13 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
                 match handshake {
                     Ok(Ok(tls_stream)) => {
                         let conn = conn.over_tls();
-                        serve_http(tls_stream, conn, served).await
+                        // A client that agreed on HTTP/1.1 by ALPN speaks it;
+                        // without ALPN it may still be HTTP/2.
+                        let protocol = match tls_stream.get_ref().1.alpn_protocol() {
+                            Some(b"http/1.1") => Protocol::Http1,
+                            _ => Protocol::Sniffed,
+                        };
+                        serve_http(tls_stream, conn, served, protocol).await
                     }
                     Ok(Err(err)) => tracing::debug!(client = %conn.client, error = %err, "TLS handshake failed"),
                     Err(_) => tracing::debug!(client = %conn.client, "TLS handshake timed out"),
@@ -167,13 +204,48 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
 /// A slow or silent TLS client is dropped after this long (slowloris).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve_http<I>(io: I, conn: ConnInfo, served: Served)
+/// Which hyper connection serves a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// HTTP/1.1: the client's first bytes are no HTTP/2 preface, or it
+    /// agreed on HTTP/1.1 by ALPN.
+    Http1,
+    /// HTTP/1.1 or HTTP/2, as hyper-util's auto builder tells from the
+    /// preface. Every request's reads pass through its rewind buffer and
+    /// state, which the plain HTTP/1.1 connection goes without.
+    Sniffed,
+}
+
+/// The HTTP/2 preface starts `PRI * HTTP/2.0`; no HTTP/1.1 request does
+/// (`PRI` is no method a server has to accept).
+const H2_PREFACE_START: &[u8] = b"PRI ";
+
+/// Waits for a plain connection's first bytes (without reading them) and
+/// tells whether they can start HTTP/2 prior knowledge. `None`: the client
+/// closed, or sent nothing within `read_header_timeout`.
+async fn sniff(stream: &TcpStream, read_header_timeout: Duration) -> Option<Protocol> {
+    let mut first = [0u8; H2_PREFACE_START.len()];
+    let peeked = tokio::time::timeout(read_header_timeout, stream.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(0)) | Err(_) => None,
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "cannot read from the client");
+            None
+        }
+        // A few bytes that agree with the preface so far: hyper-util reads
+        // on until it knows.
+        Ok(Ok(n)) if H2_PREFACE_START.starts_with(&first[..n]) => Some(Protocol::Sniffed),
+        Ok(Ok(_)) => Some(Protocol::Http1),
+    }
+}
+
+async fn serve_http<I>(io: I, conn: ConnInfo, served: Served, protocol: Protocol)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Served {
         router,
-        builder,
+        builders,
         limits,
         entered,
         permit,
@@ -218,8 +290,18 @@ where
             Ok::<_, Infallible>(response.map(|b| Guarded::new(b, in_flight)))
         }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(err) = entered.watch(connection.into_owned()).await {
+    let io = TokioIo::new(io);
+    let served = match protocol {
+        Protocol::Http1 => {
+            let connection = builders.http1.serve_connection(io, service).with_upgrades();
+            entered.watch(connection).await.map_err(Into::into)
+        }
+        Protocol::Sniffed => {
+            let connection = builders.auto.serve_connection_with_upgrades(io, service);
+            entered.watch(connection.into_owned()).await
+        }
+    };
+    if let Err(err) = served {
         tracing::debug!(%client, error = %err, "connection ended with an error");
     }
     drop(permit);
