@@ -396,7 +396,11 @@ impl ReverseProxy {
             None => return None,
         };
         let keep_for_retry = replayable && !is_last;
-        let Some(uri) = upstream_pool::origin_form(&prepared.parts.uri) else {
+        let uri = match keep_for_retry {
+            true => upstream_pool::origin_form(&prepared.parts.uri),
+            false => upstream_pool::into_origin_form(std::mem::take(&mut prepared.parts.uri)),
+        };
+        let Some(uri) = uri else {
             return Some(Err(()));
         };
         let headers = match keep_for_retry {

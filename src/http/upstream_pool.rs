@@ -240,7 +240,9 @@ where
                 };
                 let sent = std::pin::pin!(conn.send.try_send_request(req));
                 match conn.head_timer.wait(sent, deadline).await? {
-                    Ok(response) => return Ok(self.pooled(response, conn, &self.worker().idle)),
+                    Ok(response) => {
+                        return Ok(self.pooled(response, conn, &self.worker().idle, now))
+                    }
                     Err(mut err) => match (err.take_message(), again) {
                         (Some(unsent), _) => {
                             req = unsent;
@@ -425,13 +427,13 @@ where
             Opened::H1(conn) if req.version() == http::Version::HTTP_2 => {
                 // Kept, so the next such request is refused without connecting.
                 if self.settings.keepalive {
-                    self.checkin(conn, list).put_back();
+                    self.checkin(conn, list, Instant::now()).put_back();
                 }
                 Err(SendError::NotHttp2)
             }
             Opened::H1(mut conn) => {
                 let response = conn.send.send_request(req).await?;
-                Ok(self.pooled(response, conn, list))
+                Ok(self.pooled(response, conn, list, Instant::now()))
             }
         }
     }
@@ -451,24 +453,29 @@ where
 
     /// The response, with its connection going back to `list` once the
     /// body has been read to the end.
+    /// `since`: when the request went out, which stands in for when its
+    /// response ended (an earlier time: the connection counts as idle a
+    /// little sooner, and no clock is read per request).
     fn pooled(
         &self,
         response: http::Response<Incoming>,
         conn: H1Conn<B>,
         list: &Arc<Mutex<Idle<B>>>,
+        since: Instant,
     ) -> http::Response<PooledBody<B>> {
         // After 101 the connection belongs to the upgrade.
         let reusable =
             self.settings.keepalive && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-        let checkin = reusable.then(|| self.checkin(conn, list));
+        let checkin = reusable.then(|| self.checkin(conn, list, since));
         response.map(|body| PooledBody::new(body, checkin))
     }
 
-    fn checkin(&self, conn: H1Conn<B>, list: &Arc<Mutex<Idle<B>>>) -> Checkin<B> {
+    fn checkin(&self, conn: H1Conn<B>, list: &Arc<Mutex<Idle<B>>>, since: Instant) -> Checkin<B> {
         Checkin {
             conn,
             list: list.clone(),
             settings: self.settings,
+            since,
         }
     }
 }
@@ -481,6 +488,15 @@ pub fn origin_form(uri: &Uri) -> Option<Uri> {
         return uri.path_and_query().map(|_| uri.clone());
     }
     uri.path_and_query().cloned().map(Uri::from)
+}
+
+/// [`origin_form`] of a target that is not needed afterwards: one already
+/// in origin form (the usual request line) is moved, not copied.
+pub fn into_origin_form(uri: Uri) -> Option<Uri> {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.path_and_query().is_some().then_some(uri);
+    }
+    origin_form(&uri)
 }
 
 /// A copy of a request with no body and an idempotent method (RFC 9110
@@ -586,6 +602,8 @@ struct Checkin<B> {
     conn: H1Conn<B>,
     list: Arc<Mutex<Idle<B>>>,
     settings: PoolSettings,
+    /// When its last request went out.
+    since: Instant,
 }
 
 impl<B: Send + 'static> Checkin<B> {
@@ -609,14 +627,20 @@ impl<B: Send + 'static> Checkin<B> {
         }
     }
 
+    /// Expired connections are closed at the next checkout, which looks
+    /// at the list anyway.
     fn idle_now(self) {
-        let now = Instant::now();
         let mut idle = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        idle.expire(now, self.settings.idle_timeout);
         if idle.h1.len() >= self.settings.max_idle {
             idle.h1.pop_front();
         }
-        idle.h1.push_back((self.conn, now));
+        // The list stays in order for `expire`: a long request that started
+        // before the last one checked in counts as idle since then.
+        let since = idle
+            .h1
+            .back()
+            .map_or(self.since, |(_, last)| self.since.max(*last));
+        idle.h1.push_back((self.conn, since));
     }
 }
 

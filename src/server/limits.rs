@@ -71,12 +71,18 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    /// A request reached the service; hold the guard until its response is
-    /// finished.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// A request reached the service; [`ConnState::end`] once its response
+    /// is finished (the caller's guard).
+    pub fn begin(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+    }
+
+    /// A response is finished. No wake-up for the reader: its timer is
+    /// still armed, no later than the idle deadline this end of a request
+    /// starts (see `TimedIo::poll_read`).
+    pub fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub fn upgraded(&self) {
@@ -85,18 +91,6 @@ impl ConnState {
 
     pub fn cl_and_te_seen(&self) -> bool {
         self.cl_and_te.load(Ordering::Relaxed)
-    }
-}
-
-/// A request being served; dropped when its response body is done.
-pub struct InFlight(Arc<ConnState>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        // No wake-up for the reader: its timer is still armed, no later
-        // than the idle deadline this end of a request starts (see
-        // `TimedIo::poll_read`).
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

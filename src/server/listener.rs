@@ -261,15 +261,14 @@ where
         read_body_timeout: limits.limits.read_body_timeout,
     });
     let service = service_fn(move |req: http::Request<Incoming>| {
-        let shared = shared.clone();
-        let in_flight = shared.state.begin();
+        let in_flight = InFlight::begin(shared.clone());
         async move {
             let PerConnection {
                 router,
                 conn,
                 state,
                 read_body_timeout,
-            } = &*shared;
+            } = &*in_flight.0;
             // One config for the whole request, even if a reload
             // lands meanwhile.
             let router = router.load_full();
@@ -305,6 +304,23 @@ where
         tracing::debug!(%client, error = %err, "connection ended with an error");
     }
     drop(permit);
+}
+
+/// A request being served, counted in its connection's state until its
+/// response body is done; it also keeps what the request needs.
+struct InFlight(Arc<PerConnection>);
+
+impl InFlight {
+    fn begin(shared: Arc<PerConnection>) -> Self {
+        shared.state.begin();
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state.end();
+    }
 }
 
 /// What each request on a connection needs.
