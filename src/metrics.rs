@@ -1,23 +1,99 @@
-//! Counters shared by the request path and `/metrics`: cheap relaxed
-//! atomics, looked up by name once when a config is built and kept across
-//! reloads, so a reload does not reset what Prometheus sees.
+//! Counters shared by the request path and `/metrics`, looked up by name
+//! once when a config is built and kept across reloads, so a reload does
+//! not reset what Prometheus sees.
+//!
+//! Each serving thread counts in a shard of its own (see [`Shards`]), so a
+//! request adds to its counters without a locked instruction; `/metrics`
+//! sums the shards.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// `N` counters, one copy per serving thread plus one for every other
+/// thread. A serving thread is the only writer of its copy, so it adds
+/// with a relaxed load and store (a locked read-modify-write, once per
+/// counter per request, cost more than the rest of the bookkeeping); the
+/// other threads share the last copy and add atomically.
+#[derive(Debug)]
+pub struct Shards<const N: usize> {
+    shards: Box<[Shard<N>]>,
+}
+
+/// A cache line (two, on CPUs that fetch them in pairs) to itself, so
+/// threads do not write to each other's lines.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Default for Shards<N> {
+    fn default() -> Self {
+        let shards = (0..=crate::server::workers::count_hint())
+            .map(|_| Shard(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
+        Shards { shards }
+    }
+}
+
+impl<const N: usize> Shards<N> {
+    /// Adds `n` (wrapping: a gauge adds `u64::MAX` to take one away).
+    pub fn add(&self, counter: usize, n: u64) {
+        let shared = self.shards.len() - 1;
+        match crate::server::workers::index() {
+            Some(worker) if worker < shared => {
+                let cell = &self.shards[worker].0[counter];
+                cell.store(
+                    cell.load(Ordering::Relaxed).wrapping_add(n),
+                    Ordering::Relaxed,
+                );
+            }
+            _ => {
+                self.shards[shared].0[counter].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The counter's total over all threads.
+    pub fn sum(&self, counter: usize) -> u64 {
+        self.shards.iter().fold(0, |sum, shard| {
+            sum.wrapping_add(shard.0[counter].load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// Requests in flight (to an upstream, say), over all threads.
+#[derive(Debug, Default)]
+pub struct Gauge(Shards<1>);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.0.add(0, 1);
+    }
+
+    /// Taken away on whichever thread the request ends: only the total
+    /// over the shards means anything.
+    pub fn dec(&self) {
+        self.0.add(0, u64::MAX);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.sum(0)
+    }
+}
+
 /// Upper bounds of the latency histogram buckets, in milliseconds
 /// (Prometheus' default buckets, which suit request latencies).
 pub const LATENCY_BUCKETS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
+/// Counts per bucket of [`LATENCY_BUCKETS_MS`] and one for above them,
+/// then the sum of the latencies in microseconds, then their count.
+const BUCKETS: usize = LATENCY_BUCKETS_MS.len() + 1;
+const SUM_MICROS: usize = BUCKETS;
+const COUNT: usize = BUCKETS + 1;
+
 #[derive(Debug, Default)]
-pub struct Histogram {
-    /// Counts per bucket of [`LATENCY_BUCKETS_MS`], plus one for above them.
-    buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
+pub struct Histogram(Shards<{ BUCKETS + 2 }>);
 
 impl Histogram {
     pub fn record(&self, elapsed: Duration) {
@@ -26,25 +102,24 @@ impl Histogram {
             .iter()
             .position(|bound| ms <= *bound)
             .unwrap_or(LATENCY_BUCKETS_MS.len());
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.0.add(index, 1);
+        self.0.add(SUM_MICROS, elapsed.as_micros() as u64);
+        self.0.add(COUNT, 1);
     }
 
     /// Cumulative counts per bucket bound (the last is +Inf), total seconds
     /// and count: what a Prometheus histogram shows.
     pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut cumulative = Vec::with_capacity(self.buckets.len());
+        let mut cumulative = Vec::with_capacity(BUCKETS);
         let mut running = 0;
-        for bucket in &self.buckets {
-            running += bucket.load(Ordering::Relaxed);
+        for bucket in 0..BUCKETS {
+            running += self.0.sum(bucket);
             cumulative.push(running);
         }
         HistogramSnapshot {
             cumulative,
-            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            count: self.count.load(Ordering::Relaxed),
+            sum_seconds: self.0.sum(SUM_MICROS) as f64 / 1e6,
+            count: self.0.sum(COUNT),
         }
     }
 }
@@ -58,19 +133,17 @@ pub struct HistogramSnapshot {
 
 /// Requests a route answered, by status class (1xx to 5xx).
 #[derive(Debug, Default)]
-pub struct RouteStats {
-    classes: [AtomicU64; 5],
-}
+pub struct RouteStats(Shards<5>);
 
 impl RouteStats {
     pub fn record(&self, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        self.0.add(class, 1);
     }
 
     /// Counts for `1xx` to `5xx`.
     pub fn classes(&self) -> [u64; 5] {
-        std::array::from_fn(|i| self.classes[i].load(Ordering::Relaxed))
+        std::array::from_fn(|i| self.0.sum(i))
     }
 }
 
@@ -147,5 +220,21 @@ mod tests {
         assert_eq!(s.cumulative[3], 2);
         assert_eq!(*s.cumulative.last().unwrap(), 3);
         assert_eq!(s.count, 3);
+    }
+
+    #[test]
+    fn shards_sum_what_every_thread_added() {
+        let gauge = Arc::new(Gauge::default());
+        gauge.inc();
+        gauge.inc();
+        // Taken away elsewhere than added: only the total counts.
+        let other = gauge.clone();
+        std::thread::spawn(move || other.dec()).join().unwrap();
+        assert_eq!(gauge.get(), 1);
+        let stats = RouteStats::default();
+        stats.record(http::StatusCode::OK);
+        stats.record(http::StatusCode::BAD_GATEWAY);
+        stats.record(http::StatusCode::NO_CONTENT);
+        assert_eq!(stats.classes(), [0, 2, 0, 0, 1]);
     }
 }

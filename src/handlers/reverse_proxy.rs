@@ -138,7 +138,7 @@ impl TerminalConfig for ReverseProxyConfig {
 struct Upstream {
     url: UpstreamUrl,
     /// Requests in flight, for `least_conn`.
-    active: AtomicUsize,
+    active: crate::metrics::Gauge,
     /// Milliseconds since `ReverseProxy::epoch` until which it is passed over.
     down_until_ms: AtomicU64,
     /// Time to the response head.
@@ -195,7 +195,7 @@ impl ReverseProxy {
             .map(|url| {
                 Arc::new(Upstream {
                     url: url.clone(),
-                    active: AtomicUsize::new(0),
+                    active: crate::metrics::Gauge::default(),
                     down_until_ms: AtomicU64::new(0),
                     latency: cx.metrics.upstream(&cx.route_key, &url.to_string()),
                     pool: UpstreamPool::new(url.origin(), connector.clone(), settings, workers),
@@ -229,7 +229,7 @@ impl ReverseProxy {
             .map(|i| self.upstreams[(start + i) % n].clone())
             .collect();
         if self.config.lb_policy == LbPolicy::LeastConn {
-            order.sort_by_key(|u| u.active.load(Ordering::Relaxed));
+            order.sort_by_key(|u| u.active.get());
         }
         let now = self.now_ms();
         // A stable sort keeps the policy's order among the healthy ones.
@@ -491,7 +491,7 @@ struct ActiveGuard {
 
 impl ActiveGuard {
     fn new(upstream: &Arc<Upstream>) -> Self {
-        upstream.active.fetch_add(1, Ordering::Relaxed);
+        upstream.active.inc();
         ActiveGuard {
             upstream: upstream.clone(),
             started: Instant::now(),
@@ -501,7 +501,7 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.upstream.active.fetch_sub(1, Ordering::Relaxed);
+        self.upstream.active.dec();
     }
 }
 

@@ -31,8 +31,9 @@ impl Workers {
     /// can be started, connections stay on the caller's runtime.
     pub fn get() -> &'static Workers {
         WORKERS.get_or_init(|| {
-            let count = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let handles = (0..count).filter_map(start_worker).collect::<Vec<_>>();
+            let handles = (0..count_hint())
+                .filter_map(start_worker)
+                .collect::<Vec<_>>();
             if handles.is_empty() {
                 tracing::warn!("cannot start serving threads; serving on the main runtime");
             }
@@ -84,4 +85,15 @@ fn start_worker(index: usize) -> Option<Handle> {
 /// state such as upstream connection pools.
 pub fn current() -> usize {
     WORKER_INDEX.get().unwrap_or(0)
+}
+
+/// The index of the worker this code runs on, if it runs on one.
+pub fn index() -> Option<usize> {
+    WORKER_INDEX.get()
+}
+
+/// How many workers there are or will be (without starting them): one per
+/// core.
+pub fn count_hint() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
