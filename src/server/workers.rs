@@ -27,10 +27,23 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// The process's serving workers, started on first use. If no thread
-    /// can be started, connections stay on the caller's runtime.
+    /// The process's serving workers, started on first use. With one core,
+    /// or if no thread can be started, connections stay on the caller's
+    /// runtime.
     pub fn get() -> &'static Workers {
         WORKERS.get_or_init(|| {
+            if count_hint() == 1 {
+                // One core: the caller's thread serves. A second thread
+                // would only share the core, and a process that never
+                // started one pays less for every socket call (glibc skips
+                // its cancellation bookkeeping, the kernel its file
+                // reference counts).
+                WORKER_INDEX.set(Some(0));
+                return Workers {
+                    handles: Vec::new(),
+                    next: AtomicUsize::new(0),
+                };
+            }
             let handles = (0..count_hint())
                 .filter_map(start_worker)
                 .collect::<Vec<_>>();
