@@ -380,7 +380,9 @@ fn run(file: &Path) -> ExitCode {
     };
     let config = loaded.config;
     init_tracing(&config.global.log);
+    // With one core this runtime serves the connections itself.
     let runtime = match tokio::runtime::Builder::new_current_thread()
+        .event_interval(teebox::server::workers::EVENT_INTERVAL)
         .enable_all()
         .build()
     {

@@ -17,6 +17,15 @@ use tokio::runtime::{Builder, Handle};
 
 static WORKERS: OnceLock<Workers> = OnceLock::new();
 
+/// Task polls between two looks at the sockets and timers (tokio's
+/// `event_interval`, 61 by default) for a runtime that serves connections.
+/// A request's tasks poll briefly and then wait on a socket, so looking
+/// less often costs no responsiveness and gathers more ready sockets per
+/// look: side by side on one core, 128 and 256 both served ~5% more
+/// proxied requests per second than 61 (256 a little more, with the same
+/// p99). A runtime with nothing ready looks at once, whatever the interval.
+pub const EVENT_INTERVAL: u32 = 256;
+
 thread_local! {
     static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
@@ -78,6 +87,7 @@ impl Workers {
 
 fn start_worker(index: usize) -> Option<Handle> {
     let runtime = Builder::new_current_thread()
+        .event_interval(EVENT_INTERVAL)
         .enable_all()
         .build()
         .inspect_err(|err| tracing::warn!(error = %err, "cannot start a serving runtime"))
