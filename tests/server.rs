@@ -843,38 +843,30 @@ async fn graceful_shutdown_closes_idle_keep_alive_connections_at_once() {
     .await;
     // The connection is now idle and kept alive. Told to stop, it closes
     // without waiting out its idle timeout or the grace period.
+    shutdown_closes_at_once(teebox, stream, "the idle connection to close").await;
+}
+
+/// Stops `teebox` with a long grace period and checks that `stream` is
+/// closed well before it, without a byte sent.
+async fn shutdown_closes_at_once(teebox: Running, mut stream: tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
     let finished = within("shutdown", teebox.shutdown(Duration::from_secs(60))).await;
     assert!(finished, "shutdown reported unfinished connections");
     let mut rest = Vec::new();
-    within(
-        "the idle connection to close",
-        stream.read_to_end(&mut rest),
-    )
-    .await
-    .unwrap();
+    within(what, stream.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
 }
 
 #[tokio::test]
 async fn graceful_shutdown_closes_a_connection_that_has_sent_nothing_at_once() {
-    use tokio::io::AsyncReadExt;
     let backend = Backend::start(Reply::ok("hello")).await;
     let teebox = start_proxy(&[backend.url()], "").await;
     // Connected, but not a byte sent: the server is still waiting to see
     // which protocol it speaks.
-    let mut stream = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
     // Served only once the connection was handed over: a request on a
     // second connection shows the first has been accepted too.
     let resp = Client::http1().get(&url(&teebox, "/")).await;
     assert_eq!(resp.status, 200);
-    let finished = within("shutdown", teebox.shutdown(Duration::from_secs(60))).await;
-    assert!(finished, "shutdown reported unfinished connections");
-    let mut rest = Vec::new();
-    within(
-        "the silent connection to close",
-        stream.read_to_end(&mut rest),
-    )
-    .await
-    .unwrap();
-    assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+    shutdown_closes_at_once(teebox, stream, "the silent connection to close").await;
 }
