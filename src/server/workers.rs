@@ -104,15 +104,15 @@ fn start_worker(index: usize) -> Option<Handle> {
     Some(handle)
 }
 
-/// The index of the worker this code runs on (0 elsewhere): for per-worker
-/// state such as upstream connection pools.
-pub fn current() -> usize {
-    WORKER_INDEX.get().unwrap_or(0)
-}
-
 /// The index of the worker this code runs on, if it runs on one.
 pub fn index() -> Option<usize> {
     WORKER_INDEX.get()
+}
+
+/// The index of the worker this code runs on (0 elsewhere): for per-worker
+/// state such as upstream connection pools.
+pub fn current() -> usize {
+    index().unwrap_or(0)
 }
 
 /// How many workers there are or will be (without starting them): one per
