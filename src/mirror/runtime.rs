@@ -8,7 +8,6 @@
 //! mirror, so adding targets at runtime never adds threads.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
@@ -25,7 +24,6 @@ fn threads() -> usize {
 /// started (copies then share the serving threads, which still works).
 pub fn handle() -> Handle {
     let runtime = RUNTIME.get_or_init(|| {
-        give_back_freed_memory();
         Builder::new_multi_thread()
             .worker_threads(threads())
             .thread_name("teebox-mirror")
@@ -39,37 +37,3 @@ pub fn handle() -> Handle {
         None => Handle::current(),
     }
 }
-
-/// How often memory the process has freed is handed back to the system.
-const TRIM_EVERY: Duration = Duration::from_secs(5);
-
-/// A backlog fills and empties all at once, with copies allocated on the
-/// serving threads and freed on the mirror threads. glibc's malloc keeps
-/// such freed memory in its arenas for good (measured after a backlog of
-/// 64 KiB copies drained: 84 MB of arena for 3.5 MB in use), so every so
-/// often a thread of its own asks it to give back what is free. Memory in
-/// use is untouched; the serving threads never wait on this but for the
-/// arena lock while it runs.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn give_back_freed_memory() {
-    extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
-    let trim = || loop {
-        std::thread::sleep(TRIM_EVERY);
-        let started = std::time::Instant::now();
-        // SAFETY: malloc_trim has no preconditions; it only returns free
-        // pages of the allocator's own to the system.
-        let released = unsafe { malloc_trim(0) } != 0;
-        tracing::trace!(released, took = ?started.elapsed(), "malloc_trim");
-    };
-    if let Err(err) = std::thread::Builder::new()
-        .name("teebox-trim".into())
-        .spawn(trim)
-    {
-        tracing::debug!(error = %err, "cannot start the thread that gives back freed memory");
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn give_back_freed_memory() {}
