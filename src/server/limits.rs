@@ -119,19 +119,21 @@ pub struct TimedIo<I> {
 }
 
 impl<I> TimedIo<I> {
-    pub fn new(inner: I, state: Arc<ConnState>, limits: &Limits) -> Self {
-        let now = Instant::now();
+    /// `waiting_since`: when the connection began to wait for its first
+    /// request head, which must be complete `read_header_timeout` later.
+    pub fn new(inner: I, state: Arc<ConnState>, limits: &Limits, waiting_since: Instant) -> Self {
         TimedIo {
             inner,
             state,
             read_header_timeout: limits.read_header_timeout,
             idle_timeout: limits.idle_timeout,
-            timer: Box::pin(tokio::time::sleep_until(now + limits.read_header_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(
+                waiting_since + limits.read_header_timeout,
+            )),
             timer_polled: false,
-            last_activity: now,
+            last_activity: Instant::now(),
             h2: None,
-            // A new connection is waiting for its first request head.
-            head: Some((now, 0)),
+            head: Some((waiting_since, 0)),
             framing: FramingScan::default(),
         }
     }

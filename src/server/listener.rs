@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 
@@ -168,12 +169,15 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
         let tls = served.router.load().tls.clone();
         match tls {
             None => {
+                // The wait for the first bytes counts towards the head's
+                // `read_header_timeout`: a client cannot have it twice.
+                let waiting_since = Instant::now();
                 let protocol = tokio::select! {
                     sniffed = sniff(&stream, served.limits.limits.read_header_timeout) => sniffed,
                     () = served.entered.stopping() => return,
                 };
                 if let Some(protocol) = protocol {
-                    serve_http(stream, conn, served, protocol).await;
+                    serve_http(stream, conn, served, protocol, waiting_since).await;
                 }
             }
             Some(acceptor) => {
@@ -191,7 +195,7 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
                             Some(b"http/1.1") => Protocol::Http1,
                             _ => Protocol::Sniffed,
                         };
-                        serve_http(tls_stream, conn, served, protocol).await
+                        serve_http(tls_stream, conn, served, protocol, Instant::now()).await
                     }
                     Ok(Err(err)) => tracing::debug!(client = %conn.client, error = %err, "TLS handshake failed"),
                     Err(_) => tracing::debug!(client = %conn.client, "TLS handshake timed out"),
@@ -239,8 +243,13 @@ async fn sniff(stream: &TcpStream, read_header_timeout: Duration) -> Option<Prot
     }
 }
 
-async fn serve_http<I>(io: I, conn: ConnInfo, served: Served, protocol: Protocol)
-where
+async fn serve_http<I>(
+    io: I,
+    conn: ConnInfo,
+    served: Served,
+    protocol: Protocol,
+    waiting_since: Instant,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Served {
@@ -251,7 +260,7 @@ where
         permit,
     } = served;
     let state = Arc::new(ConnState::default());
-    let io = TimedIo::new(io, state.clone(), &limits.limits);
+    let io = TimedIo::new(io, state.clone(), &limits.limits, waiting_since);
     let client = conn.client;
     // One reference count per request for all of it, rather than one each.
     let shared = Arc::new(PerConnection {
