@@ -149,23 +149,8 @@ struct Served {
 
 fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
     let _ = stream.set_nodelay(true);
-    // A tokio socket belongs to the reactor that registered it: re-register
-    // it on the worker, or every readiness event would cross threads.
-    let stream = match stream.into_std() {
-        Ok(stream) => stream,
-        Err(err) => {
-            tracing::warn!(client = %conn.client, error = %err, "cannot hand the connection to a worker");
-            return;
-        }
-    };
-    super::workers::Workers::get().spawn(async move {
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(client = %conn.client, error = %err, "cannot register the connection");
-                return;
-            }
-        };
+    let client = conn.client;
+    super::workers::Workers::get().serve(stream, client, move |stream| async move {
         let tls = served.router.load().tls.clone();
         match tls {
             None => {
@@ -185,7 +170,8 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
                     refuse_plain_http(stream).await;
                     return;
                 }
-                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
                 match handshake {
                     Ok(Ok(tls_stream)) => {
                         let conn = conn.over_tls();
@@ -197,7 +183,9 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
                         };
                         serve_http(tls_stream, conn, served, protocol, Instant::now()).await
                     }
-                    Ok(Err(err)) => tracing::debug!(client = %conn.client, error = %err, "TLS handshake failed"),
+                    Ok(Err(err)) => {
+                        tracing::debug!(client = %conn.client, error = %err, "TLS handshake failed")
+                    }
                     Err(_) => tracing::debug!(client = %conn.client, "TLS handshake timed out"),
                 }
             }

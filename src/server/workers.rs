@@ -10,9 +10,11 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use tokio::net::TcpStream;
 use tokio::runtime::{Builder, Handle};
 
 static WORKERS: OnceLock<Workers> = OnceLock::new();
@@ -71,17 +73,37 @@ impl Workers {
         self.handles.len().max(1)
     }
 
-    /// Runs a connection's future on the next worker, round robin.
-    pub fn spawn<F>(&self, future: F)
+    /// Serves an accepted connection on the next worker, round robin.
+    /// A tokio socket belongs to the reactor that registered it, so one
+    /// handed to a worker is registered again there (or every readiness
+    /// event would cross threads); one served on the caller's runtime (one
+    /// core, or no worker could start) stays registered where it is.
+    /// `client` names the connection in the logs.
+    pub fn serve<F, Fut>(&self, stream: TcpStream, client: SocketAddr, serve: F)
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         if self.handles.is_empty() {
-            tokio::spawn(future);
+            tokio::spawn(serve(stream));
             return;
         }
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(%client, error = %err, "cannot hand the connection to a worker");
+                return;
+            }
+        };
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles[index].spawn(future);
+        self.handles[index].spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve(stream).await,
+                Err(err) => {
+                    tracing::warn!(%client, error = %err, "cannot register the connection");
+                }
+            }
+        });
     }
 }
 
