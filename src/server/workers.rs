@@ -138,7 +138,9 @@ pub fn current() -> usize {
 }
 
 /// How many workers there are or will be (without starting them): one per
-/// core.
+/// core. Asked of the system once (it reads the CPU affinity and cgroup
+/// limits), so that the workers and every metric's shards agree on it.
 pub fn count_hint() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
