@@ -1,5 +1,7 @@
 //! The `teebox` command: run, validate and format site files.
 
+mod allocator;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,13 +10,9 @@ use clap::{Parser, Subcommand};
 
 use teebox::config::{self, LoadError, LogConfig, LogFormat, Style};
 
-/// mimalloc rather than glibc's malloc: hyper takes a fresh 8 KiB read
-/// buffer per message on each side of a proxied request, which glibc serves
-/// from its slow path (no thread cache for that size), and mirrored bodies
-/// are freed on other threads than the one that read them. Measured in the
-/// README's Performance section.
+/// See `allocator.rs`.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 #[derive(Parser)]
 #[command(
