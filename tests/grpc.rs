@@ -427,6 +427,47 @@ async fn a_grpc_call_is_not_copied_to_a_target_that_only_speaks_http1() {
     assert_eq!(counts(&running).skipped_no_http2, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_on_one_target_sends_it_grpc_while_an_http1_target_skips_it() {
+    let primary = GrpcServer::h2c("primary").await;
+    let plain = Backend::ok().await;
+    let grpc_shadow = GrpcServer::h2c("shadow").await;
+    // The mirror's own target speaks HTTP/1.1; the `target` node alone has h2c.
+    let options = format!(
+        "      target {:?} {{\n        h2c #true\n      }}",
+        grpc_shadow.url("http")
+    );
+    let running = common::start(&site(&plain.url(), &options, &primary)).await;
+    let body = message(b"to the h2c target");
+    let reply = call(running.addr(), "/echo.Echo/Say", vec![body.clone()], None).await;
+    assert_grpc_ok(&reply, "primary", body.len());
+
+    let copy = grpc_shadow.wait_for(1).await.remove(0);
+    assert_eq!(copy.version, Version::HTTP_2);
+    assert_eq!(copy.path, "/echo.Echo/Say");
+    assert_eq!(copy.body, body);
+    let targets = running.mirrors()[0].targets();
+    assert_eq!(targets[0].url().to_string(), plain.url());
+    eventually("the HTTP/1.1 target counted the skip", || {
+        targets[0].state().stats.counts().skipped_no_http2 == 1
+    })
+    .await;
+    eventually("the h2c target counted the copy", || {
+        targets[1].state().stats.counts().succeeded == 1
+    })
+    .await;
+
+    // A plain request still reaches the HTTP/1.1 target, over HTTP/1.1.
+    let resp = Client::http1()
+        .get(&format!("{}/plain", base_url(&running)))
+        .await;
+    assert_eq!(resp.status, 200);
+    let got = plain.wait_for(1).await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].path_and_query(), "/plain");
+    assert_eq!(targets[0].state().stats.counts().skipped_no_http2, 1);
+}
+
 /// A self-signed certificate for `shadow.test` in `dir/ca.pem`, and a
 /// server config offering only `alpn`.
 fn tls_config(dir: &TempDir, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {

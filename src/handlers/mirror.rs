@@ -49,6 +49,7 @@ const TARGET_OPTIONS: &[(&str, Repeat)] = &[
     ("header_up", Repeat::Many),
     ("host", Repeat::Once),
     ("max_rps", Repeat::Once),
+    ("h2c", Repeat::Once),
 ];
 
 /// Options of the mirror as a whole.
@@ -69,7 +70,6 @@ const MIRROR_OPTIONS: &[(&str, Repeat)] = &[
     ("sample_by", Repeat::Once),
     ("host_suffix", Repeat::Once),
     ("primary_status", Repeat::Once),
-    ("h2c", Repeat::Once),
     ("target", Repeat::Many),
 ];
 
@@ -118,17 +118,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         );
         ok = false;
     }
-    // One client serves every target of a mirror, so `h2c` is the
-    // mirror's, and its `target` nodes inherit it.
-    let h2c = match opts.one("h2c") {
-        Some(n) => r.value(n, "#true or #false", value::boolean),
-        None => Some(false),
-    };
-    let settings = target_settings(&opts, r, &default_settings())
-        .map(|settings| TargetSettings {
-            h2c: h2c.unwrap_or(false),
-            ..settings
-        });
+    let settings = target_settings(&opts, r, &default_settings());
     let alert_interval = match opts.one("alert_interval") {
         Some(n) => r.value(n, "a duration such as \"2s\"", value::positive_duration),
         None => Some(Duration::from_secs(60)),
@@ -168,7 +158,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         opts.one("sample"),
         r,
     );
-    if !ok || h2c.is_none() {
+    if !ok {
         return None;
     }
     Some(Box::new(MirrorConfig {
@@ -235,6 +225,10 @@ fn target_settings(opts: &Options, r: &mut Reader, base: &TargetSettings) -> Opt
             .map(|n| Some(n as u32)),
         None => Some(base.max_rps),
     };
+    let h2c = match opts.one("h2c") {
+        Some(n) => r.value(n, "#true or #false", value::boolean),
+        None => Some(base.h2c),
+    };
     Some(TargetSettings {
         sample: sample?,
         concurrency: concurrency?,
@@ -247,7 +241,7 @@ fn target_settings(opts: &Options, r: &mut Reader, base: &TargetSettings) -> Opt
         },
         host: host?,
         max_rps: max_rps?,
-        h2c: base.h2c,
+        h2c: h2c?,
         header_up: base.header_up.clone(),
     })
 }

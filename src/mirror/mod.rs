@@ -149,8 +149,6 @@ impl Mirror {
         let client = CopyClient {
             connector: options.tls.connector(base_dir, timeout, true)?,
             settings: PoolSettings {
-                // `h2c`: every target speaks HTTP/2 with prior knowledge.
-                h2c: options.targets.h2c,
                 max_idle: idle,
                 ..PoolSettings::default()
             },

@@ -30,7 +30,8 @@ use crate::http::error_chain;
 use crate::http::header_ops::HeaderOps;
 
 /// How a mirror's targets are reached: each target keeps its own pool of
-/// connections, opened with the mirror's connector.
+/// connections, opened with the mirror's connector and these settings
+/// (but `h2c`, which is the target's own).
 pub struct CopyClient {
     pub connector: crate::http::upstream_tls::Connector,
     pub settings: PoolSettings,
@@ -56,9 +57,9 @@ pub struct TargetSettings {
     pub host: Option<HeaderValue>,
     /// `max_rps`: copies a second at most; over it they are dropped.
     pub max_rps: Option<u32>,
-    /// `h2c`: targets speak HTTP/2 with prior knowledge, `http://` ones
-    /// included; without it only `https://` targets can get HTTP/2 (ALPN).
-    /// One setting for the whole mirror, whose targets share one client.
+    /// `h2c`: the target speaks HTTP/2 with prior knowledge, even over
+    /// `http://`; without it only an `https://` target can get HTTP/2
+    /// (ALPN).
     pub h2c: bool,
     /// A `target` node's own `header_up`, made after the mirror's (which
     /// every copy already carries); empty for the mirror's defaults.
@@ -146,7 +147,10 @@ impl Target {
         let pool = Arc::new(CopyPool::new(
             state.url.origin(),
             client.connector.clone(),
-            client.settings,
+            PoolSettings {
+                h2c: settings.h2c,
+                ..client.settings
+            },
             1,
         ));
         // Never full: a copy needs a place (see `held`) before it is sent.
