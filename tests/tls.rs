@@ -345,7 +345,10 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 async fn http_redirect_answers_308_to_the_https_url() {
     let dir = TempDir::new("tls-redirect");
     make_cert(dir.path(), "a.test");
-    let plain = common::fault::refused_addr();
+    // A free port for teebox's redirect listener: bound, then let go.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     let site = format!(
         "site \"127.0.0.1:0\" {{\n  tls cert=\"a.test.pem\" key=\"a.test-key.pem\"\n  http_redirect \"{plain}\"\n  route \"/*\" {{ respond 200 }}\n}}\n"
     );

@@ -11,12 +11,17 @@ use tokio::task::JoinHandle;
 
 use super::TIMEOUT;
 
-/// An address with nothing listening: bound, then closed. Connecting to it
-/// is refused (the port could in principle be reused by another test, but
-/// the kernel hands out ephemeral ports in turn, so not soon).
+/// An address with nothing listening: a socket bound to it but never
+/// listening, so connecting is refused. The socket is kept open until the
+/// test process ends: a port merely freed could be handed to another
+/// test's server (the kernel picks a free port at random) and then answer.
 pub fn refused_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let addr = socket.local_addr().expect("address");
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
+    addr
 }
 
 /// `http://ADDR` for [`refused_addr`].
