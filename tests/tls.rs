@@ -586,3 +586,92 @@ fn validate_warns_about_an_expired_certificate() {
         "{text}"
     );
 }
+
+/// An HTTPS upstream offering only h2 (certificate for `upstream.test`,
+/// self-signed into `dir/ca.pem`) that answers `ok`. It counts the
+/// connections it accepts, and drops them all when `close` is sent.
+struct H2Upstream {
+    addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+    close: tokio::sync::watch::Sender<()>,
+}
+
+impl H2Upstream {
+    async fn start(dir: &Path) -> Self {
+        use std::sync::atomic::Ordering;
+        let config = common::tls::self_signed_server(dir, "upstream.test", &[b"h2"]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (close, closing) = tokio::sync::watch::channel(());
+        let (accepts, closes) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                accepts.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, closes, mut closing) =
+                    (acceptor.clone(), closes.clone(), closing.clone());
+                closing.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from("ok"),
+                        )))
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = closing.changed() => {}
+                    }
+                    closes.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        H2Upstream {
+            addr,
+            accepted,
+            closed,
+            close,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn once_an_https_upstream_picked_h2_a_burst_after_losing_it_opens_one_connection() {
+    let dir = TempDir::new("tls-alpn-burst");
+    let upstream = H2Upstream::start(dir.path()).await;
+    let site = format!(
+        "site \"127.0.0.1:0\" {{ route \"/*\" {{ reverse_proxy \"https://{}\" {{ tls_ca \"ca.pem\"; tls_server_name \"upstream.test\"; }} }} }}",
+        upstream.addr
+    );
+    let running = common::start_in(&site, dir.path()).await;
+    // One client connection: its requests are served by one thread, whose
+    // pool learns from the first that the upstream speaks h2.
+    let client = common::Client::h2c();
+    let target = format!("{}/burst", common::base_url(&running));
+    assert_eq!(client.get(&target).await.status, 200);
+    assert_eq!(upstream.accepted(), 1);
+
+    upstream.close.send(()).expect("the upstream listens");
+    common::eventually("the upstream dropped its connection", || {
+        upstream.closed.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    // Let teebox read the end of the connection: a burst sent before it
+    // has would find the connection still there, which is another case.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let answers = futures_util::future::join_all((0..32).map(|_| client.get(&target))).await;
+    assert!(answers.iter().all(|r| r.status == 200), "{answers:?}");
+    assert_eq!(upstream.accepted(), 2, "one new connection for the burst");
+}

@@ -100,9 +100,9 @@ pub struct UpstreamPool<B> {
 /// One serving worker's share of a pool.
 struct WorkerPool<B> {
     idle: Arc<Mutex<Idle<B>>>,
-    /// With `h2c`, one connection is opened at a time: requests that find
-    /// none wait for it and share it, instead of each opening its own
-    /// (hyper-util's client does the same).
+    /// Over HTTP/2 (`h2c`, or an upstream whose last connection picked h2
+    /// by ALPN), one connection is opened at a time: requests that find
+    /// none wait for it and share it, instead of each opening its own.
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -112,6 +112,12 @@ struct Idle<B> {
     h1: VecDeque<(H1Conn<B>, Instant)>,
     /// HTTP/2 multiplexes: one connection serves every request.
     h2: Option<http2::SendRequest<B>>,
+    /// The last connection opened picked h2 by ALPN. Until one has, a
+    /// TLS upstream's protocol is unknown and concurrent requests each
+    /// connect; from then on they wait for one connection, as with `h2c`,
+    /// so a lost HTTP/2 connection is not followed by a burst of
+    /// handshakes.
+    alpn_h2: bool,
 }
 
 impl<B> Idle<B> {
@@ -146,6 +152,7 @@ impl<B> Default for Idle<B> {
         Idle {
             h1: VecDeque::new(),
             h2: None,
+            alpn_h2: false,
         }
     }
 }
@@ -283,8 +290,15 @@ where
             },
             None => req,
         };
-        match self.settings.h2c {
-            true => self.send_on_h2c(req, worker).await,
+        let one_connection = self.settings.h2c
+            || (self.settings.keepalive
+                && worker
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .alpn_h2);
+        match one_connection {
+            true => self.send_on_shared_h2(req, worker).await,
             false => self.send_on_new(req, &worker.idle).await,
         }
     }
@@ -338,10 +352,12 @@ where
             .map(|(conn, since)| Checkout::H1(conn, now.saturating_duration_since(since)))
     }
 
-    /// With `h2c`: waits its turn to open the list's HTTP/2 connection,
+    /// Over HTTP/2: waits its turn to open the list's HTTP/2 connection,
     /// and uses the one another request opened meanwhile if there is one.
-    /// The turn covers connecting only, not the exchange.
-    async fn send_on_h2c(
+    /// The turn covers connecting only, not the exchange. (Should the new
+    /// connection turn out HTTP/1.1, ALPN having changed its mind, it
+    /// serves this request alone.)
+    async fn send_on_shared_h2(
         &self,
         req: Req<B>,
         worker: &WorkerPool<B>,
@@ -383,7 +399,11 @@ where
             .call(self.origin.clone())
             .await
             .map_err(SendError::Connect)?;
-        if self.settings.h2c || io.connected().is_negotiated_h2() {
+        let alpn_h2 = io.connected().is_negotiated_h2();
+        if !self.settings.h2c {
+            list.lock().unwrap_or_else(|e| e.into_inner()).alpn_h2 = alpn_h2;
+        }
+        if self.settings.h2c || alpn_h2 {
             let (conn, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 // A connection that died silently is noticed, not waited on.
