@@ -231,6 +231,25 @@ async fn routing_site() -> Running {
     .await
 }
 
+#[test]
+fn validate_warns_about_a_matcher_written_among_the_handlers() {
+    // Most likely a response header meant to be set, written without its
+    // block: as a matcher it quietly keeps the route from ever running.
+    let kdl = "site \"127.0.0.1:8080\" {\n  route \"/api/*\" {\n    method \"GET\"\n    mirror \"http://127.0.0.1:9001\"\n    header \"X-A\" \"1\"\n    reverse_proxy \"http://127.0.0.1:9000\"\n  }\n}\n";
+    let loaded = teebox::config::parse("m.kdl", kdl, std::env::temp_dir()).expect("valid");
+    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
+    assert_eq!(loaded.warnings.len(), 1, "{rendered}");
+    assert!(
+        rendered.contains("`header` here is a request matcher"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("give it a block: header { \"X-A\" \"1\" }"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("m.kdl:5:5"), "{rendered}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_first_matching_route_wins() {
     let teebox = routing_site().await;

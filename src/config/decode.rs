@@ -564,7 +564,11 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
         // matcher on request headers (see README).
         let is_matcher = name == "method" || (name == "header" && child.children().is_none());
         if is_matcher {
-            ok &= route_matcher(child, r, &mut methods, &mut headers).is_some();
+            let matched = route_matcher(child, r, &mut methods, &mut headers).is_some();
+            if let (true, Some((_, first))) = (matched, steps.first()) {
+                r.push(matcher_among_handlers(child, first));
+            }
+            ok &= matched;
             continue;
         }
         match handlers::find(name) {
@@ -659,6 +663,31 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
         terminal: terminal?,
         span: node.span(),
     })
+}
+
+/// A matcher written after a handler still decides for the whole route,
+/// which is seldom what its place says: most likely a `header` meant to
+/// set a response header, written without its block.
+fn matcher_among_handlers(matcher: &KdlNode, first_handler: &KdlNode) -> Problem {
+    let name = matcher.name().value();
+    let help = match name {
+        "header" => {
+            let args: Vec<String> = arguments(matcher).iter().map(|a| a.to_string()).collect();
+            format!(
+                "to set a response header, give it a block: header {{{} }}; to match requests, move it above `{}`",
+                args.iter().map(|a| format!(" {}", a.trim())).collect::<String>(),
+                first_handler.name().value()
+            )
+        }
+        _ => format!("move it above `{}`", first_handler.name().value()),
+    };
+    Problem::warning(
+        name_span(matcher),
+        format!("`{name}` here is a request matcher: it decides whether the whole route runs"),
+    )
+    .label("a matcher among the handlers")
+    .also(name_span(first_handler), "the handlers begin here")
+    .help(help)
 }
 
 fn route_matcher(
