@@ -248,6 +248,14 @@ fn validate_warns_about_a_matcher_written_among_the_handlers() {
         "{rendered}"
     );
     assert!(rendered.contains("m.kdl:5:5"), "{rendered}");
+
+    // A presence matcher has no block form to suggest.
+    let kdl = "site \"127.0.0.1:8080\" {\n  route \"/*\" {\n    header { \"X-B\" \"2\"; }\n    header \"Authorization\"\n    respond 200\n  }\n}\n";
+    let loaded = teebox::config::parse("p.kdl", kdl, std::env::temp_dir()).expect("valid");
+    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
+    assert_eq!(loaded.warnings.len(), 1, "{rendered}");
+    assert!(rendered.contains("move it above `header`"), "{rendered}");
+    assert!(!rendered.contains("give it a block"), "{rendered}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -589,12 +589,15 @@ fn validate_warns_about_an_expired_certificate() {
 
 /// An HTTPS upstream offering only h2 (certificate for `upstream.test`,
 /// self-signed into `dir/ca.pem`) that answers `ok`. It counts the
-/// connections it accepts, and drops them all when `close` is sent.
+/// connections it accepts, and drops them all when `close` is sent. With
+/// `broken` set, it drops each new connection half a second after
+/// accepting it, without a handshake.
 struct H2Upstream {
     addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     closed: Arc<std::sync::atomic::AtomicUsize>,
     close: tokio::sync::watch::Sender<()>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl H2Upstream {
@@ -607,10 +610,18 @@ impl H2Upstream {
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (close, closing) = tokio::sync::watch::channel(());
-        let (accepts, closes) = (accepted.clone(), closed.clone());
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (accepts, closes, is_broken) = (accepted.clone(), closed.clone(), broken.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 accepts.fetch_add(1, Ordering::SeqCst);
+                if is_broken.load(Ordering::SeqCst) {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        drop(tcp);
+                    });
+                    continue;
+                }
                 let (acceptor, closes, mut closing) =
                     (acceptor.clone(), closes.clone(), closing.clone());
                 closing.mark_unchanged();
@@ -638,7 +649,33 @@ impl H2Upstream {
             accepted,
             closed,
             close,
+            broken,
         }
+    }
+
+    /// Drops its connections, and waits until it has.
+    async fn close_connections(&self, expected: usize) {
+        self.close.send(()).expect("the upstream listens");
+        common::eventually("the upstream dropped its connection", || {
+            self.closed.load(std::sync::atomic::Ordering::SeqCst) == expected
+        })
+        .await;
+        // Let teebox read the end of the connection: a burst sent before it
+        // has would find the connection still there, which is another case.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+
+    /// A site proxying to it, and an h2c client: one client connection, so
+    /// its requests are served by one thread, whose pool learns from the
+    /// first that the upstream speaks h2.
+    async fn proxied(&self, dir: &TempDir) -> (Running, common::Client, String) {
+        let site = format!(
+            "site \"127.0.0.1:0\" {{ route \"/*\" {{ reverse_proxy \"https://{}\" {{ tls_ca \"ca.pem\"; tls_server_name \"upstream.test\"; }} }} }}",
+            self.addr
+        );
+        let running = common::start_in(&site, dir.path()).await;
+        let target = format!("{}/burst", common::base_url(&running));
+        (running, common::Client::h2c(), target)
     }
 
     fn accepted(&self) -> usize {
@@ -650,28 +687,30 @@ impl H2Upstream {
 async fn once_an_https_upstream_picked_h2_a_burst_after_losing_it_opens_one_connection() {
     let dir = TempDir::new("tls-alpn-burst");
     let upstream = H2Upstream::start(dir.path()).await;
-    let site = format!(
-        "site \"127.0.0.1:0\" {{ route \"/*\" {{ reverse_proxy \"https://{}\" {{ tls_ca \"ca.pem\"; tls_server_name \"upstream.test\"; }} }} }}",
-        upstream.addr
-    );
-    let running = common::start_in(&site, dir.path()).await;
-    // One client connection: its requests are served by one thread, whose
-    // pool learns from the first that the upstream speaks h2.
-    let client = common::Client::h2c();
-    let target = format!("{}/burst", common::base_url(&running));
+    let (_running, client, target) = upstream.proxied(&dir).await;
     assert_eq!(client.get(&target).await.status, 200);
     assert_eq!(upstream.accepted(), 1);
-
-    upstream.close.send(()).expect("the upstream listens");
-    common::eventually("the upstream dropped its connection", || {
-        upstream.closed.load(std::sync::atomic::Ordering::SeqCst) == 1
-    })
-    .await;
-    // Let teebox read the end of the connection: a burst sent before it
-    // has would find the connection still there, which is another case.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    upstream.close_connections(1).await;
 
     let answers = futures_util::future::join_all((0..32).map(|_| client.get(&target))).await;
     assert!(answers.iter().all(|r| r.status == 200), "{answers:?}");
     assert_eq!(upstream.accepted(), 2, "one new connection for the burst");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_waiting_for_a_new_h2_connection_that_fails_fail_with_it() {
+    let dir = TempDir::new("tls-alpn-broken");
+    let upstream = H2Upstream::start(dir.path()).await;
+    let (_running, client, target) = upstream.proxied(&dir).await;
+    assert_eq!(client.get(&target).await.status, 200);
+    upstream.close_connections(1).await;
+    upstream
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // One of them tries to connect; the others wait for it, and fail with
+    // it rather than try again one after another.
+    let answers = futures_util::future::join_all((0..8).map(|_| client.get(&target))).await;
+    assert!(answers.iter().all(|r| r.status == 502), "{answers:?}");
+    assert_eq!(upstream.accepted(), 2, "one connection tried for the burst");
 }

@@ -670,16 +670,16 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
 /// set a response header, written without its block.
 fn matcher_among_handlers(matcher: &KdlNode, first_handler: &KdlNode) -> Problem {
     let name = matcher.name().value();
-    let help = match name {
-        "header" => {
-            let args: Vec<String> = arguments(matcher).iter().map(|a| a.to_string()).collect();
-            format!(
-                "to set a response header, give it a block: header {{{} }}; to match requests, move it above `{}`",
-                args.iter().map(|a| format!(" {}", a.trim())).collect::<String>(),
-                first_handler.name().value()
-            )
-        }
-        _ => format!("move it above `{}`", first_handler.name().value()),
+    let first = first_handler.name().value();
+    let args = arguments(matcher);
+    let help = match (name, args.as_slice()) {
+        // A name and a value: the very shape of a response header to set.
+        ("header", [header, value]) => format!(
+            "to set a response header, give it a block: header {{ {} {} }}; to match requests, move it above `{first}`",
+            header.to_string().trim(),
+            value.to_string().trim()
+        ),
+        _ => format!("move it above `{first}`"),
     };
     Problem::warning(
         name_span(matcher),

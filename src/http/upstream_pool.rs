@@ -118,6 +118,9 @@ struct Idle<B> {
     /// so a lost HTTP/2 connection is not followed by a burst of
     /// handshakes.
     alpn_h2: bool,
+    /// When a connection last failed to open, and why: requests that
+    /// waited their turn for it fail with it instead of each trying again.
+    connect_failed: Option<(Instant, String)>,
 }
 
 impl<B> Idle<B> {
@@ -153,6 +156,7 @@ impl<B> Default for Idle<B> {
             h1: VecDeque::new(),
             h2: None,
             alpn_h2: false,
+            connect_failed: None,
         }
     }
 }
@@ -354,21 +358,38 @@ where
 
     /// Over HTTP/2: waits its turn to open the list's HTTP/2 connection,
     /// and uses the one another request opened meanwhile if there is one.
-    /// The turn covers connecting only, not the exchange. (Should the new
-    /// connection turn out HTTP/1.1, ALPN having changed its mind, it
-    /// serves this request alone.)
+    /// The turn covers connecting only, not the exchange. Should the
+    /// connection opened meanwhile have failed, this request fails with it
+    /// (an unreachable upstream costs the waiting requests one connect
+    /// timeout, not one each in turn); should it have turned out HTTP/1.1,
+    /// ALPN having changed its mind, the request connects without waiting.
     async fn send_on_shared_h2(
         &self,
         req: Req<B>,
         worker: &WorkerPool<B>,
     ) -> Result<http::Response<PooledBody<B>>, SendError> {
         let list = &worker.idle;
+        let asked = Instant::now();
         let opened = {
-            let _turn = worker.connecting.lock().await;
-            let shared = list.lock().unwrap_or_else(|e| e.into_inner()).h2.clone();
-            match shared.filter(|h2| !h2.is_closed()) {
-                Some(conn) => Opened::H2(conn),
-                None => self.open(list).await?,
+            let turn = worker.connecting.lock().await;
+            let (shared, alpn_h2, failed) = {
+                let idle = list.lock().unwrap_or_else(|e| e.into_inner());
+                let failed = idle
+                    .connect_failed
+                    .as_ref()
+                    .filter(|(at, _)| *at >= asked)
+                    .map(|(_, why)| why.clone());
+                (idle.h2.clone(), idle.alpn_h2, failed)
+            };
+            if let Some(conn) = shared.filter(|h2| !h2.is_closed()) {
+                Opened::H2(conn)
+            } else if let Some(why) = failed {
+                return Err(SendError::Connect(why.into()));
+            } else if !self.settings.h2c && !alpn_h2 {
+                drop(turn);
+                return self.send_on_new(req, list).await;
+            } else {
+                self.open(list).await?
             }
         };
         let Opened::H2(conn) = opened else {
@@ -393,12 +414,16 @@ where
     /// A new connection, HTTP/2 when `h2c` or ALPN says so; an HTTP/2 one
     /// is shared through `list` from then on.
     async fn open(&self, list: &Arc<Mutex<Idle<B>>>) -> Result<Opened<B>, SendError> {
-        let io = self
-            .connector
-            .clone()
-            .call(self.origin.clone())
-            .await
-            .map_err(SendError::Connect)?;
+        let io = match self.connector.clone().call(self.origin.clone()).await {
+            Ok(io) => io,
+            Err(err) => {
+                let why = super::error_chain(err.as_ref());
+                list.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .connect_failed = Some((Instant::now(), why));
+                return Err(SendError::Connect(err));
+            }
+        };
         let alpn_h2 = io.connected().is_negotiated_h2();
         if !self.settings.h2c {
             list.lock().unwrap_or_else(|e| e.into_inner()).alpn_h2 = alpn_h2;
