@@ -56,18 +56,38 @@ impl Users {
         self.hashes.is_empty()
     }
 
-    /// The known user whose credentials the request carries, if any. Slow
-    /// by design (bcrypt): call it off the async threads.
-    pub fn admits(&self, headers: &HeaderMap) -> Option<String> {
-        let (name, password) = basic_credentials(headers)?;
+    /// What the request's credentials say. Slow by design (bcrypt) when
+    /// it carries any: call it off the async threads.
+    pub fn login(&self, headers: &HeaderMap) -> Login {
+        if !headers.contains_key(http::header::AUTHORIZATION) {
+            return Login::Anonymous;
+        }
+        let Some((name, password)) = basic_credentials(headers) else {
+            return Login::Refused;
+        };
         let (hash, known) = match self.hashes.get(&name) {
             Some(hash) => (hash.as_str(), true),
             None => (self.decoy.as_str(), false),
         };
         // bcrypt compares in constant time; the decoy keeps the time the
         // same for unknown names.
-        (bcrypt::verify(password, hash).unwrap_or(false) && known).then_some(name)
+        match bcrypt::verify(password, hash).unwrap_or(false) && known {
+            true => Login::User(name),
+            false => Login::Refused,
+        }
     }
+}
+
+/// How a request to the admin endpoint stands with its users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// No credentials at all: the first request of every Basic client,
+    /// answered with the challenge. No password was tried, so it is not a
+    /// failed login.
+    Anonymous,
+    /// Credentials that are malformed, or name no user with that password.
+    Refused,
+    User(String),
 }
 
 fn check_hash(name: &str, hash: &str) -> Result<(), String> {
@@ -116,12 +136,15 @@ mod tests {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let users = Users::load(&[("ops".into(), hash)], None).unwrap();
         assert_eq!(
-            users.admits(&basic("ops", "s3cret")).as_deref(),
-            Some("ops")
+            users.login(&basic("ops", "s3cret")),
+            Login::User("ops".into())
         );
-        assert_eq!(users.admits(&basic("ops", "wrong")), None);
-        assert_eq!(users.admits(&basic("eve", "s3cret")), None);
-        assert_eq!(users.admits(&HeaderMap::new()), None);
+        assert_eq!(users.login(&basic("ops", "wrong")), Login::Refused);
+        assert_eq!(users.login(&basic("eve", "s3cret")), Login::Refused);
+        assert_eq!(users.login(&HeaderMap::new()), Login::Anonymous);
+        let mut bearer = HeaderMap::new();
+        bearer.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(users.login(&bearer), Login::Refused);
     }
 
     #[test]

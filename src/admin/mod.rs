@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::config::AdminConfig;
 use crate::mirror::MirrorRegistry;
-use auth::Users;
+use auth::{Login, Users};
 use targets::TargetPatterns;
 
 pub type AdminResponse = http::Response<Full<Bytes>>;
@@ -163,12 +163,18 @@ impl Admin {
             let admin = self.clone();
             let headers = req.headers().clone();
             // bcrypt is slow on purpose: keep it off the async threads.
-            user = tokio::task::spawn_blocking(move || admin.users.admits(&headers))
+            let login = tokio::task::spawn_blocking(move || admin.users.login(&headers))
                 .await
-                .unwrap_or(None);
-            match &user {
-                Some(_) => self.throttle.succeeded(client),
-                None => {
+                .unwrap_or(Login::Refused);
+            match login {
+                Login::User(name) => {
+                    self.throttle.succeeded(client);
+                    user = Some(name);
+                }
+                Login::Anonymous => {
+                    tracing::debug!(%client, path = req.uri().path(), "admin call without credentials");
+                }
+                Login::Refused => {
                     self.throttle.failed(client);
                     tracing::warn!(%client, "admin login failed");
                 }
