@@ -298,9 +298,8 @@ async fn host_suffix_names_the_copies_after_the_client_host() {
 #[test]
 fn validate_warns_about_a_mirror_target_that_is_the_file_itself() {
     let kdl = "site \"127.0.0.1:18555\" {\n  route \"/*\" {\n    mirror \"http://localhost:18555\" \"http://127.0.0.1:18556\"\n    respond 200\n  }\n}\n";
-    let loaded = teebox::config::parse("self.kdl", kdl, std::env::temp_dir()).expect("valid");
-    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
-    assert_eq!(loaded.warnings.len(), 1, "{rendered}");
+    let (count, rendered) = common::warnings("self.kdl", kdl);
+    assert_eq!(count, 1, "{rendered}");
     assert!(
         rendered.contains("one of this file's own listen addresses"),
         "{rendered}"
@@ -580,9 +579,8 @@ async fn a_target_node_has_its_own_breaker_and_the_others_keep_the_mirror_s() {
 #[test]
 fn validate_warns_about_a_target_node_that_is_the_file_itself() {
     let kdl = "site \"127.0.0.1:18557\" {\n  route \"/*\" {\n    mirror \"http://127.0.0.1:18558\" {\n      target \"http://127.0.0.1:18557\" { sample 0.5; }\n    }\n    respond 200\n  }\n}\n";
-    let loaded = teebox::config::parse("self.kdl", kdl, std::env::temp_dir()).expect("valid");
-    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
-    assert_eq!(loaded.warnings.len(), 1, "{rendered}");
+    let (count, rendered) = common::warnings("self.kdl", kdl);
+    assert_eq!(count, 1, "{rendered}");
     assert!(rendered.contains("127.0.0.1:18557\" {"), "{rendered}");
 }
 

@@ -236,9 +236,8 @@ fn validate_warns_about_a_matcher_written_among_the_handlers() {
     // Most likely a response header meant to be set, written without its
     // block: as a matcher it quietly keeps the route from ever running.
     let kdl = "site \"127.0.0.1:8080\" {\n  route \"/api/*\" {\n    method \"GET\"\n    mirror \"http://127.0.0.1:9001\"\n    header \"X-A\" \"1\"\n    reverse_proxy \"http://127.0.0.1:9000\"\n  }\n}\n";
-    let loaded = teebox::config::parse("m.kdl", kdl, std::env::temp_dir()).expect("valid");
-    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
-    assert_eq!(loaded.warnings.len(), 1, "{rendered}");
+    let (count, rendered) = common::warnings("m.kdl", kdl);
+    assert_eq!(count, 1, "{rendered}");
     assert!(
         rendered.contains("`header` here is a request matcher"),
         "{rendered}"
@@ -251,9 +250,8 @@ fn validate_warns_about_a_matcher_written_among_the_handlers() {
 
     // A presence matcher has no block form to suggest.
     let kdl = "site \"127.0.0.1:8080\" {\n  route \"/*\" {\n    header { \"X-B\" \"2\"; }\n    header \"Authorization\"\n    respond 200\n  }\n}\n";
-    let loaded = teebox::config::parse("p.kdl", kdl, std::env::temp_dir()).expect("valid");
-    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
-    assert_eq!(loaded.warnings.len(), 1, "{rendered}");
+    let (count, rendered) = common::warnings("p.kdl", kdl);
+    assert_eq!(count, 1, "{rendered}");
     assert!(rendered.contains("move it above `header`"), "{rendered}");
     assert!(!rendered.contains("give it a block"), "{rendered}");
 }

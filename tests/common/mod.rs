@@ -72,6 +72,14 @@ pub async fn start_proxy(upstreams: &[String], options: &str) -> Running {
 }
 
 /// `http://ADDR` for teebox's first address.
+/// The warnings `validate` gives a valid site file named `file`: how many,
+/// and as they are printed (without colour).
+pub fn warnings(file: &str, kdl: &str) -> (usize, String) {
+    let loaded = teebox::config::parse(file, kdl, std::env::temp_dir()).expect("valid");
+    let rendered = loaded.render_warnings(teebox::config::Style::Plain);
+    (loaded.warnings.len(), rendered)
+}
+
 pub fn base_url(running: &Running) -> String {
     format!("http://{}", running.addr())
 }
