@@ -425,7 +425,8 @@ where
             }
         };
         let alpn_h2 = io.connected().is_negotiated_h2();
-        if !self.settings.h2c {
+        // Only TLS has ALPN: a plain upstream's flag stays false.
+        if !self.settings.h2c && self.origin.scheme() == Some(&http::uri::Scheme::HTTPS) {
             list.lock().unwrap_or_else(|e| e.into_inner()).alpn_h2 = alpn_h2;
         }
         if self.settings.h2c || alpn_h2 {
