@@ -578,3 +578,24 @@ async fn a_tonic_client_call_is_answered_by_the_primary_and_copied() {
         Some(&b"trailers"[..])
     );
 }
+
+#[tokio::test]
+async fn a_grpc_call_to_a_plain_http1_upstream_fails_with_a_hint_to_use_h2c() {
+    let logs = common::LogCapture::global();
+    let primary = GrpcServer::h2c("primary").await;
+    let site = format!(
+        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    reverse_proxy {:?}\n  }}\n}}\n",
+        primary.url("http")
+    );
+    let running = common::start(&site).await;
+    let reply = call(running.addr(), "/echo.Echo/Say", vec![message(b"hi")], None).await;
+    assert_eq!(reply.status, 502, "{reply:?}");
+    let upstream = format!("upstream={}", primary.url("http"));
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&upstream))
+        .unwrap_or_else(|| panic!("no log line names {upstream}:\n{text}"));
+    assert!(line.contains("upstream failed before answering"), "{line}");
+    assert!(line.contains("set `h2c #true`"), "{line}");
+}

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -580,38 +579,11 @@ async fn failing_target_is_removed_after_fail_after() {
         .await;
 }
 
-/// Collects what tracing writes, for checking log lines.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn alerts_summarise_at_most_once_per_interval() {
     // The test runtime has one thread, so a thread-local subscriber sees
     // every task's logs.
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = common::LogCapture::start();
 
     let primary = Backend::ok().await;
     let dead = refused_url();
@@ -637,7 +609,7 @@ async fn alerts_summarise_at_most_once_per_interval() {
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let elapsed = started.elapsed();
-    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let text = capture.text();
     let alerts: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("mirror target trouble"))

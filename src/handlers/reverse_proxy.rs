@@ -164,6 +164,9 @@ struct Prepared {
     body: Option<body::Body>,
     /// An `Upgrade` request (its `Upgrade` header is back in `parts`).
     upgrade: bool,
+    /// The client takes trailers (`TE: trailers`): likely gRPC, which
+    /// needs HTTP/2. Only read when the exchange fails, for a hint.
+    accepts_trailers: bool,
     /// For placeholders in `header_up` / `header_down`, when they have
     /// any. Boxed: rare, and every request's future would hold its room.
     vars: Option<Box<RequestVars>>,
@@ -214,6 +217,12 @@ impl ReverseProxy {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Requests go to `upstream` as HTTP/1.1 whatever they are: a plain
+    /// `http://` upstream without `h2c`. (Over `https://`, ALPN decides.)
+    fn speaks_http1_to(&self, upstream: &Upstream) -> bool {
+        !self.config.h2c && upstream.url.scheme == http::uri::Scheme::HTTP
     }
 
     /// Upstreams in the order to try them: the policy's pick first, those
@@ -270,6 +279,7 @@ impl ReverseProxy {
             parts,
             body: Some(body),
             upgrade: upgrade.is_some(),
+            accepts_trailers: forwarding.accepts_trailers,
             vars,
         }
     }
@@ -361,7 +371,13 @@ impl ReverseProxy {
                         return response;
                     }
                     Err(err) => {
-                        tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream failed before answering");
+                        let error = crate::http::error_chain(&err);
+                        match prepared.accepts_trailers && self.speaks_http1_to(upstream) {
+                            // What an HTTP/2-only server (gRPC) does to an
+                            // HTTP/1.1 request rarely says so itself.
+                            true => tracing::warn!(route = %self.route, upstream = %upstream.url, %error, hint = "the request takes trailers (gRPC?): if the upstream speaks only HTTP/2, set `h2c #true`", "upstream failed before answering"),
+                            false => tracing::warn!(route = %self.route, upstream = %upstream.url, %error, "upstream failed before answering"),
+                        }
                         failure = Failure::BadGateway;
                         break;
                     }

@@ -24,6 +24,8 @@ pub struct Forwarding {
     pub original_host: Option<http::HeaderValue>,
     /// The protocol of an `Upgrade` request, read before `Upgrade` went.
     pub upgrade: Option<http::HeaderValue>,
+    /// The client said `TE: trailers`, as every gRPC client does.
+    pub accepts_trailers: bool,
 }
 
 /// The headers a proxy sends upstream: hop-by-hop ones removed (but see
@@ -64,6 +66,7 @@ pub fn upstream_headers(
     Forwarding {
         original_host: host,
         upgrade,
+        accepts_trailers: hop_by_hop.accepts_trailers(),
     }
 }
 

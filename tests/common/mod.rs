@@ -166,12 +166,71 @@ impl Drop for TempDir {
 }
 
 /// Sends teebox's logs to the test's captured output (shown for failing
-/// tests); `RUST_LOG` picks the level, default `warn`.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+/// tests), and keeps them for [`LogCapture::global`]; `RUST_LOG` picks the
+/// level, default `warn`.
+pub fn init_tracing() -> &'static LogCapture {
+    static GLOBAL: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+    GLOBAL.get_or_init(|| {
+        use tracing_subscriber::fmt::writer::MakeWriterExt;
+        let capture = LogCapture::default();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(tracing_subscriber::fmt::TestWriter::default().and(capture.clone()))
+            .try_init();
+        capture
+    })
+}
+
+/// What tracing writes at WARN and above on this thread, for checking log
+/// lines: on a current-thread test runtime, every task's (teebox's too).
+#[derive(Clone, Default)]
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Starts capturing; it stops when the guard is dropped.
+    pub fn start() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+        let capture = LogCapture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(capture.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (capture, guard)
+    }
+
+    /// What every thread of the test process logs (teebox's serving
+    /// threads too), as [`init_tracing`] keeps it. A test picks its own
+    /// lines out by something only it has, such as its upstream's address.
+    pub fn global() -> &'static LogCapture {
+        init_tracing()
+    }
+
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+    fn make_writer(&'a self) -> LogCapture {
+        self.clone()
+    }
 }
