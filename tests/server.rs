@@ -801,6 +801,31 @@ async fn content_length_with_chunked_cannot_smuggle_a_request() {
     assert_still_serves(&teebox, &backend, 0).await;
 }
 
+/// The same, when the request's first byte comes alone: "P" could start
+/// the HTTP/2 preface, and the rest ("OST ...") must still be checked as
+/// HTTP/1.1, its head timed, and the smuggled request never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn content_length_with_chunked_is_refused_after_a_lone_first_byte() {
+    use tokio::io::AsyncWriteExt;
+    let (backend, teebox) = guarded_backend().await;
+    let body = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x.test\r\n\r\n";
+    let rest = format!(
+        "OST /cl-te HTTP/1.1\r\nHost: x.test\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(b"P").await.unwrap();
+    // Two segments: give teebox the time to read the first on its own.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let outcome = raw::read_to_close(&mut stream).await;
+    assert!(outcome.closed, "connection left open: {:?}", outcome.text());
+    assert_eq!(outcome.status(), Some(400), "{:?}", outcome.text());
+    backend.assert_stays_at(0, Duration::from_millis(200)).await;
+    assert_still_serves(&teebox, &backend, 0).await;
+}
+
 // ---------------------------------------------------------------------------
 // Shutdown
 

@@ -110,8 +110,11 @@ pub struct TimedIo<I> {
     /// will wake the reader.
     timer_polled: bool,
     last_activity: Instant,
-    /// Whether the client speaks HTTP/2 (known from its first bytes).
+    /// Whether the client speaks HTTP/2: known once its first bytes
+    /// either differ from the preface or are the whole of it.
     h2: Option<bool>,
+    /// How many bytes of the preface came so far, while `h2` is unknown.
+    preface_seen: usize,
     /// When the first bytes of a request head came, and how many requests
     /// had started then: the head is pending while no new one started.
     head: Option<(Instant, u64)>,
@@ -133,6 +136,7 @@ impl<I> TimedIo<I> {
             timer_polled: false,
             last_activity: Instant::now(),
             h2: None,
+            preface_seen: 0,
             head: Some((waiting_since, 0)),
             framing: FramingScan::default(),
         }
@@ -141,9 +145,20 @@ impl<I> TimedIo<I> {
     fn saw_bytes(&mut self, bytes: &[u8]) {
         let now = Instant::now();
         self.last_activity = now;
-        if self.h2.is_none() && !bytes.is_empty() {
-            let n = bytes.len().min(H2_PREFACE.len());
-            self.h2 = Some(bytes[..n] == H2_PREFACE[..n]);
+        if self.h2.is_none() {
+            // A read may bring only the start of the preface ("P"): which
+            // protocol this is waits for a byte that differs or for the
+            // whole of it. (The bytes passed over meanwhile hold no line
+            // end, so the framing scan misses nothing.)
+            let seen = self.preface_seen;
+            let n = bytes.len().min(H2_PREFACE.len() - seen);
+            if bytes[..n] != H2_PREFACE[seen..seen + n] {
+                self.h2 = Some(false);
+            } else if seen + n == H2_PREFACE.len() {
+                self.h2 = Some(true);
+            } else {
+                self.preface_seen += n;
+            }
         }
         if self.h2 == Some(false)
             && !self.state.upgraded.load(Ordering::Relaxed)
