@@ -186,6 +186,27 @@ async fn replace_body_rewrites_copies_and_fixes_their_length() {
 }
 
 #[tokio::test]
+async fn replace_body_leaves_a_compressed_body_as_it_came() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start(&site(&shadow, r#"replace_body "a" "b""#, &primary)).await;
+    // Bytes that hold the pattern, as any gzip stream may.
+    let gzipped: &[u8] = b"\x1f\x8b\x08\x00abc\x00\xffa";
+    let req = client::req("POST", &format!("{}/gz", base_url(&running)))
+        .header("content-encoding", "gzip")
+        .body(client::full(bytes::Bytes::from_static(gzipped)))
+        .unwrap();
+    Client::http1().send(req).await.expect("request");
+    let copy = shadow.wait_for(1).await.remove(0);
+    assert_eq!(copy.body.as_ref(), gzipped);
+    assert_eq!(copy.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        copy.header("content-length"),
+        Some(gzipped.len().to_string().as_str())
+    );
+}
+
+#[tokio::test]
 async fn several_targets_get_the_same_rewritten_copy() {
     let primary = Backend::ok().await;
     let one = Backend::ok().await;

@@ -495,6 +495,13 @@ impl PendingCopy {
     pub fn dispatch(self, body: Bytes, trailers: Option<HeaderMap>) {
         tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = body.len(), "copy complete");
         let rewrite = self.mirror.options.rewrite.clone();
+        // `replace_body` would break a gRPC message's length prefix (and
+        // protobuf's own), and a compressed body's bytes are no text to
+        // edit: such copies are sent as they came.
+        let body_rewrite = (rewrite.rewrites_body()
+            && self.protocol == grpc::Protocol::Http
+            && !encoded(&self.headers))
+        .then_some(rewrite);
         let copy = Arc::new(CopyRequest::new(
             self.method,
             self.uri,
@@ -503,10 +510,7 @@ impl PendingCopy {
             trailers,
             self.had_length,
             CopyExtras {
-                // `replace_body` would break a gRPC message's length prefix
-                // (and protobuf's own): gRPC copies are sent as they came.
-                body_rewrite: (rewrite.rewrites_body() && self.protocol == grpc::Protocol::Http)
-                    .then_some(rewrite),
+                body_rewrite,
                 comparison: self.comparison,
                 protocol: self.protocol,
                 suffixed_host: self.suffixed_host,
@@ -604,4 +608,13 @@ impl std::fmt::Debug for MirrorRegistry {
             .field("mirrors", &self.all().len())
             .finish()
     }
+}
+
+/// The body is in a `Content-Encoding` (gzip, br, ...): its bytes are not
+/// the text `replace_body` patterns describe.
+fn encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
 }
