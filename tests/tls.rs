@@ -142,6 +142,43 @@ async fn http1_and_http2_over_tls() {
 }
 
 #[tokio::test]
+async fn shutdown_does_not_wait_for_a_silent_client_of_a_tls_site() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new("tls-silent");
+    let a = make_cert(dir.path(), "a.test");
+    make_cert(dir.path(), "b.test");
+    let running = start_in(&dir, &two_sites("")).await;
+    // Connected, but not a byte sent: the server waits to see a handshake.
+    let mut silent = TcpStream::connect(running.addr()).await.unwrap();
+    // Another connection's answer shows the first has been accepted too.
+    let tls = connect(
+        running.addr(),
+        "a.test",
+        client_config(&[&a], &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let (status, _, _) = request(tls, "GET", "https://a.test/x", Vec::new()).await;
+    assert_eq!(status, 200);
+    // Far within the 10 s the server gives a client to start its handshake.
+    let finished = common::within_for(
+        std::time::Duration::from_secs(5),
+        "shutdown",
+        running.shutdown(std::time::Duration::from_secs(60)),
+    )
+    .await;
+    assert!(finished, "shutdown reported unfinished connections");
+    let mut rest = Vec::new();
+    common::within(
+        "the silent connection to close",
+        silent.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+}
+
+#[tokio::test]
 async fn sni_picks_each_sites_certificate() {
     let dir = TempDir::new("tls-sni");
     let a = make_cert(dir.path(), "a.test");

@@ -237,5 +237,9 @@ async fn read_rest(mut body: Body, mut capture: Capture, rest: Arc<RestOfBody>) 
         Ok(()) => capture.finish(),
         Err(why) => capture.abandon(why),
     }
+    // The body first: when it is an outer mirror's tee, dropping it is
+    // what tells that mirror the rest is being read, and the handler woken
+    // next must not answer before that mirror knows.
+    drop(body);
     rest.done.notify_one();
 }

@@ -166,12 +166,20 @@ fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
                 }
             }
             Some(acceptor) => {
-                if !starts_with_tls(&stream).await {
+                // A client still silent or shaking hands has nothing to
+                // finish: the server's stop ends the wait, as for plain ones.
+                let tls = tokio::select! {
+                    tls = starts_with_tls(&stream) => tls,
+                    () = served.entered.stopping() => return,
+                };
+                if !tls {
                     refuse_plain_http(stream).await;
                     return;
                 }
-                let handshake =
-                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                let handshake = tokio::select! {
+                    handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+                    () = served.entered.stopping() => return,
+                };
                 match handshake {
                     Ok(Ok(tls_stream)) => {
                         let conn = conn.over_tls();
