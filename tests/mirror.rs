@@ -414,6 +414,41 @@ async fn body_over_max_body_is_not_copied_and_is_counted() {
 }
 
 #[tokio::test]
+async fn a_declared_length_over_max_body_does_not_hold_up_a_respond() {
+    use tokio::io::AsyncWriteExt;
+    let shadow = Backend::ok().await;
+    let running = start(&mirror_site(
+        &[shadow.url()],
+        "max_body \"1KiB\"\ntimeout \"60s\"",
+        "respond 202",
+    ))
+    .await;
+    // The head says a megabyte is coming; a few bytes come, then nothing.
+    // No copy can be made of it, so nothing waits to read it for one.
+    let mut stream = tokio::net::TcpStream::connect(running.addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nfirst bytes")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    within("the 202", async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before an answer");
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(head.starts_with(b"HTTP/1.1 202"), "{head:?}");
+    assert_eq!(counts(&running, 0).skipped_too_large, 1);
+    shadow.assert_stays_at(0, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
 async fn client_abort_mid_body_sends_no_truncated_copy() {
     use tokio::io::AsyncWriteExt;
     let primary = Backend::ok().await;

@@ -20,7 +20,7 @@ use crate::mirror::compare::CompareConfig;
 use crate::mirror::policy::{Policy, SampleKey, StatusFilter};
 use crate::mirror::rewrite::CopyRewrite;
 use crate::mirror::target::{TargetSettings, TargetSpec};
-use crate::mirror::tee::{Capture, Tee};
+use crate::mirror::tee::{Abandon, Capture, Tee};
 use crate::mirror::{Mirror, MirrorOptions};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
@@ -444,11 +444,17 @@ impl Middleware for MirrorHandler {
         let comparison = pending.comparison();
         let verdict = pending.verdict();
         let limit = self.mirror.copy_timeout();
+        let size = http_body::Body::size_hint(&request_body);
         let response = if http_body::Body::is_end_stream(&request_body) {
             Capture::new(pending, &SizeHint::with_exact(0)).finish();
             next.run(Request::from_parts(head, request_body))
+        } else if size.lower() > pending.max_body() {
+            // Longer than `max_body` by its own Content-Length: no copy can
+            // come of it, so nothing is teed, nor read on for the copy
+            // after a `respond`.
+            pending.abandon(Abandon::TooLarge);
+            next.run(Request::from_parts(head, request_body))
         } else {
-            let size = http_body::Body::size_hint(&request_body);
             let (tee, rest) = Tee::new(request_body, Capture::new(pending, &size));
             let req = Request::from_parts(head, body::boxed(tee));
             Box::pin(async move {

@@ -40,6 +40,9 @@ pub enum Abandon {
     Streaming(NotUnary),
 }
 
+/// The most a copy's buffer is given before its body has come.
+const PREALLOCATE_AT_MOST: u64 = 8 << 20;
+
 /// The copy being collected.
 pub struct Capture {
     pending: PendingCopy,
@@ -54,8 +57,12 @@ impl Capture {
     /// `size`: what the body says of its length, to size the buffer.
     pub fn new(pending: PendingCopy, size: &SizeHint) -> Self {
         let framing = (pending.protocol() == Protocol::Grpc).then(Framing::default);
-        // Over `max_body` it is abandoned anyway: no room made for it.
-        let expected = size.exact().filter(|&n| n <= pending.max_body());
+        // Over `max_body` it is abandoned anyway: no room made for it. A
+        // large body's room is made as it comes, not on the client's word.
+        let expected = size
+            .exact()
+            .filter(|&n| n <= pending.max_body())
+            .map(|n| n.min(PREALLOCATE_AT_MOST));
         Capture {
             pending,
             body: BytesMut::with_capacity(expected.unwrap_or(0) as usize),
