@@ -59,7 +59,7 @@ fn classify(name: &HeaderName) -> Name {
 /// Connection options that name no end-to-end header: `close`, or headers
 /// removed anyway. Most requests and responses carry only these, so the
 /// common case needs no lookups by name.
-const IMPLIED: [&str; 3] = ["close", "keep-alive", "upgrade"];
+const IMPLIED: [&[u8]; 3] = [b"close", b"keep-alive", b"upgrade"];
 
 /// What one pass over a header block found: which hop-by-hop headers are
 /// there, what `Connection` and `TE` say, and whether forwarding headers
@@ -91,15 +91,17 @@ impl Scan {
                 Name::Other => continue,
             };
             scan.present |= 1 << i;
-            let Ok(text) = value.to_str() else { continue };
+            // As bytes: a value with a byte that is not ASCII (obs-text)
+            // still names the headers it names.
+            let bytes = value.as_bytes();
             match i {
                 // The usual values, without taking the list apart.
-                CONNECTION if IMPLIED.iter().any(|t| text.eq_ignore_ascii_case(t)) => {
-                    scan.connection_upgrade |= text.eq_ignore_ascii_case("upgrade");
+                CONNECTION if IMPLIED.iter().any(|t| bytes.eq_ignore_ascii_case(t)) => {
+                    scan.connection_upgrade |= bytes.eq_ignore_ascii_case(b"upgrade");
                 }
                 CONNECTION => {
-                    for token in list(text) {
-                        if token.eq_ignore_ascii_case("upgrade") {
+                    for token in list(bytes) {
+                        if token.eq_ignore_ascii_case(b"upgrade") {
                             scan.connection_upgrade = true;
                         } else if !IMPLIED.iter().any(|t| token.eq_ignore_ascii_case(t)) {
                             scan.names_others = true;
@@ -107,9 +109,9 @@ impl Scan {
                     }
                 }
                 TE => {
-                    scan.te_trailers |= text.split(',').any(|t| {
-                        let coding = t.split(';').next().unwrap_or_default().trim();
-                        coding.eq_ignore_ascii_case("trailers")
+                    scan.te_trailers |= list(bytes).any(|t| {
+                        let coding = t.split(|&b| b == b';').next().unwrap_or_default();
+                        coding.trim_ascii().eq_ignore_ascii_case(b"trailers")
                     })
                 }
                 _ => {}
@@ -150,9 +152,8 @@ impl Scan {
             let named: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(list)
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .flat_map(|v| list(v.as_bytes()))
+                .filter_map(|t| HeaderName::from_bytes(t).ok())
                 .collect();
             for name in named {
                 headers.remove(name);
@@ -177,8 +178,11 @@ pub fn strip(headers: &mut HeaderMap) {
 }
 
 /// The items of a comma-separated header value.
-fn list(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|t| !t.is_empty())
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -195,6 +199,20 @@ mod tests {
         h.insert("x-kept", "1".parse().unwrap());
         strip(&mut h);
         assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn a_connection_value_with_a_byte_past_ascii_still_names_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_bytes(b"X-Secret, caf\xe9").unwrap(),
+        );
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
 
