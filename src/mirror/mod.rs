@@ -81,9 +81,19 @@ impl TargetSet {
 
     /// Takes a target out; its queued copies are dropped and counted.
     pub fn remove(&self, url: &UpstreamUrl) -> bool {
+        self.remove_where(|t| t.url() == url)
+    }
+
+    /// Takes out this very target, if it is still in: not another added
+    /// since under the same URL.
+    pub fn remove_exact(&self, state: &Arc<target::TargetState>) -> bool {
+        self.remove_where(|t| Arc::ptr_eq(t.state(), state))
+    }
+
+    fn remove_where(&self, is_it: impl Fn(&Target) -> bool) -> bool {
         let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.targets.load_full();
-        let Some(index) = current.iter().position(|t| t.url() == url) else {
+        let Some(index) = current.iter().position(|t| is_it(t)) else {
             return false;
         };
         current[index].mark_removed();

@@ -347,7 +347,9 @@ impl Worker {
             }
             Transition::Remove => {
                 if let Some(set) = self.set.upgrade() {
-                    if set.remove(url) {
+                    // This target, not one added again under its URL
+                    // while its last probe was out.
+                    if set.remove_exact(&self.state) {
                         tracing::warn!(target_url = %url, "target removed: it has been failing for too long");
                     }
                 }
