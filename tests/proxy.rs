@@ -669,6 +669,46 @@ async fn an_upstream_that_never_answers_gives_504_after_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_longer_than_timeout_that_keeps_moving_is_not_cut() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], r#"timeout "500ms""#).await;
+    // Six pieces, 250 ms apart: three times `timeout` in all, never
+    // `timeout` without progress.
+    let pieces: Vec<Bytes> = (0..6u8)
+        .map(|i| Bytes::from(vec![b'a' + i; 1000]))
+        .collect();
+    let stream = futures_util::stream::unfold(pieces.clone().into_iter(), |mut rest| async move {
+        let piece = rest.next()?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Some((
+            Ok::<_, teebox::http::BoxError>(http_body::Frame::data(piece)),
+            rest,
+        ))
+    });
+    let body = body::boxed(http_body_util::StreamBody::new(stream));
+    let resp = Client::http1()
+        .send(req("POST", &url(&teebox, "/upload")).body(body).unwrap())
+        .await
+        .expect("a response");
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(backend.only().body, pieces.concat());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_that_stops_taking_an_upload_gives_504() {
+    // Accepts, never reads: once the socket buffers are full, the body
+    // cannot move, and `timeout` runs from its last step.
+    let silent = FaultServer::silent().await;
+    let teebox = start_proxy(&[silent.url()], r#"timeout "500ms""#).await;
+    let big = full(vec![b'x'; 64 << 20]);
+    let resp = Client::http1()
+        .send(req("POST", &url(&teebox, "/stuck")).body(big).unwrap())
+        .await
+        .expect("a response");
+    assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upstream_closing_mid_body_never_looks_complete_to_the_client() {
     let faulty = FaultServer::truncated_body(100_000, 1000).await;
     let teebox = start_proxy(&[faulty.url()], "").await;

@@ -21,7 +21,9 @@ use crate::config::value::{self, UpstreamUrl};
 use crate::http::body::{self, Guarded};
 use crate::http::header_ops::HeaderOps;
 use crate::http::placeholders::RequestVars;
-use crate::http::upstream_pool::{self, PoolSettings, PooledBody, SendError, UpstreamPool};
+use crate::http::upstream_pool::{
+    self, PoolSettings, PooledBody, SendError, Upload, UpstreamPool, Uploading,
+};
 use crate::http::upstream_tls::UpstreamTls;
 use crate::http::{hop_by_hop, ConnInfo, Request, Response};
 
@@ -219,6 +221,17 @@ impl ReverseProxy {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// A request with a body has it report its progress, so that `timeout`
+    /// counts from its last step forward rather than cutting a long upload.
+    fn track_upload(&self, req: Request, started: Instant) -> (Request, Option<Arc<Upload>>) {
+        if http_body::Body::is_end_stream(req.body()) {
+            return (req, None);
+        }
+        let upload = Upload::new(started, self.config.timeout);
+        let req = req.map(|b| body::boxed(Uploading::new(b, upload.clone())));
+        (req, Some(upload))
+    }
+
     /// Requests go to `upstream` as HTTP/1.1 whatever they are: a plain
     /// `http://` upstream without `h2c`. (Over `https://`, ALPN decides.)
     fn speaks_http1_to(&self, upstream: &Upstream) -> bool {
@@ -320,9 +333,10 @@ impl ReverseProxy {
                 // so the future keeps no room for it.
                 let exchange = match self.attempt(&mut prepared, upstream, replayable, is_last) {
                     Some(Ok(req)) => {
+                        let (req, upload) = self.track_upload(req, active.started);
                         upstream
                             .pool
-                            .send_within(req, active.started, self.config.timeout)
+                            .send_within(req, active.started, self.config.timeout, upload)
                     }
                     Some(Err(())) => return error_response(StatusCode::BAD_REQUEST),
                     None => break,

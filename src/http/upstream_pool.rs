@@ -74,7 +74,8 @@ pub enum SendError {
     /// HTTP/1.1 (ALPN chose it, and there is no `h2c`).
     #[error("the upstream speaks HTTP/1.1; this request needs HTTP/2")]
     NotHttp2,
-    /// No response head by the deadline `send_within` was given.
+    /// No response head by the deadline `send_within` was given (or the
+    /// request body made no progress for that long).
     #[error("no response head in time")]
     Timeout,
 }
@@ -197,16 +198,19 @@ where
     }
 
     /// [`send`](Self::send), failing with [`SendError::Timeout`] if no
-    /// response head has come `limit` after `now` (connecting included).
-    /// `now` is the caller's: a clock read less per request.
+    /// response head has come `limit` after `now` (connecting included)
+    /// or, for a request whose body goes out through `upload`, `limit`
+    /// after the body last went forward. `now` is the caller's: a clock
+    /// read less per request.
     pub fn send_within(
         &self,
         req: Req<B>,
         now: Instant,
         limit: Duration,
+        upload: Option<Arc<Upload>>,
     ) -> impl Future<Output = Result<http::Response<PooledBody<B>>, SendError>> + Send + '_ {
-        let deadline = tokio::time::Instant::from_std(now + limit);
-        self.send_until(req, now, Some(deadline))
+        let first = tokio::time::Instant::from_std(now + limit);
+        self.send_until(req, now, Some(Deadline { first, upload }))
     }
 
     /// Every request waits in this future, and the future is moved (and
@@ -224,7 +228,7 @@ where
         &self,
         mut req: Req<B>,
         mut now: Instant,
-        deadline: Option<tokio::time::Instant>,
+        deadline: Option<Deadline>,
     ) -> impl Future<Output = Result<http::Response<PooledBody<B>>, SendError>> + Send + '_ {
         async move {
             let shared_h2 = 'reuse: loop {
@@ -239,7 +243,9 @@ where
                     None => break 'reuse None,
                 };
                 if !conn.send.is_ready() {
-                    let ready = Box::pin(within(deadline, async { Ok(conn.send.ready().await) }));
+                    let ready = Box::pin(within(deadline.as_ref(), async {
+                        Ok(conn.send.ready().await)
+                    }));
                     if ready.await?.is_err() {
                         now = Instant::now();
                         continue;
@@ -250,7 +256,7 @@ where
                     false => None,
                 };
                 let sent = std::pin::pin!(conn.send.try_send_request(req));
-                match conn.head_timer.wait(sent, deadline).await? {
+                match conn.head_timer.wait(sent, deadline.as_ref()).await? {
                     Ok(response) => {
                         return Ok(self.pooled(response, conn, &self.worker().idle, now))
                     }
@@ -273,7 +279,11 @@ where
                     },
                 }
             };
-            Box::pin(within(deadline, self.send_elsewhere(shared_h2, req))).await
+            Box::pin(within(
+                deadline.as_ref(),
+                self.send_elsewhere(shared_h2, req),
+            ))
+            .await
         }
     }
 
@@ -562,14 +572,132 @@ fn replayable<B: http_body::Body + Default>(req: &Req<B>) -> Option<Req<B>> {
 
 /// Waits for `future` until `deadline`, if there is one.
 async fn within<T>(
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<&Deadline>,
     future: impl Future<Output = Result<T, SendError>>,
 ) -> Result<T, SendError> {
-    match deadline {
-        None => future.await,
-        Some(deadline) => tokio::time::timeout_at(deadline, future)
-            .await
-            .unwrap_or(Err(SendError::Timeout)),
+    let Some(deadline) = deadline else {
+        return future.await;
+    };
+    let mut future = std::pin::pin!(future);
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline.first));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        deadline.poll_passed(timer.as_mut(), cx)
+    })
+    .await
+}
+
+/// When an exchange that has no response head yet fails with
+/// [`SendError::Timeout`]: `limit` after it began or, when its request
+/// body goes out through an [`Upload`], `limit` after the body last went
+/// forward (its end included). A long upload that keeps moving is not cut;
+/// an upstream that stops taking it, or does not answer once it has it all,
+/// is.
+pub struct Deadline {
+    /// The earliest it can be: `limit` after the exchange began.
+    first: tokio::time::Instant,
+    upload: Option<Arc<Upload>>,
+}
+
+impl Deadline {
+    fn due(&self) -> tokio::time::Instant {
+        match &self.upload {
+            None => self.first,
+            Some(upload) => upload.due(),
+        }
+    }
+
+    /// Polls `timer` (armed no later than the deadline): ready with the
+    /// timeout once the deadline has passed, else re-armed for it.
+    fn poll_passed<T>(
+        &self,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<T, SendError>> {
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    let due = self.due();
+                    if tokio::time::Instant::now() >= due {
+                        return Poll::Ready(Err(SendError::Timeout));
+                    }
+                    timer.as_mut().reset(due);
+                }
+            }
+        }
+    }
+}
+
+/// How far a request body has gone out, as its [`Uploading`] body tells.
+pub struct Upload {
+    began: tokio::time::Instant,
+    limit: Duration,
+    /// Milliseconds from `began` to the body's last step forward.
+    moved_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Upload {
+    pub fn new(began: Instant, limit: Duration) -> Arc<Upload> {
+        Arc::new(Upload {
+            began: tokio::time::Instant::from_std(began),
+            limit,
+            moved_ms: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn moved(&self) {
+        let ms = self.began.elapsed().as_millis() as u64;
+        self.moved_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn due(&self) -> tokio::time::Instant {
+        let moved = self.moved_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.began + Duration::from_millis(moved) + self.limit
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that tells its [`Upload`] each time the connection
+    /// takes a frame of it, and when it ends.
+    pub struct Uploading<B> {
+        #[pin]
+        inner: B,
+        upload: Arc<Upload>,
+    }
+}
+
+impl<B> Uploading<B> {
+    pub fn new(inner: B, upload: Arc<Upload>) -> Self {
+        Uploading { inner, upload }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Uploading<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_)) | None) = &polled {
+            this.upload.moved();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -597,33 +725,26 @@ impl HeadTimer {
     async fn wait<F: Future>(
         &mut self,
         mut future: Pin<&mut F>,
-        deadline: Option<tokio::time::Instant>,
+        deadline: Option<&Deadline>,
     ) -> Result<F::Output, SendError> {
         let Some(deadline) = deadline else {
             return Ok(future.await);
         };
+        let first = deadline.first;
         let timer = match &mut self.0 {
             Some(timer) => {
-                if timer.is_elapsed() || timer.deadline() > deadline {
-                    timer.as_mut().reset(deadline);
+                if timer.is_elapsed() || timer.deadline() > first {
+                    timer.as_mut().reset(first);
                 }
                 timer
             }
-            None => self.0.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            None => self.0.insert(Box::pin(tokio::time::sleep_until(first))),
         };
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = future.as_mut().poll(cx) {
                 return Poll::Ready(Ok(out));
             }
-            loop {
-                match timer.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(()) if tokio::time::Instant::now() >= deadline => {
-                        return Poll::Ready(Err(SendError::Timeout))
-                    }
-                    Poll::Ready(()) => timer.as_mut().reset(deadline),
-                }
-            }
+            deadline.poll_passed(timer.as_mut(), cx)
         })
         .await
     }
