@@ -55,6 +55,74 @@ async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
     got
 }
 
+/// An upstream that answers each request as soon as its head is in (`ok`),
+/// then reads its body, as one that refuses an upload early might.
+async fn answers_before_the_body() -> common::fault::FaultServer {
+    common::fault::FaultServer::start(|mut stream| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            buf.drain(..end);
+            if stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while buf.len() < length {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..length);
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_upload_going_on_after_an_early_answer_is_no_slow_head() {
+    let upstream = answers_before_the_body().await;
+    let running = start(&site("read_header_timeout \"500ms\"", &upstream.url())).await;
+    let mut stream = TcpStream::connect(running.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /early HTTP/1.1\r\nHost: limits.test\r\nContent-Length: 6000\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer comes before the body...
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = within("the early answer", stream.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    // ... which goes on for longer than `read_header_timeout`: those bytes
+    // are a body, not a slow head, and get no 408.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.write_all(&[b'x'; 1000]).await.unwrap();
+    }
+    let after = request_on(&mut stream, "/after").await;
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
+}
+
 #[tokio::test]
 async fn a_head_sent_too_slowly_gets_408_and_a_closed_connection() {
     let backend = Backend::ok().await;

@@ -85,12 +85,30 @@ impl ConnState {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// A request body being read: the connection is not waiting for a
+    /// head while it lasts, even once the response is done (an upstream
+    /// that answered an upload early). Counted until the body is finished
+    /// or dropped.
+    pub fn reading_body(self: &Arc<Self>) -> ReadingBody {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        ReadingBody(self.clone())
+    }
+
     pub fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
     }
 
     pub fn cl_and_te_seen(&self) -> bool {
         self.cl_and_te.load(Ordering::Relaxed)
+    }
+}
+
+/// See [`ConnState::reading_body`].
+pub struct ReadingBody(Arc<ConnState>);
+
+impl Drop for ReadingBody {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

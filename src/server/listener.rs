@@ -283,7 +283,10 @@ async fn serve_http<I>(
                 true => framing::refusal(conn.client),
                 false => {
                     router
-                        .handle(req.map(|b| request_body(b, *read_body_timeout)), conn)
+                        .handle(
+                            req.map(|b| request_body(b, *read_body_timeout, state)),
+                            conn,
+                        )
                         .await
                 }
             };
@@ -337,14 +340,22 @@ struct PerConnection {
 }
 
 /// The client's request body as handlers see it; one that is not over
-/// before it starts is timed between reads (`read_body_timeout`).
-fn request_body(incoming: Incoming, read_body_timeout: Duration) -> body::Body {
+/// before it starts is timed between reads (`read_body_timeout`), and
+/// counts as in flight on its connection until it is finished.
+fn request_body(
+    incoming: Incoming,
+    read_body_timeout: Duration,
+    state: &Arc<ConnState>,
+) -> body::Body {
     // Most requests have no body: the empty one costs no allocation.
     if http_body::Body::is_end_stream(&incoming) {
         return body::empty();
     }
     let incoming = incoming.map_err(body::ClientBodyError);
-    body::boxed(ReadTimeout::new(incoming, read_body_timeout))
+    body::boxed(Guarded::new(
+        ReadTimeout::new(incoming, read_body_timeout),
+        state.reading_body(),
+    ))
 }
 
 /// Whether the client's first byte is a TLS handshake record (0x16).
