@@ -242,6 +242,65 @@ async fn at_max_connections_the_next_one_waits_for_a_free_slot() {
 }
 
 #[tokio::test]
+async fn a_websocket_tunnel_keeps_its_connection_slot_until_it_closes() {
+    let echo = EchoServer::start().await;
+    let running = start(&site("max_connections 1", &echo.url())).await;
+    let (mut ws, _) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", running.addr())),
+    )
+    .await
+    .expect("handshake");
+    within("sending", ws.send(Message::text("hi")))
+        .await
+        .unwrap();
+    within("the echo", ws.next())
+        .await
+        .expect("open")
+        .expect("message");
+    // The tunnel holds the one slot: a new connection is not served.
+    let mut other = TcpStream::connect(running.addr()).await.unwrap();
+    other
+        .write_all(b"GET /other HTTP/1.1\r\nHost: limits.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), other.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "served beside an open tunnel at max_connections 1"
+    );
+    // The tunnel closes: its slot goes to the waiting connection.
+    within("closing", ws.close(None)).await.unwrap();
+    drop(ws);
+    let n = within("the other response", other.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 "), "{:?}", &buf[..n]);
+}
+
+#[tokio::test]
+async fn shutdown_counts_an_open_websocket_tunnel() {
+    let echo = EchoServer::start().await;
+    let running = start(&site("", &echo.url())).await;
+    let (mut ws, _) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", running.addr())),
+    )
+    .await
+    .expect("handshake");
+    within("sending", ws.send(Message::text("hi")))
+        .await
+        .unwrap();
+    within("the echo", ws.next())
+        .await
+        .expect("open")
+        .expect("message");
+    let finished = within("shutdown", running.shutdown(Duration::from_millis(300))).await;
+    assert!(!finished, "shutdown overlooked the open tunnel");
+}
+
+#[tokio::test]
 async fn max_header_size_sets_the_431_threshold() {
     let backend = Backend::ok().await;
     let running = start(&site("max_header_size \"8KiB\"", &backend.url())).await;

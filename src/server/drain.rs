@@ -129,8 +129,33 @@ impl Entered {
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        if self.shared.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.closed.notify_waiters();
+        self.shared.leave();
+    }
+}
+
+impl Entered {
+    /// A second count for the same connection, for what may outlive its
+    /// served part: the socket itself, which an upgrade (WebSocket) hands
+    /// on to a tunnel. Shutdown waits for it too.
+    pub fn hold(&self) -> Open {
+        self.shared.open.fetch_add(1, Ordering::AcqRel);
+        Open(self.shared.clone())
+    }
+}
+
+/// See [`Entered::hold`].
+pub struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+impl Shared {
+    fn leave(&self) {
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.closed.notify_waiters();
         }
     }
 }

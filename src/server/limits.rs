@@ -117,9 +117,29 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
+/// What a connection holds for as long as its socket is open, upgraded
+/// (a WebSocket tunnel) or not: its place under `max_connections`, and its
+/// count in the shutdown drain.
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _open: super::drain::Open,
+}
+
+impl Slot {
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit, open: super::drain::Open) -> Slot {
+        Slot {
+            _permit: permit,
+            _open: open,
+        }
+    }
+}
+
 /// A connection's I/O with the idle and request-head timers.
 pub struct TimedIo<I> {
     inner: I,
+    /// Given back when the socket is dropped, not when hyper's connection
+    /// ends: an upgraded socket lives on in its tunnel.
+    _slot: Slot,
     state: Arc<ConnState>,
     read_header_timeout: Duration,
     idle_timeout: Duration,
@@ -142,9 +162,16 @@ pub struct TimedIo<I> {
 impl<I> TimedIo<I> {
     /// `waiting_since`: when the connection began to wait for its first
     /// request head, which must be complete `read_header_timeout` later.
-    pub fn new(inner: I, state: Arc<ConnState>, limits: &Limits, waiting_since: Instant) -> Self {
+    pub fn new(
+        inner: I,
+        state: Arc<ConnState>,
+        limits: &Limits,
+        waiting_since: Instant,
+        slot: Slot,
+    ) -> Self {
         TimedIo {
             inner,
+            _slot: slot,
             state,
             read_header_timeout: limits.read_header_timeout,
             idle_timeout: limits.idle_timeout,

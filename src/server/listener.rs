@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use super::body_timeout::ReadTimeout;
 use super::drain::{Drain, Entered};
 use super::framing;
-use super::limits::{ConnLimits, ConnState, TimedIo};
+use super::limits::{ConnLimits, ConnState, Slot, TimedIo};
 use super::router::AddressRouter;
 use crate::config::Limits;
 use crate::http::body::Guarded;
@@ -256,7 +256,8 @@ async fn serve_http<I>(
         permit,
     } = served;
     let state = Arc::new(ConnState::default());
-    let io = TimedIo::new(io, state.clone(), &limits.limits, waiting_since);
+    let slot = Slot::new(permit, entered.hold());
+    let io = TimedIo::new(io, state.clone(), &limits.limits, waiting_since, slot);
     let client = conn.client;
     // One reference count per request for all of it, rather than one each.
     let shared = Arc::new(PerConnection {
@@ -311,7 +312,6 @@ async fn serve_http<I>(
     if let Err(err) = served {
         tracing::debug!(%client, error = %err, "connection ended with an error");
     }
-    drop(permit);
 }
 
 /// A request being served, counted in its connection's state until its
