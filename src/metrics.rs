@@ -162,6 +162,8 @@ pub struct MetricsRegistry(Arc<Mutex<Inner>>);
 struct Inner {
     routes: HashMap<RouteKey, Arc<RouteStats>>,
     upstreams: HashMap<(RouteKey, String), Arc<Histogram>>,
+    /// By mirror label and target URL.
+    mirror_targets: HashMap<(String, String), Arc<crate::mirror::stats::TargetStats>>,
 }
 
 impl MetricsRegistry {
@@ -178,6 +180,16 @@ impl MetricsRegistry {
         self.lock()
             .upstreams
             .entry((key.clone(), upstream.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// A mirror target's counters: the same after a reload, and for a
+    /// target removed and added again, so that none goes backwards.
+    pub fn mirror_target(&self, mirror: &str, url: &str) -> Arc<crate::mirror::stats::TargetStats> {
+        self.lock()
+            .mirror_targets
+            .entry((mirror.to_string(), url.to_string()))
             .or_default()
             .clone()
     }

@@ -503,6 +503,47 @@ async fn reload_swaps_the_config_under_load_without_failing_a_request() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_mirror_counters() {
+    let dir = common::TempDir::new("admin-reload-counters");
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, versioned_site("1", "")).unwrap();
+    let loaded = teebox::config::load(&file).unwrap();
+    let running = teebox::server::start(&loaded.config).await.unwrap();
+    let shadow = Backend::ok().await;
+    assert_eq!(
+        put(&running, &format!("url={}", shadow.url())).await.status,
+        200
+    );
+    let base = base_url(&running);
+    for i in 0..3 {
+        Client::http1().get(&format!("{base}/before/{i}")).await;
+    }
+    let sent = |running: &teebox::server::Running| {
+        running.mirrors()[0].targets()[0]
+            .state()
+            .stats
+            .counts()
+            .succeeded
+    };
+    common::eventually("three copies", || sent(&running) == 3).await;
+
+    std::fs::write(&file, versioned_site("2", "")).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    Client::http1().get(&format!("{base}/after")).await;
+    common::eventually("four copies, counted on", || sent(&running) == 4).await;
+    let metrics = call(&running, "GET", "/metrics", None, false).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("teebox_mirror_copies_total")
+                && l.contains("outcome=\"succeeded\"")
+                && l.ends_with(" 4")),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn reload_without_a_file_is_refused() {
     let running = start(&admin_site("", "respond 200")).await;

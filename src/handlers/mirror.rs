@@ -411,7 +411,7 @@ impl MiddlewareConfig for MirrorConfig {
             .name
             .clone()
             .unwrap_or_else(|| cx.route.clone());
-        let mirror = Mirror::start(self.options.clone(), &self.targets, label, &cx.base_dir).map_err(BuildError)?;
+        let mirror = Mirror::start(self.options.clone(), &self.targets, label, &cx.base_dir, &cx.metrics).map_err(BuildError)?;
         cx.mirrors.register(mirror.clone());
         Ok(Arc::new(MirrorHandler { mirror }))
     }

@@ -147,6 +147,7 @@ impl Mirror {
         specs: &[TargetSpec],
         label: String,
         base_dir: &std::path::Path,
+        metrics: &crate::metrics::MetricsRegistry,
     ) -> Result<Arc<Mirror>, String> {
         let defaults = &options.targets;
         let all = || std::iter::once(defaults).chain(specs.iter().map(|s| &s.settings));
@@ -162,6 +163,8 @@ impl Mirror {
                 max_idle: idle,
                 ..PoolSettings::default()
             },
+            metrics: metrics.clone(),
+            mirror: label.clone(),
         };
         let lowest_sample = all().map(|s| s.sample).fold(defaults.sample, f64::min);
         let narrower = specs.iter().any(|s| s.settings.sample < defaults.sample);
@@ -554,18 +557,28 @@ impl PendingCopy {
 /// At most one warning per target per interval, summing up what went wrong
 /// since the last one: never a line per failed copy.
 async fn alerts(set: std::sync::Weak<TargetSet>, interval: Duration, label: String) {
-    let mut last: HashMap<String, Counts> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
+    // Counters outlive a reload: what came before this mirror started is
+    // not news.
+    let mut last: HashMap<String, Counts> = match set.upgrade() {
+        Some(set) => set
+            .current()
+            .iter()
+            .map(|t| (t.url().to_string(), t.state().stats.counts()))
+            .collect(),
+        None => return,
+    };
     loop {
         ticker.tick().await;
         let Some(set) = set.upgrade() else { return };
-        let mut seen = HashMap::new();
         for target in set.current().iter() {
             let url = target.url().to_string();
             let now = target.state().stats.counts();
             let before = last.get(&url).copied().unwrap_or_default();
-            // A target removed and added again starts from zero.
+            // A target new since the last tick: all of its counts are
+            // news. One removed and added again keeps its counters, and its
+            // entry here.
             let delta = |f: fn(&Counts) -> u64| f(&now).saturating_sub(f(&before));
             let dropped = delta(|c| c.dropped);
             let failed = delta(|c| c.failed);
@@ -583,9 +596,8 @@ async fn alerts(set: std::sync::Weak<TargetSet>, interval: Duration, label: Stri
                     humantime::format_duration(interval),
                 );
             }
-            seen.insert(url, now);
+            last.insert(url, now);
         }
-        last = seen;
     }
 }
 

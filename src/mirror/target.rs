@@ -35,6 +35,10 @@ use crate::http::header_ops::HeaderOps;
 pub struct CopyClient {
     pub connector: crate::http::upstream_tls::Connector,
     pub settings: PoolSettings,
+    /// Where each target's counters are kept across reloads, and under
+    /// which mirror.
+    pub metrics: crate::metrics::MetricsRegistry,
+    pub mirror: String,
 }
 
 type CopyPool = UpstreamPool<CopyBody>;
@@ -92,7 +96,8 @@ impl Drop for Place {
 /// What workers share with the target, without the backlog's sender.
 pub struct TargetState {
     pub url: UpstreamUrl,
-    pub stats: TargetStats,
+    /// Kept across reloads (see [`crate::metrics::MetricsRegistry`]).
+    pub stats: Arc<TargetStats>,
     pub breaker: Breaker,
     sample: f64,
     /// `host`, the target's or the mirror's.
@@ -128,10 +133,13 @@ impl Target {
         let http2 = settings.h2c || url.scheme == http::uri::Scheme::HTTPS;
         let authority = HeaderValue::from_str(url.authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let stats = client
+            .metrics
+            .mirror_target(&client.mirror, &url.to_string());
         let state = Arc::new(TargetState {
             http2,
             url,
-            stats: TargetStats::default(),
+            stats,
             breaker: Breaker::new(settings.breaker),
             sample: settings.sample,
             host: settings.host.clone(),
