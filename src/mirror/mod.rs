@@ -438,11 +438,7 @@ impl Mirror {
     /// worker and counts what was left as dropped.
     pub async fn drain(&self, deadline: Instant) {
         let targets = self.targets();
-        let busy = || {
-            targets
-                .iter()
-                .any(|t| t.backlog_depth() > 0 || t.in_flight() > 0)
-        };
+        let busy = || targets.iter().any(|t| t.held() > 0);
         while busy() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -197,6 +197,12 @@ impl Target {
         self.state.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Copies that hold a place: queued, just taken by a worker, or being
+    /// sent. Unlike the two above, never misses one between them.
+    pub fn held(&self) -> usize {
+        self.state.held.load(Ordering::Acquire)
+    }
+
     /// Whether a copy offered now could be taken: the target is not paused
     /// (or a probe is due) and its backlog has room. Without a place for
     /// it, a copy is not worth collecting: counted as `offer` would.
@@ -269,7 +275,7 @@ impl Target {
 
     /// Stops the workers; what was queued or in flight is counted dropped.
     pub fn abort(&self) {
-        let left = self.backlog_depth() as u64 + self.in_flight();
+        let left = self.held() as u64;
         self.state.stats.dropped.fetch_add(left, Ordering::Relaxed);
         self.state.removed.store(true, Ordering::Relaxed);
         for worker in &self.workers {
