@@ -553,28 +553,22 @@ impl PendingCopy {
 /// At most one warning per target per interval, summing up what went wrong
 /// since the last one: never a line per failed copy.
 async fn alerts(set: std::sync::Weak<TargetSet>, interval: Duration, label: String) {
+    let mut last: HashMap<String, Counts> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
-    // Counters outlive a reload: what came before this mirror started is
-    // not news.
-    let mut last: HashMap<String, Counts> = match set.upgrade() {
-        Some(set) => set
-            .current()
-            .iter()
-            .map(|t| (t.url().to_string(), t.state().stats.counts()))
-            .collect(),
-        None => return,
-    };
     loop {
         ticker.tick().await;
         let Some(set) = set.upgrade() else { return };
+        let mut seen = HashMap::new();
         for target in set.current().iter() {
             let url = target.url().to_string();
             let now = target.state().stats.counts();
-            let before = last.get(&url).copied().unwrap_or_default();
-            // A target new since the last tick: all of its counts are
-            // news. One removed and added again keeps its counters, and its
-            // entry here.
+            // A target new since the last tick: news since it started
+            // (its counters outlive a reload or a remove and re-add).
+            let before = last
+                .get(&url)
+                .copied()
+                .unwrap_or(target.state().counts_at_start);
             let delta = |f: fn(&Counts) -> u64| f(&now).saturating_sub(f(&before));
             let dropped = delta(|c| c.dropped);
             let failed = delta(|c| c.failed);
@@ -592,8 +586,9 @@ async fn alerts(set: std::sync::Weak<TargetSet>, interval: Duration, label: Stri
                     humantime::format_duration(interval),
                 );
             }
-            last.insert(url, now);
+            seen.insert(url, now);
         }
+        last = seen;
     }
 }
 

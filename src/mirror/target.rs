@@ -98,6 +98,9 @@ pub struct TargetState {
     pub url: UpstreamUrl,
     /// Kept across reloads (see [`crate::metrics::MetricsRegistry`]).
     pub stats: Arc<TargetStats>,
+    /// What `stats` held when this target started: the alerts report
+    /// what came after.
+    pub counts_at_start: super::stats::Counts,
     pub breaker: Breaker,
     sample: f64,
     /// `host`, the target's or the mirror's.
@@ -139,6 +142,7 @@ impl Target {
         let state = Arc::new(TargetState {
             http2,
             url,
+            counts_at_start: stats.counts(),
             stats,
             breaker: Breaker::new(settings.breaker),
             sample: settings.sample,
