@@ -426,9 +426,11 @@ fn versioned_site(version: &str, extra_route: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_swaps_the_config_under_load_without_failing_a_request() {
-    let dir = common::TempDir::new("admin-reload");
+/// teebox started from `versioned_site("1")` in a file of its own (so that
+/// it can be reloaded), with a runtime target, the returned backend, on
+/// its mirror.
+async fn reloadable(name: &str) -> (common::TempDir, std::path::PathBuf, Running, Backend) {
+    let dir = common::TempDir::new(name);
     let file = dir.join("site.kdl");
     std::fs::write(&file, versioned_site("1", "")).unwrap();
     let loaded = teebox::config::load(&file).unwrap();
@@ -438,6 +440,12 @@ async fn reload_swaps_the_config_under_load_without_failing_a_request() {
         put(&running, &format!("url={}", shadow.url())).await.status,
         200
     );
+    (dir, file, running, shadow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_config_under_load_without_failing_a_request() {
+    let (_dir, file, running, shadow) = reloadable("admin-reload").await;
 
     let base = base_url(&running);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -505,16 +513,7 @@ async fn reload_swaps_the_config_under_load_without_failing_a_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_the_mirror_counters() {
-    let dir = common::TempDir::new("admin-reload-counters");
-    let file = dir.join("site.kdl");
-    std::fs::write(&file, versioned_site("1", "")).unwrap();
-    let loaded = teebox::config::load(&file).unwrap();
-    let running = teebox::server::start(&loaded.config).await.unwrap();
-    let shadow = Backend::ok().await;
-    assert_eq!(
-        put(&running, &format!("url={}", shadow.url())).await.status,
-        200
-    );
+    let (_dir, file, running, _shadow) = reloadable("admin-reload-counters").await;
     let base = base_url(&running);
     for i in 0..3 {
         Client::http1().get(&format!("{base}/before/{i}")).await;

@@ -241,10 +241,11 @@ async fn at_max_connections_the_next_one_waits_for_a_free_slot() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
 
-#[tokio::test]
-async fn a_websocket_tunnel_keeps_its_connection_slot_until_it_closes() {
-    let echo = EchoServer::start().await;
-    let running = start(&site("max_connections 1", &echo.url())).await;
+/// A WebSocket through teebox to the echo server, one message there and
+/// back, so the tunnel is surely up.
+async fn open_tunnel(
+    running: &teebox::server::Running,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
     let (mut ws, _) = within(
         "the WebSocket handshake",
         tokio_tungstenite::connect_async(format!("ws://{}/ws", running.addr())),
@@ -258,6 +259,14 @@ async fn a_websocket_tunnel_keeps_its_connection_slot_until_it_closes() {
         .await
         .expect("open")
         .expect("message");
+    ws
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_keeps_its_connection_slot_until_it_closes() {
+    let echo = EchoServer::start().await;
+    let running = start(&site("max_connections 1", &echo.url())).await;
+    let mut ws = open_tunnel(&running).await;
     // The tunnel holds the one slot: a new connection is not served.
     let mut other = TcpStream::connect(running.addr()).await.unwrap();
     other
@@ -283,19 +292,7 @@ async fn a_websocket_tunnel_keeps_its_connection_slot_until_it_closes() {
 async fn shutdown_counts_an_open_websocket_tunnel() {
     let echo = EchoServer::start().await;
     let running = start(&site("", &echo.url())).await;
-    let (mut ws, _) = within(
-        "the WebSocket handshake",
-        tokio_tungstenite::connect_async(format!("ws://{}/ws", running.addr())),
-    )
-    .await
-    .expect("handshake");
-    within("sending", ws.send(Message::text("hi")))
-        .await
-        .unwrap();
-    within("the echo", ws.next())
-        .await
-        .expect("open")
-        .expect("message");
+    let _ws = open_tunnel(&running).await;
     let finished = within("shutdown", running.shutdown(Duration::from_millis(300))).await;
     assert!(!finished, "shutdown overlooked the open tunnel");
 }
