@@ -57,12 +57,10 @@ impl Capture {
     /// `size`: what the body says of its length, to size the buffer.
     pub fn new(pending: PendingCopy, size: &SizeHint) -> Self {
         let framing = (pending.protocol() == Protocol::Grpc).then(Framing::default);
-        // Over `max_body` it is abandoned anyway: no room made for it. A
-        // large body's room is made as it comes, not on the client's word.
-        let expected = size
-            .exact()
-            .filter(|&n| n <= pending.max_body())
-            .map(|n| n.min(PREALLOCATE_AT_MOST));
+        // A body that says it is over `max_body` never gets here (the
+        // mirror handler gives it up first). A large body's room is made as
+        // it comes, not on the client's word.
+        let expected = size.exact().map(|n| n.min(PREALLOCATE_AT_MOST));
         Capture {
             pending,
             body: BytesMut::with_capacity(expected.unwrap_or(0) as usize),
