@@ -8,8 +8,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use miette::{
-    Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity,
-    SourceSpan,
+    Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteError,
+    MietteSpanContents, NamedSource, Severity, SourceCode, SourceSpan, SpanContents,
 };
 
 /// One mistake (or warning) at one place in the site file.
@@ -75,15 +75,19 @@ impl Problem {
 #[derive(Debug, Default)]
 pub struct Problems {
     list: Vec<Problem>,
+    /// Kept as they come: decoding asks after every node whether any error
+    /// was found, and a file can hold tens of thousands of problems.
+    errors: usize,
 }
 
 impl Problems {
     pub fn push(&mut self, problem: Problem) {
+        self.errors += usize::from(problem.is_error());
         self.list.push(problem);
     }
 
     pub fn has_errors(&self) -> bool {
-        self.list.iter().any(Problem::is_error)
+        self.errors > 0
     }
 
     pub fn into_vec(self) -> Vec<Problem> {
@@ -94,13 +98,17 @@ impl Problems {
 /// The site file's name and text, shared by every problem shown.
 #[derive(Debug, Clone)]
 pub struct Source {
-    named: NamedSource<Arc<str>>,
+    named: NamedSource<Arc<Lines>>,
 }
 
 impl Source {
     pub fn new(name: impl AsRef<str>, text: impl Into<Arc<str>>) -> Self {
+        let lines = Lines {
+            text: text.into(),
+            starts: std::sync::OnceLock::new(),
+        };
         Source {
-            named: NamedSource::new(name, text.into()).with_language("kdl"),
+            named: NamedSource::new(name, Arc::new(lines)).with_language("kdl"),
         }
     }
 
@@ -109,7 +117,89 @@ impl Source {
     }
 
     pub fn text(&self) -> &str {
-        self.named.inner()
+        &self.named.inner().text
+    }
+}
+
+/// The site file's text with an index of where its lines start.
+///
+/// miette finds a span's line by scanning the text from its start, so a
+/// report costs the whole file and a file with many problems takes time
+/// quadratic in its size. Here each report reads only its own lines: the
+/// index finds them, and miette's own scan runs over that window, so the
+/// output is exactly what miette would print from the whole text.
+#[derive(Debug)]
+pub struct Lines {
+    text: Arc<str>,
+    /// Byte offsets where lines start, by miette's rule: after `\n`, after a
+    /// lone `\r`, and after `\r\n` taken as one. Built on the first report.
+    starts: std::sync::OnceLock<Vec<usize>>,
+}
+
+impl Lines {
+    fn starts(&self) -> &[usize] {
+        self.starts.get_or_init(|| {
+            let bytes = self.text.as_bytes();
+            let mut starts = vec![0];
+            let mut i = 0;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                        i += 1;
+                        starts.push(i + 1);
+                    }
+                    b'\r' | b'\n' => starts.push(i + 1),
+                    _ => {}
+                }
+                i += 1;
+            }
+            starts
+        })
+    }
+
+    /// The index of the line that holds `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.starts().partition_point(|&start| start <= offset) - 1
+    }
+}
+
+impl SourceCode for Lines {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let text = self.text.as_bytes();
+        let end = span.offset().saturating_add(span.len());
+        if end > text.len() {
+            // What miette says of a span past the end.
+            return text.read_span(span, context_lines_before, context_lines_after);
+        }
+        let starts = self.starts();
+        // One line more than miette shows before the span: for an empty span
+        // at a line's start, miette's scan stops on the newline before it.
+        let first = self
+            .line_of(span.offset())
+            .saturating_sub(context_lines_before.saturating_add(1));
+        // Two lines more than miette reads after the span, so that its scan
+        // stops where it would in the whole text.
+        let last = self
+            .line_of(end)
+            .saturating_add(context_lines_after)
+            .saturating_add(2);
+        let from = starts[first];
+        let to = starts.get(last).copied().unwrap_or(text.len());
+        let window = &text[from..to];
+        let local = SourceSpan::new((span.offset() - from).into(), span.len());
+        let inner = window.read_span(&local, context_lines_before, context_lines_after)?;
+        Ok(Box::new(MietteSpanContents::new(
+            inner.data(),
+            SourceSpan::new((inner.span().offset() + from).into(), inner.span().len()),
+            inner.line() + first,
+            inner.column(),
+            inner.line_count() + first,
+        )))
     }
 }
 
@@ -149,7 +239,13 @@ pub enum Style {
     Plain,
 }
 
-/// Renders problems against their source, in file order.
+/// Reports drawn in full at most; the rest are counted. A file with
+/// thousands of problems is usually one mistake repeated, and nobody reads
+/// past the first screens.
+pub const MAX_SHOWN: usize = 100;
+
+/// Renders problems against their source, in file order: at most
+/// [`MAX_SHOWN`], errors before warnings, then a line that counts the rest.
 pub fn render_problems(source: &Source, problems: &[Problem], style: Style) -> String {
     let theme = match style {
         Style::Color => GraphicalTheme::unicode(),
@@ -160,13 +256,26 @@ pub fn render_problems(source: &Source, problems: &[Problem], style: Style) -> S
     let handler = GraphicalReportHandler::new_themed(theme)
         .with_width(120)
         .with_links(false);
-    let mut sorted: Vec<&Problem> = problems.iter().collect();
-    sorted.sort_by_key(|p| p.span.offset());
+    let mut shown: Vec<&Problem> = problems.iter().collect();
+    if shown.len() > MAX_SHOWN {
+        shown.sort_by_key(|p| (!p.is_error(), p.span.offset()));
+        shown.truncate(MAX_SHOWN);
+    }
+    // A stable sort: problems at one place keep the order they were found in.
+    shown.sort_by_key(|p| p.span.offset());
     let mut out = String::new();
-    for problem in sorted {
+    for problem in &shown {
         let report = Located { problem, source };
         // Writing into a String cannot fail.
         let _ = handler.render_report(&mut out, &report);
+    }
+    if let Some(hidden) = problems.len().checked_sub(shown.len()).filter(|n| *n > 0) {
+        let hidden_errors = problems.iter().filter(|p| p.is_error()).count()
+            - shown.iter().filter(|p| p.is_error()).count();
+        out.push_str(&format!(
+            "... and {hidden} more problem{} not shown ({hidden_errors} of them errors): the first {MAX_SHOWN} are above\n",
+            if hidden == 1 { "" } else { "s" },
+        ));
     }
     out
 }
@@ -216,5 +325,82 @@ impl Diagnostic for Located<'_> {
             .iter()
             .map(|(span, label)| LabeledSpan::new_with_span(Some(label.clone()), *span));
         Some(Box::new(std::iter::once(primary).chain(secondary)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What miette itself reads for a span, from the whole text.
+    fn whole(text: &str, span: SourceSpan, before: usize, after: usize) -> String {
+        let contents = text.read_span(&span, before, after).expect("in bounds");
+        format!(
+            "{:?} {:?} {} {} {}",
+            std::str::from_utf8(contents.data()),
+            contents.span(),
+            contents.line(),
+            contents.column(),
+            contents.line_count()
+        )
+    }
+
+    fn windowed(lines: &Lines, span: SourceSpan, before: usize, after: usize) -> String {
+        let contents = lines.read_span(&span, before, after).expect("in bounds");
+        format!(
+            "{:?} {:?} {} {} {}",
+            std::str::from_utf8(contents.data()),
+            contents.span(),
+            contents.line(),
+            contents.column(),
+            contents.line_count()
+        )
+    }
+
+    #[test]
+    fn the_line_index_reads_what_miette_reads_from_the_whole_text() {
+        let texts = [
+            "a\nbb\nccc\n\ndddd\neeeee\nf",
+            "one\r\ntwo\r\nthree\rfour\n\r\nfive\r\n",
+            "no newline at all",
+            "\n\n\n\n\n\n",
+            "x\n",
+        ];
+        for text in texts {
+            let lines = Lines {
+                text: text.into(),
+                starts: std::sync::OnceLock::new(),
+            };
+            for offset in 0..=text.len() {
+                for len in 0..=(text.len() - offset).min(7) {
+                    for (before, after) in [(0, 0), (1, 1), (2, 3), (0, 2), (5, 0)] {
+                        let span = SourceSpan::new(offset.into(), len);
+                        assert_eq!(
+                            windowed(&lines, span, before, after),
+                            whole(text, span, before, after),
+                            "{text:?} at {offset}+{len}, context {before}/{after}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn past_the_first_hundred_problems_only_a_count_is_shown() {
+        let text = "x\n".repeat(150);
+        let source = Source::new("many.kdl", text.as_str());
+        let mut problems: Vec<Problem> = (0..150)
+            .map(|i| Problem::warning((i * 2, 1).into(), format!("warning {i}")))
+            .collect();
+        problems.push(Problem::error((299, 1).into(), "the error"));
+        let out = render_problems(&source, &problems, Style::Plain);
+        // The error comes first in choosing what to show, the rest in file order.
+        assert!(out.contains("the error"));
+        assert!(out.contains("warning 98\n"));
+        assert!(!out.contains("warning 99\n"));
+        assert!(out.ends_with(
+            "... and 51 more problems not shown (0 of them errors): the first 100 are above\n"
+        ));
     }
 }

@@ -7,6 +7,7 @@ mod decode;
 pub mod diag;
 pub mod matchers;
 pub mod model;
+mod nesting;
 pub mod reader;
 pub mod value;
 
@@ -59,11 +60,11 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
 /// Checks site file text. `name` is what diagnostics call the file.
 pub fn parse(name: &str, text: &str, base_dir: PathBuf) -> Result<Loaded, ConfigError> {
     let source = Source::new(name, text);
-    let doc: kdl::KdlDocument = match text.parse() {
+    let doc = match read_kdl(text) {
         Ok(doc) => doc,
-        Err(err) => {
+        Err(problems) => {
             return Err(ConfigError {
-                problems: decode::syntax_problems(text, &err),
+                problems,
                 file: source,
             })
         }
@@ -86,10 +87,19 @@ pub fn parse(name: &str, text: &str, base_dir: PathBuf) -> Result<Loaded, Config
 /// The site file in its normal layout (`teebox fmt`): indentation and
 /// spacing normalised, comments kept. Only KDL syntax is checked.
 pub fn format(name: &str, text: &str) -> Result<String, ConfigError> {
-    let mut doc: kdl::KdlDocument = text.parse().map_err(|err| ConfigError {
-        problems: decode::syntax_problems(text, &err),
+    let mut doc = read_kdl(text).map_err(|problems| ConfigError {
+        problems,
         file: Source::new(name, text),
     })?;
     doc.autoformat();
     Ok(doc.to_string())
+}
+
+/// KDL text to a document, refusing nesting the parser could not survive.
+fn read_kdl(text: &str) -> Result<kdl::KdlDocument, Vec<Problem>> {
+    if let Some(too_deep) = nesting::check(text) {
+        return Err(vec![too_deep]);
+    }
+    text.parse()
+        .map_err(|err| decode::syntax_problems(text, &err))
 }
