@@ -834,3 +834,73 @@ async fn websocket_messages_echo_through_the_proxy() {
     within("closing", ws.close(None)).await.unwrap();
     assert_eq!(echo.handshakes(), 1);
 }
+
+// ---------------------------------------------------------------------------
+// Framing and upgrades under attack
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_never_removes_host_framing_forwarding_or_the_shadow_marker() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let request = "POST /named HTTP/1.1\r\n\
+        Host: front.example\r\n\
+        Connection: close, Host, Content-Length, Forwarded, X-Forwarded-For, \
+        X-Forwarded-Host, X-Forwarded-Proto, Teebox-Shadow, X-Custom\r\n\
+        Content-Length: 5\r\n\
+        Forwarded: for=203.0.113.9\r\n\
+        X-Forwarded-For: 203.0.113.9\r\n\
+        Teebox-Shadow: 1\r\n\
+        X-Custom: must-not-pass\r\n\
+        \r\n\
+        hello";
+    let outcome = raw::exchange(teebox.addr(), request.as_bytes()).await;
+    assert_eq!(outcome.response().status, 200, "{}", outcome.text());
+
+    let recorded = backend.wait_for(1).await.remove(0);
+    let expected: Vec<(String, String)> = [
+        ("content-length", "5"),
+        (
+            "forwarded",
+            "for=203.0.113.9, for=127.0.0.1;host=\"front.example\";proto=http",
+        ),
+        ("host", "front.example"),
+        ("teebox-shadow", "1"),
+        ("x-forwarded-for", "203.0.113.9, 127.0.0.1"),
+        ("x-forwarded-host", "front.example"),
+        ("x-forwarded-proto", "http"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(recorded.header_pairs(), expected);
+    assert_eq!(recorded.body, Bytes::from_static(b"hello"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_answer_with_both_content_length_and_chunked_is_framed_by_its_chunks() {
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which a
+    // proxy must remove; kept, it would frame `hello` as `hel`.
+    let upstream = FaultServer::raw_reply(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    let teebox = start_proxy(&[upstream.url()], "").await;
+    let outcome = raw::exchange(
+        teebox.addr(),
+        b"GET /both HTTP/1.1\r\nHost: both.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(outcome.closed, "{}", outcome.text());
+    let resp = outcome.response();
+    assert_eq!(resp.status, 200, "{}", outcome.text());
+    assert_eq!(resp.header("content-length"), None, "{}", outcome.text());
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(resp.body, b"hello");
+    // Nothing after the last chunk.
+    assert!(
+        outcome.bytes.ends_with(b"\r\n0\r\n\r\n"),
+        "{}",
+        outcome.text()
+    );
+}
