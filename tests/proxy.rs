@@ -834,3 +834,260 @@ async fn websocket_messages_echo_through_the_proxy() {
     within("closing", ws.close(None)).await.unwrap();
     assert_eq!(echo.handshakes(), 1);
 }
+
+// ---------------------------------------------------------------------------
+// Framing and upgrades under attack
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_never_removes_host_framing_forwarding_or_the_shadow_marker() {
+    let backend = Backend::ok().await;
+    let teebox = start_proxy(&[backend.url()], "").await;
+    let request = "POST /named HTTP/1.1\r\n\
+        Host: front.example\r\n\
+        Connection: close, Host, Content-Length, Forwarded, X-Forwarded-For, \
+        X-Forwarded-Host, X-Forwarded-Proto, Teebox-Shadow, X-Custom\r\n\
+        Content-Length: 5\r\n\
+        Forwarded: for=203.0.113.9\r\n\
+        X-Forwarded-For: 203.0.113.9\r\n\
+        Teebox-Shadow: 1\r\n\
+        X-Custom: must-not-pass\r\n\
+        \r\n\
+        hello";
+    let outcome = raw::exchange(teebox.addr(), request.as_bytes()).await;
+    assert_eq!(outcome.response().status, 200, "{}", outcome.text());
+
+    let recorded = backend.wait_for(1).await.remove(0);
+    let expected: Vec<(String, String)> = [
+        ("content-length", "5"),
+        (
+            "forwarded",
+            "for=203.0.113.9, for=127.0.0.1;host=\"front.example\";proto=http",
+        ),
+        ("host", "front.example"),
+        ("teebox-shadow", "1"),
+        ("x-forwarded-for", "203.0.113.9, 127.0.0.1"),
+        ("x-forwarded-host", "front.example"),
+        ("x-forwarded-proto", "http"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(recorded.header_pairs(), expected);
+    assert_eq!(recorded.body, Bytes::from_static(b"hello"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_answer_with_both_content_length_and_chunked_is_framed_by_its_chunks() {
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, which a
+    // proxy must remove; kept, it would frame `hello` as `hel`.
+    let upstream = FaultServer::raw_reply(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    let teebox = start_proxy(&[upstream.url()], "").await;
+    let outcome = raw::exchange(
+        teebox.addr(),
+        b"GET /both HTTP/1.1\r\nHost: both.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(outcome.closed, "{}", outcome.text());
+    let resp = outcome.response();
+    assert_eq!(resp.status, 200, "{}", outcome.text());
+    assert_eq!(resp.header("content-length"), None, "{}", outcome.text());
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(resp.body, b"hello");
+    // Nothing after the last chunk.
+    assert!(
+        outcome.bytes.ends_with(b"\r\n0\r\n\r\n"),
+        "{}",
+        outcome.text()
+    );
+}
+
+/// An upstream that answers an upgrade request it is offered with `101`
+/// (switching to `switch_to`, or to what it was offered) and then answers
+/// whatever comes through the tunnel as HTTP/1.1 `200 tunnelled`; any
+/// other request gets `200 plain`. Every request head it reads is kept,
+/// lower-cased.
+async fn switching_upstream(
+    switch_to: Option<&'static str>,
+) -> (FaultServer, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    let server = FaultServer::start(move |mut stream| {
+        let seen = seen.clone();
+        async move {
+            let mut buf = vec![0u8; 65536];
+            let mut pending = Vec::new();
+            let mut tunnelled = false;
+            while let Ok(Ok(n)) = tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await {
+                if n == 0 {
+                    return;
+                }
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(end) = find(&pending, b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                    pending.drain(..end + 4);
+                    let offered = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("upgrade:"))
+                        .map(|v| v.trim().to_string());
+                    let answer = match (&offered, tunnelled) {
+                        (_, true) => "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ntunnelled".to_string(),
+                        (Some(offered), false) => {
+                            tunnelled = true;
+                            let protocol = switch_to.unwrap_or(offered);
+                            format!("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n")
+                        }
+                        (None, false) => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain".to_string(),
+                    };
+                    seen.lock().unwrap().push(head);
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    (server, heads)
+}
+
+/// Reads one whole response from `stream` (bounded by [`TIMEOUT`]).
+async fn read_response(stream: &mut tokio::net::TcpStream) -> raw::RawResponse {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("a response", async {
+        loop {
+            if let Some(resp) = raw::parse_response(&bytes) {
+                return resp;
+            }
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before a whole response: {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+            bytes.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+}
+
+/// A site where `/admin` is refused by a route and everything else goes to
+/// `upstream`.
+fn guarded_site(upstream: &str, options: &str) -> String {
+    format!(
+        "site \"127.0.0.1:0\" {{\n    route \"/admin\" {{\n        respond 403 \"forbidden\\n\"\n    }}\n    route \"/*\" {{\n        reverse_proxy {upstream:?} {{\n{options}\n        }}\n    }}\n}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_h2c_upgrade_is_sent_as_a_plain_request_and_the_routes_still_see_what_follows() {
+    use tokio::io::AsyncWriteExt;
+    let (upstream, heads) = switching_upstream(None).await;
+    // Even with every other protocol allowed by name.
+    for options in ["", "upgrades \"websocket\" \"foo\""] {
+        heads.lock().unwrap().clear();
+        let teebox = start(&guarded_site(&upstream.url(), options)).await;
+        let mut client = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
+        client
+            .write_all(
+                b"GET /api/x HTTP/1.1\r\nHost: h2c.test\r\n\
+                Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+                HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let first = read_response(&mut client).await;
+        assert_eq!(first.status, 200, "{options}: {first:?}");
+        assert_eq!(first.body, b"plain", "{options}");
+        assert!(!first.has("upgrade"), "{options}: {first:?}");
+
+        client
+            .write_all(b"GET /admin HTTP/1.1\r\nHost: h2c.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let second = raw::read_to_close(&mut client).await;
+        let second = second.response();
+        assert_eq!(second.status, 403, "{options}: {second:?}");
+        assert_eq!(second.body, b"forbidden\n");
+
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 1, "{options}: {heads:?}");
+        assert!(heads[0].starts_with("get /api/x http/1.1\r\n"), "{heads:?}");
+        for name in ["upgrade", "http2-settings", "connection"] {
+            assert!(
+                !heads[0].lines().any(|l| l.starts_with(&format!("{name}:"))),
+                "{options}: {name} reached the upstream: {heads:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_websocket_is_tunnelled_unless_upgrades_names_more() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, heads) = switching_upstream(None).await;
+    let ask = b"GET /api/foo HTTP/1.1\r\nHost: foo.test\r\nConnection: upgrade\r\nUpgrade: h2c, foo/2\r\n\r\n";
+
+    // By default `foo` is not tunnelled: a plain request, a plain answer.
+    let teebox = start(&guarded_site(&upstream.url(), "")).await;
+    let mut client = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
+    client.write_all(ask).await.unwrap();
+    let resp = read_response(&mut client).await;
+    assert_eq!((resp.status, &resp.body[..]), (200, &b"plain"[..]));
+    let head = heads.lock().unwrap().remove(0);
+    assert!(!head.contains("upgrade"), "{head}");
+
+    // Named, it is, and only it is offered.
+    let teebox = start(&guarded_site(
+        &upstream.url(),
+        "upgrades \"websocket\" \"foo\"",
+    ))
+    .await;
+    let mut client = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
+    client.write_all(ask).await.unwrap();
+    let resp = read_response(&mut client).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(resp.header("upgrade"), Some("foo/2"));
+    let head = heads.lock().unwrap().remove(0);
+    assert!(head.lines().any(|l| l == "upgrade: foo/2"), "{head}");
+    assert!(head.lines().any(|l| l == "connection: upgrade"), "{head}");
+    // The tunnel carries bytes to the upstream as they are.
+    client
+        .write_all(b"GET /admin HTTP/1.1\r\nHost: foo.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 256];
+    let mut got = Vec::new();
+    within("the tunnelled answer", async {
+        while !got.ends_with(b"tunnelled") {
+            let n = client.read(&mut answer).await.unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&answer[..n]);
+        }
+    })
+    .await;
+    assert_eq!(
+        got,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ntunnelled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_switching_to_a_protocol_not_offered_gives_502() {
+    use tokio::io::AsyncWriteExt;
+    let (upstream, _heads) = switching_upstream(Some("h2c")).await;
+    let teebox = start(&guarded_site(&upstream.url(), "")).await;
+    let mut client = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
+    client
+        .write_all(b"GET /api/ws HTTP/1.1\r\nHost: ws.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_response(&mut client).await;
+    assert_eq!(resp.status, 502, "{resp:?}");
+}

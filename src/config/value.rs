@@ -236,9 +236,20 @@ fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(multiplier)
 }
 
-/// An HTTP status code, 100 to 599.
-pub fn status(entry: &KdlEntry) -> Parsed<StatusCode> {
-    let n = integer(entry, 100, 599)?;
+/// A final HTTP status code, 200 to 599: what a handler answers with.
+/// A 1xx is interim (RFC 9110 §15.2): hyper sends `100 Continue` itself,
+/// and neither a bare 1xx nor a 101 without a protocol to switch to ends
+/// an exchange, so it is refused here with its own message.
+pub fn final_status(entry: &KdlEntry) -> Parsed<StatusCode> {
+    if let Some(n @ 100..=199) = entry.value().as_integer() {
+        return Err(Problem::error(
+            value_span(entry),
+            format!("{n} is an informational (1xx) status, not a final answer"),
+        )
+        .label("informational status")
+        .help("answer with a final status, 200 to 599"));
+    }
+    let n = integer(entry, 200, 599)?;
     StatusCode::from_u16(n as u16).map_err(|_| wrong_type(entry, "an HTTP status code"))
 }
 

@@ -47,7 +47,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
             return None;
         }
     };
-    let status = r.check(value::status(status));
+    let status = r.check(value::final_status(status));
     let body = match body {
         Some(b) => r.check(value::string(b)).map(Bytes::from),
         None => Some(Bytes::new()),

@@ -3,7 +3,9 @@
 //!
 //! Bodies stream in both directions; nothing is buffered whole. Upstream
 //! connections are pooled and kept alive (unless `keepalive #false`).
-//! `Upgrade` requests (WebSocket) are tunnelled once the upstream answers 101.
+//! `Upgrade` requests for an allowed protocol (WebSocket, unless `upgrades`
+//! says more) are tunnelled once the upstream answers 101; others go on as
+//! plain requests.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +26,7 @@ use crate::http::placeholders::RequestVars;
 use crate::http::upstream_pool::{
     self, PoolSettings, PooledBody, SendError, Upload, UpstreamPool, Uploading,
 };
+use crate::http::upgrades::Upgrades;
 use crate::http::upstream_tls::UpstreamTls;
 use crate::http::{hop_by_hop, ConnInfo, Request, Response};
 
@@ -61,6 +64,8 @@ pub struct ReverseProxyConfig {
     pub tls: UpstreamTls,
     /// Speak HTTP/2 without TLS (prior knowledge) to every upstream.
     pub h2c: bool,
+    /// The `Upgrade` protocols tunnelled.
+    pub upgrades: Upgrades,
 }
 
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
@@ -86,6 +91,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
             ("tls_server_name", Repeat::Once),
             ("tls_insecure_skip_verify", Repeat::Once),
             ("h2c", Repeat::Once),
+            ("upgrades", Repeat::Once),
         ],
     );
     let duration = |r: &mut Reader, name: &str, default: u64| match opts.one(name) {
@@ -115,6 +121,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
     let keepalive = flag(r, "keepalive", true);
     let tls = UpstreamTls::decode(&opts, r);
     let h2c = flag(r, "h2c", false);
+    let upgrades = Upgrades::decode(opts.one("upgrades"), r);
     Some(Box::new(ReverseProxyConfig {
         upstreams: upstreams?,
         lb_policy: lb_policy?,
@@ -127,6 +134,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
         keepalive: keepalive?,
         tls: tls?,
         h2c: h2c?,
+        upgrades: upgrades?,
     }))
 }
 
@@ -274,8 +282,14 @@ impl ReverseProxy {
             self.config.forwarded,
             self.config.preserve_host,
         );
-        let upgrade = match parts.version {
-            Version::HTTP_11 => forwarding.upgrade,
+        let upgrade = match (parts.version, forwarding.upgrade) {
+            (Version::HTTP_11, Some(offered)) => {
+                let allowed = self.config.upgrades.offer(&offered);
+                if allowed.is_none() {
+                    tracing::debug!(route = %self.route, upgrade = ?offered, "upgrade not allowed: passed on as a plain request");
+                }
+                allowed
+            }
             _ => None,
         };
         if let Some(protocol) = &upgrade {
@@ -465,7 +479,12 @@ impl ReverseProxy {
             .then(|| response.headers().get(header::UPGRADE).cloned())
             .flatten();
         if switching {
-            if let (Some(client_upgrade), Some(_)) = (client_upgrade, &upgrade_to) {
+            // Only what was offered was allowed, so a switch to anything
+            // else is the upstream's doing, and must not open a tunnel.
+            let allowed = upgrade_to
+                .as_ref()
+                .is_some_and(|p| self.config.upgrades.allows(p));
+            if let (Some(client_upgrade), true) = (client_upgrade, allowed) {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
                 let route = self.route.clone();
                 let guard = guard.take();
@@ -474,7 +493,7 @@ impl ReverseProxy {
                     tunnel(client_upgrade, upstream_upgrade, &route).await;
                 });
             } else {
-                tracing::warn!(route = %self.route, "upstream switched protocols without being asked");
+                tracing::warn!(route = %self.route, upgrade = ?upgrade_to, "upstream switched protocols without being asked, or to one not offered");
                 return error_response(StatusCode::BAD_GATEWAY);
             }
         }

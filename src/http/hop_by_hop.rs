@@ -7,10 +7,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// Headers that are hop-by-hop whether or not `Connection` names them, and
 /// `Upgrade`. `Keep-Alive` and `Proxy-Connection` are not standard but are
 /// sent by old clients; forwarding them confuses upstreams.
+/// `HTTP2-Settings` belongs to an `h2c` upgrade, which is never passed on
+/// (see `upgrades.rs`), so it goes even when `Connection` leaves it out.
 ///
 /// `Trailer` is not among them (RFC 9110 §6.6.2 makes it end to end), and
 /// hyper only sends trailer fields that it announces.
-static HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -19,10 +21,31 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 const CONNECTION: usize = 0;
 const TE: usize = 5;
+const TRANSFER_ENCODING: usize = 6;
 const UPGRADE: usize = 7;
+
+/// Headers no `Connection` option removes: teebox sets or checks them
+/// itself, so a client (or upstream) that names them would otherwise
+/// change what teebox does. `Host` would give way to the upstream's name
+/// despite `preserve_host`; `Content-Length` frames the message; the
+/// forwarding headers carry the chain of proxies; and the mirror's loop
+/// marker keeps copies from being copied again. (`Transfer-Encoding` is
+/// hop-by-hop and goes anyway.)
+fn never_named(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+    ) || *name == crate::mirror::policy::DEFAULT_MARKER
+}
 
 /// What the scan makes of a header name.
 enum Name {
@@ -37,7 +60,7 @@ enum Name {
 /// matches the name's text, and settles most names by their length alone.
 fn classify(name: &HeaderName) -> Name {
     let name = name.as_str();
-    if !matches!(name.len(), 2 | 7 | 9 | 10 | 15..=19) {
+    if !matches!(name.len(), 2 | 7 | 9 | 10 | 14..=19) {
         return Name::Other;
     }
     Name::HopByHop(match name {
@@ -47,8 +70,9 @@ fn classify(name: &HeaderName) -> Name {
         "proxy-authenticate" => 3,
         "proxy-authorization" => 4,
         "te" => TE,
-        "transfer-encoding" => 6,
+        "transfer-encoding" => TRANSFER_ENCODING,
         "upgrade" => UPGRADE,
+        "http2-settings" => 8,
         "forwarded" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" => {
             return Name::Forwarding
         }
@@ -67,7 +91,7 @@ const IMPLIED: [&[u8]; 3] = [b"close", b"keep-alive", b"upgrade"];
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Scan {
     /// Bit i: `HOP_BY_HOP[i]` is present.
-    present: u8,
+    present: u16,
     /// `Connection` names a header other than the implied options.
     names_others: bool,
     /// `Connection` has the `upgrade` option.
@@ -143,10 +167,15 @@ impl Scan {
         self.forwarding
     }
 
-    /// Removes hop-by-hop headers and those named in `Connection`.
-    /// `Upgrade` is removed too; a proxy that passes an upgrade through
-    /// puts it back. Only what is there is removed: most blocks have none,
-    /// or only `Connection`.
+    /// Removes hop-by-hop headers and those named in `Connection` (but
+    /// never those [`never_named`] lists). `Upgrade` is removed too; a proxy
+    /// that passes an upgrade through puts it back. Only what is there is
+    /// removed: most blocks have none, or only `Connection`.
+    ///
+    /// With `Transfer-Encoding`, `Content-Length` goes too: the message is
+    /// framed by its transfer coding, and RFC 9112 §6.3 has a proxy remove
+    /// the length before forwarding. Left in, it would frame the body
+    /// teebox passes on, cutting it short.
     pub fn strip(&self, headers: &mut HeaderMap) {
         if self.names_others {
             let named: Vec<HeaderName> = headers
@@ -154,6 +183,7 @@ impl Scan {
                 .iter()
                 .flat_map(|v| list(v.as_bytes()))
                 .filter_map(|t| HeaderName::from_bytes(t).ok())
+                .filter(|name| !never_named(name))
                 .collect();
             for name in named {
                 headers.remove(name);
@@ -163,6 +193,9 @@ impl Scan {
             if self.present & (1 << i) != 0 {
                 headers.remove(name);
             }
+        }
+        if self.present & (1 << TRANSFER_ENCODING) != 0 {
+            headers.remove(header::CONTENT_LENGTH);
         }
     }
 }
@@ -266,5 +299,56 @@ mod tests {
         h.insert("x-kept", "1".parse().unwrap());
         strip(&mut h);
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn connection_never_removes_what_teebox_sets_or_checks() {
+        let mut h = HeaderMap::new();
+        let named = "Host, Content-Length, Forwarded, X-Forwarded-For, \
+                     X-Forwarded-Proto, X-Forwarded-Host, Teebox-Shadow, X-Secret";
+        h.insert("connection", named.parse().unwrap());
+        for name in named.split(", ") {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "1".parse().unwrap(),
+            );
+        }
+        strip(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "content-length",
+                "forwarded",
+                "host",
+                "teebox-shadow",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
+        );
+    }
+
+    #[test]
+    fn http2_settings_goes_even_when_connection_does_not_name_it() {
+        let mut h = HeaderMap::new();
+        h.insert("http2-settings", "AAMAAABkAAQAAP__".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn transfer_encoding_takes_content_length_with_it() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "3".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        strip(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "3".parse().unwrap());
+        strip(&mut h);
+        assert_eq!(h.len(), 1);
     }
 }

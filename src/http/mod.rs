@@ -9,6 +9,7 @@ pub mod hop_by_hop;
 pub mod json;
 pub mod placeholders;
 pub mod target_guard;
+pub mod upgrades;
 pub mod upstream_pool;
 pub mod upstream_tls;
 
@@ -22,7 +23,8 @@ pub type Response = http::Response<Body>;
 pub struct Forwarding {
     /// The host (and port) the client addressed.
     pub original_host: Option<http::HeaderValue>,
-    /// The protocol of an `Upgrade` request, read before `Upgrade` went.
+    /// The protocols an `Upgrade` request offers, read before `Upgrade`
+    /// went.
     pub upgrade: Option<http::HeaderValue>,
     /// The client said `TE: trailers`, as every gRPC client does.
     pub accepts_trailers: bool,
