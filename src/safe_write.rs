@@ -78,7 +78,7 @@ fn resolve(path: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
             if !meta.is_file() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("{} is not a regular file", target.display()),
+                    "it is not a regular file",
                 ));
             }
             Ok((target, Some(meta)))
