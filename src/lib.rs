@@ -16,4 +16,5 @@ pub mod lines;
 pub mod metrics;
 pub mod mirror;
 pub mod replay;
+pub mod safe_write;
 pub mod server;

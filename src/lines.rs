@@ -103,6 +103,30 @@ fn append(path: &Path, what: &str) -> io::Result<File> {
         })
 }
 
+/// Opens the file a roll starts. teebox has just renamed its own file away
+/// from the path, so anything there now was put there by someone else in
+/// between: a symlink is not followed (it could point at any file the
+/// process may write), while a regular file (another writer's, such as the
+/// configuration a reload replaced) is appended to. The first open, at
+/// start, does follow a symlink: the path is the operator's to set.
+fn open_after_roll(path: &Path, what: &str) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot open {what} {} after rolling it (a symlink there is not followed): {e}",
+                    path.display()
+                ),
+            )
+        })
+}
+
 impl Output {
     fn open(destination: Destination, what: &str) -> io::Result<Self> {
         let (out, file): (Box<dyn Write + Send>, _) = match destination {
@@ -128,10 +152,10 @@ impl Output {
     /// gone.
     fn drain(&mut self, rx: Receiver<String>, what: &str) {
         while let Ok(line) = rx.recv() {
-            let mut result = self.line(&line);
+            let mut result = self.line(&line, what);
             loop {
                 while let Ok(line) = rx.try_recv() {
-                    result = result.and(self.line(&line));
+                    result = result.and(self.line(&line, what));
                 }
                 if let Err(err) =
                     std::mem::replace(&mut result, Ok(())).and_then(|()| self.out.flush())
@@ -146,15 +170,21 @@ impl Output {
         }
     }
 
-    fn line(&mut self, line: &str) -> io::Result<()> {
+    fn line(&mut self, line: &str, what: &str) -> io::Result<()> {
         let len = line.len() as u64;
         if let Some(file) = &mut self.file {
             if let Some(roll) = file.roll {
                 if file.size > 0 && file.size + len > roll.size {
                     self.out.flush()?;
                     rotate(&file.path, roll.keep)?;
-                    self.out = BufWriter::new(Box::new(append(&file.path, "file")?));
                     file.size = 0;
+                    match open_after_roll(&file.path, what) {
+                        Ok(next) => self.out = BufWriter::new(Box::new(next)),
+                        // Lines keep going to the file just rolled (now
+                        // `path.1`) rather than being lost; the next roll
+                        // tries again.
+                        Err(err) => tracing::error!(error = %err, "cannot start a new {what}"),
+                    }
                 }
             }
             file.size += len;
@@ -204,7 +234,7 @@ mod tests {
         for line in [
             "aaaa\n", "bbbb\n", "cccc\n", "dddd\n", "eeee\n", "ffff\n", "gggg\n",
         ] {
-            out.line(line).unwrap();
+            out.line(line, "test").unwrap();
         }
         out.out.flush().unwrap();
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
@@ -212,6 +242,30 @@ mod tests {
         assert_eq!(read(&dir.join("out.jsonl.1")), "eeee\nffff\n");
         assert_eq!(read(&dir.join("out.jsonl.2")), "cccc\ndddd\n");
         assert!(!dir.join("out.jsonl.3").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_file_a_roll_starts_is_never_a_planted_symlink() {
+        let dir = std::env::temp_dir().join(format!("teebox-lines-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let path = dir.join("out.jsonl");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let err = open_after_roll(&path, "record file").unwrap_err();
+        assert!(
+            err.to_string().contains("a symlink there is not followed"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        // A regular file that appeared meanwhile is another writer's: appended to.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "theirs\n").unwrap();
+        let mut file = open_after_roll(&path, "record file").unwrap();
+        file.write_all(b"ours\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs\nours\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

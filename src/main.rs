@@ -309,10 +309,10 @@ fn fmt(file: &Path, overwrite: bool) -> ExitCode {
         print!("{formatted}");
         return ExitCode::SUCCESS;
     }
-    match write_atomically(file, &formatted) {
+    match teebox::safe_write::replace(file, formatted.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("teebox: cannot write {}: {err}", file.display());
+            eprintln!("teebox: {err}");
             ExitCode::from(UNREADABLE)
         }
     }
@@ -348,17 +348,6 @@ fn hash_password() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Writes beside the file and renames over it, so a crash never leaves half a file.
-fn write_atomically(file: &Path, text: &str) -> std::io::Result<()> {
-    let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".teebox-fmt.tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, file).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 fn init_tracing(log: &LogConfig) {

@@ -602,6 +602,51 @@ async fn replay_command_prints_a_summary_and_fails_on_mismatch() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--target"));
 }
 
+#[tokio::test]
+async fn record_and_replay_keep_header_bytes_that_are_not_utf8() {
+    let dir = common::TempDir::new("replay-obs-text");
+    let kdl = "site \"127.0.0.1:0\" {\n  route \"/*\" {\n    record \"traffic.jsonl\"\n    respond 200 \"ok\"\n  }\n}\n";
+    let running = common::start_in(kdl, dir.path()).await;
+    // obs-text: every byte from 0x80 to 0xff, which is not UTF-8; and a
+    // value that is UTF-8 but not ASCII.
+    let obs_text: Vec<u8> = (0x80..=0xff).collect();
+    let utf8 = "café ✓".as_bytes();
+    let mut request = b"GET /obs HTTP/1.1\r\nHost: shop.example\r\nX-Obs: ".to_vec();
+    request.extend_from_slice(&obs_text);
+    request.extend_from_slice(b"\r\nX-Utf8: ");
+    request.extend_from_slice(utf8);
+    request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    let outcome = common::raw::exchange(running.addr(), &request).await;
+    assert_eq!(outcome.status(), Some(200), "{}", outcome.text());
+    let file = dir.join("traffic.jsonl");
+    let line = record_lines(&file, 1).await.remove(0);
+    let obs = line["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pair| pair[0] == "x-obs")
+        .expect("x-obs recorded");
+    use base64::Engine as _;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(obs[1]["base64"].as_str().expect("{\"base64\": …}"))
+            .unwrap(),
+        obs_text
+    );
+    assert_eq!(recorded_header(&line, "x-utf8"), Some("café ✓"));
+
+    let target = Backend::ok().await;
+    let summary = teebox::replay::replay(&replay_options(file, &target), || {})
+        .await
+        .expect("replay");
+    assert_eq!(summary.sent, 1, "{summary}");
+    let got = target.wait_for(1).await.remove(0);
+    assert_eq!(got.path_and_query(), "/obs");
+    assert_eq!(got.headers["x-obs"].as_bytes(), obs_text.as_slice());
+    assert_eq!(got.headers["x-utf8"].as_bytes(), utf8);
+    assert_eq!(got.headers["host"].as_bytes(), b"shop.example");
+}
+
 // ---- compare --------------------------------------------------------------------------------
 
 fn json_reply(status: u16, version: &str, body: String) -> common::Reply {

@@ -2,18 +2,26 @@
 //!
 //! The file records, per named mirror, the targets added at runtime and the
 //! site-file targets removed at runtime. It is rewritten whole after every
-//! change (write, fsync, rename), so a crash leaves the old or the new file,
+//! change (a fresh temporary file, fsync, rename; see
+//! [`crate::safe_write`]), so a crash leaves the old or the new file,
 //! never half of one. A file that cannot be read back is an error at start:
 //! silently starting without the operator's changes would be worse.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
 use crate::config::value::UpstreamUrl;
 use crate::mirror::MirrorRegistry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("cannot encode the state: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Write(#[from] crate::safe_write::ReplaceError),
+}
 
 #[derive(Debug, Clone)]
 pub struct StateFile {
@@ -67,7 +75,7 @@ impl StateFile {
     }
 
     /// Writes every named mirror's runtime changes.
-    pub fn save(&self, mirrors: &MirrorRegistry) -> std::io::Result<()> {
+    pub fn save(&self, mirrors: &MirrorRegistry) -> Result<(), SaveError> {
         let mut out = serde_json::Map::new();
         for mirror in mirrors.all() {
             let Some(name) = mirror.name() else { continue };
@@ -80,7 +88,7 @@ impl StateFile {
             );
         }
         let text = serde_json::to_string_pretty(&json!({ "version": 1, "mirrors": out }))? + "\n";
-        write_atomically(&self.path, text.as_bytes())
+        Ok(crate::safe_write::replace(&self.path, text.as_bytes())?)
     }
 }
 
@@ -121,24 +129,6 @@ fn parse(text: &str) -> Result<BTreeMap<String, Changes>, String> {
         );
     }
     Ok(out)
-}
-
-/// Write beside, fsync, rename over, fsync the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ pub fn push_key(out: &mut String, key: &str) {
 }
 
 /// Appends `"headers":[[name, value], …]`: in order, repeated names kept.
+/// A value that is not UTF-8 (obs-text, such as Latin-1) is written as
+/// `{"base64":"…"}` so that its bytes come back exactly; as text it would
+/// have to lose them.
 pub fn push_headers(out: &mut String, key: &str, headers: &HeaderMap) {
     push_key(out, key);
     out.push('[');
@@ -50,7 +53,14 @@ pub fn push_headers(out: &mut String, key: &str, headers: &HeaderMap) {
         out.push('[');
         push_str(out, name.as_str());
         out.push(',');
-        push_str(out, &String::from_utf8_lossy(value.as_bytes()));
+        match std::str::from_utf8(value.as_bytes()) {
+            Ok(text) => push_str(out, text),
+            Err(_) => {
+                out.push_str("{\"base64\":\"");
+                base64::engine::general_purpose::STANDARD.encode_string(value.as_bytes(), out);
+                out.push_str("\"}");
+            }
+        }
         out.push(']');
     }
     out.push(']');
@@ -84,8 +94,16 @@ pub fn headers_from_pairs(value: &Value) -> Option<HeaderMap> {
     let mut headers = HeaderMap::new();
     for pair in value.as_array()? {
         let name = HeaderName::from_bytes(pair.get(0)?.as_str()?.as_bytes()).ok()?;
-        let value = HeaderValue::from_str(pair.get(1)?.as_str()?).ok()?;
-        headers.append(name, value);
+        // From bytes, not `from_str`: that takes visible ASCII only, and a
+        // UTF-8 value such as `café` is as valid on the wire as it was
+        // when recorded.
+        let bytes = match pair.get(1)? {
+            Value::String(text) => text.as_bytes().to_vec(),
+            encoded => base64::engine::general_purpose::STANDARD
+                .decode(encoded.get("base64")?.as_str()?)
+                .ok()?,
+        };
+        headers.append(name, HeaderValue::from_bytes(&bytes).ok()?);
     }
     Some(headers)
 }
@@ -124,5 +142,40 @@ mod tests {
             assert_eq!(value["body_bytes"], 99);
             assert_eq!(value["body_truncated"], true);
         }
+    }
+
+    #[test]
+    fn header_bytes_that_are_not_utf8_round_trip_exactly() {
+        let obs_text: Vec<u8> = (0x80..=0xff).collect();
+        let mut headers = HeaderMap::new();
+        headers.append("x-obs", HeaderValue::from_bytes(&obs_text).unwrap());
+        headers.append(
+            "x-utf8",
+            HeaderValue::from_bytes("café".as_bytes()).unwrap(),
+        );
+        headers.append("x-obs", HeaderValue::from_bytes(b"a\xe9b").unwrap());
+        let mut out = String::from("{");
+        push_headers(&mut out, "headers", &headers);
+        out.push('}');
+        let value: Value = serde_json::from_str(&out).expect(&out);
+        // A HeaderMap keeps the values of one name together.
+        assert_eq!(value["headers"][1][1]["base64"], "Yeli");
+        assert_eq!(value["headers"][2][1], "café");
+        let back = headers_from_pairs(&value["headers"]).unwrap();
+        let bytes = |h: &HeaderMap, name: &str| -> Vec<Vec<u8>> {
+            h.get_all(name)
+                .iter()
+                .map(|v| v.as_bytes().to_vec())
+                .collect()
+        };
+        assert_eq!(bytes(&back, "x-obs"), [obs_text, b"a\xe9b".to_vec()]);
+        assert_eq!(bytes(&back, "x-utf8"), ["café".as_bytes().to_vec()]);
+        // Files written before: plain strings, U+FFFD where a byte was lost.
+        let old = serde_json::json!([["x-old", "a\u{fffd}b"], ["x-plain", "v"]]);
+        let back = headers_from_pairs(&old).unwrap();
+        assert_eq!(back["x-old"].as_bytes(), "a\u{fffd}b".as_bytes());
+        assert_eq!(back["x-plain"], "v");
+        assert!(headers_from_pairs(&serde_json::json!([["x", {"base64": "!"}]])).is_none());
+        assert!(headers_from_pairs(&serde_json::json!([["x", 7]])).is_none());
     }
 }
