@@ -239,22 +239,21 @@ impl<'p> Reader<'p> {
     /// Upstream or target URLs, each given once.
     pub fn urls(&mut self, args: &[&KdlEntry]) -> Option<Vec<value::UpstreamUrl>> {
         let mut urls: Vec<value::UpstreamUrl> = Vec::new();
+        let mut spans = Vec::new();
         let mut ok = true;
         for entry in args {
             let Some(url) = self.check(value::upstream_url(entry)) else {
                 ok = false;
                 continue;
             };
-            if urls.contains(&url) {
-                self.push(
-                    Problem::error(value::value_span(entry), format!("{url} is listed twice"))
-                        .label("again")
-                        .help("list each URL once"),
-                );
+            let span = value::value_span(entry);
+            if let Some(at) = urls.iter().position(|u| *u == url) {
+                self.push(value::listed_twice(&url, span, &urls[at], spans[at], "list each URL once"));
                 ok = false;
                 continue;
             }
             urls.push(url);
+            spans.push(span);
         }
         ok.then_some(urls)
     }

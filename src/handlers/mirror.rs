@@ -327,13 +327,14 @@ fn target_node(
         .and_then(|args| {
             let url = r.check(value::upstream_url(args[0]))?;
             let span = value::value_span(args[0]);
-            if let Some((_, first)) = seen.iter().find(|(u, _)| *u == url) {
-                r.push(
-                    Problem::error(span, format!("{url} is listed twice"))
-                        .label("again")
-                        .also(*first, "first listed here")
-                        .help("list each URL once: in the mirror's arguments or as a `target`"),
-                );
+            if let Some((first, first_span)) = seen.iter().find(|(u, _)| *u == url) {
+                r.push(value::listed_twice(
+                    &url,
+                    span,
+                    first,
+                    *first_span,
+                    "list each URL once: in the mirror's arguments or as a `target`",
+                ));
                 return None;
             }
             seen.push((url.clone(), span));
