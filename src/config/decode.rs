@@ -619,6 +619,7 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
             }
         }
     }
+    warn_body_limits(steps.iter().map(|(_, n)| *n), r);
     let mut middleware = Vec::new();
     let mut terminal: Option<(Option<Box<dyn TerminalConfig>>, &KdlNode)> = None;
     for (step, child) in steps {
@@ -679,6 +680,40 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
         terminal: terminal?,
         span: node.span(),
     })
+}
+
+/// `request_body` after a `mirror` works (a refused request is not
+/// copied) but the mirror reads and buffers the body before the limit is
+/// checked; a second `request_body` is one limit too many.
+fn warn_body_limits<'n>(handlers: impl Iterator<Item = &'n KdlNode>, r: &mut Reader) {
+    let mut mirror: Option<&KdlNode> = None;
+    let mut limit: Option<&KdlNode> = None;
+    for node in handlers {
+        match node.name().value() {
+            "mirror" => mirror = mirror.or(Some(node)),
+            "request_body" => {
+                if let Some(first) = limit {
+                    r.push(
+                        Problem::warning(name_span(node), "a second `request_body` in this route")
+                            .label("another limit")
+                            .also(name_span(first), "the first")
+                            .help("keep one: the smaller max_size is the one that holds"),
+                    );
+                    continue;
+                }
+                limit = Some(node);
+                if let Some(mirror) = mirror {
+                    r.push(
+                        Problem::warning(name_span(node), "`request_body` comes after `mirror`")
+                            .label("checked after the mirror has started copying the body")
+                            .also(name_span(mirror), "the mirror")
+                            .help("move `request_body` before `mirror`: a body over the limit is then refused before any of it is read for a copy"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A matcher written after a handler still decides for the whole route,
