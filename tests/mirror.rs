@@ -144,6 +144,25 @@ async fn header_up_and_host_apply_to_copies_only() {
     assert_eq!(p.header("host"), Some("example.com"));
 }
 
+/// `{env.NAME}`, as in Caddy: read when the file is loaded, alone or
+/// beside per-request placeholders.
+#[tokio::test]
+async fn header_up_fills_in_environment_variables() {
+    // Cargo sets it for every test it runs.
+    let name = std::env::var("CARGO_PKG_NAME").expect("CARGO_PKG_NAME");
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let options = "header_up \"X-Env\" \"{env.CARGO_PKG_NAME}\"\nheader_up \"X-Both\" \"{env.CARGO_PKG_NAME}@{client.ip}\"";
+    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let req = client::req("GET", &format!("{}/env", base_url(&running)))
+        .body(client::full(""))
+        .unwrap();
+    assert_eq!(Client::http1().send(req).await.unwrap().status, 200);
+    let c = shadow.wait_for(1).await.remove(0);
+    assert_eq!(c.header("x-env"), Some(name.as_str()));
+    assert_eq!(c.header("x-both"), Some(format!("{name}@127.0.0.1").as_str()));
+}
+
 #[tokio::test]
 async fn a_mirror_header_up_host_is_kept() {
     let primary = Backend::ok().await;

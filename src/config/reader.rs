@@ -284,13 +284,29 @@ impl<'p> Reader<'p> {
     pub fn header_text(&mut self, entry: &KdlEntry) -> Option<HeaderText> {
         let fixed = self.check(value::header_value(entry))?;
         let text = fixed.to_str().unwrap_or_default();
-        match Template::parse(text) {
-            Ok(None) => Some(HeaderText::Fixed(fixed)),
-            Ok(Some(template)) => Some(HeaderText::Template(template)),
-            Err(unknown) => {
-                self.push(value::unknown_placeholder(entry, &unknown));
-                None
+        let template = match Template::parse(text) {
+            Ok(None) => return Some(HeaderText::Fixed(fixed)),
+            Ok(Some(template)) => template,
+            Err(bad) => {
+                self.push(value::bad_placeholder(entry, &bad));
+                return None;
             }
+        };
+        // `{env.NAME}` is filled in now: its value must fit a header too.
+        if let Some(bad) = template
+            .text()
+            .find(|t| http::HeaderValue::from_str(t).is_err())
+        {
+            self.push(
+                Problem::error(value::value_span(entry), "an environment variable here holds characters a header value may not")
+                    .label(format!("not a header value once filled in ({} bytes)", bad.len()))
+                    .help("header values may not hold control characters such as newlines"),
+            );
+            return None;
+        }
+        match template.fixed().map(http::HeaderValue::from_str) {
+            Some(Ok(value)) => Some(HeaderText::Fixed(value)),
+            _ => Some(HeaderText::Template(template)),
         }
     }
 

@@ -515,21 +515,34 @@ pub fn one_of(entry: &KdlEntry, choices: &[&'static str]) -> Parsed<&'static str
     })
 }
 
-/// A `{name}` in a value that is no placeholder teebox knows.
-pub fn unknown_placeholder(
+/// A `{name}` in a value that teebox cannot fill in.
+pub fn bad_placeholder(
     entry: &KdlEntry,
-    unknown: &crate::http::placeholders::UnknownPlaceholder,
+    bad: &crate::http::placeholders::BadPlaceholder,
 ) -> Problem {
-    let known = crate::http::placeholders::NAMES.map(|(name, _)| name);
-    let list = known.map(|n| format!("{{{n}}}")).join(" ");
-    let p = Problem::error(
-        value_span(entry),
-        format!("unknown placeholder `{{{}}}`", unknown.name),
-    )
-    .label(format!("placeholders are: {list}"));
-    match suggest(&unknown.name, known) {
-        Some(near) => p.help(format!("did you mean `{{{near}}}`?")),
-        None => p,
+    use crate::http::placeholders::{Why, NAMES};
+    match &bad.why {
+        Why::Unknown { near } => {
+            let list = NAMES.map(|(n, _)| format!("{{{n}}}")).join(" ");
+            let p = Problem::error(
+                value_span(entry),
+                format!("unknown placeholder `{{{}}}`", bad.name),
+            )
+            .label(format!("placeholders are: {list} {{env.NAME}}"));
+            match near {
+                Some(near) => p.help(format!("did you mean `{{{near}}}`?")),
+                None => p,
+            }
+        }
+        Why::UnsetEnv => {
+            let var = bad.name.strip_prefix("env.").unwrap_or(&bad.name);
+            Problem::error(
+                value_span(entry),
+                format!("`{{{}}}`: the environment variable {var} is not set", bad.name),
+            )
+            .label("read from teebox's environment when the site file is loaded")
+            .help(format!("set {var} where teebox (and `teebox validate`) runs, or write the value itself"))
+        }
     }
 }
 
