@@ -220,7 +220,11 @@ async fn a_target_spelled_otherwise_is_already_there() {
     ] {
         let resp = put(&running, &format!("mirror=staging&url={url}")).await;
         assert_eq!(resp.status, 409, "{url}: {}", resp.text());
-        assert!(resp.text().contains("is already a target of staging"), "{url}: {}", resp.text());
+        assert!(
+            resp.text().contains("is already a target of staging"),
+            "{url}: {}",
+            resp.text()
+        );
     }
     let twice = put(
         &running,

@@ -160,7 +160,10 @@ async fn header_up_fills_in_environment_variables() {
     assert_eq!(Client::http1().send(req).await.unwrap().status, 200);
     let c = shadow.wait_for(1).await.remove(0);
     assert_eq!(c.header("x-env"), Some(name.as_str()));
-    assert_eq!(c.header("x-both"), Some(format!("{name}@127.0.0.1").as_str()));
+    assert_eq!(
+        c.header("x-both"),
+        Some(format!("{name}@127.0.0.1").as_str())
+    );
 }
 
 #[tokio::test]

@@ -30,10 +30,15 @@ pub fn syntax_problems(text: &str, err: &KdlError) -> Vec<Problem> {
         let message = d.message.as_deref().unwrap_or("");
         if super::habits::is_hash_comment(message, found) {
             // kdl may stumble more than once on one comment's words.
-            let line = text.get(..span.offset()).map_or(0, |t| t.matches('\n').count());
+            let line = text
+                .get(..span.offset())
+                .map_or(0, |t| t.matches('\n').count());
             if !comment_lines.contains(&line) {
                 comment_lines.push(line);
-                bare_words.push(super::habits::hash_comment(SourceSpan::new(span.offset().into(), 1)));
+                bare_words.push(super::habits::hash_comment(SourceSpan::new(
+                    span.offset().into(),
+                    1,
+                )));
             }
             continue;
         }

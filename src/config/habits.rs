@@ -97,7 +97,10 @@ mod tests {
         assert!(!is_hash_comment("Expected keyword", "#True"));
         assert!(!is_hash_comment("Expected keyword", "#-INF"));
         assert!(!is_hash_comment("Expected keyword", "#\"raw"));
-        assert!(!is_hash_comment("Unexpected newline in single-line quoted string", "#"));
+        assert!(!is_hash_comment(
+            "Unexpected newline in single-line quoted string",
+            "#"
+        ));
     }
 
     #[test]

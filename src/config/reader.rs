@@ -248,7 +248,13 @@ impl<'p> Reader<'p> {
             };
             let span = value::value_span(entry);
             if let Some(at) = urls.iter().position(|u| *u == url) {
-                self.push(value::listed_twice(&url, span, &urls[at], spans[at], "list each URL once"));
+                self.push(value::listed_twice(
+                    &url,
+                    span,
+                    &urls[at],
+                    spans[at],
+                    "list each URL once",
+                ));
                 ok = false;
                 continue;
             }
@@ -298,9 +304,15 @@ impl<'p> Reader<'p> {
             .find(|t| http::HeaderValue::from_str(t).is_err())
         {
             self.push(
-                Problem::error(value::value_span(entry), "an environment variable here holds characters a header value may not")
-                    .label(format!("not a header value once filled in ({} bytes)", bad.len()))
-                    .help("header values may not hold control characters such as newlines"),
+                Problem::error(
+                    value::value_span(entry),
+                    "an environment variable here holds characters a header value may not",
+                )
+                .label(format!(
+                    "not a header value once filled in ({} bytes)",
+                    bad.len()
+                ))
+                .help("header values may not hold control characters such as newlines"),
             );
             return None;
         }

@@ -538,10 +538,15 @@ pub fn bad_placeholder(
             let var = bad.name.strip_prefix("env.").unwrap_or(&bad.name);
             Problem::error(
                 value_span(entry),
-                format!("`{{{}}}`: the environment variable {var} is not set", bad.name),
+                format!(
+                    "`{{{}}}`: the environment variable {var} is not set",
+                    bad.name
+                ),
             )
             .label("read from teebox's environment when the site file is loaded")
-            .help(format!("set {var} where teebox (and `teebox validate`) runs, or write the value itself"))
+            .help(format!(
+                "set {var} where teebox (and `teebox validate`) runs, or write the value itself"
+            ))
         }
     }
 }

@@ -197,7 +197,10 @@ fn meaning(name: &str) -> Meaning<'_> {
         Some(exact) => Some(exact.to_string()),
         None => match lower.strip_prefix("env.") {
             Some(_) if is_env_name(&name[4..]) => Some(format!("env.{}", &name[4..])),
-            Some(var) => Some(format!("env.{}", var.to_ascii_uppercase().replace(['.', '-'], "_"))),
+            Some(var) => Some(format!(
+                "env.{}",
+                var.to_ascii_uppercase().replace(['.', '-'], "_")
+            )),
             None => crate::config::value::suggest(bare, known).map(str::to_string),
         },
     };
@@ -354,7 +357,15 @@ mod tests {
 
     #[test]
     fn other_braces_stay_text() {
-        for text in ["{X-Foo}", "{Bar}", "{a-b}", "{1.0}", "{}", "{$}", "{ request.id }"] {
+        for text in [
+            "{X-Foo}",
+            "{Bar}",
+            "{a-b}",
+            "{1.0}",
+            "{}",
+            "{$}",
+            "{ request.id }",
+        ] {
             assert_eq!(Template::parse(text).unwrap(), None, "{text}");
         }
     }
@@ -363,7 +374,9 @@ mod tests {
     fn env_is_read_when_parsed() {
         // Cargo sets it for every test it runs.
         let name = std::env::var("CARGO_PKG_NAME").unwrap();
-        let t = Template::parse("{env.CARGO_PKG_NAME}/{request.id}").unwrap().unwrap();
+        let t = Template::parse("{env.CARGO_PKG_NAME}/{request.id}")
+            .unwrap()
+            .unwrap();
         assert_eq!(t.render(&vars()), format!("{name}/id-1"));
         let t = Template::parse("v={env.CARGO_PKG_NAME}").unwrap().unwrap();
         assert_eq!(t.fixed(), Some(format!("v={name}").as_str()));
