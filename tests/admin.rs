@@ -202,6 +202,45 @@ async fn bad_calls_get_a_reason_and_change_nothing() {
     assert_eq!(canary.text(), "");
 }
 
+/// A target written another way (default port, trailing slash, host
+/// case) is the same target: adding it again would send every copy there
+/// twice.
+#[tokio::test]
+async fn a_target_spelled_otherwise_is_already_there() {
+    let site = admin_site(
+        "allow_target \"http://127.0.0.1:*\" \"http://localhost:*\"",
+        "mirror \"http://127.0.0.1\" \"http://LocalHost:9001\" { name \"staging\"; }\nrespond 200",
+    );
+    let running = start(&site).await;
+    for url in [
+        "http://127.0.0.1:80",
+        "http://127.0.0.1/",
+        "HTTP://127.0.0.1:80/",
+        "http://localhost:9001",
+    ] {
+        let resp = put(&running, &format!("mirror=staging&url={url}")).await;
+        assert_eq!(resp.status, 409, "{url}: {}", resp.text());
+        assert!(
+            resp.text().contains("is already a target of staging"),
+            "{url}: {}",
+            resp.text()
+        );
+    }
+    let twice = put(
+        &running,
+        "mirror=staging&url=http://127.0.0.1:9005&url=http://127.0.0.1:9005/",
+    )
+    .await;
+    assert_eq!(twice.status, 400, "{}", twice.text());
+    assert_eq!(twice.text(), "http://127.0.0.1:9005 is given twice\n");
+    let list = call(&running, "GET", "/targets?mirror=staging", None, false).await;
+    assert_eq!(
+        list.text(),
+        "http://127.0.0.1\nhttp://LocalHost:9001\n",
+        "nothing added"
+    );
+}
+
 #[tokio::test]
 async fn with_users_every_request_needs_credentials() {
     // Cost 4 keeps the test quick; real hashes use 12.

@@ -144,6 +144,28 @@ async fn header_up_and_host_apply_to_copies_only() {
     assert_eq!(p.header("host"), Some("example.com"));
 }
 
+/// `{env.NAME}`, as in Caddy: read when the file is loaded, alone or
+/// beside per-request placeholders.
+#[tokio::test]
+async fn header_up_fills_in_environment_variables() {
+    // Cargo sets it for every test it runs.
+    let name = std::env::var("CARGO_PKG_NAME").expect("CARGO_PKG_NAME");
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let options = "header_up \"X-Env\" \"{env.CARGO_PKG_NAME}\"\nheader_up \"X-Both\" \"{env.CARGO_PKG_NAME}@{client.ip}\"";
+    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let req = client::req("GET", &format!("{}/env", base_url(&running)))
+        .body(client::full(""))
+        .unwrap();
+    assert_eq!(Client::http1().send(req).await.unwrap().status, 200);
+    let c = shadow.wait_for(1).await.remove(0);
+    assert_eq!(c.header("x-env"), Some(name.as_str()));
+    assert_eq!(
+        c.header("x-both"),
+        Some(format!("{name}@127.0.0.1").as_str())
+    );
+}
+
 #[tokio::test]
 async fn a_mirror_header_up_host_is_kept() {
     let primary = Backend::ok().await;
@@ -446,6 +468,80 @@ async fn a_declared_length_over_max_body_does_not_hold_up_a_respond() {
     assert!(head.starts_with(b"HTTP/1.1 202"), "{head:?}");
     assert_eq!(counts(&running, 0).skipped_too_large, 1);
     shadow.assert_stays_at(0, Duration::from_millis(100)).await;
+}
+
+/// `request_body` after `mirror`: production refuses the body with 413,
+/// so the shadow must not get it either, whether the length said so at
+/// once or a chunked body passed the limit on its way to the upstream.
+#[tokio::test]
+async fn a_body_refused_by_a_later_request_body_is_not_copied() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let terminal = format!("request_body max_size=\"1KiB\"\n    {}", proxy_to(&primary));
+    let running = start(&mirror_site(&[shadow.url()], "", &terminal)).await;
+    let base = base_url(&running);
+    let big = random_bytes(5 * 1024, 21);
+    let req = client::req("POST", &format!("{base}/declared"))
+        .body(client::full(big.clone()))
+        .unwrap();
+    assert_eq!(Client::http1().send(req).await.unwrap().status, 413);
+    let pieces: Vec<Bytes> = big.chunks(512).map(Bytes::copy_from_slice).collect();
+    let req = client::req("POST", &format!("{base}/chunked"))
+        .body(client::chunks(pieces))
+        .unwrap();
+    assert_eq!(Client::http1().send(req).await.unwrap().status, 413);
+    // The mirror works: a body within the limit is copied, and is the
+    // only request the shadow ever gets.
+    let small = random_bytes(1024, 22);
+    let req = client::req("POST", &format!("{base}/small"))
+        .body(client::full(small.clone()))
+        .unwrap();
+    assert_eq!(Client::http1().send(req).await.unwrap().status, 200);
+    let copies = shadow.wait_for(1).await;
+    assert_eq!(copies[0].path_and_query(), "/small");
+    assert_eq!(copies[0].body.as_ref(), small.as_slice());
+    shadow.assert_stays_at(1, Duration::from_millis(200)).await;
+    assert_eq!(counts(&running, 0).skipped_too_large, 2);
+}
+
+#[test]
+fn validate_warns_about_request_body_after_mirror_and_twice() {
+    let kdl = "site \"127.0.0.1:8080\" {\n  route \"/*\" {\n    mirror \"http://127.0.0.1:9001\"\n    request_body max_size=\"1KiB\"\n    request_body max_size=\"2KiB\"\n    reverse_proxy \"http://127.0.0.1:9000\"\n  }\n}\n";
+    let (count, rendered) = common::warnings("b.kdl", kdl);
+    assert_eq!(count, 2, "{rendered}");
+    let want = [
+        r#"  ⚠ `request_body` comes after `mirror`"#,
+        r#"   ╭─[b.kdl:4:5]"#,
+        r#" 2 │   route "/*" {"#,
+        r#" 3 │     mirror "http://127.0.0.1:9001""#,
+        r#"   ·     ───┬──"#,
+        r#"   ·        ╰── the mirror"#,
+        r#" 4 │     request_body max_size="1KiB""#,
+        r#"   ·     ──────┬─────"#,
+        r#"   ·           ╰── checked after the mirror has started copying the body"#,
+        r#" 5 │     request_body max_size="2KiB""#,
+        r#"   ╰────"#,
+        r#"  help: move `request_body` before `mirror`: a body over the limit is then refused before any of it is read for a copy"#,
+        r#"  ⚠ a second `request_body` in this route"#,
+        r#"   ╭─[b.kdl:5:5]"#,
+        r#" 3 │     mirror "http://127.0.0.1:9001""#,
+        r#" 4 │     request_body max_size="1KiB""#,
+        r#"   ·     ──────┬─────"#,
+        r#"   ·           ╰── the first"#,
+        r#" 5 │     request_body max_size="2KiB""#,
+        r#"   ·     ──────┬─────"#,
+        r#"   ·           ╰── another limit"#,
+        r#" 6 │     reverse_proxy "http://127.0.0.1:9000""#,
+        r#"   ╰────"#,
+        r#"  help: keep one: the smaller max_size is the one that holds"#,
+    ]
+    .map(|line| format!("{line}\n"))
+    .concat();
+    assert_eq!(rendered, want);
+    // Before the mirror, one limit: nothing to say.
+    let kdl = "site \"127.0.0.1:8080\" {\n  route \"/*\" {\n    request_body max_size=\"1KiB\"\n    mirror \"http://127.0.0.1:9001\"\n    reverse_proxy \"http://127.0.0.1:9000\"\n  }\n}\n";
+    let (count, rendered) = common::warnings("a.kdl", kdl);
+    assert_eq!(count, 0, "{rendered}");
 }
 
 #[tokio::test]

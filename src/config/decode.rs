@@ -16,15 +16,32 @@ use super::value::{self, Spanned};
 use crate::handlers::{self, HandlerKind, MiddlewareConfig, TerminalConfig};
 
 /// Turns kdl's syntax errors into problems, with a clearer word for the most
-/// common KDL v1 habit: bare `true`, `false` and `null`.
+/// common habits from elsewhere: KDL v1's bare `true`, `false` and `null`,
+/// and nginx's `# comments`.
 pub fn syntax_problems(text: &str, err: &KdlError) -> Vec<Problem> {
     let mut bare_words = Vec::new();
     let mut others = Vec::new();
+    let mut comment_lines = Vec::new();
     for d in &err.diagnostics {
         let span = d.span;
         let found = text
             .get(span.offset()..span.offset() + span.len())
             .unwrap_or("");
+        let message = d.message.as_deref().unwrap_or("");
+        if super::habits::is_hash_comment(message, found) {
+            // kdl may stumble more than once on one comment's words.
+            let line = text
+                .get(..span.offset())
+                .map_or(0, |t| t.matches('\n').count());
+            if !comment_lines.contains(&line) {
+                comment_lines.push(line);
+                bare_words.push(super::habits::hash_comment(SourceSpan::new(
+                    span.offset().into(),
+                    1,
+                )));
+            }
+            continue;
+        }
         if let Some(word) = ["true", "false", "null"].into_iter().find(|w| *w == found) {
             bare_words.push(
                 Problem::error(span, format!("bare `{word}` is not a KDL v2 value"))
@@ -90,7 +107,8 @@ pub fn syntax_problems(text: &str, err: &KdlError) -> Vec<Problem> {
     }
     // After a real syntax error kdl's recovery reports follow-on errors
     // that only confuse; the first one is the one to fix. Bare `true` and
-    // friends are independent of each other, so each is kept.
+    // friends, and `#` comments, are independent of each other, so each
+    // is kept.
     // A block left open is often the echo of another mistake inside it.
     others.sort_by_key(|(cascade, p)| (*cascade, p.span().offset()));
     bare_words.extend(others.into_iter().take(1).map(|(_, p)| p));
@@ -156,6 +174,9 @@ pub fn document(
     }
     check_shared_addresses(&sites, &mut r);
     warn_self_mirrors(doc, &sites, &mut r);
+    super::habits::single_quotes(doc)
+        .into_iter()
+        .for_each(|p| r.push(p));
     if r.has_errors() {
         return None;
     }
@@ -603,6 +624,7 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
             }
         }
     }
+    warn_body_limits(steps.iter().map(|(_, n)| *n), r);
     let mut middleware = Vec::new();
     let mut terminal: Option<(Option<Box<dyn TerminalConfig>>, &KdlNode)> = None;
     for (step, child) in steps {
@@ -663,6 +685,40 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
         terminal: terminal?,
         span: node.span(),
     })
+}
+
+/// `request_body` after a `mirror` works (a refused request is not
+/// copied) but the mirror reads and buffers the body before the limit is
+/// checked; a second `request_body` is one limit too many.
+fn warn_body_limits<'n>(handlers: impl Iterator<Item = &'n KdlNode>, r: &mut Reader) {
+    let mut mirror: Option<&KdlNode> = None;
+    let mut limit: Option<&KdlNode> = None;
+    for node in handlers {
+        match node.name().value() {
+            "mirror" => mirror = mirror.or(Some(node)),
+            "request_body" => {
+                if let Some(first) = limit {
+                    r.push(
+                        Problem::warning(name_span(node), "a second `request_body` in this route")
+                            .label("another limit")
+                            .also(name_span(first), "the first")
+                            .help("keep one: the smaller max_size is the one that holds"),
+                    );
+                    continue;
+                }
+                limit = Some(node);
+                if let Some(mirror) = mirror {
+                    r.push(
+                        Problem::warning(name_span(node), "`request_body` comes after `mirror`")
+                            .label("checked after the mirror has started copying the body")
+                            .also(name_span(mirror), "the mirror")
+                            .help("move `request_body` before `mirror`: a body over the limit is then refused before any of it is read for a copy"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A matcher written after a handler still decides for the whole route,

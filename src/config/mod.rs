@@ -5,6 +5,7 @@
 
 mod decode;
 pub mod diag;
+mod habits;
 pub mod matchers;
 pub mod model;
 mod nesting;

@@ -239,22 +239,27 @@ impl<'p> Reader<'p> {
     /// Upstream or target URLs, each given once.
     pub fn urls(&mut self, args: &[&KdlEntry]) -> Option<Vec<value::UpstreamUrl>> {
         let mut urls: Vec<value::UpstreamUrl> = Vec::new();
+        let mut spans = Vec::new();
         let mut ok = true;
         for entry in args {
             let Some(url) = self.check(value::upstream_url(entry)) else {
                 ok = false;
                 continue;
             };
-            if urls.contains(&url) {
-                self.push(
-                    Problem::error(value::value_span(entry), format!("{url} is listed twice"))
-                        .label("again")
-                        .help("list each URL once"),
-                );
+            let span = value::value_span(entry);
+            if let Some(at) = urls.iter().position(|u| *u == url) {
+                self.push(value::listed_twice(
+                    &url,
+                    span,
+                    &urls[at],
+                    spans[at],
+                    "list each URL once",
+                ));
                 ok = false;
                 continue;
             }
             urls.push(url);
+            spans.push(span);
         }
         ok.then_some(urls)
     }
@@ -285,13 +290,35 @@ impl<'p> Reader<'p> {
     pub fn header_text(&mut self, entry: &KdlEntry) -> Option<HeaderText> {
         let fixed = self.check(value::header_value(entry))?;
         let text = fixed.to_str().unwrap_or_default();
-        match Template::parse(text) {
-            Ok(None) => Some(HeaderText::Fixed(fixed)),
-            Ok(Some(template)) => Some(HeaderText::Template(template)),
-            Err(unknown) => {
-                self.push(value::unknown_placeholder(entry, &unknown));
-                None
+        let template = match Template::parse(text) {
+            Ok(None) => return Some(HeaderText::Fixed(fixed)),
+            Ok(Some(template)) => template,
+            Err(bad) => {
+                self.push(value::bad_placeholder(entry, &bad));
+                return None;
             }
+        };
+        // `{env.NAME}` is filled in now: its value must fit a header too.
+        if let Some(bad) = template
+            .text()
+            .find(|t| http::HeaderValue::from_str(t).is_err())
+        {
+            self.push(
+                Problem::error(
+                    value::value_span(entry),
+                    "an environment variable here holds characters a header value may not",
+                )
+                .label(format!(
+                    "not a header value once filled in ({} bytes)",
+                    bad.len()
+                ))
+                .help("header values may not hold control characters such as newlines"),
+            );
+            return None;
+        }
+        match template.fixed().map(http::HeaderValue::from_str) {
+            Some(Ok(value)) => Some(HeaderText::Fixed(value)),
+            _ => Some(HeaderText::Template(template)),
         }
     }
 

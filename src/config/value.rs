@@ -336,11 +336,23 @@ pub fn listen_address(entry: &KdlEntry) -> Parsed<SocketAddr> {
 }
 
 /// Where an upstream or mirror target lives: scheme and authority only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Two URLs are equal when they reach the same place, however written:
+/// `http://127.0.0.1` and `http://127.0.0.1:80/` are one target, and
+/// listing both would send every request (or copy) there twice.
+#[derive(Debug, Clone)]
 pub struct UpstreamUrl {
     pub scheme: Scheme,
     pub authority: Authority,
 }
+
+impl PartialEq for UpstreamUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.place() == other.place()
+    }
+}
+
+impl Eq for UpstreamUrl {}
 
 impl UpstreamUrl {
     /// The port, the scheme's default if none is written.
@@ -366,6 +378,16 @@ impl UpstreamUrl {
         format!("{}:{}", self.authority.host(), self.port())
     }
 
+    /// What tells targets apart: TLS or not, the host (case folded, an
+    /// address in its one canonical form) and the port, default or not.
+    fn place(&self) -> (bool, Host, u16) {
+        let host = match self.ip_literal() {
+            Some(ip) => Host::Ip(ip.to_canonical()),
+            None => Host::Name(self.authority.host().to_ascii_lowercase()),
+        };
+        (self.scheme == Scheme::HTTPS, host, self.port())
+    }
+
     /// The host, when it is an address written literally (an IPv6 one
     /// without its brackets).
     pub fn ip_literal(&self) -> Option<std::net::IpAddr> {
@@ -375,6 +397,12 @@ impl UpstreamUrl {
             .parse()
             .ok()
     }
+}
+
+#[derive(PartialEq)]
+enum Host {
+    Ip(IpAddr),
+    Name(String),
 }
 
 impl std::fmt::Display for UpstreamUrl {
@@ -465,6 +493,25 @@ pub fn upstream_url(entry: &KdlEntry) -> Parsed<UpstreamUrl> {
     })
 }
 
+/// `again` names the place `first` already names, perhaps spelled
+/// otherwise (`http://a:80` and `http://a`): the message says both.
+pub fn listed_twice(
+    again: &UpstreamUrl,
+    span: SourceSpan,
+    first: &UpstreamUrl,
+    first_span: SourceSpan,
+    help: &str,
+) -> Problem {
+    let message = match again.to_string() == first.to_string() {
+        true => format!("{again} is listed twice"),
+        false => format!("{again} is listed twice: it is {first} written another way"),
+    };
+    Problem::error(span, message)
+        .label("again")
+        .also(first_span, "first listed here")
+        .help(help.to_string())
+}
+
 /// One of a fixed set of words, e.g. `lb_policy`.
 pub fn one_of(entry: &KdlEntry, choices: &[&'static str]) -> Parsed<&'static str> {
     let s = string(entry)?;
@@ -479,21 +526,39 @@ pub fn one_of(entry: &KdlEntry, choices: &[&'static str]) -> Parsed<&'static str
     })
 }
 
-/// A `{name}` in a value that is no placeholder teebox knows.
-pub fn unknown_placeholder(
+/// A `{name}` in a value that teebox cannot fill in.
+pub fn bad_placeholder(
     entry: &KdlEntry,
-    unknown: &crate::http::placeholders::UnknownPlaceholder,
+    bad: &crate::http::placeholders::BadPlaceholder,
 ) -> Problem {
-    let known = crate::http::placeholders::NAMES.map(|(name, _)| name);
-    let list = known.map(|n| format!("{{{n}}}")).join(" ");
-    let p = Problem::error(
-        value_span(entry),
-        format!("unknown placeholder `{{{}}}`", unknown.name),
-    )
-    .label(format!("placeholders are: {list}"));
-    match suggest(&unknown.name, known) {
-        Some(near) => p.help(format!("did you mean `{{{near}}}`?")),
-        None => p,
+    use crate::http::placeholders::{Why, NAMES};
+    match &bad.why {
+        Why::Unknown { near } => {
+            let list = NAMES.map(|(n, _)| format!("{{{n}}}")).join(" ");
+            let p = Problem::error(
+                value_span(entry),
+                format!("unknown placeholder `{{{}}}`", bad.name),
+            )
+            .label(format!("placeholders are: {list} {{env.NAME}}"));
+            match near {
+                Some(near) => p.help(format!("did you mean `{{{near}}}`?")),
+                None => p,
+            }
+        }
+        Why::UnsetEnv => {
+            let var = bad.name.strip_prefix("env.").unwrap_or(&bad.name);
+            Problem::error(
+                value_span(entry),
+                format!(
+                    "`{{{}}}`: the environment variable {var} is not set",
+                    bad.name
+                ),
+            )
+            .label("read from teebox's environment when the site file is loaded")
+            .help(format!(
+                "set {var} where teebox (and `teebox validate`) runs, or write the value itself"
+            ))
+        }
     }
 }
 
@@ -521,6 +586,31 @@ mod tests {
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("2 weeks"), None);
         assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn upstream_urls_compare_by_place_not_spelling() {
+        let url = |s: &str| UpstreamUrl::parse(s).unwrap();
+        let same = [
+            ("http://127.0.0.1", "http://127.0.0.1:80"),
+            ("http://127.0.0.1:80/", "HTTP://127.0.0.1"),
+            ("https://Example.COM", "https://example.com:443/"),
+            ("http://[::1]:8080", "http://[0:0:0:0:0:0:0:1]:8080"),
+            ("http://staging:8080", "http://staging:08080"),
+        ];
+        for (a, b) in same {
+            assert_eq!(url(a), url(b), "{a} and {b}");
+        }
+        let different = [
+            ("http://127.0.0.1", "https://127.0.0.1"),
+            ("http://127.0.0.1:443", "https://127.0.0.1"),
+            ("http://127.0.0.1", "http://127.0.0.2"),
+            ("http://127.0.0.1", "http://localhost"),
+            ("http://a:80", "http://a:8080"),
+        ];
+        for (a, b) in different {
+            assert_ne!(url(a), url(b), "{a} and {b}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use http_body::SizeHint;
 use kdl::{KdlEntry, KdlNode};
 use miette::SourceSpan;
 
+use super::request_body::BodyRefusal;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
 use crate::config::reader::{arguments, name_span, Options, Reader, Repeat};
 use crate::config::value::{self, UpstreamUrl};
@@ -327,13 +328,14 @@ fn target_node(
         .and_then(|args| {
             let url = r.check(value::upstream_url(args[0]))?;
             let span = value::value_span(args[0]);
-            if let Some((_, first)) = seen.iter().find(|(u, _)| *u == url) {
-                r.push(
-                    Problem::error(span, format!("{url} is listed twice"))
-                        .label("again")
-                        .also(*first, "first listed here")
-                        .help("list each URL once: in the mirror's arguments or as a `target`"),
-                );
+            if let Some((first, first_span)) = seen.iter().find(|(u, _)| *u == url) {
+                r.push(value::listed_twice(
+                    &url,
+                    span,
+                    first,
+                    *first_span,
+                    "list each URL once: in the mirror's arguments or as a `target`",
+                ));
                 return None;
             }
             seen.push((url.clone(), span));
@@ -446,7 +448,8 @@ impl Middleware for MirrorHandler {
         let limit = self.mirror.copy_timeout();
         let size = http_body::Body::size_hint(&request_body);
         let response = if http_body::Body::is_end_stream(&request_body) {
-            Capture::new(pending, &SizeHint::with_exact(0)).finish();
+            // No body, nothing for a later `request_body` to refuse.
+            Capture::new(pending, &SizeHint::with_exact(0), BodyRefusal::default()).finish();
             next.run(Request::from_parts(head, request_body))
         } else if size.lower() > pending.max_body() {
             // Longer than `max_body` by its own Content-Length: no copy can
@@ -455,7 +458,8 @@ impl Middleware for MirrorHandler {
             pending.abandon(Abandon::TooLarge);
             next.run(Request::from_parts(head, request_body))
         } else {
-            let (tee, rest) = Tee::new(request_body, Capture::new(pending, &size));
+            let refusal = body_refusal(&mut head.extensions);
+            let (tee, rest) = Tee::new(request_body, Capture::new(pending, &size, refusal));
             let req = Request::from_parts(head, body::boxed(tee));
             Box::pin(async move {
                 let response = next.run(req).await;
@@ -478,4 +482,15 @@ impl Middleware for MirrorHandler {
             Some(comparison) => Box::pin(async move { comparison.watch(response.await) }),
         }
     }
+}
+
+/// The request's [`BodyRefusal`], shared by every mirror in the chain:
+/// whichever `request_body` comes after them refuses the body for all.
+fn body_refusal(extensions: &mut http::Extensions) -> BodyRefusal {
+    if let Some(refusal) = extensions.get::<BodyRefusal>() {
+        return refusal.clone();
+    }
+    let refusal = BodyRefusal::default();
+    extensions.insert(refusal.clone());
+    refusal
 }

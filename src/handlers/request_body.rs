@@ -4,6 +4,7 @@
 //! limit, and `reverse_proxy` answers that with 413 too.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -58,16 +59,38 @@ impl Middleware for RequestBody {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let refusal = req.extensions().get::<BodyRefusal>().cloned();
         if declared.is_some_and(|len| len > self.max_size) {
+            if let Some(refusal) = refusal {
+                refusal.refuse();
+            }
             return Box::pin(std::future::ready(too_large()));
         }
         let req = req.map(|inner| {
             body::boxed(Limited {
                 inner,
                 left: self.max_size,
+                refusal,
             })
         });
         next.run(req)
+    }
+}
+
+/// Set when `request_body` refuses a request for its body. A `mirror`
+/// earlier in the chain puts one in the request's extensions before it
+/// tees the body: a request teebox refused must not reach a shadow, even
+/// though the mirror saw (or would read on for) its body.
+#[derive(Debug, Clone, Default)]
+pub struct BodyRefusal(Arc<AtomicBool>);
+
+impl BodyRefusal {
+    pub fn is_refused(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn refuse(&self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -89,6 +112,7 @@ pub fn too_large() -> Response {
 struct Limited {
     inner: body::Body,
     left: u64,
+    refusal: Option<BodyRefusal>,
 }
 
 impl http_body::Body for Limited {
@@ -104,7 +128,14 @@ impl http_body::Body for Limited {
             if let Some(data) = frame.data_ref() {
                 match self.left.checked_sub(data.len() as u64) {
                     Some(left) => self.left = left,
-                    None => return Poll::Ready(Some(Err(Box::new(BodyTooLarge)))),
+                    None => {
+                        // Before the error goes up: a mirror's tee below
+                        // saw this frame, and must know before it is dropped.
+                        if let Some(refusal) = &self.refusal {
+                            refusal.refuse();
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
                 }
             }
         }

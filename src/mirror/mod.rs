@@ -542,7 +542,7 @@ impl PendingCopy {
         for target in self.targets.iter() {
             let stats = &target.state().stats;
             match why {
-                Abandon::TooLarge => bump(&stats.skipped_too_large),
+                Abandon::TooLarge | Abandon::Refused => bump(&stats.skipped_too_large),
                 Abandon::Incomplete => bump(&stats.incomplete),
                 Abandon::Streaming(_) => bump(&stats.skipped_streaming),
             }

@@ -16,7 +16,8 @@ pub struct TargetStats {
     pub timed_out: AtomicU64,
     /// The backlog was full (or the server stopped before the copy was sent).
     pub dropped: AtomicU64,
-    /// The request body was over `max_body`.
+    /// The request body was over `max_body`, or a later `request_body`
+    /// refused it.
     pub skipped_too_large: AtomicU64,
     /// The target was paused by its breaker.
     pub skipped_paused: AtomicU64,

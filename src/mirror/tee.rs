@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use super::grpc::{Framing, NotUnary, Protocol};
 use super::PendingCopy;
+use crate::handlers::request_body::BodyRefusal;
 use crate::http::{Body, BoxError};
 
 /// Why a copy was given up.
@@ -38,6 +39,9 @@ pub enum Abandon {
     /// A gRPC call whose body is not exactly one message: a streaming call
     /// cannot be replayed as one request.
     Streaming(NotUnary),
+    /// A later `request_body` refused the request for its size: what
+    /// production turned away is not sent to a shadow.
+    Refused,
 }
 
 /// The most a copy's buffer is given before its body has come.
@@ -51,11 +55,13 @@ pub struct Capture {
     trailers: Option<HeaderMap>,
     /// For a gRPC call: its message framing, checked as the body goes past.
     framing: Option<Framing>,
+    refusal: BodyRefusal,
 }
 
 impl Capture {
-    /// `size`: what the body says of its length, to size the buffer.
-    pub fn new(pending: PendingCopy, size: &SizeHint) -> Self {
+    /// `size`: what the body says of its length, to size the buffer;
+    /// `refusal`: what a later `request_body` sets when it refuses it.
+    pub fn new(pending: PendingCopy, size: &SizeHint, refusal: BodyRefusal) -> Self {
         let framing = (pending.protocol() == Protocol::Grpc).then(Framing::default);
         // A body that says it is over `max_body` never gets here (the
         // mirror handler gives it up first). A large body's room is made as
@@ -67,6 +73,7 @@ impl Capture {
             len: 0,
             trailers: None,
             framing,
+            refusal,
         }
     }
 
@@ -89,8 +96,11 @@ impl Capture {
     }
 
     /// The body has ended: the copy is sent, unless it is a gRPC call that
-    /// turned out not to be unary.
+    /// turned out not to be unary, or a request refused for its body.
     pub fn finish(self) {
+        if self.refusal.is_refused() {
+            return self.abandon(Abandon::Refused);
+        }
         match self.framing.as_ref().map(Framing::finish) {
             Some(Err(why)) => self.pending.abandon(Abandon::Streaming(why)),
             _ => self.pending.dispatch(exact(self.body), self.trailers),
@@ -209,6 +219,12 @@ impl Drop for Tee {
         let Some(inner) = self.inner.take() else {
             return;
         };
+        // Refused: no copy, so nothing more to read for one (and the
+        // response is not held for the client's upload).
+        if capture.refusal.is_refused() {
+            capture.abandon(Abandon::Refused);
+            return;
+        }
         // Readers such as hyper stop at `is_end_stream` without polling
         // for the end: the copy is complete.
         if inner.is_end_stream() {
