@@ -1072,3 +1072,120 @@ async fn parallel_wrong_logins_wait_their_turn_and_a_full_queue_gets_429() {
     assert_eq!(logins(&metrics, "throttled"), 1, "{metrics}");
     assert_eq!(logins(&metrics, "verified"), 1, "{metrics}");
 }
+
+/// teebox started from `text`, written to `site.kdl` in a directory of its
+/// own, so that the test can change the file and reload it.
+async fn start_file(name: &str, text: &str) -> (common::TempDir, std::path::PathBuf, Running) {
+    let dir = common::TempDir::new(name);
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, text).unwrap();
+    let loaded = teebox::config::load(&file).unwrap();
+    let running = teebox::server::start(&loaded.config).await.unwrap();
+    (dir, file, running)
+}
+
+#[tokio::test]
+async fn a_reload_applies_the_admin_users_and_clears_remembered_logins() {
+    let (ops, dev) = (hash("s3cret"), hash("devpw"));
+    let with_dev = admin_site(
+        &format!("user \"ops\" \"{ops}\"\nuser \"dev\" \"{dev}\"\nhealthz_public #false"),
+        "respond 200",
+    );
+    let (_dir, file, running) = start_file("admin-reload-users", &with_dev).await;
+    // dev's login is remembered from here on.
+    for _ in 0..2 {
+        let resp = call(&running, "GET", "/healthz", Some(("dev", "devpw")), false).await;
+        assert_eq!(resp.status, 200);
+    }
+    std::fs::write(
+        &file,
+        admin_site(&format!("user \"ops\" \"{ops}\""), "respond 200"),
+    )
+    .unwrap();
+    let reloaded = call(&running, "POST", "/reload", Some(("ops", "s3cret")), false).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(reloaded.text(), "reloaded\n");
+    let dev = call(&running, "GET", "/targets", Some(("dev", "devpw")), false).await;
+    assert_eq!(dev.status, 401, "a removed user is out, remembered or not");
+    let ops = call(&running, "GET", "/metrics", Some(("ops", "s3cret")), false).await;
+    assert_eq!(ops.status, 200);
+    // dev, ops for the reload, and ops again: what the old users' logins
+    // remembered is gone.
+    assert_eq!(logins(&ops.text(), "verified"), 3, "{}", ops.text());
+    assert_eq!(logins(&ops.text(), "refused"), 1, "{}", ops.text());
+    // The new file leaves healthz_public at its default.
+    let probe = call(&running, "GET", "/healthz", None, false).await;
+    assert_eq!(probe.status, 200);
+}
+
+#[tokio::test]
+async fn a_reload_applies_allow_target() {
+    let site = |pattern: &str| {
+        admin_site(
+            &format!("allow_target \"{pattern}\""),
+            "mirror { name \"m\"; }\nrespond 200",
+        )
+    };
+    let (_dir, file, running) =
+        start_file("admin-reload-allow", &site("http://127.0.0.1:1*")).await;
+    let refused = put(&running, "url=http://127.0.0.1:2000").await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    std::fs::write(&file, site("http://127.0.0.1:2*")).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(reloaded.text(), "reloaded\n");
+    let accepted = put(&running, "url=http://127.0.0.1:2000").await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    assert_eq!(accepted.text(), "added http://127.0.0.1:2000\n");
+    let now_refused = put(&running, "url=http://127.0.0.1:1000").await;
+    assert_eq!(now_refused.status, 403, "{}", now_refused.text());
+}
+
+#[tokio::test]
+async fn a_reload_names_the_admin_settings_it_cannot_apply() {
+    let (_dir, file, running) = start_file(
+        "admin-reload-fixed",
+        &admin_site("state_file \"a.json\"", "respond 200"),
+    )
+    .await;
+    let moved = "global {\n  admin \"127.0.0.1:1\" {\n    state_file \"b.json\"\n  }\n}\nsite \"127.0.0.1:0\" {\n  route \"/*\" {\n    respond 200\n  }\n}\n";
+    std::fs::write(&file, moved).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let dir = file.parent().unwrap();
+    assert_eq!(
+        reloaded.text(),
+        format!(
+            "reloaded\nnot applied: admin address: still 127.0.0.1:0 until a restart (the file now says 127.0.0.1:1)\nnot applied: admin state_file: still {} until a restart (the file now says {})\n",
+            dir.join("a.json").display(),
+            dir.join("b.json").display()
+        )
+    );
+    // The endpoint goes on where it was.
+    let health = call(&running, "GET", "/healthz", None, false).await;
+    assert_eq!(health.status, 200);
+}
+
+#[tokio::test]
+async fn a_reload_whose_users_file_cannot_be_read_changes_nothing() {
+    let (_dir, file, running) =
+        start_file("admin-reload-unreadable", &versioned_site("1", "")).await;
+    let broken = versioned_site("2", "").replacen(
+        "admin \"127.0.0.1:0\" {",
+        "admin \"127.0.0.1:0\" {\n    users_file \"missing.htpasswd\"",
+        1,
+    );
+    assert_ne!(broken, versioned_site("2", ""));
+    std::fs::write(&file, broken).unwrap();
+    let refused = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(
+        refused.text().contains("cannot read users_file")
+            && refused.text().contains("missing.htpasswd"),
+        "{}",
+        refused.text()
+    );
+    let answer = Client::http1().get(&base_url(&running)).await;
+    assert_eq!(answer.text(), "1", "the site config stayed too");
+    let still_open = call(&running, "GET", "/healthz", None, false).await;
+    assert_eq!(still_open.status, 200);
+}

@@ -39,9 +39,18 @@ use metrics::LoginCounts;
 pub type AdminResponse = http::Response<Full<Bytes>>;
 
 /// Re-reads the site file and swaps it in, as the server that runs this
-/// endpoint does it. `Ok` holds the number of warnings.
+/// endpoint does it.
 pub trait Reload: Send + Sync {
-    fn reload(&self) -> crate::handlers::BoxFuture<'_, Result<usize, String>>;
+    fn reload(&self) -> crate::handlers::BoxFuture<'_, Result<Reloaded, String>>;
+}
+
+/// A reload that was carried out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Warnings the new file has (`teebox validate` shows them).
+    pub warnings: usize,
+    /// What the file changes that needs a restart, one line each.
+    pub not_applied: Vec<String>,
 }
 
 pub struct Admin {
@@ -143,7 +152,7 @@ impl Admin {
         Ok(local)
     }
 
-    async fn reload_for(&self, user: Option<&str>, client: IpAddr) -> Result<usize, String> {
+    async fn reload_for(&self, user: Option<&str>, client: IpAddr) -> Result<Reloaded, String> {
         tracing::info!(user = user.unwrap_or("-"), %client, action = "reload", "admin change");
         self.reload.reload().await
     }
@@ -300,11 +309,7 @@ impl Admin {
                 }
             }
             ("/reload", &Method::POST) => match self.reload_for(user, client).await {
-                Ok(0) => text(StatusCode::OK, "reloaded\n"),
-                Ok(n) => text(
-                    StatusCode::OK,
-                    format!("reloaded, with {n} warning(s); see teebox validate\n"),
-                ),
+                Ok(reloaded) => text(StatusCode::OK, reload_answer(&reloaded)),
                 Err(why) => {
                     tracing::warn!("reload refused; the running config stays");
                     text(
@@ -321,6 +326,18 @@ impl Admin {
             ),
         }
     }
+}
+
+/// `reloaded`, the warnings, and a line per change that waits for a restart.
+fn reload_answer(reloaded: &Reloaded) -> String {
+    let mut out = match reloaded.warnings {
+        0 => "reloaded\n".to_string(),
+        n => format!("reloaded, with {n} warning(s); see teebox validate\n"),
+    };
+    for item in &reloaded.not_applied {
+        out.push_str(&format!("not applied: {item}\n"));
+    }
+    out
 }
 
 fn challenge() -> AdminResponse {
