@@ -1031,9 +1031,9 @@ async fn parallel_wrong_logins_wait_their_turn_and_a_full_queue_gets_429() {
     let users = format!("user \"ops\" \"{}\"", hash("s3cret"));
     let running = std::sync::Arc::new(start(&admin_site(&users, "respond 200")).await);
     scrape_until(&running, "the scraper's login", |_| true).await;
-    // Seven failures one after another: from now on every try of this
-    // address waits 2 s and more.
-    for i in 0..7 {
+    // Eight failures one after another: from now on every try of this
+    // address waits 4 s and more.
+    for i in 0..8 {
         let password = format!("first-{i}");
         let resp = call(&running, "GET", "/targets", Some(("ops", &password)), false).await;
         assert_eq!(resp.status, 401);
@@ -1051,7 +1051,7 @@ async fn parallel_wrong_logins_wait_their_turn_and_a_full_queue_gets_429() {
         logins(m, "waiting") == 8
     })
     .await;
-    assert_eq!(logins(&metrics, "refused"), 7, "{metrics}");
+    assert_eq!(logins(&metrics, "refused"), 8, "{metrics}");
     // The ninth is refused at once, with no check.
     let ninth = call(&running, "GET", "/targets", Some(("ops", "ninth")), false).await;
     assert_eq!(ninth.status, 429);
@@ -1068,7 +1068,7 @@ async fn parallel_wrong_logins_wait_their_turn_and_a_full_queue_gets_429() {
         logins(m, "waiting") == 0
     })
     .await;
-    assert_eq!(logins(&metrics, "refused"), 7, "{metrics}");
+    assert_eq!(logins(&metrics, "refused"), 8, "{metrics}");
     assert_eq!(logins(&metrics, "throttled"), 1, "{metrics}");
     assert_eq!(logins(&metrics, "verified"), 1, "{metrics}");
 }
