@@ -246,7 +246,7 @@ async fn with_users_every_request_needs_credentials() {
     // Cost 4 keeps the test quick; real hashes use 12.
     let hash = bcrypt::hash("s3cret", 4).unwrap();
     let site = admin_site(
-        &format!("user \"ops\" \"{hash}\""),
+        &format!("user \"ops\" \"{hash}\"\nhealthz_public #false"),
         "mirror { name \"m\"; }\nrespond 200",
     );
     let running = start(&site).await;
@@ -298,7 +298,10 @@ async fn users_file_holds_htpasswd_bcrypt_lines() {
         format!("# operators\nalice:{hash}\n\n"),
     )
     .unwrap();
-    let site = admin_site("users_file \"admin.htpasswd\"", "respond 200");
+    let site = admin_site(
+        "users_file \"admin.htpasswd\"\nhealthz_public #false",
+        "respond 200",
+    );
     let running = common::start_in(&site, dir.path()).await;
     assert_eq!(
         call(&running, "GET", "/healthz", Some(("alice", "pw")), false)
@@ -881,4 +884,347 @@ async fn foreign_hosts_origins_and_bodies_are_refused() {
     // The same call, properly made, works.
     let resp = send("PUT", &[], Vec::new()).await.unwrap();
     assert_eq!(resp.status, 200);
+}
+
+/// A request as raw HTTP/1.1 bytes to the admin endpoint, its first
+/// `Host: HOST` naming the endpoint.
+async fn raw_admin(running: &Running, request: &[u8]) -> common::raw::RawOutcome {
+    let addr = running.admin_addr().expect("admin endpoint");
+    let at = request
+        .windows(10)
+        .position(|w| w == b"Host: HOST")
+        .expect("a Host: HOST line");
+    let mut bytes = request[..at].to_vec();
+    bytes.extend_from_slice(format!("Host: {addr}").as_bytes());
+    bytes.extend_from_slice(&request[at + 10..]);
+    common::raw::exchange(addr, &bytes).await
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_refused_before_anything_runs() {
+    let (_dir, file, running, _shadow) = reloadable("admin-chunked-body").await;
+    // Were the reload to run, the next answer would say 2.
+    std::fs::write(&file, versioned_site("2", "")).unwrap();
+    let chunk = vec![b'x'; 8 * 1024];
+    let mut request =
+        b"POST /reload HTTP/1.1\r\nHost: HOST\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..16 {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let outcome = raw_admin(&running, &request).await;
+    let response = outcome.response();
+    assert_eq!(response.status, 413, "{}", outcome.text());
+    assert_eq!(
+        String::from_utf8_lossy(&response.body),
+        "admin calls take no body over 64 KiB\n"
+    );
+    let answer = Client::http1().get(&base_url(&running)).await;
+    assert_eq!(answer.text(), "1", "the reload did not run");
+}
+
+#[tokio::test]
+async fn a_body_within_the_limit_is_read_and_the_call_runs() {
+    let running = start(&admin_site("", "mirror { name \"m\"; }\nrespond 200")).await;
+    let request = format!(
+        "PUT /targets?url=http://127.0.0.1:9 HTTP/1.1\r\nHost: HOST\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n400\r\n{}\r\n0\r\n\r\n",
+        "y".repeat(1024)
+    );
+    let outcome = raw_admin(&running, request.as_bytes()).await;
+    let response = outcome.response();
+    assert_eq!(response.status, 200, "{}", outcome.text());
+    assert_eq!(
+        String::from_utf8_lossy(&response.body),
+        "added http://127.0.0.1:9\n"
+    );
+}
+
+#[tokio::test]
+async fn a_uri_over_60_kib_gets_414() {
+    let running = start(&admin_site("", "mirror { name \"m\"; }\nrespond 200")).await;
+    let request = |len: usize| {
+        format!(
+            "GET /targets?x={} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+            "a".repeat(len)
+        )
+    };
+    let outcome = raw_admin(&running, request(61 * 1024).as_bytes()).await;
+    let response = outcome.response();
+    assert_eq!(response.status, 414, "{:?}", outcome.error);
+    assert_eq!(
+        String::from_utf8_lossy(&response.body),
+        "the admin endpoint takes URIs of at most 60 KiB\n"
+    );
+    // Far over it, hyper answers before the endpoint sees the request; the
+    // client still gets the status line, not a closed connection.
+    let outcome = raw_admin(&running, request(300 * 1000).as_bytes()).await;
+    assert!(
+        outcome.text().starts_with("HTTP/1.1 414 URI Too Long\r\n"),
+        "{:?} {:?}",
+        outcome.text(),
+        outcome.error
+    );
+    // Just under the limit is an ordinary call.
+    let outcome = raw_admin(&running, request(60 * 1024 - 20).as_bytes()).await;
+    assert_eq!(outcome.response().status, 400, "{}", outcome.text());
+    assert!(
+        String::from_utf8_lossy(&outcome.response().body).contains("unknown parameter `x`"),
+        "{}",
+        outcome.text()
+    );
+}
+
+/// Cost 4 keeps the tests quick; real hashes use 12.
+fn hash(password: &str) -> String {
+    bcrypt::hash(password, 4).unwrap()
+}
+
+/// One sample of `teebox_admin_logins_total` (or, for "waiting", the
+/// `teebox_admin_logins_waiting` gauge) from a `/metrics` answer.
+fn logins(metrics: &str, result: &str) -> u64 {
+    let prefix = match result {
+        "waiting" => "teebox_admin_logins_waiting ".to_string(),
+        _ => format!("teebox_admin_logins_total{{result=\"{result}\"}} "),
+    };
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// `/metrics` as `ops` (password `s3cret`), scraped until `done` holds;
+/// panics after [`common::TIMEOUT`].
+async fn scrape_until(running: &Running, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let resp = call(running, "GET", "/metrics", Some(("ops", "s3cret")), false).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let text = resp.text();
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn healthz_answers_probes_without_credentials_unless_told_not_to() {
+    let users = format!("user \"ops\" \"{}\"", hash("s3cret"));
+    let open = start(&admin_site(&users, "respond 200")).await;
+    let health = call(&open, "GET", "/healthz", None, false).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.text(), "ok\n");
+    let head = call(&open, "HEAD", "/healthz", None, false).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        call(&open, "GET", "/metrics", None, false).await.status,
+        401
+    );
+    assert_eq!(
+        call(&open, "POST", "/healthz", None, false).await.status,
+        401
+    );
+
+    let closed = start(&admin_site(
+        &format!("{users}\nhealthz_public #false"),
+        "respond 200",
+    ))
+    .await;
+    let health = call(&closed, "GET", "/healthz", None, false).await;
+    assert_eq!(health.status, 401);
+    assert_eq!(health.text(), "credentials required\n");
+    let health = call(&closed, "GET", "/healthz", Some(("ops", "s3cret")), false).await;
+    assert_eq!(health.status, 200);
+}
+
+#[tokio::test]
+async fn repeated_calls_with_the_same_credentials_are_checked_once() {
+    let users = format!("user \"ops\" \"{}\"", hash("s3cret"));
+    let running = start(&admin_site(&users, "respond 200")).await;
+    for _ in 0..3 {
+        let resp = call(&running, "GET", "/metrics", Some(("ops", "s3cret")), false).await;
+        assert_eq!(resp.status, 200);
+    }
+    let wrong = call(&running, "GET", "/metrics", Some(("ops", "s3cre")), false).await;
+    assert_eq!(wrong.status, 401, "a remembered user is no open door");
+    let metrics = call(&running, "GET", "/metrics", Some(("ops", "s3cret")), false)
+        .await
+        .text();
+    assert_eq!(logins(&metrics, "verified"), 1, "{metrics}");
+    assert_eq!(logins(&metrics, "cached"), 3, "{metrics}");
+    assert_eq!(logins(&metrics, "refused"), 1, "{metrics}");
+    assert_eq!(logins(&metrics, "throttled"), 0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_wrong_logins_wait_their_turn_and_a_full_queue_gets_429() {
+    let users = format!("user \"ops\" \"{}\"", hash("s3cret"));
+    let running = std::sync::Arc::new(start(&admin_site(&users, "respond 200")).await);
+    scrape_until(&running, "the scraper's login", |_| true).await;
+    // Eight failures one after another: from now on every try of this
+    // address waits 4 s and more.
+    for i in 0..8 {
+        let password = format!("first-{i}");
+        let resp = call(&running, "GET", "/targets", Some(("ops", &password)), false).await;
+        assert_eq!(resp.status, 401);
+    }
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let running = running.clone();
+        guesses.spawn(async move {
+            let password = format!("guess-{i}");
+            call(&running, "GET", "/targets", Some(("ops", &password)), false).await
+        });
+    }
+    // Eight guesses sent at once all wait, none checked yet.
+    let metrics = scrape_until(&running, "eight logins waiting", |m| {
+        logins(m, "waiting") == 8
+    })
+    .await;
+    assert_eq!(logins(&metrics, "refused"), 8, "{metrics}");
+    // The ninth is refused at once, with no check.
+    let ninth = call(&running, "GET", "/targets", Some(("ops", "ninth")), false).await;
+    assert_eq!(ninth.status, 429);
+    assert_eq!(
+        ninth.text(),
+        "too many logins waiting from this address (at most 8); try again later\n"
+    );
+    let retry: u64 = ninth.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    // Clients that give up leave the queue, and their guesses were never
+    // checked.
+    guesses.abort_all();
+    let metrics = scrape_until(&running, "the queue to empty", |m| {
+        logins(m, "waiting") == 0
+    })
+    .await;
+    assert_eq!(logins(&metrics, "refused"), 8, "{metrics}");
+    assert_eq!(logins(&metrics, "throttled"), 1, "{metrics}");
+    assert_eq!(logins(&metrics, "verified"), 1, "{metrics}");
+}
+
+/// teebox started from `text`, written to `site.kdl` in a directory of its
+/// own, so that the test can change the file and reload it.
+async fn start_file(name: &str, text: &str) -> (common::TempDir, std::path::PathBuf, Running) {
+    let dir = common::TempDir::new(name);
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, text).unwrap();
+    let loaded = teebox::config::load(&file).unwrap();
+    let running = teebox::server::start(&loaded.config).await.unwrap();
+    (dir, file, running)
+}
+
+#[tokio::test]
+async fn a_reload_applies_the_admin_users_and_clears_remembered_logins() {
+    let (ops, dev) = (hash("s3cret"), hash("devpw"));
+    let with_dev = admin_site(
+        &format!("user \"ops\" \"{ops}\"\nuser \"dev\" \"{dev}\"\nhealthz_public #false"),
+        "respond 200",
+    );
+    let (_dir, file, running) = start_file("admin-reload-users", &with_dev).await;
+    // dev's login is remembered from here on.
+    for _ in 0..2 {
+        let resp = call(&running, "GET", "/healthz", Some(("dev", "devpw")), false).await;
+        assert_eq!(resp.status, 200);
+    }
+    std::fs::write(
+        &file,
+        admin_site(&format!("user \"ops\" \"{ops}\""), "respond 200"),
+    )
+    .unwrap();
+    let reloaded = call(&running, "POST", "/reload", Some(("ops", "s3cret")), false).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(reloaded.text(), "reloaded\n");
+    let dev = call(&running, "GET", "/targets", Some(("dev", "devpw")), false).await;
+    assert_eq!(dev.status, 401, "a removed user is out, remembered or not");
+    let ops = call(&running, "GET", "/metrics", Some(("ops", "s3cret")), false).await;
+    assert_eq!(ops.status, 200);
+    // dev, ops for the reload, and ops again: what the old users' logins
+    // remembered is gone.
+    assert_eq!(logins(&ops.text(), "verified"), 3, "{}", ops.text());
+    assert_eq!(logins(&ops.text(), "refused"), 1, "{}", ops.text());
+    // The new file leaves healthz_public at its default.
+    let probe = call(&running, "GET", "/healthz", None, false).await;
+    assert_eq!(probe.status, 200);
+}
+
+#[tokio::test]
+async fn a_reload_applies_allow_target() {
+    let site = |pattern: &str| {
+        admin_site(
+            &format!("allow_target \"{pattern}\""),
+            "mirror { name \"m\"; }\nrespond 200",
+        )
+    };
+    let (_dir, file, running) =
+        start_file("admin-reload-allow", &site("http://127.0.0.1:1*")).await;
+    let refused = put(&running, "url=http://127.0.0.1:2000").await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    std::fs::write(&file, site("http://127.0.0.1:2*")).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(reloaded.text(), "reloaded\n");
+    let accepted = put(&running, "url=http://127.0.0.1:2000").await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    assert_eq!(accepted.text(), "added http://127.0.0.1:2000\n");
+    let now_refused = put(&running, "url=http://127.0.0.1:1000").await;
+    assert_eq!(now_refused.status, 403, "{}", now_refused.text());
+}
+
+#[tokio::test]
+async fn a_reload_names_the_admin_settings_it_cannot_apply() {
+    let (_dir, file, running) = start_file(
+        "admin-reload-fixed",
+        &admin_site("state_file \"a.json\"", "respond 200"),
+    )
+    .await;
+    let moved = "global {\n  admin \"127.0.0.1:1\" {\n    state_file \"b.json\"\n  }\n}\nsite \"127.0.0.1:0\" {\n  route \"/*\" {\n    respond 200\n  }\n}\n";
+    std::fs::write(&file, moved).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let dir = file.parent().unwrap();
+    assert_eq!(
+        reloaded.text(),
+        format!(
+            "reloaded\nnot applied: admin address: still 127.0.0.1:0 until a restart (the file now says 127.0.0.1:1)\nnot applied: admin state_file: still {} until a restart (the file now says {})\n",
+            dir.join("a.json").display(),
+            dir.join("b.json").display()
+        )
+    );
+    // The endpoint goes on where it was.
+    let health = call(&running, "GET", "/healthz", None, false).await;
+    assert_eq!(health.status, 200);
+}
+
+#[tokio::test]
+async fn a_reload_whose_users_file_cannot_be_read_changes_nothing() {
+    let (_dir, file, running) =
+        start_file("admin-reload-unreadable", &versioned_site("1", "")).await;
+    let broken = versioned_site("2", "").replacen(
+        "admin \"127.0.0.1:0\" {",
+        "admin \"127.0.0.1:0\" {\n    users_file \"missing.htpasswd\"",
+        1,
+    );
+    assert_ne!(broken, versioned_site("2", ""));
+    std::fs::write(&file, broken).unwrap();
+    let refused = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(
+        refused.text().contains("cannot read users_file")
+            && refused.text().contains("missing.htpasswd"),
+        "{}",
+        refused.text()
+    );
+    let answer = Client::http1().get(&base_url(&running)).await;
+    assert_eq!(answer.text(), "1", "the site config stayed too");
+    let still_open = call(&running, "GET", "/healthz", None, false).await;
+    assert_eq!(still_open.status, 200);
 }

@@ -1,11 +1,16 @@
 //! HTTP Basic authentication for the admin endpoint, against bcrypt hashes
-//! from the site file (`user`) and an htpasswd file (`users_file`).
+//! from the site file (`user`) and an htpasswd file (`users_file`), and the
+//! short memory of credentials already verified that spares a scraper a
+//! bcrypt check per call.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::HeaderMap;
+use ring::hmac;
 
 #[derive(Debug, Clone, Default)]
 pub struct Users {
@@ -90,6 +95,88 @@ pub enum Login {
     User(String),
 }
 
+/// How long verified credentials are remembered.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(5 * 60);
+/// Credentials remembered at most.
+const MAX_REMEMBERED: usize = 1024;
+
+/// `Authorization` values that passed a bcrypt check lately, and whose
+/// user they named. Only a keyed hash of each value is kept (HMAC-SHA-256
+/// under a key made at random for this set): neither the password nor
+/// anything that could be checked against guesses offline. One belongs to
+/// one set of users, so a reload that changes them starts an empty one.
+pub struct CredentialCache {
+    key: hmac::Key,
+    remembered: Mutex<HashMap<Tag, Remembered>>,
+}
+
+type Tag = [u8; 32];
+
+struct Remembered {
+    user: String,
+    until: Instant,
+}
+
+impl CredentialCache {
+    pub fn new() -> Result<Self, String> {
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map_err(|_| "the system's random number generator failed".to_string())?;
+        Ok(CredentialCache {
+            key,
+            remembered: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn tag(&self, authorization: &[u8]) -> Tag {
+        let mut tag = [0u8; 32];
+        tag.copy_from_slice(hmac::sign(&self.key, authorization).as_ref());
+        tag
+    }
+
+    /// The user these exact credentials were verified for, if lately.
+    pub fn user(&self, authorization: &[u8]) -> Option<String> {
+        let tag = self.tag(authorization);
+        let mut remembered = self.lock();
+        match remembered.get(&tag) {
+            Some(r) if r.until > Instant::now() => Some(r.user.clone()),
+            Some(_) => {
+                remembered.remove(&tag);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn remember(&self, authorization: &[u8], user: &str) {
+        let tag = self.tag(authorization);
+        let now = Instant::now();
+        let mut remembered = self.lock();
+        if remembered.len() >= MAX_REMEMBERED && !remembered.contains_key(&tag) {
+            remembered.retain(|_, r| r.until > now);
+            if remembered.len() >= MAX_REMEMBERED {
+                let soonest = remembered
+                    .iter()
+                    .min_by_key(|(_, r)| r.until)
+                    .map(|(t, _)| *t);
+                if let Some(t) = soonest {
+                    remembered.remove(&t);
+                }
+            }
+        }
+        remembered.insert(
+            tag,
+            Remembered {
+                user: user.to_string(),
+                until: now + REMEMBER_FOR,
+            },
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Tag, Remembered>> {
+        self.remembered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 fn check_hash(name: &str, hash: &str) -> Result<(), String> {
     if name.is_empty() || name.contains(':') {
         return Err(format!("invalid user name `{name}`"));
@@ -145,6 +232,27 @@ mod tests {
         let mut bearer = HeaderMap::new();
         bearer.insert("authorization", "Bearer abc".parse().unwrap());
         assert_eq!(users.login(&bearer), Login::Refused);
+    }
+
+    #[test]
+    fn the_cache_keeps_no_plaintext_and_is_bounded() {
+        let cache = CredentialCache::new().unwrap();
+        let header = b"Basic b3BzOnMzY3JldA==";
+        assert_eq!(cache.user(header), None);
+        cache.remember(header, "ops");
+        assert_eq!(cache.user(header).as_deref(), Some("ops"));
+        assert_eq!(cache.user(b"Basic b3BzOndyb25n"), None);
+        // Another set of users has another key: its tags differ.
+        let other = CredentialCache::new().unwrap();
+        assert_ne!(cache.tag(header), other.tag(header));
+        assert!(!cache
+            .lock()
+            .keys()
+            .any(|t| t.windows(4).any(|w| w == b"b3Bz")));
+        for i in 0..MAX_REMEMBERED + 10 {
+            cache.remember(format!("Basic {i}").as_bytes(), "ops");
+        }
+        assert_eq!(cache.lock().len(), MAX_REMEMBERED);
     }
 
     #[test]

@@ -6,19 +6,27 @@
 //! - a state-changing call (PUT, POST, DELETE) from a browser page of
 //!   another origin (`Origin` not the endpoint's) is refused, so no page
 //!   can drive the endpoint through a visitor's browser;
-//! - bodies are capped (the endpoint takes its parameters in the query);
-//! - a client address that keeps failing to log in waits longer and
-//!   longer before each answer.
+//! - URIs and bodies are capped (the endpoint takes its parameters in the
+//!   query, and never needs a body).
+//!
+//! Logins are slowed down in [`super::throttle`].
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use http::{header, HeaderMap, Method, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 /// Admin calls carry their parameters in the query; a body is never needed.
 pub const MAX_BODY: u64 = 64 * 1024;
+/// The longest path and query taken: room for a mirror's 1000 targets in
+/// one call, and under the 64 KiB over which hyper answers 414 itself
+/// (without a reason).
+pub const MAX_URI: usize = 60 * 1024;
+/// How much of a request head the connection buffers, well over
+/// [`MAX_URI`], so that a long URI is read whole and answered with 414
+/// rather than cut off.
+pub const MAX_HEAD_BUFFER: usize = 512 * 1024;
 
 /// The `host:port` spellings that name the endpoint.
 pub struct Origins {
@@ -70,6 +78,27 @@ impl Origins {
     }
 }
 
+/// Whether the request's path and query are over [`MAX_URI`].
+pub fn uri_too_long(uri: &Uri) -> bool {
+    uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI
+}
+
+/// Reads the whole body, refusing it with 413 as soon as more than
+/// [`MAX_BODY`] bytes arrive, whatever the request declared.
+pub async fn read_body<B>(body: B) -> Result<Bytes, StatusCode>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, MAX_BODY as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(StatusCode::PAYLOAD_TOO_LARGE)
+        }
+        Err(_) => Err(StatusCode::BAD_REQUEST),
+    }
+}
+
 /// The status for a body over [`MAX_BODY`], when the request declares one.
 pub fn body_too_large(headers: &HeaderMap) -> Option<StatusCode> {
     let declared = headers
@@ -79,55 +108,6 @@ pub fn body_too_large(headers: &HeaderMap) -> Option<StatusCode> {
     match declared {
         Some(len) if len > MAX_BODY => Some(StatusCode::PAYLOAD_TOO_LARGE),
         _ => None,
-    }
-}
-
-/// Failed logins per client address, for slowing repeated guessing.
-#[derive(Default)]
-pub struct Throttle {
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-}
-
-/// Free tries before answers slow down; the slowest answer; how long a
-/// quiet address is remembered.
-const FREE_FAILURES: u32 = 3;
-const MAX_DELAY: Duration = Duration::from_secs(10);
-const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
-/// Addresses remembered at most, so the table cannot grow without bound.
-const MAX_TRACKED: usize = 10_000;
-
-impl Throttle {
-    /// How long to wait before answering this address: nothing for the
-    /// first few failures, then doubling from 250 ms up to 10 s.
-    pub fn delay(&self, client: IpAddr) -> Duration {
-        let failures = self.lock();
-        match failures.get(&client) {
-            Some(&(n, _)) if n > FREE_FAILURES => {
-                let steps = (n - FREE_FAILURES - 1).min(10);
-                (Duration::from_millis(250) * 2u32.pow(steps)).min(MAX_DELAY)
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    pub fn failed(&self, client: IpAddr) {
-        let mut failures = self.lock();
-        let now = Instant::now();
-        if failures.len() >= MAX_TRACKED {
-            failures.retain(|_, (_, last)| now.duration_since(*last) < FORGET_AFTER);
-        }
-        if failures.len() < MAX_TRACKED || failures.contains_key(&client) {
-            let entry = failures.entry(client).or_insert((0, now));
-            *entry = (entry.0.saturating_add(1), now);
-        }
-    }
-
-    pub fn succeeded(&self, client: IpAddr) {
-        self.lock().remove(&client);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -177,20 +157,22 @@ mod tests {
             .is_ok());
     }
 
-    #[test]
-    fn throttle_doubles_after_free_tries_and_resets() {
-        let t = Throttle::default();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let delays: Vec<Duration> = (0..7)
-            .map(|_| {
-                t.failed(ip);
-                t.delay(ip)
-            })
-            .collect();
-        assert_eq!(delays[..3], [Duration::ZERO; 3]);
-        assert_eq!(delays[3], Duration::from_millis(250));
-        assert_eq!(delays[4], Duration::from_millis(500));
-        t.succeeded(ip);
-        assert_eq!(t.delay(ip), Duration::ZERO);
+    #[tokio::test]
+    async fn bodies_are_limited_by_what_arrives() {
+        use futures_util::stream;
+        use http_body_util::StreamBody;
+        let chunks = |n: usize| {
+            StreamBody::new(stream::iter((0..n).map(|_| {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![
+                    b'x';
+                    8 * 1024
+                ])))
+            })))
+        };
+        assert_eq!(read_body(chunks(8)).await.unwrap().len(), 64 * 1024);
+        assert_eq!(
+            read_body(chunks(9)).await.unwrap_err(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

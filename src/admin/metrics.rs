@@ -2,6 +2,7 @@
 //! format (version 0.0.4).
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::metrics::{Histogram, MetricsRegistry};
 use crate::mirror::stats::LATENCY_BUCKETS_MS;
@@ -191,4 +192,41 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
     let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+}
+
+/// Logins that carried credentials, by how they ended; `verified` and
+/// `refused` each cost a bcrypt check, the others none.
+#[derive(Debug, Default)]
+pub struct LoginCounts {
+    pub cached: AtomicU64,
+    pub verified: AtomicU64,
+    pub refused: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+impl LoginCounts {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters, and `waiting` logins as a gauge.
+    pub fn render(&self, out: &mut String, waiting: u64) {
+        out.push_str("# HELP teebox_admin_logins_total Admin calls with credentials, by result: cached (remembered, no check), verified, refused, throttled (429, no check).\n");
+        out.push_str("# TYPE teebox_admin_logins_total counter\n");
+        for (result, n) in [
+            ("cached", &self.cached),
+            ("verified", &self.verified),
+            ("refused", &self.refused),
+            ("throttled", &self.throttled),
+        ] {
+            let _ = writeln!(
+                out,
+                "teebox_admin_logins_total{{result=\"{result}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP teebox_admin_logins_waiting Admin logins waiting for their turn (login throttling) or being checked.\n");
+        out.push_str("# TYPE teebox_admin_logins_waiting gauge\n");
+        let _ = writeln!(out, "teebox_admin_logins_waiting {waiting}");
+    }
 }

@@ -4,20 +4,24 @@
 //! `PUT|GET|DELETE /targets` follows trafficmirror's usage (repeated `url`
 //! parameters, plain text lists); `GET /metrics` is Prometheus text;
 //! `GET /healthz` answers 200 while serving. With users configured, every
-//! request needs HTTP Basic credentials.
+//! request needs HTTP Basic credentials (`/healthz` too, unless
+//! `healthz_public`).
 
 pub mod auth;
+pub mod control;
 mod guard;
 pub mod metrics;
 pub mod state;
 mod targets;
+pub mod throttle;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -28,28 +32,39 @@ use tokio::sync::watch;
 
 use crate::config::AdminConfig;
 use crate::mirror::MirrorRegistry;
-use auth::{Login, Users};
-use targets::TargetPatterns;
+use auth::Login;
+pub use control::{AdminControl, Applied, Prepared, Settings};
+use metrics::LoginCounts;
 
 pub type AdminResponse = http::Response<Full<Bytes>>;
 
 /// Re-reads the site file and swaps it in, as the server that runs this
-/// endpoint does it. `Ok` holds the number of warnings.
+/// endpoint does it.
 pub trait Reload: Send + Sync {
-    fn reload(&self) -> crate::handlers::BoxFuture<'_, Result<usize, String>>;
+    fn reload(&self) -> crate::handlers::BoxFuture<'_, Result<Reloaded, String>>;
+}
+
+/// A reload that was carried out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Warnings the new file has (`teebox validate` shows them).
+    pub warnings: usize,
+    /// What the file changes that needs a restart, one line each.
+    pub not_applied: Vec<String>,
 }
 
 pub struct Admin {
     reload: Arc<dyn Reload>,
-    throttle: guard::Throttle,
+    throttle: throttle::Throttle,
+    logins: LoginCounts,
     metrics: crate::metrics::MetricsRegistry,
-    users: Users,
-    allow: TargetPatterns,
+    settings: Arc<ArcSwap<Settings>>,
+    fixed: control::Fixed,
     mirrors: MirrorRegistry,
     state: Option<state::StateFile>,
 }
 
-/// Why the admin endpoint could not start.
+/// Why the admin endpoint could not start, or take a reloaded admin block.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("admin endpoint: cannot listen on {addr}: {source}")]
@@ -71,24 +86,27 @@ impl Admin {
         metrics: crate::metrics::MetricsRegistry,
         reload: Arc<dyn Reload>,
     ) -> Result<Admin, AdminError> {
-        let file = config.users_file.as_ref().map(|f| base_dir.join(f));
-        let users = Users::load(&config.users, file.as_deref()).map_err(AdminError::Users)?;
-        let state = config
-            .state_file
-            .as_ref()
-            .map(|f| state::StateFile::new(base_dir.join(f)));
+        let settings = Settings::load(config, base_dir)?;
+        let fixed = control::Fixed::of(config, base_dir);
+        let state = fixed.state_file.clone().map(state::StateFile::new);
         if let Some(state) = &state {
             state.restore(&mirrors).map_err(AdminError::State)?;
         }
         Ok(Admin {
             reload,
-            throttle: guard::Throttle::default(),
+            throttle: throttle::Throttle::default(),
+            logins: LoginCounts::default(),
             metrics,
-            users,
-            allow: TargetPatterns::new(&config.allow_target),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
+            fixed,
             mirrors,
             state,
         })
+    }
+
+    /// The handle that applies the admin block of a reloaded site file.
+    pub fn control(&self) -> AdminControl {
+        AdminControl::new(self.settings.clone(), self.fixed.clone())
     }
 
     /// Binds the admin address and serves until `stop` turns true.
@@ -123,7 +141,9 @@ impl Admin {
                         let origins = origins.clone();
                         async move { Ok::<_, Infallible>(admin.handle(req, peer.ip(), &origins).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http1().max_buf_size(guard::MAX_HEAD_BUFFER);
+                    let _ = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
@@ -132,11 +152,7 @@ impl Admin {
         Ok(local)
     }
 
-    async fn reload_for(
-        &self,
-        user: Option<&str>,
-        client: std::net::IpAddr,
-    ) -> Result<usize, String> {
+    async fn reload_for(&self, user: Option<&str>, client: IpAddr) -> Result<Reloaded, String> {
         tracing::info!(user = user.unwrap_or("-"), %client, action = "reload", "admin change");
         self.reload.reload().await
     }
@@ -144,58 +160,115 @@ impl Admin {
     async fn handle(
         self: Arc<Self>,
         req: http::Request<Incoming>,
-        client: std::net::IpAddr,
+        client: IpAddr,
         origins: &guard::Origins,
     ) -> AdminResponse {
+        if guard::uri_too_long(req.uri()) {
+            return text(
+                StatusCode::URI_TOO_LONG,
+                format!(
+                    "the admin endpoint takes URIs of at most {} KiB\n",
+                    guard::MAX_URI / 1024
+                ),
+            );
+        }
         if let Err(why) = origins.check(req.method(), req.headers()) {
             tracing::warn!(%client, method = %req.method(), path = req.uri().path(), "admin call refused: {}", why.trim_end());
             return text(StatusCode::FORBIDDEN, why);
         }
         if let Some(status) = guard::body_too_large(req.headers()) {
-            return text(status, "admin calls take no body over 64 KiB\n");
+            return body_refused(status);
         }
+        // One load per request: it is answered wholly under the settings
+        // it started with, even if a reload swaps them meanwhile.
+        let settings = self.settings.load_full();
+        let public = settings.healthz_public
+            && req.uri().path() == "/healthz"
+            && matches!(*req.method(), Method::GET | Method::HEAD);
         let mut user = None;
-        if !self.users.is_empty() {
-            let delay = self.throttle.delay(client);
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let admin = self.clone();
-            let headers = req.headers().clone();
-            // bcrypt is slow on purpose: keep it off the async threads.
-            let login = tokio::task::spawn_blocking(move || admin.users.login(&headers))
-                .await
-                .unwrap_or(Login::Refused);
-            match login {
-                Login::User(name) => {
-                    self.throttle.succeeded(client);
-                    user = Some(name);
-                }
-                Login::Anonymous => {
-                    tracing::debug!(%client, path = req.uri().path(), "admin call without credentials");
-                }
-                Login::Refused => {
-                    self.throttle.failed(client);
-                    tracing::warn!(%client, "admin login failed");
-                }
-            }
-            if user.is_none() {
-                let mut response = text(StatusCode::UNAUTHORIZED, "credentials required\n");
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"teebox admin\", charset=\"UTF-8\""),
-                );
-                return response;
+        if !settings.users.is_empty() && !public {
+            match self.authenticate(&settings, req.headers(), client).await {
+                Ok(name) => user = Some(name),
+                Err(response) => return response,
             }
         }
-        let query = req.uri().query().unwrap_or("").to_string();
-        match (req.uri().path(), req.method()) {
+        let (parts, body) = req.into_parts();
+        if let Err(status) = guard::read_body(body).await {
+            return body_refused(status);
+        }
+        self.dispatch(&parts, &settings, user.as_deref(), client)
+            .await
+    }
+
+    /// The user the request's credentials name: remembered, or checked
+    /// with bcrypt in the client's turn. `Err` is the answer to give.
+    async fn authenticate(
+        &self,
+        settings: &Arc<Settings>,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Result<String, AdminResponse> {
+        let Some(authorization) = headers.get(header::AUTHORIZATION) else {
+            tracing::debug!(%client, "admin call without credentials");
+            return Err(challenge());
+        };
+        if let Some(name) = settings.remembered.user(authorization.as_bytes()) {
+            LoginCounts::count(&self.logins.cached);
+            return Ok(name);
+        }
+        let turn = match self.throttle.reserve(client) {
+            Ok(turn) => turn,
+            Err(busy) => {
+                LoginCounts::count(&self.logins.throttled);
+                tracing::warn!(%client, "admin login refused: too many logins waiting");
+                return Err(too_many_logins(busy));
+            }
+        };
+        let Some(slot) = turn.begin().await else {
+            return Err(challenge());
+        };
+        let check = settings.clone();
+        let owned = headers.clone();
+        // bcrypt is slow on purpose: keep it off the async threads, and
+        // hold the check slot until it is done, even if the client leaves.
+        let login = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            check.users.login(&owned)
+        })
+        .await
+        .unwrap_or(Login::Refused);
+        match login {
+            Login::User(name) => {
+                turn.succeeded();
+                LoginCounts::count(&self.logins.verified);
+                settings
+                    .remembered
+                    .remember(authorization.as_bytes(), &name);
+                Ok(name)
+            }
+            Login::Anonymous | Login::Refused => {
+                turn.failed();
+                LoginCounts::count(&self.logins.refused);
+                tracing::warn!(%client, "admin login failed");
+                Err(challenge())
+            }
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        req: &http::request::Parts,
+        settings: &Settings,
+        user: Option<&str>,
+        client: IpAddr,
+    ) -> AdminResponse {
+        let query = req.uri.query().unwrap_or("");
+        match (req.uri.path(), &req.method) {
             ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
             ("/metrics", &Method::GET | &Method::HEAD) => {
-                let mut response = text(
-                    StatusCode::OK,
-                    metrics::render(&self.mirrors.all(), &self.metrics),
-                );
+                let mut body = metrics::render(&self.mirrors.all(), &self.metrics);
+                self.logins.render(&mut body, self.throttle.waiting());
+                let mut response = text(StatusCode::OK, body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -204,17 +277,23 @@ impl Admin {
             }
             ("/targets", method) => {
                 let wants_json = req
-                    .headers()
+                    .headers
                     .get(header::ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.contains("application/json"));
                 let who = targets::Caller {
-                    user: user.as_deref().unwrap_or("-"),
+                    user: user.unwrap_or("-"),
                     client,
                 };
-                let (response, changed) =
-                    targets::handle(&self.mirrors, &self.allow, method, &query, wants_json, &who)
-                        .await;
+                let (response, changed) = targets::handle(
+                    &self.mirrors,
+                    &settings.allow,
+                    method,
+                    query,
+                    wants_json,
+                    &who,
+                )
+                .await;
                 match (&self.state, changed) {
                     (Some(state), true) => match state.save(&self.mirrors) {
                         Ok(()) => response,
@@ -229,12 +308,8 @@ impl Admin {
                     _ => response,
                 }
             }
-            ("/reload", &Method::POST) => match self.reload_for(user.as_deref(), client).await {
-                Ok(0) => text(StatusCode::OK, "reloaded\n"),
-                Ok(n) => text(
-                    StatusCode::OK,
-                    format!("reloaded, with {n} warning(s); see teebox validate\n"),
-                ),
+            ("/reload", &Method::POST) => match self.reload_for(user, client).await {
+                Ok(reloaded) => text(StatusCode::OK, reload_answer(&reloaded)),
                 Err(why) => {
                     tracing::warn!("reload refused; the running config stays");
                     text(
@@ -250,6 +325,55 @@ impl Admin {
                 "no such admin resource; try /targets, /metrics or /healthz\n",
             ),
         }
+    }
+}
+
+/// `reloaded`, the warnings, and a line per change that waits for a restart.
+fn reload_answer(reloaded: &Reloaded) -> String {
+    let mut out = match reloaded.warnings {
+        0 => "reloaded\n".to_string(),
+        n => format!("reloaded, with {n} warning(s); see teebox validate\n"),
+    };
+    for item in &reloaded.not_applied {
+        out.push_str(&format!("not applied: {item}\n"));
+    }
+    out
+}
+
+fn challenge() -> AdminResponse {
+    let mut response = text(StatusCode::UNAUTHORIZED, "credentials required\n");
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"teebox admin\", charset=\"UTF-8\""),
+    );
+    response
+}
+
+fn too_many_logins(busy: throttle::Busy) -> AdminResponse {
+    let mut response = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many logins waiting from this address (at most {}); try again later\n",
+            throttle::MAX_WAITING
+        ),
+    );
+    let seconds = busy.retry_after.as_secs() + u64::from(busy.retry_after.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+}
+
+fn body_refused(status: StatusCode) -> AdminResponse {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => text(
+            status,
+            format!(
+                "admin calls take no body over {} KiB\n",
+                guard::MAX_BODY / 1024
+            ),
+        ),
+        _ => text(status, "the request body could not be read\n"),
     }
 }
 

@@ -325,6 +325,7 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
             ("users_file", Repeat::Once),
             ("allow_target", Repeat::Once),
             ("state_file", Repeat::Once),
+            ("healthz_public", Repeat::Once),
         ],
     );
     let mut users = Vec::new();
@@ -354,6 +355,10 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
         .one("state_file")
         .and_then(|n| r.value(n, "a file path", value::non_empty_string))
         .map(PathBuf::from);
+    let healthz_public = match opts.one("healthz_public") {
+        Some(n) => r.value(n, "#true or #false", value::boolean),
+        None => Some(true),
+    };
     if let Some(addr) = &address {
         if !addr.value.ip().is_loopback() && users.is_empty() && users_file.is_none() {
             r.push(
@@ -370,6 +375,7 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
         users_file,
         allow_target,
         state_file,
+        healthz_public: healthz_public?,
     })
 }
 

@@ -79,14 +79,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// `global { admin ... }`. Decoded and checked now; served by the admin issue.
-#[derive(Debug)]
+/// `global { admin ... }`.
+#[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub address: Spanned<SocketAddr>,
     pub users: Vec<(String, String)>,
     pub users_file: Option<PathBuf>,
     pub allow_target: Vec<String>,
     pub state_file: Option<PathBuf>,
+    /// `GET /healthz` answers without credentials (load-balancer probes).
+    pub healthz_public: bool,
 }
 
 #[derive(Debug)]

@@ -75,6 +75,8 @@ struct Shared {
     metrics: MetricsRegistry,
     /// Stops the admin endpoint.
     stop_admin: watch::Sender<bool>,
+    /// Applies a reloaded file's admin block; set once the endpoint runs.
+    admin: std::sync::OnceLock<crate::admin::AdminControl>,
     /// The site file, for reloads.
     path: Option<std::path::PathBuf>,
     /// `global { limits }`: fixed at start, shared by every listener.
@@ -98,6 +100,8 @@ pub enum ReloadError {
     Unreadable(String),
     #[error("{0}")]
     Start(#[from] StartError),
+    #[error("{0}")]
+    Admin(String),
 }
 
 impl Running {
@@ -126,7 +130,7 @@ impl Running {
     }
 
     /// Re-reads the site file and takes it over (see [`Shared::reload`]).
-    pub async fn reload(&self) -> Result<usize, ReloadError> {
+    pub async fn reload(&self) -> Result<crate::admin::Reloaded, ReloadError> {
         self.shared.reload_file().await
     }
 
@@ -171,14 +175,43 @@ impl Running {
 }
 
 impl Shared {
-    async fn reload_file(&self) -> Result<usize, ReloadError> {
+    async fn reload_file(&self) -> Result<crate::admin::Reloaded, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
         let loaded = crate::config::load(path).map_err(|err| match err {
             crate::config::LoadError::Invalid(err) => ReloadError::Invalid(err),
             other => ReloadError::Unreadable(other.to_string()),
         })?;
+        // The admin block is loaded first (its users_file may be
+        // unreadable) and swapped in last, so a refused reload changes
+        // nothing. Loading it is slow (bcrypt): off the async threads.
+        let admin = match self.admin.get().cloned() {
+            Some(control) => {
+                let (config, base_dir) = (
+                    loaded.config.global.admin.clone(),
+                    loaded.config.base_dir.clone(),
+                );
+                let prepared = tokio::task::spawn_blocking(move || {
+                    control.prepare(config.as_ref(), &base_dir)
+                })
+                .await
+                .map_err(|e| ReloadError::Admin(e.to_string()))?
+                .map_err(|e| ReloadError::Admin(e.to_string()))?;
+                Some(prepared)
+            }
+            None => None,
+        };
         self.reload(&loaded.config).await?;
-        Ok(loaded.warnings.len())
+        let applied = match admin {
+            Some(prepared) => prepared.commit(),
+            None => crate::admin::Applied::without_endpoint(loaded.config.global.admin.as_ref()),
+        };
+        for item in &applied.not_applied {
+            tracing::warn!("reload: not applied: {item}");
+        }
+        Ok(crate::admin::Reloaded {
+            warnings: loaded.warnings.len(),
+            not_applied: applied.not_applied,
+        })
     }
 
     /// Builds the new config beside the running one and swaps it in: each
@@ -186,7 +219,7 @@ impl Shared {
     /// config or the new one, never a mix. In-flight requests finish on the
     /// old one, and the old mirrors send what they have queued. Mirrors
     /// keep their runtime targets by name. Nothing changes if any step
-    /// fails. The admin block and global options need a restart.
+    /// fails. Global options need a restart; `reload_file` applies the admin block.
     async fn reload(&self, config: &Config) -> Result<(), ReloadError> {
         let mut state = self.state.lock().await;
         let built = build(config, &self.metrics)?;
@@ -447,6 +480,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         mirrors: built.mirrors,
         metrics: metrics.clone(),
         stop_admin,
+        admin: std::sync::OnceLock::new(),
         path: config.path.clone(),
         limits,
     });
@@ -461,6 +495,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 reloader,
             )
             .map_err(|e| StartError::Build(e.to_string()))?;
+            let _ = shared.admin.set(endpoint.control());
             Some(
                 endpoint
                     .start(admin.address.value, stop_admin_rx)
@@ -477,7 +512,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 struct Reloader(std::sync::Weak<Shared>);
 
 impl crate::admin::Reload for Reloader {
-    fn reload(&self) -> crate::handlers::BoxFuture<'_, Result<usize, String>> {
+    fn reload(&self) -> crate::handlers::BoxFuture<'_, Result<crate::admin::Reloaded, String>> {
         Box::pin(async move {
             let shared = self.0.upgrade().ok_or("the server is shutting down")?;
             shared.reload_file().await.map_err(|e| e.to_string())
