@@ -776,6 +776,29 @@ async fn runtime_targets_cannot_point_at_internal_or_odd_addresses() {
 }
 
 #[tokio::test]
+async fn runtime_target_ports_outside_1_to_65535_are_refused() {
+    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let running = start(&site).await;
+    for (url, written) in [
+        ("http://127.0.0.1:84631", "84631"),
+        ("http://127.0.0.1:0", "0"),
+        ("http://127.0.0.1:65536", "65536"),
+    ] {
+        let resp = put(&running, &format!("mirror=m&url={url}")).await;
+        assert_eq!(resp.status, 400, "{url}: {}", resp.text());
+        assert_eq!(
+            resp.text(),
+            format!(
+                "invalid target URL `{url}`: port `{written}` is out of range: valid ports are 1-65535\n"
+            )
+        );
+    }
+    assert!(running.mirrors()[0].targets().is_empty());
+    let resp = put(&running, "mirror=m&url=http://127.0.0.1:65535").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+#[tokio::test]
 async fn an_allow_target_naming_the_address_lets_it_through() {
     let site = admin_site(
         "allow_target \"http://169.254.169.254:*\" \"http://127.0.0.1:*\"",
