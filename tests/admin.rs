@@ -803,9 +803,18 @@ async fn runtime_targets_carrying_a_refused_ipv4_address_are_refused() {
     let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
     let running = start(&site).await;
     let cases = [
-        ("[::169.254.169.254]", "169.254.169.254 inside an IPv4-compatible address"),
-        ("[64:ff9b::a9fe:a9fe]", "169.254.169.254 inside a NAT64 address"),
-        ("[2002:a9fe:a9fe::1]", "169.254.169.254 inside a 6to4 address"),
+        (
+            "[::169.254.169.254]",
+            "169.254.169.254 inside an IPv4-compatible address",
+        ),
+        (
+            "[64:ff9b::a9fe:a9fe]",
+            "169.254.169.254 inside a NAT64 address",
+        ),
+        (
+            "[2002:a9fe:a9fe::1]",
+            "169.254.169.254 inside a 6to4 address",
+        ),
         (
             "[2001:0:4136:e378:8000:63bf:5601:5601]",
             "169.254.169.254 inside a Teredo address",

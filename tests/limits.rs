@@ -151,6 +151,77 @@ async fn a_connection_that_never_sends_a_head_is_closed() {
     until_closed(&mut stream).await;
 }
 
+/// The start every HTTP/2 preface shares is no reason to wait for
+/// `idle_timeout`: the client is still sending its "head".
+#[tokio::test]
+async fn a_client_sending_only_pri_star_http_2_0_is_closed_at_read_header_timeout() {
+    let backend = Backend::ok().await;
+    let limits = "read_header_timeout \"300ms\"\nidle_timeout \"1h\"";
+    let running = start(&site(limits, &backend.url())).await;
+    let mut stream = TcpStream::connect(running.addr()).await.unwrap();
+    stream.write_all(b"PRI * HTTP/2.0").await.unwrap();
+    let got = until_closed(&mut stream).await;
+    // It might still have been HTTP/1.1, which is told why.
+    assert_eq!(
+        raw::status_of(&got),
+        Some(408),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test]
+async fn an_h2_preface_without_its_settings_frame_is_closed_at_read_header_timeout() {
+    let backend = Backend::ok().await;
+    let limits = "read_header_timeout \"300ms\"\nidle_timeout \"1h\"";
+    let running = start(&site(limits, &backend.url())).await;
+    let mut stream = TcpStream::connect(running.addr()).await.unwrap();
+    stream.write_all(H2_PREFACE).await.unwrap();
+    // Half of a SETTINGS frame header.
+    stream
+        .write_all(&[0, 0, 6, raw_h2::SETTINGS])
+        .await
+        .unwrap();
+    let got = until_closed(&mut stream).await;
+    // An HTTP/2 client gets no HTTP/1.1 answer.
+    assert!(
+        !got.windows(4).any(|w| w == b"HTTP"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test]
+async fn an_h2_connection_whose_opening_is_complete_outlives_read_header_timeout() {
+    let backend = Backend::ok().await;
+    let limits = "read_header_timeout \"200ms\"\nidle_timeout \"1h\"";
+    let running = start(&site(limits, &backend.url())).await;
+    let mut stream = TcpStream::connect(running.addr()).await.unwrap();
+    stream.write_all(H2_PREFACE).await.unwrap();
+    // SETTINGS_MAX_CONCURRENT_STREAMS 100, in two pieces.
+    let settings = raw_h2::frame(raw_h2::SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    stream.write_all(&settings[..11]).await.unwrap();
+    stream.write_all(&settings[11..]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stream.write_all(&raw_h2::get_headers(1)).await.unwrap();
+    let status = within("the response's HEADERS", async {
+        loop {
+            let (kind, _, id, payload) = raw_h2::read_frame(&mut stream).await;
+            if kind == raw_h2::HEADERS && id == 1 {
+                break payload[0];
+            }
+        }
+    })
+    .await;
+    // HPACK static table entry 8: `:status 200`.
+    assert_eq!(status, 0x88);
+    assert_eq!(backend.count(), 1);
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 #[tokio::test]
 async fn keep_alive_outlives_the_head_timer_and_ends_at_idle_timeout() {
     let backend = Backend::ok().await;

@@ -281,7 +281,9 @@ mod tests {
             ("fd00:ec2::254", Some("a cloud metadata address")),
             (
                 "::169.254.169.254",
-                Some("a cloud metadata address (169.254.169.254 inside an IPv4-compatible address)"),
+                Some(
+                    "a cloud metadata address (169.254.169.254 inside an IPv4-compatible address)",
+                ),
             ),
             (
                 "::ffff:100.100.100.200",

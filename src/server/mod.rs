@@ -5,6 +5,7 @@ pub mod access_log;
 mod body_timeout;
 mod drain;
 mod framing;
+mod h2_opening;
 mod limits;
 mod listener;
 pub mod redirect;
