@@ -5,6 +5,7 @@ pub(crate) mod accept_backoff;
 pub mod access_log;
 mod body_timeout;
 mod drain;
+pub mod fd_limit;
 mod framing;
 mod h2_opening;
 mod limits;
