@@ -114,7 +114,7 @@ impl Listener {
             match accepted {
                 Ok((stream, peer)) => {
                     if let Some(unlogged) = backoff.succeeded(Instant::now()) {
-                        tracing::warn!(%local, unlogged, "accepting again");
+                        tracing::info!(%local, unlogged, "accepting again");
                     }
                     let conn = ConnInfo::new(peer, local, false);
                     serve_connection(
