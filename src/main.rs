@@ -395,6 +395,12 @@ fn run(file: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let mirror_workers = running
+            .mirrors()
+            .iter()
+            .map(|mirror| mirror.targets().iter().map(|t| t.workers()).sum::<usize>())
+            .sum();
+        teebox::server::fd_limit::raise_and_check(&config.global.limits, mirror_workers);
         tracing::info!(file = %file.display(), version = env!("CARGO_PKG_VERSION"), "teebox serving");
         let signal = serve_until_stopped(&running).await;
         let grace = config.global.grace_period;

@@ -818,6 +818,73 @@ async fn runtime_targets_cannot_point_at_internal_or_odd_addresses() {
 }
 
 #[tokio::test]
+async fn runtime_target_ports_outside_1_to_65535_are_refused() {
+    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let running = start(&site).await;
+    for (url, written) in [
+        ("http://127.0.0.1:84631", "84631"),
+        ("http://127.0.0.1:0", "0"),
+        ("http://127.0.0.1:65536", "65536"),
+    ] {
+        let resp = put(&running, &format!("mirror=m&url={url}")).await;
+        assert_eq!(resp.status, 400, "{url}: {}", resp.text());
+        assert_eq!(
+            resp.text(),
+            format!(
+                "invalid target URL `{url}`: port `{written}` is out of range: valid ports are 1-65535\n"
+            )
+        );
+    }
+    assert!(running.mirrors()[0].targets().is_empty());
+    let resp = put(&running, "mirror=m&url=http://127.0.0.1:65535").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+#[tokio::test]
+async fn runtime_targets_carrying_a_refused_ipv4_address_are_refused() {
+    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let running = start(&site).await;
+    let cases = [
+        (
+            "[::169.254.169.254]",
+            "169.254.169.254 inside an IPv4-compatible address",
+        ),
+        (
+            "[64:ff9b::a9fe:a9fe]",
+            "169.254.169.254 inside a NAT64 address",
+        ),
+        (
+            "[2002:a9fe:a9fe::1]",
+            "169.254.169.254 inside a 6to4 address",
+        ),
+        (
+            "[2001:0:4136:e378:8000:63bf:5601:5601]",
+            "169.254.169.254 inside a Teredo address",
+        ),
+        ("100.100.100.200", "a cloud metadata address;"),
+        ("[fd00:ec2::254]", "a cloud metadata address;"),
+    ];
+    let mut failures = Vec::new();
+    for (host, reason) in cases {
+        let url = format!("http://{host}:80");
+        let query = url.replace('[', "%5B").replace(']', "%5D");
+        let resp = put(&running, &format!("mirror=m&url={query}")).await;
+        let text = resp.text();
+        if resp.status != 403
+            || !text.starts_with(&format!("{url} goes to "))
+            || !text.contains(reason)
+        {
+            failures.push(format!("{url}: {} {text:?}", resp.status));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(running.mirrors()[0].targets().is_empty());
+    // An IPv4 address that is allowed is allowed inside IPv6 too.
+    let resp = put(&running, "mirror=m&url=http://%5B2002:a0a:a0a::1%5D:80").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+#[tokio::test]
 async fn an_allow_target_naming_the_address_lets_it_through() {
     let site = admin_site(
         "allow_target \"http://169.254.169.254:*\" \"http://127.0.0.1:*\"",

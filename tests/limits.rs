@@ -151,6 +151,77 @@ async fn a_connection_that_never_sends_a_head_is_closed() {
     until_closed(&mut stream).await;
 }
 
+/// The start every HTTP/2 preface shares is no reason to wait for
+/// `idle_timeout`: the client is still sending its "head".
+#[tokio::test]
+async fn a_client_sending_only_pri_star_http_2_0_is_closed_at_read_header_timeout() {
+    let backend = Backend::ok().await;
+    let limits = "read_header_timeout \"300ms\"\nidle_timeout \"1h\"";
+    let running = start(&site(limits, &backend.url())).await;
+    let mut stream = TcpStream::connect(running.addr()).await.unwrap();
+    stream.write_all(b"PRI * HTTP/2.0").await.unwrap();
+    let got = until_closed(&mut stream).await;
+    // It might still have been HTTP/1.1, which is told why.
+    assert_eq!(
+        raw::status_of(&got),
+        Some(408),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test]
+async fn an_h2_preface_without_its_settings_frame_is_closed_at_read_header_timeout() {
+    let backend = Backend::ok().await;
+    let limits = "read_header_timeout \"300ms\"\nidle_timeout \"1h\"";
+    let running = start(&site(limits, &backend.url())).await;
+    let mut stream = TcpStream::connect(running.addr()).await.unwrap();
+    stream.write_all(H2_PREFACE).await.unwrap();
+    // Half of a SETTINGS frame header.
+    stream
+        .write_all(&[0, 0, 6, raw_h2::SETTINGS])
+        .await
+        .unwrap();
+    let got = until_closed(&mut stream).await;
+    // An HTTP/2 client gets no HTTP/1.1 answer.
+    assert!(
+        !got.windows(4).any(|w| w == b"HTTP"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(backend.count(), 0);
+}
+
+#[tokio::test]
+async fn an_h2_connection_whose_opening_is_complete_outlives_read_header_timeout() {
+    let backend = Backend::ok().await;
+    let limits = "read_header_timeout \"200ms\"\nidle_timeout \"1h\"";
+    let running = start(&site(limits, &backend.url())).await;
+    let mut stream = TcpStream::connect(running.addr()).await.unwrap();
+    stream.write_all(H2_PREFACE).await.unwrap();
+    // SETTINGS_MAX_CONCURRENT_STREAMS 100, in two pieces.
+    let settings = raw_h2::frame(raw_h2::SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    stream.write_all(&settings[..11]).await.unwrap();
+    stream.write_all(&settings[11..]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stream.write_all(&raw_h2::get_headers(1)).await.unwrap();
+    let status = within("the response's HEADERS", async {
+        loop {
+            let (kind, _, id, payload) = raw_h2::read_frame(&mut stream).await;
+            if kind == raw_h2::HEADERS && id == 1 {
+                break payload[0];
+            }
+        }
+    })
+    .await;
+    // HPACK static table entry 8: `:status 200`.
+    assert_eq!(status, 0x88);
+    assert_eq!(backend.count(), 1);
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 #[tokio::test]
 async fn keep_alive_outlives_the_head_timer_and_ends_at_idle_timeout() {
     let backend = Backend::ok().await;
@@ -674,4 +745,143 @@ mod raw_h2 {
         tcp.read_exact(&mut payload).await.expect("a frame payload");
         (head[3], head[4], stream, payload)
     }
+}
+
+/// `teebox run FILE` as a child process with at most `open_files` file
+/// descriptors (soft and hard limit, so teebox cannot raise it), its log
+/// kept as it comes; killed when dropped.
+struct LimitedTeebox {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl LimitedTeebox {
+    fn start(file: &std::path::Path, open_files: u32) -> LimitedTeebox {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {open_files} && exec \"$0\" run \"$1\""))
+            .arg(env!("CARGO_BIN_EXE_teebox"))
+            .arg(file)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = kept.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        LimitedTeebox { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn lines_with(&self, text: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The address from the `listening` line.
+    async fn addr(&self) -> std::net::SocketAddr {
+        common::eventually("teebox to listen", || {
+            !self.lines_with(" listening ").is_empty()
+        })
+        .await;
+        let line = &self.lines_with(" listening ")[0];
+        let addr = line.split("address=").nth(1).expect("an address");
+        addr.split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .expect("ip:port")
+    }
+}
+
+impl Drop for LimitedTeebox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The number in `key=N` in a log line.
+fn log_field(line: &str, key: &str) -> u64 {
+    let value = line.split(&format!("{key}=")).nth(1).expect(key);
+    value
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test]
+async fn out_of_open_files_accepting_backs_off_logs_once_a_second_and_recovers() {
+    let backend = Backend::ok().await;
+    let dir = common::TempDir::new("open-files");
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, site("read_header_timeout \"1m\"", &backend.url())).unwrap();
+    let teebox = LimitedTeebox::start(&file, 64);
+    let addr = teebox.addr().await;
+    // Once, with the numbers: the default max_connections cannot fit.
+    let warned = teebox.lines_with("RLIMIT_NOFILE");
+    assert_eq!(warned.len(), 1, "{}", teebox.log());
+    assert!(
+        warned[0].contains(
+            "the open files limit (RLIMIT_NOFILE) is 64, below the 20064 teebox may need: \
+             2 x max_connections 10000 + 0 mirror workers + 64 for listeners and files"
+        ),
+        "{}",
+        warned[0]
+    );
+
+    let mut connected = TcpStream::connect(addr).await.unwrap();
+    assert!(request_on(&mut connected, "/before")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // More connections than descriptors: the rest wait in the backlog.
+    let mut others = Vec::new();
+    for _ in 0..100 {
+        others.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // A line that tells of failures it did not log: rate-limited, not one
+    // line per failure.
+    common::eventually("a rate-limited accept failure line", || {
+        teebox
+            .lines_with("accept failed")
+            .iter()
+            .any(|l| log_field(l, "unlogged") > 0)
+    })
+    .await;
+    let failed = teebox.lines_with("accept failed");
+    assert!(
+        failed.iter().all(|l| l.contains("Too many open files")),
+        "{failed:#?}"
+    );
+    drop(others);
+    let after = request_on(&mut connected, "/after").await;
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
+    // And new clients are served again.
+    let mut fresh = within("a new connection", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    assert!(request_on(&mut fresh, "/fresh")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(backend.count(), 3);
 }

@@ -647,6 +647,24 @@ async fn record_and_replay_keep_header_bytes_that_are_not_utf8() {
     assert_eq!(got.headers["host"].as_bytes(), b"shop.example");
 }
 
+#[test]
+fn replay_refuses_a_target_port_outside_1_to_65535() {
+    for port in ["84631", "0"] {
+        let url = format!("http://127.0.0.1:{port}");
+        let bad = std::process::Command::new(env!("CARGO_BIN_EXE_teebox"))
+            .args(["replay", "nope.jsonl", "--target", &url])
+            .output()
+            .unwrap();
+        assert_eq!(bad.status.code(), Some(2));
+        assert_eq!(
+            String::from_utf8_lossy(&bad.stderr),
+            format!(
+                "teebox replay: --target \"{url}\": port `{port}` is out of range: valid ports are 1-65535\n"
+            )
+        );
+    }
+}
+
 // ---- compare --------------------------------------------------------------------------------
 
 fn json_reply(status: u16, version: &str, body: String) -> common::Reply {

@@ -125,13 +125,30 @@ impl Admin {
         let admin = Arc::new(self);
         let origins = Arc::new(guard::Origins::new(local));
         tokio::spawn(async move {
+            use crate::server::accept_backoff::{only_this_connection, AcceptBackoff};
+            let mut backoff = AcceptBackoff::default();
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     _ = stop.wait_for(|stop| *stop) => return,
                 };
-                let Ok((stream, peer)) = accepted else {
-                    continue;
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => {
+                        backoff.succeeded(tokio::time::Instant::now());
+                        accepted
+                    }
+                    Err(err) if only_this_connection(&err) => continue,
+                    Err(err) => {
+                        // Out of file descriptors, as a listener's loop.
+                        let failed = backoff.failed(tokio::time::Instant::now());
+                        if let Some(unlogged) = failed.log {
+                            tracing::warn!(address = %local, error = %err, retry_in = ?failed.wait, unlogged, "admin endpoint: accept failed");
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(failed.wait) => continue,
+                            _ = stop.wait_for(|stop| *stop) => return,
+                        }
+                    }
                 };
                 let admin = admin.clone();
                 let origins = origins.clone();

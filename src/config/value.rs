@@ -455,6 +455,7 @@ impl UpstreamUrl {
         if authority.host().is_empty() {
             return Err(bad("no host", None));
         }
+        check_port(&authority).map_err(|why| bad(&why, None))?;
         if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
             return Err(bad(
                 "an upstream URL has no path or query",
@@ -462,6 +463,27 @@ impl UpstreamUrl {
             ));
         }
         Ok(UpstreamUrl { scheme, authority })
+    }
+}
+
+/// The valid TCP ports to connect to; port 0 means "any" only to `bind`.
+const PORTS: std::ops::RangeInclusive<u16> = 1..=u16::MAX;
+
+/// An authority's written port, if it has one, must be a connectable port:
+/// `http`'s parser takes `:84631` as "no port" (so the scheme's default
+/// would be used) and `:0` as port 0.
+fn check_port(authority: &Authority) -> Result<(), String> {
+    // After the host (an IPv6 one has its colons inside brackets).
+    let Some(written) = authority.as_str()[authority.host().len()..].strip_prefix(':') else {
+        return Ok(());
+    };
+    match written.parse::<u16>() {
+        Ok(port) if PORTS.contains(&port) => Ok(()),
+        _ => Err(format!(
+            "port `{written}` is out of range: valid ports are {}-{}",
+            PORTS.start(),
+            PORTS.end()
+        )),
     }
 }
 
@@ -610,6 +632,34 @@ mod tests {
         ];
         for (a, b) in different {
             assert_ne!(url(a), url(b), "{a} and {b}");
+        }
+    }
+
+    #[test]
+    fn upstream_ports_must_be_1_to_65535() {
+        for (url, port) in [
+            ("http://127.0.0.1:1", 1),
+            ("http://127.0.0.1:65535", 65535),
+            ("http://[::1]:8080", 8080),
+            ("https://a.internal", 443),
+            ("http://[::1]", 80),
+        ] {
+            assert_eq!(UpstreamUrl::parse(url).map(|u| u.port()), Ok(port), "{url}");
+        }
+        for (url, written) in [
+            ("http://127.0.0.1:84631", "84631"),
+            ("http://127.0.0.1:0", "0"),
+            ("http://127.0.0.1:65536", "65536"),
+            ("http://[::1]:99999", "99999"),
+            ("http://a.internal:", ""),
+            ("http://a.internal:00000000080000", "00000000080000"),
+        ] {
+            let err = UpstreamUrl::parse(url).expect_err(url);
+            assert_eq!(
+                err.why,
+                format!("port `{written}` is out of range: valid ports are 1-65535"),
+                "{url}"
+            );
         }
     }
 

@@ -197,6 +197,11 @@ impl Target {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
+    /// Workers, each with at most one copy (and connection) at a time.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.state.in_flight.load(Ordering::Relaxed)
     }

@@ -11,6 +11,9 @@
 //!   `idle_timeout` without reads or writes;
 //! - the first bytes of a new HTTP/1 request arrived but its head is not
 //!   complete: closed with a 408 after `read_header_timeout`;
+//! - an HTTP/2 client has not sent its whole opening (preface and first
+//!   SETTINGS frame, see `h2_opening`): closed after `read_header_timeout`
+//!   (with a 408 while it might still be HTTP/1);
 //! - a request being served (until its response body is done), an HTTP/2
 //!   stream open, or an upgraded connection (WebSocket): no timer here
 //!   (a request body that stalls has its own, see `body_timeout`).
@@ -28,6 +31,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 
 use super::framing::FramingScan;
+use super::h2_opening::Opening;
 use crate::config::Limits;
 
 /// The limits, and the connection count they cap, shared by every listener.
@@ -112,8 +116,6 @@ impl Drop for ReadingBody {
     }
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
@@ -134,6 +136,17 @@ impl Slot {
     }
 }
 
+/// Why a connection's timer closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// A request head (or what may yet be one) not complete in time: a 408.
+    SlowHead,
+    /// The HTTP/2 preface came but not the SETTINGS frame after it: the
+    /// client speaks HTTP/2, so no HTTP/1.1 408.
+    SlowH2Opening,
+    Idle,
+}
+
 /// A connection's I/O with the idle and request-head timers.
 pub struct TimedIo<I> {
     inner: I,
@@ -149,10 +162,8 @@ pub struct TimedIo<I> {
     timer_polled: bool,
     last_activity: Instant,
     /// Whether the client speaks HTTP/2: known once its first bytes
-    /// either differ from the preface or are the whole of it.
-    h2: Option<bool>,
-    /// How many bytes of the preface came so far, while `h2` is unknown.
-    preface_seen: usize,
+    /// either differ from the preface or are its whole opening.
+    opening: Opening,
     /// When the first bytes of a request head came, and how many requests
     /// had started then: the head is pending while no new one started.
     head: Option<(Instant, u64)>,
@@ -180,8 +191,7 @@ impl<I> TimedIo<I> {
             )),
             timer_polled: false,
             last_activity: Instant::now(),
-            h2: None,
-            preface_seen: 0,
+            opening: Opening::default(),
             head: Some((waiting_since, 0)),
             framing: FramingScan::default(),
         }
@@ -190,37 +200,27 @@ impl<I> TimedIo<I> {
     fn saw_bytes(&mut self, bytes: &[u8]) {
         let now = Instant::now();
         self.last_activity = now;
-        if self.h2.is_none() {
-            // A read may bring only the start of the preface ("P"): which
-            // protocol this is waits for a byte that differs or for the
-            // whole of it. (The bytes passed over meanwhile hold no line
-            // end, so the framing scan misses nothing.)
-            let seen = self.preface_seen;
-            let n = bytes.len().min(H2_PREFACE.len() - seen);
-            if bytes[..n] != H2_PREFACE[seen..seen + n] {
-                self.h2 = Some(false);
-            } else if seen + n == H2_PREFACE.len() {
-                self.h2 = Some(true);
-            } else {
-                self.preface_seen += n;
+        // A read may bring only the start of the preface ("P"): which
+        // protocol this is waits for a byte that differs or for the whole
+        // opening. The bytes that agreed with the preface until then are
+        // scanned with this read's, so the framing scan misses nothing.
+        let earlier = self.opening.feed(bytes);
+        if matches!(self.opening, Opening::Http1) && !self.state.upgraded.load(Ordering::Relaxed) {
+            let found_earlier = earlier.is_some_and(|earlier| self.framing.scan(earlier));
+            if self.framing.scan(bytes) || found_earlier {
+                self.state.cl_and_te.store(true, Ordering::Relaxed);
             }
-        }
-        if self.h2 == Some(false)
-            && !self.state.upgraded.load(Ordering::Relaxed)
-            && self.framing.scan(bytes)
-        {
-            self.state.cl_and_te.store(true, Ordering::Relaxed);
         }
         let started = self.state.started.load(Ordering::Relaxed);
         let idle = self.state.in_flight.load(Ordering::Acquire) == 0;
         let head_pending = matches!(self.head, Some((_, at)) if at == started);
-        if idle && !head_pending && self.h2 == Some(false) {
+        if idle && !head_pending && matches!(self.opening, Opening::Http1) {
             self.head = Some((now, started));
         }
     }
 
-    /// When the connection is to be closed, and whether with a 408.
-    fn deadline(&mut self) -> Option<(Instant, bool)> {
+    /// When the connection is to be closed, and why.
+    fn deadline(&mut self) -> Option<(Instant, Expiry)> {
         if self.state.upgraded.load(Ordering::Relaxed)
             || self.state.in_flight.load(Ordering::Acquire) > 0
         {
@@ -228,12 +228,16 @@ impl<I> TimedIo<I> {
         }
         let started = self.state.started.load(Ordering::Relaxed);
         match self.head {
-            Some((since, at)) if at == started && self.h2 != Some(true) => {
-                Some((since + self.read_header_timeout, true))
+            Some((since, at)) if at == started && !matches!(self.opening, Opening::Http2) => {
+                let why = match self.opening.preface_complete() {
+                    false => Expiry::SlowHead,
+                    true => Expiry::SlowH2Opening,
+                };
+                Some((since + self.read_header_timeout, why))
             }
             _ => {
                 self.head = None;
-                Some((self.last_activity + self.idle_timeout, false))
+                Some((self.last_activity + self.idle_timeout, Expiry::Idle))
             }
         }
     }
@@ -280,9 +284,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> TimedIo<I> {
         } else {
             let now = Instant::now();
             match due {
-                Some((deadline, during_head)) if deadline <= now => {
-                    return self.expire(cx, during_head)
-                }
+                Some((deadline, why)) if deadline <= now => return self.expire(cx, why),
                 Some((deadline, _)) => self.rearm(deadline),
                 // Serving a request: look again an idle period from now,
                 // which is never later than the idle deadline its end
@@ -303,20 +305,30 @@ impl<I: AsyncRead + AsyncWrite + Unpin> TimedIo<I> {
         self.timer_polled = false;
     }
 
-    fn expire(&mut self, cx: &mut Context<'_>, during_head: bool) -> Poll<io::Result<()>> {
-        if during_head {
-            // Best effort: the client is slow by assumption, so a
-            // full socket buffer just means no 408.
-            let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT);
-            tracing::debug!("request head not complete in time; closing with 408");
-            Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head not complete in time",
-            )))
-        } else {
-            tracing::debug!("keep-alive connection idle; closing");
-            // End of stream: hyper closes an idle connection quietly.
-            Poll::Ready(Ok(()))
+    fn expire(&mut self, cx: &mut Context<'_>, why: Expiry) -> Poll<io::Result<()>> {
+        match why {
+            Expiry::SlowHead => {
+                // Best effort: the client is slow by assumption, so a
+                // full socket buffer just means no 408.
+                let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT);
+                tracing::debug!("request head not complete in time; closing with 408");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not complete in time",
+                )))
+            }
+            Expiry::SlowH2Opening => {
+                tracing::debug!("HTTP/2 preface and SETTINGS not complete in time; closing");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "HTTP/2 opening not complete in time",
+                )))
+            }
+            Expiry::Idle => {
+                tracing::debug!("keep-alive connection idle; closing");
+                // End of stream: hyper closes an idle connection quietly.
+                Poll::Ready(Ok(()))
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use super::accept_backoff::{only_this_connection, AcceptBackoff};
 use super::body_timeout::ReadTimeout;
 use super::drain::{Drain, Entered};
 use super::framing;
@@ -99,6 +100,7 @@ impl Listener {
             }
         };
         let builders = Arc::new(Builders::new(&self.limits.limits));
+        let mut backoff = AcceptBackoff::default();
         loop {
             // At max_connections, wait for one to close before accepting.
             let permit = tokio::select! {
@@ -111,6 +113,9 @@ impl Listener {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    if let Some(unlogged) = backoff.succeeded(Instant::now()) {
+                        tracing::info!(%local, unlogged, "accepting again");
+                    }
                     let conn = ConnInfo::new(peer, local, false);
                     serve_connection(
                         stream,
@@ -124,11 +129,20 @@ impl Listener {
                         },
                     );
                 }
+                Err(err) if only_this_connection(&err) => {
+                    tracing::debug!(%local, error = %err, "a client left before it was accepted");
+                }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of
-                    // spinning, and keep the listener.
-                    tracing::warn!(%local, error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // spinning, and keep the listener (see accept_backoff).
+                    let failed = backoff.failed(Instant::now());
+                    if let Some(unlogged) = failed.log {
+                        tracing::warn!(%local, error = %err, retry_in = ?failed.wait, unlogged, "accept failed");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(failed.wait) => {}
+                        _ = stop.wait_for(|stop| *stop) => break,
+                    }
                 }
             }
         }

@@ -1,10 +1,13 @@
 //! Serving a config: bind every listen address, route requests to sites and
 //! their chains, and stop gracefully.
 
+pub(crate) mod accept_backoff;
 pub mod access_log;
 mod body_timeout;
 mod drain;
+pub mod fd_limit;
 mod framing;
+mod h2_opening;
 mod limits;
 mod listener;
 pub mod redirect;
