@@ -13,6 +13,7 @@ pub mod fnv;
 pub mod handlers;
 pub mod http;
 pub mod lines;
+pub mod logging;
 pub mod metrics;
 pub mod mirror;
 pub mod replay;

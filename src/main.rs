@@ -186,10 +186,13 @@ fn replay_options(
 }
 
 fn replay(options: teebox::replay::ReplayOptions) -> ExitCode {
-    init_tracing(&LogConfig {
-        level: Some("warn"),
-        ..LogConfig::default()
-    });
+    teebox::logging::init(
+        &LogConfig {
+            level: Some("warn"),
+            ..LogConfig::default()
+        },
+        style() == Style::Color,
+    );
     let total = match teebox::replay::count(&options.files) {
         Ok(total) => total,
         Err(err) => {
@@ -350,31 +353,48 @@ fn hash_password() -> ExitCode {
     }
 }
 
-fn init_tracing(log: &LogConfig) {
-    use tracing_subscriber::EnvFilter;
-    // `debug` and `trace` are for teebox itself: hyper and h2 at those
-    // levels would drown it. RUST_LOG reaches everything.
-    let directives = match log.level.unwrap_or("info") {
-        verbose @ ("debug" | "trace") => format!("info,teebox={verbose}"),
-        level => level.to_string(),
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(style() == Style::Color).init(),
-    }
-}
-
 fn run(file: &Path) -> ExitCode {
-    let loaded = match load(file) {
+    let loaded = match config::load(file) {
         Ok(loaded) => loaded,
-        Err(status) => return ExitCode::from(status),
+        Err(LoadError::Invalid(err)) => {
+            match config::log_format_hint(err.file.text()) {
+                Some(LogFormat::Json) => {
+                    let json = LogConfig {
+                        format: LogFormat::Json,
+                        ..LogConfig::default()
+                    };
+                    teebox::logging::init(&json, false);
+                    teebox::logging::problems(
+                        tracing::Level::ERROR,
+                        "the site file is invalid; not started",
+                        &err.file,
+                        &err.problems,
+                    );
+                }
+                _ => eprint!("{}", err.render(style())),
+            }
+            return ExitCode::from(INVALID);
+        }
+        Err(err @ LoadError::Unreadable { .. }) => {
+            eprintln!("teebox: {err}");
+            return ExitCode::from(UNREADABLE);
+        }
     };
     let config = loaded.config;
-    init_tracing(&config.global.log);
+    teebox::logging::init(&config.global.log, style() == Style::Color);
+    match config.global.log.format {
+        // Every line of a JSON log is an object: one per warning.
+        LogFormat::Json => teebox::logging::problems(
+            tracing::Level::WARN,
+            "the site file has warnings",
+            &config.source,
+            &loaded.warnings,
+        ),
+        LogFormat::Text => eprint!(
+            "{}",
+            config::diag::render_problems(&config.source, &loaded.warnings, style())
+        ),
+    }
     // With one core this runtime serves the connections itself.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .event_interval(teebox::server::workers::EVENT_INTERVAL)
@@ -388,6 +408,7 @@ fn run(file: &Path) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let signals = Signals::listen();
         let running = match teebox::server::start(&config).await {
             Ok(running) => running,
             Err(err) => {
@@ -402,8 +423,8 @@ fn run(file: &Path) -> ExitCode {
             .sum();
         teebox::server::fd_limit::raise_and_check(&config.global.limits, mirror_workers);
         tracing::info!(file = %file.display(), version = env!("CARGO_PKG_VERSION"), "teebox serving");
-        let signal = serve_until_stopped(&running).await;
-        let grace = config.global.grace_period;
+        let signal = serve_until_stopped(&running, signals).await;
+        let grace = running.grace_period();
         tracing::info!(%signal, ?grace, "shutting down");
         if running.shutdown(grace).await {
             tracing::info!("stopped");
@@ -412,25 +433,42 @@ fn run(file: &Path) -> ExitCode {
     })
 }
 
+/// SIGTERM, SIGINT and SIGHUP, listened for before the server says it
+/// serves: until then, SIGHUP's default action would end the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+}
+
 /// Waits for SIGTERM or SIGINT; reloads the site file on SIGHUP.
-async fn serve_until_stopped(running: &teebox::server::Running) -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+async fn serve_until_stopped(
+    running: &teebox::server::Running,
+    signals: Option<Signals>,
+) -> &'static str {
+    let Some(mut signals) = signals else {
         tracing::error!("cannot listen for signals; stop with SIGKILL");
         return std::future::pending().await;
     };
     loop {
         tokio::select! {
-            _ = term.recv() => return "SIGTERM",
-            _ = int.recv() => return "SIGINT",
-            _ = hup.recv() => match running.reload().await {
-                Ok(_) => {}
-                Err(err) => tracing::error!("SIGHUP: reload refused; the running config stays\n{err}"),
-            },
+            _ = signals.term.recv() => return "SIGTERM",
+            _ = signals.int.recv() => return "SIGINT",
+            // The reload logs its own outcome and diagnostics.
+            _ = signals.hup.recv() => {
+                let _ = running.reload().await;
+            }
         }
     }
 }

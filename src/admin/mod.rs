@@ -327,13 +327,11 @@ impl Admin {
             }
             ("/reload", &Method::POST) => match self.reload_for(user, client).await {
                 Ok(reloaded) => text(StatusCode::OK, reload_answer(&reloaded)),
-                Err(why) => {
-                    tracing::warn!("reload refused; the running config stays");
-                    text(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("reload refused; the running config stays\n{why}"),
-                    )
-                }
+                // The reload logs its own outcome and diagnostics.
+                Err(why) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("reload refused; the running config stays\n{why}"),
+                ),
             },
             ("/reload", _) => not_allowed("POST"),
             ("/healthz" | "/metrics", _) => not_allowed("GET, HEAD"),

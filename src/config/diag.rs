@@ -256,13 +256,7 @@ pub fn render_problems(source: &Source, problems: &[Problem], style: Style) -> S
     let handler = GraphicalReportHandler::new_themed(theme)
         .with_width(120)
         .with_links(false);
-    let mut shown: Vec<&Problem> = problems.iter().collect();
-    if shown.len() > MAX_SHOWN {
-        shown.sort_by_key(|p| (!p.is_error(), p.span.offset()));
-        shown.truncate(MAX_SHOWN);
-    }
-    // A stable sort: problems at one place keep the order they were found in.
-    shown.sort_by_key(|p| p.span.offset());
+    let shown = shown(problems);
     let mut out = String::new();
     for problem in &shown {
         let report = Located { problem, source };
@@ -278,6 +272,19 @@ pub fn render_problems(source: &Source, problems: &[Problem], style: Style) -> S
         ));
     }
     out
+}
+
+/// The problems worth drawing, in file order: all of them, or past
+/// [`MAX_SHOWN`] the first ones, errors chosen before warnings.
+pub fn shown(problems: &[Problem]) -> Vec<&Problem> {
+    let mut shown: Vec<&Problem> = problems.iter().collect();
+    if shown.len() > MAX_SHOWN {
+        shown.sort_by_key(|p| (!p.is_error(), p.span.offset()));
+        shown.truncate(MAX_SHOWN);
+    }
+    // A stable sort: problems at one place keep the order they were found in.
+    shown.sort_by_key(|p| p.span.offset());
+    shown
 }
 
 /// A problem paired with the source it points into, as miette wants it.

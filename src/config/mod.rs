@@ -96,6 +96,19 @@ pub fn format(name: &str, text: &str) -> Result<String, ConfigError> {
     Ok(doc.to_string())
 }
 
+/// The log format an invalid site file asks for, when its `global { log }`
+/// can still be read: a file refused at start is then reported in the
+/// format the operator's log collector expects.
+pub fn log_format_hint(text: &str) -> Option<LogFormat> {
+    let doc = read_kdl(text).ok()?;
+    let log = doc.get("global")?.children()?.get("log")?;
+    match log.get("format")?.as_string()? {
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        _ => None,
+    }
+}
+
 /// KDL text to a document, refusing nesting the parser could not survive.
 fn read_kdl(text: &str) -> Result<kdl::KdlDocument, Vec<Problem>> {
     if let Some(too_deep) = nesting::check(text) {

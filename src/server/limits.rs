@@ -35,16 +35,33 @@ use super::h2_opening::Opening;
 use crate::config::Limits;
 
 /// The limits, and the connection count they cap, shared by every listener.
+/// A reload puts new limits in place ([`ConnLimits::reloaded`]); each
+/// connection keeps the ones it was accepted under, and the count of open
+/// connections carries over.
 pub struct ConnLimits {
     pub limits: Limits,
-    connections: Arc<Semaphore>,
+    connections: Arc<ConnCount>,
 }
 
 impl ConnLimits {
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(ConnLimits {
             limits,
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            connections: Arc::new(ConnCount {
+                open: Arc::new(Semaphore::new(limits.max_connections)),
+                max: std::sync::Mutex::new(limits.max_connections),
+                owed: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// New limits over the same open connections: a lower
+    /// `max_connections` takes effect as connections close.
+    pub fn reloaded(&self, limits: Limits) -> Arc<Self> {
+        self.connections.resize(limits.max_connections);
+        Arc::new(ConnLimits {
+            limits,
+            connections: self.connections.clone(),
         })
     }
 
@@ -52,11 +69,59 @@ impl ConnLimits {
     /// stops accepting (clients wait in the kernel's backlog) until one
     /// closes.
     pub async fn admit(&self) -> tokio::sync::OwnedSemaphorePermit {
-        self.connections
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed")
+        self.connections.admit().await
+    }
+}
+
+/// Open connections under `max_connections`, which a reload may change
+/// while connections hold their places.
+struct ConnCount {
+    open: Arc<Semaphore>,
+    max: std::sync::Mutex<usize>,
+    /// Places a lowered limit took away that were in use: each is given up
+    /// when a connection hands it back, instead of admitting another.
+    owed: AtomicUsize,
+}
+
+impl ConnCount {
+    fn resize(&self, new: usize) {
+        let mut max = self.max.lock().unwrap_or_else(|e| e.into_inner());
+        if new > *max {
+            let mut grow = new - *max;
+            let repaid = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                    Some(owed - owed.min(grow))
+                })
+                .map_or(0, |owed| owed.min(grow));
+            grow -= repaid;
+            self.open.add_permits(grow);
+        } else {
+            let shrink = *max - new;
+            let taken = self.open.forget_permits(shrink);
+            self.owed.fetch_add(shrink - taken, Ordering::AcqRel);
+        }
+        *max = new;
+    }
+
+    async fn admit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        loop {
+            let permit = self
+                .open
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the connection semaphore is never closed");
+            let owed = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                    owed.checked_sub(1)
+                });
+            match owed {
+                Ok(_) => permit.forget(),
+                Err(_) => return permit,
+            }
+        }
     }
 }
 
@@ -372,5 +437,61 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_connections: usize) -> Limits {
+        Limits {
+            max_connections,
+            ..Limits::default()
+        }
+    }
+
+    /// Whether a connection would be admitted now (time is paused: the
+    /// timeout passes at once when nothing can be admitted).
+    async fn admits(conns: &ConnLimits) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(Duration::from_secs(1), conns.admit())
+            .await
+            .ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_max_connections_takes_effect_as_connections_close() {
+        let first = ConnLimits::new(limits(2));
+        let a = admits(&first).await.expect("room for a");
+        let b = admits(&first).await.expect("room for b");
+        let lowered = first.reloaded(limits(1));
+        assert!(admits(&lowered).await.is_none(), "two open, one allowed");
+        drop(a);
+        assert!(admits(&lowered).await.is_none(), "still one open");
+        drop(b);
+        let c = admits(&lowered).await.expect("none open, one allowed");
+        assert!(admits(&lowered).await.is_none());
+        let raised = lowered.reloaded(limits(3));
+        let _d = admits(&raised).await.expect("one open, three allowed");
+        let _e = admits(&raised).await.expect("two open, three allowed");
+        assert!(admits(&raised).await.is_none());
+        drop(c);
+        assert!(
+            admits(&first).await.is_some(),
+            "every version counts the same"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn raising_the_limit_first_pays_back_what_a_lowering_still_owes() {
+        let first = ConnLimits::new(limits(2));
+        let a = admits(&first).await.expect("a");
+        let b = admits(&first).await.expect("b");
+        // Two in use, limit 0: two owed. Back to 1: one owed.
+        let lowered = first.reloaded(limits(0)).reloaded(limits(1));
+        drop(a);
+        assert!(admits(&lowered).await.is_none(), "b open, limit 1");
+        drop(b);
+        assert!(admits(&lowered).await.is_some());
     }
 }

@@ -85,7 +85,9 @@ pub struct Listener {
     pub tcp: TcpListener,
     /// Swapped whole by a reload; each request reads it once.
     pub router: Arc<ArcSwap<AddressRouter>>,
-    pub limits: Arc<ConnLimits>,
+    /// Swapped by a reload; a connection keeps the limits it was accepted
+    /// under.
+    pub limits: Arc<ArcSwap<ConnLimits>>,
 }
 
 impl Listener {
@@ -99,12 +101,14 @@ impl Listener {
                 return;
             }
         };
-        let builders = Arc::new(Builders::new(&self.limits.limits));
+        let mut limits = self.limits.load_full();
+        let mut builders = Arc::new(Builders::new(&limits.limits));
         let mut backoff = AcceptBackoff::default();
         loop {
             // At max_connections, wait for one to close before accepting.
+            // (Every version of the limits counts the same connections.)
             let permit = tokio::select! {
-                permit = self.limits.admit() => permit,
+                permit = limits.admit() => permit,
                 _ = stop.wait_for(|stop| *stop) => break,
             };
             let accepted = tokio::select! {
@@ -116,6 +120,13 @@ impl Listener {
                     if let Some(unlogged) = backoff.succeeded(Instant::now()) {
                         tracing::info!(%local, unlogged, "accepting again");
                     }
+                    // The limits in force when the connection came: a
+                    // reload may have replaced them while accept waited.
+                    let current = self.limits.load_full();
+                    if !Arc::ptr_eq(&current, &limits) {
+                        builders = Arc::new(Builders::new(&current.limits));
+                        limits = current;
+                    }
                     let conn = ConnInfo::new(peer, local, false);
                     serve_connection(
                         stream,
@@ -123,7 +134,7 @@ impl Listener {
                         Served {
                             router: self.router.clone(),
                             builders: builders.clone(),
-                            limits: self.limits.clone(),
+                            limits: limits.clone(),
                             entered: drain.enter(),
                             permit,
                         },

@@ -82,8 +82,10 @@ struct Shared {
     admin: std::sync::OnceLock<crate::admin::AdminControl>,
     /// The site file, for reloads.
     path: Option<std::path::PathBuf>,
-    /// `global { limits }`: fixed at start, shared by every listener.
-    limits: Arc<limits::ConnLimits>,
+    /// `global { limits }`, shared by every listener; a reload swaps them.
+    limits: Arc<ArcSwap<limits::ConnLimits>>,
+    /// `global { grace_period }`, as the file last said.
+    grace_period: std::sync::Mutex<Duration>,
 }
 
 /// A server that is accepting connections.
@@ -132,7 +134,17 @@ impl Running {
         self.shared.mirrors.all()
     }
 
-    /// Re-reads the site file and takes it over (see [`Shared::reload`]).
+    /// How long shutdown waits for open connections: `grace_period` as
+    /// the site file last said (a reload changes it).
+    pub fn grace_period(&self) -> Duration {
+        *self
+            .shared
+            .grace_period
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-reads the site file and takes it over (see [`Shared::reload_file`]).
     pub async fn reload(&self) -> Result<crate::admin::Reloaded, ReloadError> {
         self.shared.reload_file().await
     }
@@ -178,68 +190,55 @@ impl Running {
 }
 
 impl Shared {
+    /// Re-reads the site file and takes it over. Reading, checking and
+    /// building run on a blocking thread, so accept loops and requests go
+    /// on at full speed however large or wrong the file is; only the swap
+    /// itself runs here. Nothing changes if any step fails.
     async fn reload_file(&self) -> Result<crate::admin::Reloaded, ReloadError> {
-        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
-        let loaded = crate::config::load(path).map_err(|err| match err {
-            crate::config::LoadError::Invalid(err) => ReloadError::Invalid(err),
-            other => ReloadError::Unreadable(other.to_string()),
-        })?;
-        // The admin block is loaded first (its users_file may be
-        // unreadable) and swapped in last, so a refused reload changes
-        // nothing. Loading it is slow (bcrypt): off the async threads.
-        let admin = match self.admin.get().cloned() {
-            Some(control) => {
-                let (config, base_dir) = (
-                    loaded.config.global.admin.clone(),
-                    loaded.config.base_dir.clone(),
-                );
-                let prepared = tokio::task::spawn_blocking(move || {
-                    control.prepare(config.as_ref(), &base_dir)
-                })
-                .await
-                .map_err(|e| ReloadError::Admin(e.to_string()))?
-                .map_err(|e| ReloadError::Admin(e.to_string()))?;
-                Some(prepared)
+        let path = self.path.clone().ok_or(ReloadError::NoFile)?;
+        // One reload at a time, from reading the file to the swap.
+        let mut state = self.state.lock().await;
+        let metrics = self.metrics.clone();
+        let admin = self.admin.get().cloned();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&path, &metrics, admin))
+            .await
+            .map_err(|e| ReloadError::from(StartError::Build(format!("the reload stopped: {e}"))))
+            .and_then(|prepared| prepared);
+        let result = match prepared {
+            Ok(prepared) => self.swap_in(&mut state, prepared).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = &result {
+            const REFUSED: &str = "reload refused; the running config stays";
+            match err {
+                ReloadError::Invalid(invalid) => crate::logging::problems(
+                    tracing::Level::ERROR,
+                    REFUSED,
+                    &invalid.file,
+                    &invalid.problems,
+                ),
+                other => tracing::error!(error = %other, "{REFUSED}"),
             }
-            None => None,
-        };
-        self.reload(&loaded.config).await?;
-        let applied = match admin {
-            Some(prepared) => prepared.commit(),
-            None => crate::admin::Applied::without_endpoint(loaded.config.global.admin.as_ref()),
-        };
-        for item in &applied.not_applied {
-            tracing::warn!("reload: not applied: {item}");
         }
-        Ok(crate::admin::Reloaded {
-            warnings: loaded.warnings.len(),
-            not_applied: applied.not_applied,
-        })
+        result
     }
 
-    /// Builds the new config beside the running one and swaps it in: each
-    /// address's router in one atomic store, so a request sees the old
-    /// config or the new one, never a mix. In-flight requests finish on the
-    /// old one, and the old mirrors send what they have queued. Mirrors
-    /// keep their runtime targets by name. Nothing changes if any step
-    /// fails. Global options need a restart; `reload_file` applies the admin block.
-    async fn reload(&self, config: &Config) -> Result<(), ReloadError> {
-        let mut state = self.state.lock().await;
-        let built = build(config, &self.metrics)?;
-        let old_mirrors = self.mirrors.all();
-        for mirror in built.mirrors.all() {
-            let Some(name) = mirror.name() else { continue };
-            if let Some(old) = old_mirrors.iter().find(|m| m.name() == Some(name)) {
-                let (added, removed) = old.runtime_changes();
-                removed.iter().for_each(|url| {
-                    mirror.remove_target(url);
-                });
-                added.into_iter().for_each(|url| {
-                    mirror.add_target(url);
-                });
-            }
-        }
-        // Bind new addresses first: if one fails, nothing has changed.
+    /// Takes over a prepared config: each address's router in one atomic
+    /// store, so a request sees the old config or the new one, never a mix.
+    /// In-flight requests finish on the old one, and the old mirrors send
+    /// what they have queued. Mirrors keep their runtime targets by name.
+    /// New addresses are bound first: if one fails, nothing has changed.
+    async fn swap_in(
+        &self,
+        state: &mut State,
+        prepared: Prepared,
+    ) -> Result<crate::admin::Reloaded, ReloadError> {
+        let Prepared {
+            loaded,
+            built,
+            admin,
+        } = prepared;
+        let config = &loaded.config;
         let mut fresh = Vec::new();
         for (addr, _) in &built.routers {
             if !state.listeners.iter().any(|l| l.bound.configured == *addr) {
@@ -254,10 +253,26 @@ impl Shared {
         let Some(graceful) = graceful else {
             return Err(StartError::Build("the server is shutting down".into()).into());
         };
+        let old_mirrors = self.mirrors.all();
+        for mirror in built.mirrors.all() {
+            let Some(name) = mirror.name() else { continue };
+            if let Some(old) = old_mirrors.iter().find(|m| m.name() == Some(name)) {
+                let (added, removed) = old.runtime_changes();
+                removed.iter().for_each(|url| {
+                    mirror.remove_target(url);
+                });
+                added.into_iter().for_each(|url| {
+                    mirror.add_target(url);
+                });
+            }
+        }
+        let limits = self.limits.load().reloaded(config.global.limits);
+        self.limits.store(limits);
         let keep: Vec<SocketAddr> = built.routers.iter().map(|(a, _)| *a).collect();
+        let mut retired = Vec::new();
         for (addr, router) in built.routers {
             match state.listeners.iter().find(|l| l.bound.configured == addr) {
-                Some(existing) => existing.router.store(Arc::new(router)),
+                Some(existing) => retired.push(existing.router.swap(Arc::new(router))),
                 None => {
                     let Some(index) = fresh.iter().position(|(a, _)| *a == addr) else {
                         continue;
@@ -281,16 +296,97 @@ impl Shared {
             if !kept {
                 tracing::info!(address = %l.bound.local, "no longer in the site file; stopped listening");
                 let _ = l.stop.send(true);
+                retired.push(l.router.load_full());
             }
             kept
         });
         self.mirrors.replace(built.mirrors.all());
         *self.bound.lock().unwrap_or_else(|e| e.into_inner()) =
             state.listeners.iter().map(|l| l.bound).collect();
-        tracing::info!("site file reloaded");
-        Ok(())
+        self.set_grace_period(config.global.grace_period);
+        crate::logging::apply(&config.global.log);
+        let applied = match admin {
+            Some(prepared) => prepared.commit(),
+            None => crate::admin::Applied::without_endpoint(config.global.admin.as_ref()),
+        };
+        for item in &applied.not_applied {
+            tracing::warn!("reload: not applied: {item}");
+        }
+        tracing::info!(warnings = loaded.warnings.len(), "site file reloaded");
+        crate::logging::problems(
+            tracing::Level::WARN,
+            "the reloaded site file has warnings",
+            &config.source,
+            &loaded.warnings,
+        );
+        retire(retired);
+        Ok(crate::admin::Reloaded {
+            warnings: loaded.warnings.len(),
+            not_applied: applied.not_applied,
+        })
+    }
+
+    fn set_grace_period(&self, grace: Duration) {
+        *self.grace_period.lock().unwrap_or_else(|e| e.into_inner()) = grace;
     }
 }
+
+/// A reloaded site file, checked and built, ready to swap in.
+struct Prepared {
+    loaded: crate::config::Loaded,
+    built: Built,
+    /// The admin block's new settings (its users_file read, every hash
+    /// checked), when the server runs an admin endpoint.
+    admin: Option<crate::admin::Prepared>,
+}
+
+/// The slow part of a reload, for a blocking thread: reading, checking and
+/// building. The admin block first, since its users_file may be unreadable.
+fn prepare(
+    path: &std::path::Path,
+    metrics: &MetricsRegistry,
+    admin: Option<crate::admin::AdminControl>,
+) -> Result<Prepared, ReloadError> {
+    let loaded = crate::config::load(path).map_err(|err| match err {
+        crate::config::LoadError::Invalid(err) => ReloadError::Invalid(err),
+        other => ReloadError::Unreadable(other.to_string()),
+    })?;
+    let config = &loaded.config;
+    let admin = match admin {
+        Some(control) => Some(
+            control
+                .prepare(config.global.admin.as_ref(), &config.base_dir)
+                .map_err(|e| ReloadError::Admin(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let built = build(config, metrics)?;
+    Ok(Prepared {
+        loaded,
+        built,
+        admin,
+    })
+}
+
+/// Drops the routers a reload replaced on a blocking thread, once the
+/// requests still using them are done: a large config's routes take time
+/// to free, which no serving thread should spend. Requests that outlast
+/// the wait drop their copy wherever they finish.
+fn retire(routers: Vec<Arc<AddressRouter>>) {
+    if routers.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let deadline = Instant::now() + RETIRE_WAIT;
+        while Instant::now() < deadline && routers.iter().any(|r| Arc::strong_count(r) > 1) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::task::spawn_blocking(move || drop(routers));
+    });
+}
+
+/// How long replaced routers wait for their last requests (see [`retire`]).
+const RETIRE_WAIT: Duration = Duration::from_secs(60);
 
 /// A config built into routers (per listen address, in file order) and
 /// running mirrors, not yet serving.
@@ -403,7 +499,7 @@ fn spawn_listener(
     tcp: tokio::net::TcpListener,
     router: AddressRouter,
     graceful: &Arc<Drain>,
-    limits: &Arc<limits::ConnLimits>,
+    limits: &Arc<ArcSwap<limits::ConnLimits>>,
 ) -> Result<ListenerHandle, StartError> {
     let local = tcp.local_addr().map_err(|source| StartError::Bind {
         addr: configured,
@@ -459,7 +555,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut accept_loops = JoinSet::new();
     let mut listeners = Vec::new();
     let redirect_ports = built.redirect_ports;
-    let limits = limits::ConnLimits::new(config.global.limits);
+    let limits = Arc::new(ArcSwap::new(limits::ConnLimits::new(config.global.limits)));
     for ((addr, router), tcp) in built.routers.into_iter().zip(bound_sockets) {
         listeners.push(spawn_listener(
             &mut accept_loops,
@@ -486,6 +582,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         admin: std::sync::OnceLock::new(),
         path: config.path.clone(),
         limits,
+        grace_period: std::sync::Mutex::new(config.global.grace_period),
     });
     let admin = match &config.global.admin {
         Some(admin) => {
