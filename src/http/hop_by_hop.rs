@@ -44,7 +44,7 @@ fn never_named(name: &HeaderName) -> bool {
             | "x-forwarded-for"
             | "x-forwarded-proto"
             | "x-forwarded-host"
-    ) || *name == crate::mirror::policy::DEFAULT_MARKER
+    ) || *name == super::SHADOW_MARKER
 }
 
 /// What the scan makes of a header name.

@@ -16,6 +16,12 @@ pub mod upstream_tls;
 pub use body::{Body, BoxError};
 pub use conn::ConnInfo;
 
+/// The header a mirror's copies carry by default (`marker` in the site
+/// file), so that a teebox in front of the shadow does not copy them again.
+/// Here rather than in the mirror engine: hop-by-hop handling must never
+/// let a `Connection` header remove it.
+pub const SHADOW_MARKER: http::HeaderName = http::HeaderName::from_static("teebox-shadow");
+
 pub type Request = http::Request<Body>;
 pub type Response = http::Response<Body>;
 

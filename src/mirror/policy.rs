@@ -16,7 +16,7 @@ use crate::config::value::{self, Parsed};
 use crate::config::Problem;
 
 /// The header every copy carries unless `marker #false`.
-pub const DEFAULT_MARKER: HeaderName = HeaderName::from_static("teebox-shadow");
+pub const DEFAULT_MARKER: HeaderName = crate::http::SHADOW_MARKER;
 
 #[derive(Debug, Clone)]
 pub struct Policy {
