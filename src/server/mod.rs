@@ -68,6 +68,8 @@ struct State {
 
 struct Shared {
     state: tokio::sync::Mutex<State>,
+    /// Held by a reload from reading the file to the swap.
+    reloading: tokio::sync::Mutex<()>,
     /// Watches every connection; taken at shutdown.
     graceful: std::sync::Mutex<Option<Arc<Drain>>>,
     /// The listen addresses now bound, readable without waiting for a reload.
@@ -153,19 +155,20 @@ impl Running {
     /// then drops whatever is left. Returns whether everything finished.
     pub async fn shutdown(self, grace: Duration) -> bool {
         let _ = self.shared.stop_admin.send(true);
-        {
+        let graceful = {
             let mut state = self.shared.state.lock().await;
             for listener in &state.listeners {
                 let _ = listener.stop.send(true);
             }
             while state.accept_loops.join_next().await.is_some() {}
-        }
-        let graceful = self
-            .shared
-            .graceful
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+            // Taken under the state lock: a reload that swaps in after
+            // this sees the server stopping and starts no listener.
+            self.shared
+                .graceful
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        };
         // The accept loops have ended and dropped their clones.
         let Some(graceful) = graceful.and_then(Arc::into_inner) else {
             return false;
@@ -196,8 +199,10 @@ impl Shared {
     /// itself runs here. Nothing changes if any step fails.
     async fn reload_file(&self) -> Result<crate::admin::Reloaded, ReloadError> {
         let path = self.path.clone().ok_or(ReloadError::NoFile)?;
-        // One reload at a time, from reading the file to the swap.
-        let mut state = self.state.lock().await;
+        // One reload at a time, from reading the file to the swap, so an
+        // older read never lands after a newer one. The listeners' state is
+        // locked only for the swap: a shutdown does not wait for a build.
+        let _turn = self.reloading.lock().await;
         let metrics = self.metrics.clone();
         let admin = self.admin.get().cloned();
         let prepared = tokio::task::spawn_blocking(move || prepare(&path, &metrics, admin))
@@ -205,7 +210,10 @@ impl Shared {
             .map_err(|e| ReloadError::from(StartError::Build(format!("the reload stopped: {e}"))))
             .and_then(|prepared| prepared);
         let result = match prepared {
-            Ok(prepared) => self.swap_in(&mut state, prepared).await,
+            Ok(prepared) => {
+                let mut state = self.state.lock().await;
+                self.swap_in(&mut state, prepared).await
+            }
             Err(err) => Err(err),
         };
         if let Err(err) = &result {
@@ -575,6 +583,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             listeners,
             accept_loops,
         }),
+        reloading: tokio::sync::Mutex::new(()),
         graceful: std::sync::Mutex::new(Some(graceful)),
         mirrors: built.mirrors,
         metrics: metrics.clone(),
