@@ -1,5 +1,5 @@
-//! `GET /metrics`: the mirror counters in the Prometheus text exposition
-//! format (version 0.0.4).
+//! `GET /metrics`: the route, upstream, mirror and admin login counters in
+//! the Prometheus text exposition format (version 0.0.4).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,7 +11,8 @@ use crate::http::target_guard;
 use crate::mirror::{Mirror, MirrorRegistry};
 
 /// `allow_target` patterns: `*` stands for any run of characters, matched
-/// against `scheme://host:port`. No patterns: any `http://` URL.
+/// against `scheme://host:port`. No patterns: any `http://` or `https://`
+/// URL.
 pub struct TargetPatterns(Vec<String>);
 
 impl TargetPatterns {

@@ -66,6 +66,12 @@ impl Problem {
         &self.message
     }
 
+    /// The fix suggested, if any: tests read an unknown option's list of
+    /// the options a block takes from it (tests/docs.rs).
+    pub fn help_text(&self) -> Option<&str> {
+        self.help.as_deref()
+    }
+
     pub fn span(&self) -> SourceSpan {
         self.span
     }

@@ -425,8 +425,9 @@ impl std::fmt::Display for UrlError {
 }
 
 impl UpstreamUrl {
-    /// `"http://host:port"`. The path must be empty: paths are changed with
-    /// `rewrite`, as in Caddy. Shared by the site file and the admin API.
+    /// `"http://host:port"` or `"https://host:port"`. The path must be
+    /// empty: paths are changed with `rewrite`, as in Caddy. Shared by the
+    /// site file and the admin API.
     pub fn parse(text: &str) -> Result<UpstreamUrl, UrlError> {
         let bad = |why: &str, help: Option<String>| UrlError {
             why: why.to_string(),
