@@ -296,21 +296,32 @@ fn limits(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
 fn log(node: &KdlNode, r: &mut Reader) -> Option<LogConfig> {
     r.no_children(node);
     r.known_properties(node, &["level", "format"]);
-    r.args_only(node, 0, "write log level=\"info\" format=\"text\"")?;
-    let mut config = LogConfig::default();
-    if let Some(entry) = node.entry("level") {
-        config.level = Some(r.check(value::one_of(
-            entry,
-            &["trace", "debug", "info", "warn", "error"],
-        ))?);
-    }
-    if let Some(entry) = node.entry("format") {
-        config.format = match r.check(value::one_of(entry, &["text", "json"]))? {
-            "json" => LogFormat::Json,
-            _ => LogFormat::Text,
-        };
-    }
-    Some(config)
+    let args = r.args_only(node, 0, "write log level=\"info\" format=\"text\"");
+    // Each property is checked whatever the others hold: every mistake is
+    // reported in one run.
+    let level = match node.entry("level") {
+        Some(entry) => r
+            .check(value::one_of(
+                entry,
+                &["trace", "debug", "info", "warn", "error"],
+            ))
+            .map(Some),
+        None => Some(None),
+    };
+    let format = match node.entry("format") {
+        Some(entry) => r
+            .check(value::one_of(entry, &["text", "json"]))
+            .map(|f| match f {
+                "json" => LogFormat::Json,
+                _ => LogFormat::Text,
+            }),
+        None => Some(LogFormat::default()),
+    };
+    args?;
+    Some(LogConfig {
+        level: level?,
+        format: format?,
+    })
 }
 
 fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
@@ -498,7 +509,7 @@ fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Si
 fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spanned<TlsConfig>> {
     r.no_children(node);
     r.known_properties(node, &["cert", "key", "default"]);
-    r.args_only(node, 0, "write tls cert=\"site.pem\" key=\"site-key.pem\"")?;
+    let args = r.args_only(node, 0, "write tls cert=\"site.pem\" key=\"site-key.pem\"");
     let mut path = |key: &str| match node.entry(key) {
         Some(entry) => r
             .check(value::non_empty_string(entry))
@@ -515,8 +526,8 @@ fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spa
     let cert = path("cert");
     let key = path("key");
     let default = match node.entry("default") {
-        Some(entry) => r.check(value::boolean(entry))?,
-        None => false,
+        Some(entry) => r.check(value::boolean(entry)),
+        None => Some(false),
     };
     let ((cert, cert_span), (key, _)) = (cert?, key?);
     // Relative paths resolve against the site file's directory.
@@ -551,11 +562,12 @@ fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spa
             .help("clients will refuse it: renew it, then reload"),
         );
     }
+    args?;
     Some(Spanned::new(
         TlsConfig {
             cert,
             key,
-            default,
+            default: default?,
             certified,
         },
         node.span(),
