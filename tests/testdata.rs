@@ -306,7 +306,6 @@ fn on_loopback(text: &str) -> String {
 }
 
 /// How `teebox run` ended up with a site file.
-#[derive(Debug)]
 enum Ran {
     /// It logged that it serves (and was then stopped).
     Served { stderr: String },
@@ -423,8 +422,15 @@ fn run_refuses_exactly_what_validate_refuses() {
             _ => false,
         };
         if !agree {
+            let ran = match ran {
+                Ran::Served { stderr } => format!("served, with stderr:\n{stderr}"),
+                Ran::Exited { code, stderr } => format!("exited {code:?}, with stderr:\n{stderr}"),
+                Ran::Hung { stderr } => {
+                    format!("neither served nor exited, with stderr:\n{stderr}")
+                }
+            };
             failures.push(format!(
-                "{path}: validate exited {:?} with stderr:\n{said}\nrun: {ran:?}",
+                "{path}: validate exited {:?}, with stderr:\n{said}\nrun {ran}",
                 checked.status.code()
             ));
         }
