@@ -218,7 +218,7 @@ pub async fn replay(
     progress: impl Fn() + Send + Sync + 'static,
 ) -> Result<Summary, ReplayError> {
     let connector = UpstreamTls::default()
-        .connector(std::path::Path::new("."), options.timeout, false)
+        .connector(options.timeout, false)
         .map_err(ReplayError::Client)?;
     let client: Client<Connector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);

@@ -5,9 +5,12 @@
 //! After an intended change to the diagnostics, regenerate the `.expected`
 //! files with `TEEBOX_BLESS=1 cargo test --test testdata` and review the diff.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 const INVALID_DIR: &str = "testdata/invalid";
 const VALID_DIR: &str = "testdata/valid";
@@ -207,6 +210,238 @@ fn unreadable_file_exits_2() {
             "{path}: expected nothing on stdout"
         );
     }
+}
+
+/// Copies `from` into `to`, recursively (the corpus is a few small files).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("cannot create {}: {e}", to.display()));
+    for entry in
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("cannot list {}: {e}", from.display()))
+    {
+        let entry = entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", from.display()));
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("cannot copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
+/// The file with every listen address (sites, `http_redirect`, the admin
+/// endpoint) moved to 127.0.0.1: each address to a port of its own, one
+/// the system just handed out (port 0 stays 0), so that addresses the file
+/// tells apart stay apart. Text that is not KDL is left as it is.
+fn on_loopback(text: &str) -> String {
+    // teebox's own reading first: it refuses nesting kdl could not survive.
+    if teebox::config::format("f.kdl", text).is_err() {
+        return text.to_string();
+    }
+    let Ok(doc) = text.parse::<kdl::KdlDocument>() else {
+        return text.to_string();
+    };
+    let args = |node: &kdl::KdlNode| -> Vec<kdl::KdlEntry> {
+        node.entries()
+            .iter()
+            .filter(|e| e.name().is_none())
+            .cloned()
+            .collect()
+    };
+    let children = |node: &kdl::KdlNode| -> Vec<kdl::KdlNode> {
+        node.children()
+            .map(|d| d.nodes().to_vec())
+            .unwrap_or_default()
+    };
+    let mut entries = Vec::new();
+    for node in doc.nodes() {
+        match node.name().value() {
+            "site" => {
+                entries.extend(args(node));
+                for child in children(node) {
+                    if child.name().value() == "http_redirect" {
+                        entries.extend(args(&child));
+                    }
+                }
+            }
+            "global" => {
+                for child in children(node) {
+                    if child.name().value() == "admin" {
+                        entries.extend(args(&child).into_iter().take(1));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut ports: Vec<(std::net::SocketAddr, u16)> = Vec::new();
+    let mut edits = Vec::new();
+    for entry in &entries {
+        let Ok(addr) = teebox::config::value::listen_address(entry) else {
+            continue;
+        };
+        let port = match ports.iter().find(|(a, _)| *a == addr) {
+            _ if addr.port() == 0 => 0,
+            Some((_, port)) => *port,
+            None => {
+                let free = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port on 127.0.0.1")
+                    .port();
+                ports.push((addr, free));
+                free
+            }
+        };
+        edits.push((
+            teebox::config::value::value_span(entry),
+            format!("\"127.0.0.1:{port}\""),
+        ));
+    }
+    edits.sort_by_key(|(span, _)| std::cmp::Reverse(span.offset()));
+    let mut out = text.to_string();
+    for (span, with) in edits {
+        out.replace_range(span.offset()..span.offset() + span.len(), &with);
+    }
+    out
+}
+
+/// How `teebox run` ended up with a site file.
+enum Ran {
+    /// It logged that it serves (and was then stopped).
+    Served { stderr: String },
+    /// It exited; `stderr` is all it wrote.
+    Exited { code: Option<i32>, stderr: String },
+    /// Neither within the wait.
+    Hung { stderr: String },
+}
+
+/// Runs `teebox run PATH` from `dir` until it serves or exits, within a
+/// bounded wait, and stops it if it serves.
+fn run(dir: &Path, path: &str) -> Ran {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teebox"))
+        .arg("run")
+        .arg(path)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        // "teebox serving" is an info line, whatever level the file asks for.
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run teebox run {path}: {e}"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<Option<String>>();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut reader = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            if line.contains("teebox serving") {
+                let _ = tx.send(None);
+            }
+            all.push_str(&line);
+            line.clear();
+        }
+        let _ = tx.send(Some(all));
+    });
+    let mut served = false;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(None) => {
+                served = true;
+                let _ = child.kill();
+            }
+            Ok(Some(stderr)) => {
+                let status = child.wait().expect("teebox run ends once killed or done");
+                return match served {
+                    true => Ran::Served { stderr },
+                    false => Ran::Exited {
+                        code: status.code(),
+                        stderr,
+                    },
+                };
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                return Ran::Hung { stderr };
+            }
+        }
+    }
+}
+
+/// `teebox validate` and `teebox run` judge every file in testdata/ alike:
+/// what validate refuses, run refuses with the very same diagnostics and
+/// status before it binds anything; what validate accepts, run serves.
+/// The one difference allowed is an address run cannot bind ("cannot
+/// listen"). Both read a copy of the corpus whose listen addresses are
+/// moved to ports of 127.0.0.1 (see [`on_loopback`]), so that run never
+/// takes a fixed port or another interface, and writes its logs and
+/// records in the copy.
+#[test]
+fn run_refuses_exactly_what_validate_refuses() {
+    let copy = common::TempDir::new("verdict");
+    let mut files = Vec::new();
+    for dir in [VALID_DIR, INVALID_DIR] {
+        let name = Path::new(dir)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("dir name");
+        copy_tree(&crate_root().join(dir), &copy.join(name));
+        for stem in stems(dir, "kdl") {
+            let path = format!("{name}/{stem}.kdl");
+            let text = std::fs::read_to_string(copy.join(&path)).expect("copied");
+            std::fs::write(copy.join(&path), on_loopback(&text)).expect("rewritten");
+            files.push(path);
+        }
+    }
+    let mut failures = Vec::new();
+    for path in &files {
+        let checked = Command::new(env!("CARGO_BIN_EXE_teebox"))
+            .arg("validate")
+            .arg(path)
+            .current_dir(copy.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run teebox validate {path}: {e}"));
+        let said = text(&checked.stderr);
+        let ran = run(copy.path(), path);
+        let agree = match (checked.status.code(), &ran) {
+            (Some(0), Ran::Served { stderr }) => stderr.starts_with(&said),
+            (Some(0), Ran::Exited { stderr, .. }) => {
+                stderr.starts_with(&said) && stderr.contains("cannot listen")
+            }
+            (Some(1), Ran::Exited { code, stderr }) => *code == Some(1) && *stderr == said,
+            _ => false,
+        };
+        if !agree {
+            let ran = match ran {
+                Ran::Served { stderr } => format!("served, with stderr:\n{stderr}"),
+                Ran::Exited { code, stderr } => format!("exited {code:?}, with stderr:\n{stderr}"),
+                Ran::Hung { stderr } => {
+                    format!("neither served nor exited, with stderr:\n{stderr}")
+                }
+            };
+            failures.push(format!(
+                "{path}: validate exited {:?}, with stderr:\n{said}\nrun {ran}",
+                checked.status.code()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "\n{} of {} files judged differently:\n\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -12,6 +12,163 @@ use base64::Engine;
 use http::HeaderMap;
 use ring::hmac;
 
+/// A bcrypt hash as `teebox hash-password` (or `htpasswd -B`) writes it.
+/// Only [`BcryptHash::parse`] makes one, so a user's hash is checked once,
+/// where the site file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BcryptHash(String);
+
+/// Why a hash is not one teebox can check passwords against.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    #[error("not a bcrypt hash")]
+    NotBcrypt,
+    /// Another scheme htpasswd writes: named, since it is an easy mix-up.
+    #[error("an {0} hash, not bcrypt")]
+    OtherScheme(&'static str),
+    #[error("not a bcrypt hash: it has {0} characters where bcrypt has 60")]
+    Length(usize),
+    #[error("not a bcrypt hash: its cost `{0}` is not 04 to 31")]
+    Cost(String),
+}
+
+/// Hash schemes htpasswd and crypt(3) write, by the prefix they start with.
+const OTHER_SCHEMES: [(&str, &str); 5] = [
+    ("$apr1$", "Apache MD5 (`$apr1$`)"),
+    ("{SHA}", "SHA-1 (`{SHA}`)"),
+    ("$1$", "MD5-crypt (`$1$`)"),
+    ("$5$", "SHA-256-crypt (`$5$`)"),
+    ("$6$", "SHA-512-crypt (`$6$`)"),
+];
+
+impl BcryptHash {
+    /// `$2b$12$` and 53 characters of bcrypt's base64 (`$2a$`, `$2x$` and
+    /// `$2y$` are taken too).
+    pub fn parse(text: &str) -> Result<BcryptHash, HashError> {
+        if let Some((_, scheme)) = OTHER_SCHEMES.iter().find(|(p, _)| text.starts_with(p)) {
+            return Err(HashError::OtherScheme(scheme));
+        }
+        if !["$2a$", "$2b$", "$2x$", "$2y$"]
+            .iter()
+            .any(|p| text.starts_with(p))
+        {
+            return Err(HashError::NotBcrypt);
+        }
+        if !text.is_ascii() {
+            return Err(HashError::NotBcrypt);
+        }
+        if text.len() != 60 {
+            return Err(HashError::Length(text.len()));
+        }
+        let cost = &text[4..6];
+        if !matches!(cost.parse::<u32>(), Ok(4..=31)) || text.as_bytes()[6] != b'$' {
+            return Err(HashError::Cost(cost.to_string()));
+        }
+        let bcrypt_base64 = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'/';
+        if !text.as_bytes()[7..].iter().all(|b| bcrypt_base64(*b)) {
+            return Err(HashError::NotBcrypt);
+        }
+        Ok(BcryptHash(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn cost(&self) -> u32 {
+        self.0[4..6].parse().unwrap_or(bcrypt::DEFAULT_COST)
+    }
+}
+
+/// Why a user name cannot be used: HTTP Basic splits name and password at
+/// the first `:`.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the user name is empty".into());
+    }
+    if name.contains(':') {
+        return Err(format!("the user name `{name}` holds a `:`"));
+    }
+    Ok(())
+}
+
+/// A `users_file` larger than this is refused unread: htpasswd files are
+/// small, and reading a device or a wrong path whole could take all memory.
+pub const MAX_USERS_FILE: u64 = 4 << 20;
+
+/// A line of a `users_file` that is not `name:bcrypt-hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// Counted from 1.
+    pub number: usize,
+    pub why: String,
+}
+
+/// Why a `users_file` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersFileError {
+    #[error("cannot read users_file {path}: {source}")]
+    Unreadable {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("users_file {path} is larger than the limit of {} MiB", MAX_USERS_FILE >> 20)]
+    TooLarge { path: std::path::PathBuf },
+    /// Every line that is wrong, so that one run shows them all.
+    #[error("users_file {}: {} bad line(s)", .path.display(), .lines.len())]
+    BadLines {
+        path: std::path::PathBuf,
+        lines: Vec<BadLine>,
+    },
+}
+
+/// The users of an htpasswd file of bcrypt lines (`name:$2y$...`; blank
+/// lines and `#` comments skipped), every line checked.
+pub fn read_users_file(path: &Path) -> Result<Vec<(String, BcryptHash)>, UsersFileError> {
+    use std::io::Read;
+    let unreadable = |source| UsersFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut text = String::new();
+    file.take(MAX_USERS_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    if text.len() as u64 > MAX_USERS_FILE {
+        return Err(UsersFileError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut users = Vec::new();
+    let mut bad = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let checked = match line.split_once(':') {
+            None => Err("expected name:bcrypt-hash".to_string()),
+            Some((name, hash)) => check_user_name(name).and_then(|()| {
+                BcryptHash::parse(hash)
+                    .map(|hash| (name.to_string(), hash))
+                    .map_err(|why| format!("the hash for `{name}` is {why}"))
+            }),
+        };
+        match checked {
+            Ok(user) => users.push(user),
+            Err(why) => bad.push(BadLine { number: n + 1, why }),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(UsersFileError::BadLines {
+            path: path.to_path_buf(),
+            lines: bad,
+        });
+    }
+    Ok(users)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Users {
     hashes: HashMap<String, String>,
@@ -21,35 +178,16 @@ pub struct Users {
 }
 
 impl Users {
-    /// Users from the site file plus those of an htpasswd file of bcrypt
-    /// lines (`name:$2y$...`; blank lines and `#` comments skipped).
-    pub fn load(inline: &[(String, String)], file: Option<&Path>) -> Result<Users, String> {
-        let mut hashes = HashMap::new();
-        for (name, hash) in inline {
-            check_hash(name, hash)?;
-            hashes.insert(name.clone(), hash.clone());
-        }
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read users_file {}: {e}", path.display()))?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let (name, hash) = line.split_once(':').ok_or_else(|| {
-                    format!("{}:{}: expected name:bcrypt-hash", path.display(), n + 1)
-                })?;
-                check_hash(name, hash).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
-                hashes.insert(name.to_string(), hash.to_string());
-            }
-        }
-        let cost = hashes
-            .values()
-            .next()
-            .and_then(|h| h.get(4..6))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(bcrypt::DEFAULT_COST);
+    /// The users the site file's admin block names (checked when it was
+    /// read); a later entry for a name replaces an earlier one.
+    pub fn load(users: &[(String, BcryptHash)]) -> Result<Users, String> {
+        let hashes: HashMap<String, String> = users
+            .iter()
+            .map(|(name, hash)| (name.clone(), hash.as_str().to_string()))
+            .collect();
+        let cost = users
+            .first()
+            .map_or(bcrypt::DEFAULT_COST, |(_, h)| h.cost());
         let decoy = match hashes.is_empty() {
             true => String::new(),
             false => bcrypt::hash("not a password anyone has", cost).map_err(|e| e.to_string())?,
@@ -177,22 +315,6 @@ impl CredentialCache {
     }
 }
 
-fn check_hash(name: &str, hash: &str) -> Result<(), String> {
-    if name.is_empty() || name.contains(':') {
-        return Err(format!("invalid user name `{name}`"));
-    }
-    if !["$2a$", "$2b$", "$2x$", "$2y$"]
-        .iter()
-        .any(|p| hash.starts_with(p))
-        || hash.len() != 60
-    {
-        return Err(format!(
-            "the hash for `{name}` is not a bcrypt hash; make one with `teebox hash-password`"
-        ));
-    }
-    Ok(())
-}
-
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
@@ -221,7 +343,8 @@ mod tests {
     #[test]
     fn checks_credentials() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let users = Users::load(&[("ops".into(), hash)], None).unwrap();
+        let hash = BcryptHash::parse(&hash).unwrap();
+        let users = Users::load(&[("ops".into(), hash)]).unwrap();
         assert_eq!(
             users.login(&basic("ops", "s3cret")),
             Login::User("ops".into())
@@ -257,6 +380,26 @@ mod tests {
 
     #[test]
     fn refuses_other_hashes() {
-        assert!(Users::load(&[("ops".into(), "plain".into())], None).is_err());
+        let bcrypt = bcrypt::hash("pw", 4).unwrap();
+        assert_eq!(BcryptHash::parse(&bcrypt).map(|h| h.0), Ok(bcrypt.clone()));
+        assert_eq!(BcryptHash::parse("plain"), Err(HashError::NotBcrypt));
+        assert_eq!(
+            BcryptHash::parse("$apr1$salt$hash"),
+            Err(HashError::OtherScheme("Apache MD5 (`$apr1$`)"))
+        );
+        assert_eq!(
+            BcryptHash::parse("$2b$12$short"),
+            Err(HashError::Length(12))
+        );
+        let cost_99 = format!("$2b$99{}", &bcrypt[6..]);
+        assert_eq!(
+            BcryptHash::parse(&cost_99),
+            Err(HashError::Cost("99".into()))
+        );
+        let bad_char = format!("{}!", &bcrypt[..59]);
+        assert_eq!(BcryptHash::parse(&bad_char), Err(HashError::NotBcrypt));
+        // Multi-byte text of bcrypt's length is refused, never sliced apart.
+        let wide = format!("$2b$1é{}", &bcrypt[8..]);
+        assert!(BcryptHash::parse(&wide).is_err());
     }
 }

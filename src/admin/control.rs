@@ -27,11 +27,11 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads the `users_file` and checks every hash; slow (it makes a
-    /// bcrypt decoy at the users' cost), so run it off the async threads.
-    pub fn load(config: &AdminConfig, base_dir: &Path) -> Result<Settings, AdminError> {
-        let file = config.users_file.as_ref().map(|f| base_dir.join(f));
-        let users = Users::load(&config.users, file.as_deref()).map_err(AdminError::Users)?;
+    /// Settings from an admin block whose users were read and checked with
+    /// the site file. Slow (it makes a bcrypt decoy at the users' cost),
+    /// so run it off the async threads.
+    pub fn load(config: &AdminConfig) -> Result<Settings, AdminError> {
+        let users = Users::load(&config.users).map_err(AdminError::Users)?;
         Ok(Settings {
             users,
             remembered: CredentialCache::new().map_err(AdminError::Users)?,
@@ -148,7 +148,7 @@ impl AdminControl {
         };
         Ok(Prepared {
             settings: self.settings.clone(),
-            new: Some(Settings::load(config, base_dir)?),
+            new: Some(Settings::load(config)?),
             not_applied: self.fixed.unchangeable(config, base_dir),
         })
     }

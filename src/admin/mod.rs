@@ -86,12 +86,10 @@ impl Admin {
         metrics: crate::metrics::MetricsRegistry,
         reload: Arc<dyn Reload>,
     ) -> Result<Admin, AdminError> {
-        let settings = Settings::load(config, base_dir)?;
+        let settings = Settings::load(config)?;
         let fixed = control::Fixed::of(config, base_dir);
         let state = fixed.state_file.clone().map(state::StateFile::new);
-        if let Some(state) = &state {
-            state.restore(&mirrors).map_err(AdminError::State)?;
-        }
+        config.saved_state.restore(&mirrors);
         Ok(Admin {
             reload,
             throttle: throttle::Throttle::default(),

@@ -8,7 +8,7 @@
 //! silently starting without the operator's changes would be worse.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
@@ -29,37 +29,37 @@ pub struct StateFile {
 }
 
 /// One mirror's runtime changes.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Changes {
     added: Vec<UpstreamUrl>,
     removed: Vec<UpstreamUrl>,
 }
 
-impl StateFile {
-    pub fn new(path: PathBuf) -> Self {
-        StateFile { path }
-    }
+/// What a `state_file` held when the site file was read: read and checked
+/// then, so that `teebox validate` refuses a file `run` could not restore.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Saved(BTreeMap<String, Changes>);
 
-    /// Applies the saved changes to the mirrors (by name). No file yet: nothing to do.
-    pub fn restore(&self, mirrors: &MirrorRegistry) -> Result<(), String> {
-        let text = match std::fs::read_to_string(&self.path) {
+impl Saved {
+    /// Reads a state file. No file yet: nothing saved.
+    pub fn read(path: &Path) -> Result<Saved, String> {
+        let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(format!(
-                    "cannot read state_file {}: {e}",
-                    self.path.display()
-                ))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
+            Err(e) => return Err(format!("cannot read state_file {}: {e}", path.display())),
         };
-        let saved = parse(&text).map_err(|why| {
+        parse(&text).map(Saved).map_err(|why| {
             format!(
                 "state_file {} is corrupt ({why}); fix or remove it to start without the runtime changes",
-                self.path.display()
+                path.display()
             )
-        })?;
+        })
+    }
+
+    /// Applies the saved changes to the mirrors (by name).
+    pub fn restore(&self, mirrors: &MirrorRegistry) {
         let all = mirrors.all();
-        for (name, changes) in saved {
+        for (name, changes) in &self.0 {
             let Some(mirror) = all.iter().find(|m| m.name() == Some(name.as_str())) else {
                 tracing::warn!(mirror = %name, "state_file names a mirror the site file no longer has; its changes are dropped");
                 continue;
@@ -67,11 +67,16 @@ impl StateFile {
             for url in &changes.removed {
                 mirror.remove_target(url);
             }
-            for url in changes.added {
+            for url in changes.added.iter().cloned() {
                 mirror.add_target(url);
             }
         }
-        Ok(())
+    }
+}
+
+impl StateFile {
+    pub fn new(path: PathBuf) -> Self {
+        StateFile { path }
     }
 
     /// Writes every named mirror's runtime changes.

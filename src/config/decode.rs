@@ -13,6 +13,7 @@ use super::matchers::{HeaderMatch, HostPattern, PathPattern, RouteMatch};
 use super::model::*;
 use super::reader::{arguments, children, name_span, Reader, Repeat};
 use super::value::{self, Spanned};
+use crate::admin::{auth, state};
 use crate::handlers::{self, HandlerKind, MiddlewareConfig, TerminalConfig};
 
 /// Turns kdl's syntax errors into problems, with a clearer word for the most
@@ -122,7 +123,7 @@ pub fn document(
     source: super::Source,
     problems: &mut Problems,
 ) -> Option<Config> {
-    let mut r = Reader::new(problems);
+    let mut r = Reader::new(problems, base_dir.clone());
     let mut global_node: Option<&KdlNode> = None;
     let mut sites = Vec::new();
     let mut site_count = 0;
@@ -296,28 +297,43 @@ fn limits(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
 fn log(node: &KdlNode, r: &mut Reader) -> Option<LogConfig> {
     r.no_children(node);
     r.known_properties(node, &["level", "format"]);
-    r.args_only(node, 0, "write log level=\"info\" format=\"text\"")?;
-    let mut config = LogConfig::default();
-    if let Some(entry) = node.entry("level") {
-        config.level = Some(r.check(value::one_of(
-            entry,
-            &["trace", "debug", "info", "warn", "error"],
-        ))?);
-    }
-    if let Some(entry) = node.entry("format") {
-        config.format = match r.check(value::one_of(entry, &["text", "json"]))? {
-            "json" => LogFormat::Json,
-            _ => LogFormat::Text,
-        };
-    }
-    Some(config)
+    let args = r.args_only(node, 0, "write log level=\"info\" format=\"text\"");
+    // Each property is checked whatever the others hold: every mistake is
+    // reported in one run.
+    let level = match node.entry("level") {
+        Some(entry) => r
+            .check(value::one_of(
+                entry,
+                &["trace", "debug", "info", "warn", "error"],
+            ))
+            .map(Some),
+        None => Some(None),
+    };
+    let format = match node.entry("format") {
+        Some(entry) => r
+            .check(value::one_of(entry, &["text", "json"]))
+            .map(|f| match f {
+                "json" => LogFormat::Json,
+                _ => LogFormat::Text,
+            }),
+        None => Some(LogFormat::default()),
+    };
+    args?;
+    Some(LogConfig {
+        level: level?,
+        format: format?,
+    })
 }
 
 fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
     r.no_properties(node);
-    let args = r.args_only(node, 1, "one listen address, such as \"127.0.0.1:2019\"")?;
     let address = r
-        .check(value::listen_address(args[0]).map(|a| Spanned::new(a, value::value_span(args[0]))));
+        .args_only(node, 1, "one listen address, such as \"127.0.0.1:2019\"")
+        .and_then(|args| {
+            r.check(
+                value::listen_address(args[0]).map(|a| Spanned::new(a, value::value_span(args[0]))),
+            )
+        });
     let opts = r.options(
         node,
         &[
@@ -328,55 +344,145 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
             ("healthz_public", Repeat::Once),
         ],
     );
+    let mut users_ok = true;
     let mut users = Vec::new();
     for user in opts.all("user") {
-        if let Some(args) = r.args(user, 2, "a user name and a bcrypt hash") {
-            let name = r.check(value::non_empty_string(args[0]));
-            let hash = r.check(value::non_empty_string(args[1]));
-            if let (Some(name), Some(hash)) = (name, hash) {
-                users.push((name, hash));
-            }
+        match admin_user(user, r) {
+            Some(user) => users.push(user),
+            None => users_ok = false,
         }
     }
-    let users_file = opts
-        .one("users_file")
-        .and_then(|n| r.value(n, "a file path", value::non_empty_string))
-        .map(PathBuf::from);
+    let users_file = opts.one("users_file").map(|n| {
+        let (path, span) = file_path(n, r)?;
+        match auth::read_users_file(&r.resolve(&path)) {
+            Ok(mut from_file) => {
+                users.append(&mut from_file);
+                Some(path)
+            }
+            Err(err) => {
+                users_file_problems(err, span, r);
+                None
+            }
+        }
+    });
     let allow_target = match opts.one("allow_target") {
         Some(n) => {
             r.no_children(n);
             r.no_properties(n);
-            let args = r.some_args(n, "one or more URL patterns")?;
-            r.each(&args, value::non_empty_string)?
+            r.some_args(n, "one or more URL patterns")
+                .and_then(|args| r.each(&args, value::non_empty_string))
         }
-        None => Vec::new(),
+        None => Some(Vec::new()),
     };
-    let state_file = opts
-        .one("state_file")
-        .and_then(|n| r.value(n, "a file path", value::non_empty_string))
-        .map(PathBuf::from);
+    let state = opts.one("state_file").map(|n| {
+        let entry = r.args(n, 1, "a file path")?.first().copied()?;
+        let path = r.file_to_write(entry, "state_file")?;
+        let span = value::value_span(entry);
+        match state::Saved::read(&r.resolve(&path)) {
+            Ok(saved) => Some((path, saved)),
+            Err(why) => {
+                r.push(
+                    Problem::error(span, why)
+                        .label("the runtime changes saved here cannot be restored"),
+                );
+                None
+            }
+        }
+    });
     let healthz_public = match opts.one("healthz_public") {
         Some(n) => r.value(n, "#true or #false", value::boolean),
         None => Some(true),
     };
-    if let Some(addr) = &address {
-        if !addr.value.ip().is_loopback() && users.is_empty() && users_file.is_none() {
+    let users_file = match users_file {
+        Some(file) => Some(file?),
+        None => None,
+    };
+    let (state_file, saved_state) = match state {
+        Some(state) => state.map(|(path, saved)| (Some(path), saved))?,
+        None => (None, state::Saved::default()),
+    };
+    if let (Some(addr), true) = (&address, users_ok) {
+        if !addr.value.ip().is_loopback() && users.is_empty() {
+            let why = match users_file {
+                Some(_) => "its users_file names no users",
+                None => "reachable from other hosts, with no credentials",
+            };
             r.push(
                 Problem::error(addr.span, format!("the admin endpoint on {} has no users", addr.value))
-                    .label("reachable from other hosts, with no credentials")
+                    .label(why)
                     .help("add user \"NAME\" \"HASH\" (make the hash with `teebox hash-password`) or users_file, or listen on 127.0.0.1"),
             );
             return None;
         }
     }
+    if !users_ok {
+        return None;
+    }
     Some(AdminConfig {
         address: address?,
         users,
         users_file,
-        allow_target,
+        allow_target: allow_target?,
         state_file,
+        saved_state,
         healthz_public: healthz_public?,
     })
+}
+
+/// `user "NAME" "HASH"`, the hash checked as the endpoint will use it.
+fn admin_user(node: &KdlNode, r: &mut Reader) -> Option<(String, auth::BcryptHash)> {
+    let args = r.args(node, 2, "a user name and a bcrypt hash")?;
+    let name = r.check(value::non_empty_string(args[0]).and_then(|name| {
+        auth::check_user_name(&name).map(|()| name).map_err(|why| {
+            Problem::error(value::value_span(args[0]), why)
+                .label("not a user name")
+                .help("HTTP Basic ends the user name at the first `:`: choose a name without one")
+        })
+    }));
+    let hash = r.check(value::non_empty_string(args[1]).and_then(|hash| {
+        auth::BcryptHash::parse(&hash).map_err(|why| {
+            Problem::error(
+                value::value_span(args[1]),
+                format!("{why}: make one with `teebox hash-password`"),
+            )
+            .label("not a bcrypt hash")
+            .help("the site file holds a bcrypt hash of the password, never the password itself")
+        })
+    }));
+    Some((name?, hash?))
+}
+
+fn users_file_problems(err: auth::UsersFileError, span: SourceSpan, r: &mut Reader) {
+    let format =
+        "each line is name:bcrypt-hash; make a hash with `teebox hash-password` (or htpasswd -B)";
+    match err {
+        auth::UsersFileError::BadLines { path, lines } => {
+            for line in lines {
+                r.push(
+                    Problem::error(
+                        span,
+                        format!("{}:{}: {}", path.display(), line.number, line.why),
+                    )
+                    .label("in this users_file")
+                    .help(format),
+                );
+            }
+        }
+        other => r.push(
+            Problem::error(span, other.to_string())
+                .label("cannot be used")
+                .help(format!(
+                    "{format}; a relative path starts at the site file's directory"
+                )),
+        ),
+    }
+}
+
+/// An option's file path, relative to the site file, and where it is written.
+fn file_path(node: &KdlNode, r: &mut Reader) -> Option<(PathBuf, SourceSpan)> {
+    let entry = r.args(node, 1, "a file path")?.first().copied()?;
+    r.check(value::non_empty_string(entry))
+        .map(|p| (PathBuf::from(p), value::value_span(entry)))
 }
 
 fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Site> {
@@ -457,16 +563,17 @@ fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Si
         None => Some(None),
     };
     let access_log = opts.one("access_log").map(|n| {
-        r.value(
-            n,
-            "\"stdout\", \"stderr\" or a file path",
-            value::non_empty_string,
-        )
-        .map(|s| match s.as_str() {
-            "stdout" => AccessLogTarget::Stdout,
-            "stderr" => AccessLogTarget::Stderr,
-            _ => AccessLogTarget::File(PathBuf::from(s)),
-        })
+        let entry = r
+            .args(n, 1, "\"stdout\", \"stderr\" or a file path")?
+            .first()
+            .copied()?;
+        match r.check(value::non_empty_string(entry))?.as_str() {
+            "stdout" => Some(AccessLogTarget::Stdout),
+            "stderr" => Some(AccessLogTarget::Stderr),
+            _ => r
+                .file_to_write(entry, "access log")
+                .map(AccessLogTarget::File),
+        }
     });
     let route_nodes = opts.all("route");
     if route_nodes.is_empty() {
@@ -498,6 +605,8 @@ fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Si
 fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spanned<TlsConfig>> {
     r.no_children(node);
     r.known_properties(node, &["cert", "key", "default"]);
+    // Arguments here are most likely the cert and key written without
+    // their names: "needs cert=" after that would only say it again.
     r.args_only(node, 0, "write tls cert=\"site.pem\" key=\"site-key.pem\"")?;
     let mut path = |key: &str| match node.entry(key) {
         Some(entry) => r
@@ -515,8 +624,8 @@ fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spa
     let cert = path("cert");
     let key = path("key");
     let default = match node.entry("default") {
-        Some(entry) => r.check(value::boolean(entry))?,
-        None => false,
+        Some(entry) => r.check(value::boolean(entry)),
+        None => Some(false),
     };
     let ((cert, cert_span), (key, _)) = (cert?, key?);
     // Relative paths resolve against the site file's directory.
@@ -555,7 +664,7 @@ fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spa
         TlsConfig {
             cert,
             key,
-            default,
+            default: default?,
             certified,
         },
         node.span(),

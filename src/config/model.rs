@@ -10,6 +10,8 @@ use miette::SourceSpan;
 use super::diag::Source;
 use super::matchers::{HostPattern, RouteMatch};
 use super::value::Spanned;
+use crate::admin::auth::BcryptHash;
+use crate::admin::state::Saved;
 use crate::handlers::{MiddlewareConfig, TerminalConfig};
 
 #[derive(Debug)]
@@ -83,10 +85,16 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub address: Spanned<SocketAddr>,
-    pub users: Vec<(String, String)>,
+    /// Every user, read and checked with the file: the `user` nodes, then
+    /// the `users_file`'s lines (a later entry for a name wins).
+    pub users: Vec<(String, BcryptHash)>,
+    /// Already read into `users`; kept to name it.
     pub users_file: Option<PathBuf>,
     pub allow_target: Vec<String>,
     pub state_file: Option<PathBuf>,
+    /// What `state_file` held when the file was read (nothing if it did
+    /// not exist yet); restored when the endpoint starts.
+    pub saved_state: Saved,
     /// `GET /healthz` answers without credentials (load-balancer probes).
     pub healthz_public: bool,
 }

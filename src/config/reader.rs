@@ -2,6 +2,8 @@
 //! names. Handlers decode their nodes with these helpers so that every
 //! handler reports mistakes the same way.
 
+use std::path::{Path, PathBuf};
+
 use kdl::{KdlEntry, KdlNode};
 use miette::SourceSpan;
 
@@ -45,15 +47,20 @@ pub fn children(node: &KdlNode) -> &[KdlNode] {
 /// problem, so callers carry on decoding and report everything at once.
 pub struct Reader<'p> {
     problems: &'p mut Problems,
+    /// Where relative paths in the file start: files that must exist are
+    /// read, and the directories of files teebox will write are looked at,
+    /// while the file is checked.
+    base_dir: PathBuf,
     /// Names that must be unique in the whole file (a mirror's `name`),
     /// with where each was first given.
     names: Vec<(&'static str, String, SourceSpan)>,
 }
 
 impl<'p> Reader<'p> {
-    pub fn new(problems: &'p mut Problems) -> Self {
+    pub fn new(problems: &'p mut Problems, base_dir: PathBuf) -> Self {
         Reader {
             problems,
+            base_dir,
             names: Vec::new(),
         }
     }
@@ -79,6 +86,60 @@ impl<'p> Reader<'p> {
         }
         self.names.push((kind, name.to_string(), span));
         true
+    }
+
+    /// A relative path from the site file, made absolute (or relative to
+    /// where teebox runs, as the file's own path is).
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.base_dir.join(path)
+    }
+
+    /// A file teebox creates or appends to when it runs (`what`, such as
+    /// "access_log"): its directory must exist and it must not be a
+    /// directory itself. Nothing is created here: `teebox validate` changes
+    /// nothing on disk. Returns the path as written.
+    pub fn file_to_write(&mut self, entry: &KdlEntry, what: &str) -> Option<PathBuf> {
+        let written = PathBuf::from(self.check(value::non_empty_string(entry))?);
+        let span = value::value_span(entry);
+        let full = self.resolve(&written);
+        let problem = |message: String| {
+            Problem::error(span, message)
+                .label(format!("the {what} is written here"))
+                .help("create the directory, or give a path in one that exists; a relative path starts at the site file's directory")
+        };
+        if full.is_dir() {
+            self.push(
+                Problem::error(span, format!("{} is a directory", full.display()))
+                    .label(format!("the {what} is written here"))
+                    .help("give the path of a file"),
+            );
+            return None;
+        }
+        let dir = match full.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => Some(written),
+            Ok(_) => {
+                self.push(problem(format!("{} is not a directory", dir.display())));
+                None
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.push(problem(format!(
+                    "the directory {} does not exist",
+                    dir.display()
+                )));
+                None
+            }
+            Err(e) => {
+                self.push(problem(format!(
+                    "cannot look at the directory {}: {e}",
+                    dir.display()
+                )));
+                None
+            }
+        }
     }
 
     /// Keeps a parsed value, or records why it could not be parsed.

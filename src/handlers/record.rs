@@ -31,7 +31,8 @@ pub static KIND: HandlerKind = HandlerKind::Middleware {
 
 #[derive(Debug, Clone)]
 pub struct RecordConfig {
-    path: String,
+    /// Relative to the site file; its directory existed when it was read.
+    path: PathBuf,
     responses: bool,
     max_body: u64,
     roll: Roll,
@@ -44,7 +45,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     r.no_properties(node);
     let path = r
         .args_only(node, 1, "a file path, such as \"traffic.jsonl\"")
-        .and_then(|args| r.check(value::non_empty_string(args[0])));
+        .and_then(|args| r.file_to_write(args[0], "record file"));
     let opts = r.options(
         node,
         &[

@@ -194,7 +194,7 @@ impl ReverseProxy {
     fn new(config: ReverseProxyConfig, cx: &BuildContext) -> Result<Self, BuildError> {
         let connector = config
             .tls
-            .connector(&cx.base_dir, config.connect_timeout, false)
+            .connector(config.connect_timeout, false)
             .map_err(BuildError)?;
         let settings = PoolSettings {
             keepalive: config.keepalive,

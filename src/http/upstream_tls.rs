@@ -3,7 +3,7 @@
 //! `tls_server_name`, or, for tests and emergencies only, not verified at
 //! all (`tls_insecure_skip_verify`, which `validate` warns about).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,29 +22,57 @@ pub type Connector = HttpsConnector<HttpConnector<Resolver>>;
 
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamTls {
-    pub ca: Option<PathBuf>,
-    pub server_name: Option<String>,
+    /// `tls_ca`, read with the site file: the roots trusted instead of
+    /// the system's.
+    pub ca: Option<Arc<rustls::RootCertStore>>,
+    pub server_name: Option<ServerName<'static>>,
     pub insecure: bool,
 }
 
 impl UpstreamTls {
+    /// The TLS options of a block; `tls_ca` is read and parsed here, so
+    /// that `teebox validate` refuses a bundle `run` could not use.
     pub fn decode(opts: &Options, r: &mut Reader) -> Option<UpstreamTls> {
         let ca = match opts.one("tls_ca") {
-            Some(n) => Some(PathBuf::from(r.value(
-                n,
-                "a PEM file of CA certificates",
-                value::non_empty_string,
-            )?)),
-            None => None,
+            Some(n) => r
+                .args(n, 1, "a PEM file of CA certificates")
+                .and_then(|args| {
+                    let entry = args[0];
+                    let written = r.check(value::non_empty_string(entry))?;
+                    let path = r.resolve(Path::new(&written));
+                    match read_ca(&path) {
+                        Ok(roots) => Some(Some(Arc::new(roots))),
+                        Err(why) => {
+                            r.push(
+                                Problem::error(value::value_span(entry), why)
+                                    .label("unusable CA bundle")
+                                    .help("give a PEM file of the CA certificates that signed the upstream's certificate"),
+                            );
+                            None
+                        }
+                    }
+                }),
+            None => Some(None),
         };
         let server_name = match opts.one("tls_server_name") {
-            Some(n) => Some(r.value(n, "a host name", value::non_empty_string)?),
-            None => None,
+            Some(n) => r
+                .value(n, "a host name", |entry| {
+                    let name = value::non_empty_string(entry)?;
+                    ServerName::try_from(name.clone()).map_err(|_| {
+                        Problem::error(
+                            value::value_span(entry),
+                            format!("tls_server_name `{name}` is not a DNS name or IP address"),
+                        )
+                        .label("not a server name")
+                    })
+                })
+                .map(Some),
+            None => Some(None),
         };
         let insecure = match opts.one("tls_insecure_skip_verify") {
             Some(n) => {
-                let on = r.value(n, "#true or #false", value::boolean)?;
-                if on {
+                let on = r.value(n, "#true or #false", value::boolean);
+                if on == Some(true) {
                     r.push(
                         Problem::warning(n.span(), "upstream certificates are not verified")
                             .label("anyone on the path can pose as the upstream")
@@ -53,12 +81,12 @@ impl UpstreamTls {
                 }
                 on
             }
-            None => false,
+            None => Some(false),
         };
         Some(UpstreamTls {
-            ca,
-            server_name,
-            insecure,
+            ca: ca?,
+            server_name: server_name?,
+            insecure: insecure?,
         })
     }
 
@@ -67,12 +95,7 @@ impl UpstreamTls {
     /// the client follows the upstream's choice.
     /// With `guard`, names are resolved without the addresses copies may
     /// not go to (see [`super::target_guard`]).
-    pub fn connector(
-        &self,
-        base_dir: &Path,
-        connect_timeout: Duration,
-        guard: bool,
-    ) -> Result<Connector, String> {
+    pub fn connector(&self, connect_timeout: Duration, guard: bool) -> Result<Connector, String> {
         let mut http = HttpConnector::new_with_resolver(Resolver::new(guard));
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
@@ -87,47 +110,41 @@ impl UpstreamTls {
                 .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
                 .with_no_client_auth()
         } else {
-            builder
-                .with_root_certificates(self.roots(base_dir)?)
-                .with_no_client_auth()
+            let roots = match &self.ca {
+                Some(ca) => ca.as_ref().clone(),
+                None => {
+                    let mut roots = rustls::RootCertStore::empty();
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                    roots
+                }
+            };
+            builder.with_root_certificates(roots).with_no_client_auth()
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config)
             .https_or_http();
         let connector = match &self.server_name {
-            Some(name) => {
-                let name = ServerName::try_from(name.clone()).map_err(|_| {
-                    format!("tls_server_name `{name}` is not a DNS name or IP address")
-                })?;
-                connector
-                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-            }
+            Some(name) => connector.with_server_name_resolver(
+                hyper_rustls::FixedServerNameResolver::new(name.clone()),
+            ),
             None => connector,
         };
         Ok(connector.enable_all_versions().wrap_connector(http))
     }
+}
 
-    fn roots(&self, base_dir: &Path) -> Result<rustls::RootCertStore, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        match &self.ca {
-            Some(ca) => {
-                let path = base_dir.join(ca);
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-                    .map_err(|e| format!("cannot read tls_ca {}: {e}", path.display()))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("cannot parse tls_ca {}: {e}", path.display()))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(format!("no CA certificate in tls_ca {}", path.display()));
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(found.certs);
-            }
-        }
-        Ok(roots)
+/// The CA certificates of a PEM file, at least one of them usable.
+pub fn read_ca(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read tls_ca {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot parse tls_ca {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("no CA certificate in tls_ca {}", path.display()));
     }
+    Ok(roots)
 }
 
 /// Accepts any certificate, still checking the handshake's signatures.

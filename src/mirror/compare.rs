@@ -88,12 +88,8 @@ impl CompareConfig {
         }
         // `None`: no diff log; `Some(None)`: one was given but is invalid.
         let diff_log = opts.one("diff_log").map(|n| {
-            r.value(
-                n,
-                "a file path, such as \"diffs.jsonl\"",
-                value::non_empty_string,
-            )
-            .map(PathBuf::from)
+            let args = r.args(n, 1, "a file path, such as \"diffs.jsonl\"")?;
+            r.file_to_write(args[0], "diff log")
         });
         let log_rate = match opts.one("log_rate") {
             Some(n) => r.value(n, "a whole number from 1 to 100000", |e| {

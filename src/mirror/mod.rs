@@ -158,7 +158,7 @@ impl Mirror {
             .max()
             .unwrap_or(defaults.concurrency);
         let client = CopyClient {
-            connector: options.tls.connector(base_dir, timeout, true)?,
+            connector: options.tls.connector(timeout, true)?,
             settings: PoolSettings {
                 max_idle: idle,
                 ..PoolSettings::default()

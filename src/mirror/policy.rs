@@ -385,7 +385,7 @@ mod tests {
     fn filter(args: &str) -> Option<StatusFilter> {
         let doc: kdl::KdlDocument = format!("primary_status {args}").parse().unwrap();
         let mut problems = crate::config::diag::Problems::default();
-        let mut r = Reader::new(&mut problems);
+        let mut r = Reader::new(&mut problems, std::env::temp_dir());
         StatusFilter::decode(&doc.nodes()[0], &mut r)
     }
 

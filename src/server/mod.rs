@@ -555,6 +555,24 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let metrics = MetricsRegistry::default();
     let built = build(config, &metrics)?;
+    // The admin endpoint is made, and its saved state restored, before any
+    // address is bound: what can refuse the file is settled first, so that
+    // only binding can fail after a socket is taken (and copies of the
+    // first requests already go to the restored targets).
+    let reloader = Arc::new(Reloader(std::sync::OnceLock::new()));
+    let admin_endpoint = match &config.global.admin {
+        Some(admin) => Some(
+            crate::admin::Admin::new(
+                admin,
+                &config.base_dir,
+                built.mirrors.clone(),
+                metrics.clone(),
+                reloader.clone(),
+            )
+            .map_err(|e| StartError::Build(e.to_string()))?,
+        ),
+        None => None,
+    };
     let mut bound_sockets = Vec::new();
     for (addr, _) in &built.routers {
         bound_sockets.push(bind(*addr).await?);
@@ -593,17 +611,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         limits,
         grace_period: std::sync::Mutex::new(config.global.grace_period),
     });
-    let admin = match &config.global.admin {
-        Some(admin) => {
-            let reloader = Arc::new(Reloader(Arc::downgrade(&shared)));
-            let endpoint = crate::admin::Admin::new(
-                admin,
-                &config.base_dir,
-                shared.mirrors.clone(),
-                metrics,
-                reloader,
-            )
-            .map_err(|e| StartError::Build(e.to_string()))?;
+    let _ = reloader.0.set(Arc::downgrade(&shared));
+    let admin = match (&config.global.admin, admin_endpoint) {
+        (Some(admin), Some(endpoint)) => {
             let _ = shared.admin.set(endpoint.control());
             Some(
                 endpoint
@@ -612,18 +622,23 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                     .map_err(|e| StartError::Build(e.to_string()))?,
             )
         }
-        None => None,
+        _ => None,
     };
     Ok(Running { shared, admin })
 }
 
-/// Lets the admin endpoint reload the server that runs it.
-struct Reloader(std::sync::Weak<Shared>);
+/// Lets the admin endpoint reload the server that runs it; set once the
+/// server exists, which is after the endpoint is made.
+struct Reloader(std::sync::OnceLock<std::sync::Weak<Shared>>);
 
 impl crate::admin::Reload for Reloader {
     fn reload(&self) -> crate::handlers::BoxFuture<'_, Result<crate::admin::Reloaded, String>> {
         Box::pin(async move {
-            let shared = self.0.upgrade().ok_or("the server is shutting down")?;
+            let shared = self
+                .0
+                .get()
+                .and_then(std::sync::Weak::upgrade)
+                .ok_or("the server is shutting down")?;
             shared.reload_file().await.map_err(|e| e.to_string())
         })
     }
