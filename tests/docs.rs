@@ -303,6 +303,8 @@ fn readme_files() -> TempDir {
     write_certificate(dir.path(), "certs/shop.pem", "certs/shop-key.pem");
     let hash = bcrypt::hash("s3cret", 4).unwrap();
     std::fs::write(dir.join("admin.htpasswd"), format!("ops2:{hash}\n")).unwrap();
+    // Files teebox writes must go in directories that exist.
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
     dir
 }
 

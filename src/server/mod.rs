@@ -343,13 +343,13 @@ impl Shared {
 struct Prepared {
     loaded: crate::config::Loaded,
     built: Built,
-    /// The admin block's new settings (its users_file read, every hash
-    /// checked), when the server runs an admin endpoint.
+    /// The admin block's new settings (users checked when the file was
+    /// read; the bcrypt decoy made), when the server runs an admin endpoint.
     admin: Option<crate::admin::Prepared>,
 }
 
 /// The slow part of a reload, for a blocking thread: reading, checking and
-/// building. The admin block first, since its users_file may be unreadable.
+/// building.
 fn prepare(
     path: &std::path::Path,
     metrics: &MetricsRegistry,
