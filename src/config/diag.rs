@@ -345,21 +345,9 @@ impl Diagnostic for Located<'_> {
 mod tests {
     use super::*;
 
-    /// What miette itself reads for a span, from the whole text.
-    fn whole(text: &str, span: SourceSpan, before: usize, after: usize) -> String {
-        let contents = text.read_span(&span, before, after).expect("in bounds");
-        format!(
-            "{:?} {:?} {} {} {}",
-            std::str::from_utf8(contents.data()),
-            contents.span(),
-            contents.line(),
-            contents.column(),
-            contents.line_count()
-        )
-    }
-
-    fn windowed(lines: &Lines, span: SourceSpan, before: usize, after: usize) -> String {
-        let contents = lines.read_span(&span, before, after).expect("in bounds");
+    /// Everything miette uses of what a source gives for a span.
+    fn read(source: &dyn SourceCode, span: SourceSpan, before: usize, after: usize) -> String {
+        let contents = source.read_span(&span, before, after).expect("in bounds");
         format!(
             "{:?} {:?} {} {} {}",
             std::str::from_utf8(contents.data()),
@@ -389,8 +377,8 @@ mod tests {
                     for (before, after) in [(0, 0), (1, 1), (2, 3), (0, 2), (5, 0)] {
                         let span = SourceSpan::new(offset.into(), len);
                         assert_eq!(
-                            windowed(&lines, span, before, after),
-                            whole(text, span, before, after),
+                            read(&lines, span, before, after),
+                            read(&text, span, before, after),
                             "{text:?} at {offset}+{len}, context {before}/{after}"
                         );
                     }
