@@ -130,6 +130,32 @@ async fn a_reload_of_a_deep_file_in_disguise_is_refused_and_the_server_stays() {
     }
 }
 
+/// kdl's parser recursed once per error it recovered from, and once per
+/// star in a block comment: a file of stray closers, or a valid one with a
+/// long banner comment, overflowed the reload thread's stack.
+#[tokio::test]
+async fn a_reload_survives_thousands_of_errors_and_a_long_comment() {
+    let dir = TempDir::new("reload-parser-recursion");
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, site("", "kept")).unwrap();
+    let running = start_from(&file).await;
+    let url = common::base_url(&running);
+    for junk in ["}", "a=", ")"] {
+        let tail = format!("x {}\n", junk.repeat(20_000));
+        std::fs::write(&file, format!("{}{tail}", site("", "never"))).unwrap();
+        let err = running.reload().await.expect_err("refused").to_string();
+        assert!(err.contains("1 error"), "{junk}: {err}");
+        let resp = within("a request", common::client::get(&url)).await;
+        assert_eq!(resp.text(), "kept");
+    }
+    let banner = format!("/* {} */\n{}", "*".repeat(20_000), site("", "banner"));
+    std::fs::write(&file, banner).unwrap();
+    let reloaded = running.reload().await.map(|r| r.warnings);
+    assert_eq!(reloaded.map_err(|e| e.to_string()), Ok(0));
+    let resp = within("a request", common::client::get(&url)).await;
+    assert_eq!(resp.text(), "banner");
+}
+
 /// `limits` and `grace_period` are global options a reload applies; new
 /// connections get the new limits.
 #[tokio::test]
