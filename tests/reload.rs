@@ -90,6 +90,72 @@ async fn a_reload_of_a_deeply_nested_file_is_refused_and_the_server_stays() {
     assert_eq!(resp.text(), "kept");
 }
 
+/// The ways a deep file could hide its depth from the nesting check: a
+/// line comment ended by a newline other than LF, a string or comment left
+/// open, a chain of slashdashes. Each reload is refused with its own
+/// diagnostic, and the running config stays.
+#[tokio::test]
+async fn a_reload_of_a_deep_file_in_disguise_is_refused_and_the_server_stays() {
+    let dir = TempDir::new("reload-deep-disguised");
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, site("", "kept")).unwrap();
+    let running = start_from(&file).await;
+    let deep = format!("x {}{}\n", "{ a ".repeat(1500), "}".repeat(1500));
+    for (tail, refusal) in [
+        (
+            format!("// c\r{deep}"),
+            "blocks nested deeper than 16 levels",
+        ),
+        (
+            format!("// c\u{2028}{deep}"),
+            "blocks nested deeper than 16 levels",
+        ),
+        (format!("a \"open\n{deep}"), "unclosed string"),
+        (format!("a #\"open\n{deep}"), "unclosed raw string"),
+        (format!("a /* open\n{deep}"), "unclosed block comment"),
+        (
+            format!("x {}1\n", "/- ".repeat(2000)),
+            "more than 16 slashdashes (`/-`) in a row",
+        ),
+    ] {
+        std::fs::write(&file, format!("{}{tail}", site("", "never"))).unwrap();
+        let err = running.reload().await.expect_err("refused").to_string();
+        assert!(err.contains(refusal), "{refusal}: {err}");
+        let resp = within(
+            "a request",
+            common::client::get(&common::base_url(&running)),
+        )
+        .await;
+        assert_eq!(resp.text(), "kept");
+    }
+}
+
+/// kdl's parser recursed once per error it recovered from, and once per
+/// star in a block comment: a file of stray closers, or a valid one with a
+/// long banner comment, overflowed the reload thread's stack.
+#[tokio::test]
+async fn a_reload_survives_thousands_of_errors_and_a_long_comment() {
+    let dir = TempDir::new("reload-parser-recursion");
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, site("", "kept")).unwrap();
+    let running = start_from(&file).await;
+    let url = common::base_url(&running);
+    for junk in ["}", "a=", ")"] {
+        let tail = format!("x {}\n", junk.repeat(20_000));
+        std::fs::write(&file, format!("{}{tail}", site("", "never"))).unwrap();
+        let err = running.reload().await.expect_err("refused").to_string();
+        assert!(err.contains("1 error"), "{junk}: {err}");
+        let resp = within("a request", common::client::get(&url)).await;
+        assert_eq!(resp.text(), "kept");
+    }
+    let banner = format!("/* {} */\n{}", "*".repeat(20_000), site("", "banner"));
+    std::fs::write(&file, banner).unwrap();
+    let reloaded = running.reload().await.map(|r| r.warnings);
+    assert_eq!(reloaded.map_err(|e| e.to_string()), Ok(0));
+    let resp = within("a request", common::client::get(&url)).await;
+    assert_eq!(resp.text(), "banner");
+}
+
 /// `limits` and `grace_period` are global options a reload applies; new
 /// connections get the new limits.
 #[tokio::test]

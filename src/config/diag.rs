@@ -169,6 +169,60 @@ impl Lines {
     }
 }
 
+/// A line longer than this is shown cropped around the span: miette's
+/// drawing takes time quadratic in a line's length (a minute for 70,000
+/// characters) and panics past 65,535 columns.
+const LONG_LINE: usize = 1024;
+
+/// How much of a long line is shown on each side of the span, and the
+/// longest underline drawn in one.
+const CROP: usize = 256;
+
+impl Lines {
+    /// The part of a long line around a span that lies on it, as miette
+    /// would read it were the line that short; `None` for other spans.
+    fn crop_long_line(
+        &self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+    ) -> Option<MietteSpanContents<'_>> {
+        let starts = self.starts();
+        let line = self.line_of(span.offset());
+        let line_start = starts[line];
+        let line_end = self.text[line_start..]
+            .find(['\r', '\n'])
+            .map_or(self.text.len(), |n| line_start + n);
+        let end = span.offset() + span.len();
+        if line_end - line_start <= LONG_LINE || end > line_end {
+            return None;
+        }
+        let from = floor_char_boundary(
+            &self.text,
+            span.offset().saturating_sub(CROP).max(line_start),
+        );
+        let to = floor_char_boundary(&self.text, end.saturating_add(CROP).min(line_end));
+        let to = if to < end { end } else { to };
+        Some(MietteSpanContents::new(
+            &self.text.as_bytes()[from..to],
+            SourceSpan::new(from.into(), to - from),
+            line,
+            if context_lines_before == 0 {
+                span.offset() - line_start
+            } else {
+                0
+            },
+            line,
+        ))
+    }
+}
+
+fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
 impl SourceCode for Lines {
     fn read_span<'a>(
         &'a self,
@@ -183,6 +237,9 @@ impl SourceCode for Lines {
             return text.read_span(span, context_lines_before, context_lines_after);
         }
         let starts = self.starts();
+        if let Some(cropped) = self.crop_long_line(span, context_lines_before) {
+            return Ok(Box::new(cropped));
+        }
         // One line more than miette shows before the span: for an empty span
         // at a line's start, miette's scan stops on the newline before it.
         let first = self
@@ -330,14 +387,30 @@ impl Diagnostic for Located<'_> {
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        let primary =
-            LabeledSpan::new_primary_with_span(self.problem.label.clone(), self.problem.span);
-        let secondary = self
-            .problem
-            .secondary
-            .iter()
-            .map(|(span, label)| LabeledSpan::new_with_span(Some(label.clone()), *span));
+        let text = self.source.text();
+        let primary = LabeledSpan::new_primary_with_span(
+            self.problem.label.clone(),
+            drawable(text, self.problem.span),
+        );
+        let secondary = self.problem.secondary.iter().map(|(span, label)| {
+            LabeledSpan::new_with_span(Some(label.clone()), drawable(text, *span))
+        });
         Some(Box::new(std::iter::once(primary).chain(secondary)))
+    }
+}
+
+/// A span as it can be drawn: one on a single line is cut to [`CROP`]
+/// bytes, which is what a cropped long line shows of it.
+fn drawable(text: &str, span: SourceSpan) -> SourceSpan {
+    let end = span.offset().saturating_add(span.len());
+    match text.as_bytes().get(span.offset()..end) {
+        Some(spanned)
+            if span.len() > CROP && !spanned.iter().any(|b| matches!(b, b'\r' | b'\n')) =>
+        {
+            let cut = floor_char_boundary(text, span.offset() + CROP).max(span.offset());
+            SourceSpan::new(span.offset().into(), cut - span.offset())
+        }
+        _ => span,
     }
 }
 
@@ -385,6 +458,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_problem_far_along_a_long_line_is_drawn_cropped_at_its_real_column() {
+        // miette alone panics past 65,535 columns ("Formatting argument out
+        // of range") and takes minutes before that.
+        let text = format!(
+            "é{} bogus {}\nnext\n",
+            "a".repeat(70_000),
+            "b".repeat(70_000)
+        );
+        let at = text.find("bogus").expect("in the text");
+        let source = Source::new("long.kdl", text.as_str());
+        let problems = [
+            Problem::error((at, 5).into(), "the mistake").label("here"),
+            Problem::warning((1, 100_000).into(), "a long span"),
+        ];
+        let out = render_problems(&source, &problems, Style::Plain);
+        assert!(out.contains(&format!("[long.kdl:1:{}]", at + 1)), "{out}");
+        assert!(out.contains(&format!(
+            "{} bogus {}",
+            "a".repeat(256 - 1),
+            "b".repeat(250)
+        )));
+        assert!(out.contains("here"));
+        assert!(out.len() < 10_000, "{}", out.len());
     }
 
     #[test]
