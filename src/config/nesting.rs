@@ -137,7 +137,16 @@ fn skip_quoted(text: &str, start: usize) -> Result<usize, Problem> {
             b'\\' => i = past_escape(text, i),
             b'"' if !multi_line => return Ok(i + 1),
             b'"' if bytes[i..].starts_with(b"\"\"\"") => return Ok(i + 3),
-            _ if !multi_line && line_end(text, i) == i => break,
+            b'\r' | b'\n' | 0x0B | 0x0C if !multi_line => break,
+            // Whole characters past ASCII: some of them are newlines too,
+            // and a byte index must never land inside one.
+            b if b >= 0x80 => {
+                let c = text[i..].chars().next().unwrap_or(' ');
+                if !multi_line && matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}') {
+                    break;
+                }
+                i += c.len_utf8();
+            }
             _ => i += 1,
         }
     }
@@ -251,6 +260,24 @@ mod tests {
 
     fn nested(levels: usize) -> String {
         format!("x {}{}", "{ a ".repeat(levels), "}".repeat(levels))
+    }
+
+    proptest::proptest! {
+        /// Any text at all: the scan ends, without panicking.
+        #[test]
+        fn any_text_is_scanned_without_panicking(
+            text in "(\\PC|[\"#/*{}\\\\\r\n\u{85}\u{2028} -]){0,64}"
+        ) {
+            let _ = check(&text);
+        }
+    }
+
+    #[test]
+    fn strings_of_characters_past_ascii_are_read_whole() {
+        assert!(check("a \"霓 Ѩ 񘼡\" b").is_none());
+        let open = check("a \"霓 Ѩ\u{2028}\" b").expect("a line separator ends the string");
+        assert_eq!(open.span().offset(), 2);
+        assert!(check("// 霓\na \"\"\"\n霓\u{2028}\n\"\"\"").is_none());
     }
 
     #[test]
