@@ -51,6 +51,7 @@ pub fn init(log: &LogConfig, ansi: bool) {
         return;
     }
     set_json(log.format == LogFormat::Json);
+    log_panics();
     let _ = HANDLES.set(Handles {
         filter: filter_handle,
         formatter: formatter_handle,
@@ -72,6 +73,29 @@ pub fn apply(log: &LogConfig) {
         .formatter
         .reload(formatter_for(log.format, handles.ansi));
     set_json(log.format == LogFormat::Json);
+}
+
+/// With JSON logs a panic (a bug: no input may cause one) is logged as an
+/// event too, so that even it is one JSON object; text logs keep Rust's
+/// own report.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_json() {
+            return default(info);
+        }
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()));
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let thread = std::thread::current().name().map(str::to_string);
+        tracing::error!(panic = %payload, location, thread, "panicked");
+    }));
 }
 
 /// Whether log lines are JSON objects now.
