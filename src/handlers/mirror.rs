@@ -9,7 +9,7 @@ use http_body::SizeHint;
 use kdl::{KdlEntry, KdlNode};
 use miette::SourceSpan;
 
-use super::request_body::BodyRefusal;
+use crate::http::body::BodyRefusal;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
 use crate::config::reader::{arguments, name_span, Options, Reader, Repeat};
 use crate::config::value::{self, UpstreamUrl};

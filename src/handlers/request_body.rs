@@ -4,8 +4,9 @@
 //! limit, and `reverse_proxy` answers that with 413 too.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use crate::http::body::BodyRefusal;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -74,23 +75,6 @@ impl Middleware for RequestBody {
             })
         });
         next.run(req)
-    }
-}
-
-/// Set when `request_body` refuses a request for its body. A `mirror`
-/// earlier in the chain puts one in the request's extensions before it
-/// tees the body: a request teebox refused must not reach a shadow, even
-/// though the mirror saw (or would read on for) its body.
-#[derive(Debug, Clone, Default)]
-pub struct BodyRefusal(Arc<AtomicBool>);
-
-impl BodyRefusal {
-    pub fn is_refused(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
-    fn refuse(&self) {
-        self.0.store(true, Ordering::Release);
     }
 }
 

@@ -197,3 +197,20 @@ impl<O: Observe> Drop for Observed<O> {
         self.finish(complete);
     }
 }
+
+/// Set when `request_body` refuses a request for its body. A `mirror`
+/// earlier in the chain puts one in the request's extensions before it
+/// tees the body: a request teebox refused must not reach a shadow, even
+/// though the mirror saw (or would read on for) its body.
+#[derive(Debug, Clone, Default)]
+pub struct BodyRefusal(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl BodyRefusal {
+    pub fn is_refused(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn refuse(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 use super::grpc::{Framing, NotUnary, Protocol};
 use super::PendingCopy;
-use crate::handlers::request_body::BodyRefusal;
+use crate::http::body::BodyRefusal;
 use crate::http::{Body, BoxError};
 
 /// Why a copy was given up.
