@@ -192,6 +192,9 @@ impl RecordedResponse {
     }
 }
 
+/// Why a request is skipped whose turn no clock can wait for.
+pub const TOO_FAR_AHEAD: &str = "due further ahead than any wait at this pace";
+
 /// Counts the recorded requests in the files (for the progress bar).
 pub fn count(files: &[PathBuf]) -> Result<u64, ReplayError> {
     let mut n = 0;
@@ -254,18 +257,28 @@ pub async fn replay(
                     continue;
                 }
             };
-            // Pacing: wait for the request's turn.
+            // Pacing: wait for the request's turn, in seconds from the start.
             let due = match options.pace {
                 Pace::AsFastAsPossible => None,
-                Pace::Rate(rate) => Some(Duration::from_secs_f64(index as f64 / rate)),
+                Pace::Rate(rate) => Some(index as f64 / rate),
                 Pace::Speed(speed) => recorded.ts_ms.map(|ts| {
                     let first = *first_ts.get_or_insert(ts);
-                    Duration::from_secs_f64(ts.saturating_sub(first) as f64 / 1000.0 / speed)
+                    ts.saturating_sub(first) as f64 / 1000.0 / speed
                 }),
             };
             index += 1;
             if let Some(due) = due {
-                tokio::time::sleep_until((started + due).into()).await;
+                // A crafted `ts_ms`, or a tiny --rate or --speed, can put a
+                // request past any time the clock can name.
+                let Some(at) = Duration::try_from_secs_f64(due)
+                    .ok()
+                    .and_then(|due| started.checked_add(due))
+                else {
+                    skip(&summary, TOO_FAR_AHEAD.to_string());
+                    progress();
+                    continue;
+                };
+                tokio::time::sleep_until(at.into()).await;
             }
             let permit = permits
                 .clone()
