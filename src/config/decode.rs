@@ -441,12 +441,18 @@ fn admin_user(node: &KdlNode, r: &mut Reader) -> Option<(String, auth::BcryptHas
     }));
     let hash = r.check(value::non_empty_string(args[1]).and_then(|hash| {
         auth::BcryptHash::parse(&hash).map_err(|why| {
-            Problem::error(
+            let problem = Problem::error(
                 value::value_span(args[1]),
                 format!("{why}: make one with `teebox hash-password`"),
-            )
-            .label("not a bcrypt hash")
-            .help("the site file holds a bcrypt hash of the password, never the password itself")
+            );
+            match why {
+                auth::HashError::TooCostly(_) => problem
+                    .label("too slow to check")
+                    .help("`teebox hash-password` makes hashes of cost 12"),
+                _ => problem.label("not a bcrypt hash").help(
+                    "the site file holds a bcrypt hash of the password, never the password itself",
+                ),
+            }
         })
     }));
     Some((name?, hash?))
