@@ -174,6 +174,9 @@ pub fn document(
         );
     }
     check_shared_addresses(&sites, &mut r);
+    if let Some(admin) = global.as_ref().and_then(|g| g.admin.as_ref()) {
+        check_admin_address(&admin.address, &sites, &mut r);
+    }
     warn_self_mirrors(doc, &sites, &mut r);
     super::habits::single_quotes(doc)
         .into_iter()
@@ -959,6 +962,38 @@ fn warn_self_mirrors(doc: &KdlDocument, sites: &[Site], r: &mut Reader) {
             }
         }
     }
+}
+
+/// The admin endpoint needs an address of its own: `run` could not bind it
+/// beside a site (or `http_redirect`) on the same one.
+fn check_admin_address(admin: &Spanned<SocketAddr>, sites: &[Site], r: &mut Reader) {
+    let taken = sites
+        .iter()
+        .flat_map(|site| site.addresses.iter().chain(&site.http_redirect))
+        .find(|addr| same_port_binding(admin.value, addr.value));
+    if let Some(addr) = taken {
+        r.push(
+            Problem::error(
+                admin.span,
+                format!(
+                    "the admin endpoint's {} takes the port of {}, which a site listens on",
+                    admin.value, addr.value
+                ),
+            )
+            .label("cannot be bound as well")
+            .also(addr.span, "a site listens here")
+            .help("give the admin endpoint a port of its own, such as \"127.0.0.1:2019\""),
+        );
+    }
+}
+
+/// Whether two listeners could not both be bound: one port, and the same
+/// address or a wildcard that covers the other (`[::]` covers IPv4 too).
+fn same_port_binding(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// Sites may share an address only when `host` tells them apart; one site
