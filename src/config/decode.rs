@@ -381,6 +381,25 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
         let entry = r.args(n, 1, "a file path")?.first().copied()?;
         let path = r.file_to_write(entry, "state_file")?;
         let span = value::value_span(entry);
+        let full = r.resolve(&path);
+        // The state is saved through a symlink only to a file that exists
+        // (see `safe_write`): every change would be refused at runtime.
+        let dangling = std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_symlink())
+            && std::fs::metadata(&full).is_err();
+        if dangling {
+            r.push(
+                Problem::error(
+                    span,
+                    format!(
+                        "{} is a symlink to a file that does not exist",
+                        full.display()
+                    ),
+                )
+                .label("runtime changes could not be saved here")
+                .help("point the link at a file that exists, or give the path of the file itself"),
+            );
+            return None;
+        }
         match state::Saved::read(&r.resolve(&path)) {
             Ok(saved) => Some((path, saved)),
             Err(why) => {
