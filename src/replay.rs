@@ -447,7 +447,9 @@ fn parse_line(line: &str) -> Result<Recorded, String> {
             let response = &value["response"];
             let status = response["status"]
                 .as_u64()
-                .and_then(|s| StatusCode::from_u16(s as u16).ok())
+                // Not `as u16`: a crafted 65736 would wrap around to 200.
+                .and_then(|s| u16::try_from(s).ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
                 .ok_or("no valid response status")?;
             let headers =
                 headers_from_pairs(&response["headers"]).ok_or("no valid response headers")?;
@@ -503,6 +505,21 @@ mod tests {
         assert_eq!(
             parse_line(cut).err().unwrap(),
             "request body cut in the recording"
+        );
+    }
+
+    #[test]
+    fn a_response_status_past_u16_is_refused_not_wrapped() {
+        let line = |status: u64| {
+            format!(
+                r#"{{"method":"GET","uri":"/","headers":[],"body":"","body_encoding":"utf-8","body_bytes":0,"body_truncated":false,"response":{{"status":{status},"headers":[],"body":"","body_encoding":"utf-8","body_bytes":0,"body_truncated":false}}}}"#
+            )
+        };
+        let ok = parse_line(&line(200)).unwrap();
+        assert_eq!(ok.response.unwrap().observed.status, StatusCode::OK);
+        assert_eq!(
+            parse_line(&line(65536 + 200)).err().unwrap(),
+            "no valid response status"
         );
     }
 
