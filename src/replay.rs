@@ -192,6 +192,9 @@ impl RecordedResponse {
     }
 }
 
+/// Why a request is skipped whose turn no clock can wait for.
+pub const TOO_FAR_AHEAD: &str = "due further ahead than any wait at this pace";
+
 /// Counts the recorded requests in the files (for the progress bar).
 pub fn count(files: &[PathBuf]) -> Result<u64, ReplayError> {
     let mut n = 0;
@@ -254,18 +257,28 @@ pub async fn replay(
                     continue;
                 }
             };
-            // Pacing: wait for the request's turn.
+            // Pacing: wait for the request's turn, in seconds from the start.
             let due = match options.pace {
                 Pace::AsFastAsPossible => None,
-                Pace::Rate(rate) => Some(Duration::from_secs_f64(index as f64 / rate)),
+                Pace::Rate(rate) => Some(index as f64 / rate),
                 Pace::Speed(speed) => recorded.ts_ms.map(|ts| {
                     let first = *first_ts.get_or_insert(ts);
-                    Duration::from_secs_f64(ts.saturating_sub(first) as f64 / 1000.0 / speed)
+                    ts.saturating_sub(first) as f64 / 1000.0 / speed
                 }),
             };
             index += 1;
             if let Some(due) = due {
-                tokio::time::sleep_until((started + due).into()).await;
+                // A crafted `ts_ms`, or a tiny --rate or --speed, can put a
+                // request past any time the clock can name.
+                let Some(at) = Duration::try_from_secs_f64(due)
+                    .ok()
+                    .and_then(|due| started.checked_add(due))
+                else {
+                    skip(&summary, TOO_FAR_AHEAD.to_string());
+                    progress();
+                    continue;
+                };
+                tokio::time::sleep_until(at.into()).await;
             }
             let permit = permits
                 .clone()
@@ -434,7 +447,9 @@ fn parse_line(line: &str) -> Result<Recorded, String> {
             let response = &value["response"];
             let status = response["status"]
                 .as_u64()
-                .and_then(|s| StatusCode::from_u16(s as u16).ok())
+                // Not `as u16`: a crafted 65736 would wrap around to 200.
+                .and_then(|s| u16::try_from(s).ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
                 .ok_or("no valid response status")?;
             let headers =
                 headers_from_pairs(&response["headers"]).ok_or("no valid response headers")?;
@@ -490,6 +505,21 @@ mod tests {
         assert_eq!(
             parse_line(cut).err().unwrap(),
             "request body cut in the recording"
+        );
+    }
+
+    #[test]
+    fn a_response_status_past_u16_is_refused_not_wrapped() {
+        let line = |status: u64| {
+            format!(
+                r#"{{"method":"GET","uri":"/","headers":[],"body":"","body_encoding":"utf-8","body_bytes":0,"body_truncated":false,"response":{{"status":{status},"headers":[],"body":"","body_encoding":"utf-8","body_bytes":0,"body_truncated":false}}}}"#
+            )
+        };
+        let ok = parse_line(&line(200)).unwrap();
+        assert_eq!(ok.response.unwrap().observed.status, StatusCode::OK);
+        assert_eq!(
+            parse_line(&line(65536 + 200)).err().unwrap(),
+            "no valid response status"
         );
     }
 

@@ -217,3 +217,30 @@ async fn state_file_is_written_through_its_symlink() {
     );
     assert_eq!(mode(&real), 0o640);
 }
+
+/// A state_file that is a dangling symlink could never be saved (the save
+/// writes only through a link to a file that exists): validate, and run
+/// before it serves, refuse it rather than answer every change with 500.
+#[test]
+fn a_state_file_linked_to_nothing_is_refused_before_serving() {
+    let dir = common::TempDir::new("state-dangling");
+    std::fs::create_dir(dir.join("var")).unwrap();
+    symlink("var/targets.json", dir.join("targets.json")).unwrap();
+    let site = dir.join("site.kdl");
+    std::fs::write(&site, state_site("targets.json")).unwrap();
+    for command in ["validate", "run"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_teebox"))
+            .arg(command)
+            .arg(&site)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("teebox runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains("targets.json is a symlink to a file that does not exist"),
+            "{command}: {stderr}"
+        );
+    }
+    assert!(!dir.join("var/targets.json").exists());
+}

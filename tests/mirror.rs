@@ -166,6 +166,24 @@ async fn header_up_fills_in_environment_variables() {
     );
 }
 
+/// A value with a letter outside ASCII still has its placeholders filled
+/// in (they once went out as the literal text in braces).
+#[tokio::test]
+async fn placeholders_are_filled_in_beside_non_ascii_text() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let options = "header_up \"X-Accent\" \"café {client.ip}\"";
+    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    Client::http1()
+        .get(&format!("{}/accent", base_url(&running)))
+        .await;
+    let c = shadow.wait_for(1).await.remove(0);
+    assert_eq!(
+        c.headers["x-accent"].as_bytes(),
+        "café 127.0.0.1".as_bytes()
+    );
+}
+
 #[tokio::test]
 async fn a_mirror_header_up_host_is_kept() {
     let primary = Backend::ok().await;

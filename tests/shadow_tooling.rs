@@ -647,6 +647,69 @@ async fn record_and_replay_keep_header_bytes_that_are_not_utf8() {
     assert_eq!(got.headers["host"].as_bytes(), b"shop.example");
 }
 
+/// A record line as `record` writes it, for a GET of `uri` at `ts_ms`.
+fn record_line(ts_ms: u64, uri: &str) -> String {
+    format!(
+        "{{\"ts_ms\":{ts_ms},\"method\":\"GET\",\"uri\":\"{uri}\",\"headers\":[[\"host\",\"shop.example\"]],\"body\":\"\",\"body_encoding\":\"utf-8\",\"body_bytes\":0,\"body_truncated\":false}}\n"
+    )
+}
+
+#[tokio::test]
+async fn replay_skips_a_request_due_beyond_any_clock_without_panicking() {
+    let dir = common::TempDir::new("replay-far-ahead");
+    let file = dir.join("traffic.jsonl");
+    std::fs::write(
+        &file,
+        record_line(0, "/first") + &record_line(u64::MAX, "/last"),
+    )
+    .unwrap();
+    let target = Backend::with(|_| common::Reply::ok("ok")).await;
+    // A slow --speed puts the crafted last line past what a Duration holds;
+    // a tiny --rate puts the second request there too.
+    for pace in [
+        teebox::replay::Pace::Speed(1e-6),
+        teebox::replay::Pace::Rate(1e-300),
+    ] {
+        let mut options = replay_options(file.clone(), &target);
+        options.pace = pace;
+        let summary = common::within("the replay", teebox::replay::replay(&options, || {}))
+            .await
+            .expect("replay");
+        assert_eq!(summary.sent, 1, "{pace:?}: {summary}");
+        assert_eq!(
+            summary.skipped.get(teebox::replay::TOO_FAR_AHEAD),
+            Some(&1),
+            "{pace:?}: {summary}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn replay_skips_a_line_with_more_headers_than_a_request_holds() {
+    let dir = common::TempDir::new("replay-many-headers");
+    let pairs: Vec<String> = (0..40_000).map(|i| format!("[\"x-{i}\",\"v\"]")).collect();
+    let crafted = format!(
+        "{{\"method\":\"GET\",\"uri\":\"/many\",\"headers\":[{}],\"body\":\"\",\"body_encoding\":\"utf-8\",\"body_bytes\":0,\"body_truncated\":false}}\n",
+        pairs.join(",")
+    );
+    let file = dir.join("traffic.jsonl");
+    std::fs::write(&file, crafted + &record_line(0, "/fine")).unwrap();
+    let target = Backend::with(|_| common::Reply::ok("ok")).await;
+    let summary = common::within(
+        "the replay",
+        teebox::replay::replay(&replay_options(file, &target), || {}),
+    )
+    .await
+    .expect("replay");
+    assert_eq!(summary.sent, 1, "{summary}");
+    assert_eq!(
+        summary.skipped.get("no valid headers"),
+        Some(&1),
+        "{summary}"
+    );
+    assert_eq!(target.wait_for(1).await[0].path_and_query(), "/fine");
+}
+
 #[test]
 fn replay_refuses_a_target_port_outside_1_to_65535() {
     for port in ["84631", "0"] {

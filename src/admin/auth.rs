@@ -30,7 +30,15 @@ pub enum HashError {
     Length(usize),
     #[error("not a bcrypt hash: its cost `{0}` is not 04 to 31")]
     Cost(String),
+    /// A hash teebox could check only after minutes or days: the login,
+    /// and the decoy made at start and on each reload, would stall.
+    #[error("a bcrypt hash of cost {0}, over the limit of {MAX_COST} (each step doubles the time of every login check)")]
+    TooCostly(u32),
 }
+
+/// The highest bcrypt cost taken, as `htpasswd -B -C` allows: a check at
+/// this cost already takes seconds, and one at 31 would take days.
+pub const MAX_COST: u32 = 17;
 
 /// Hash schemes htpasswd and crypt(3) write, by the prefix they start with.
 const OTHER_SCHEMES: [(&str, &str); 5] = [
@@ -61,8 +69,12 @@ impl BcryptHash {
             return Err(HashError::Length(text.len()));
         }
         let cost = &text[4..6];
-        if !matches!(cost.parse::<u32>(), Ok(4..=31)) || text.as_bytes()[6] != b'$' {
-            return Err(HashError::Cost(cost.to_string()));
+        let cost_value = match cost.parse::<u32>() {
+            Ok(n @ 4..=31) if text.as_bytes()[6] == b'$' => n,
+            _ => return Err(HashError::Cost(cost.to_string())),
+        };
+        if cost_value > MAX_COST {
+            return Err(HashError::TooCostly(cost_value));
         }
         let bcrypt_base64 = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'/';
         if !text.as_bytes()[7..].iter().all(|b| bcrypt_base64(*b)) {
@@ -140,6 +152,9 @@ pub fn read_users_file(path: &Path) -> Result<Vec<(String, BcryptHash)>, UsersFi
             path: path.to_path_buf(),
         });
     }
+    // A byte order mark, as Windows editors write, would otherwise become
+    // part of the first user's name, and that user could never log in.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut users = Vec::new();
     let mut bad = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -379,6 +394,17 @@ mod tests {
     }
 
     #[test]
+    fn a_users_file_may_start_with_a_byte_order_mark() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let path = std::env::temp_dir().join(format!("teebox-bom-{}.users", std::process::id()));
+        std::fs::write(&path, format!("\u{feff}ops:{hash}\r\n# note\r\n")).unwrap();
+        let users = read_users_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        let names: Vec<String> = users.unwrap().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["ops"]);
+    }
+
+    #[test]
     fn refuses_other_hashes() {
         let bcrypt = bcrypt::hash("pw", 4).unwrap();
         assert_eq!(BcryptHash::parse(&bcrypt).map(|h| h.0), Ok(bcrypt.clone()));
@@ -398,6 +424,10 @@ mod tests {
         );
         let bad_char = format!("{}!", &bcrypt[..59]);
         assert_eq!(BcryptHash::parse(&bad_char), Err(HashError::NotBcrypt));
+        let cost_31 = format!("$2b$31{}", &bcrypt[6..]);
+        assert_eq!(BcryptHash::parse(&cost_31), Err(HashError::TooCostly(31)));
+        let cost_17 = format!("$2b$17{}", &bcrypt[6..]);
+        assert!(BcryptHash::parse(&cost_17).is_ok());
         // Multi-byte text of bcrypt's length is refused, never sliced apart.
         let wide = format!("$2b$1é{}", &bcrypt[8..]);
         assert!(BcryptHash::parse(&wide).is_err());

@@ -174,6 +174,9 @@ pub fn document(
         );
     }
     check_shared_addresses(&sites, &mut r);
+    if let Some(admin) = global.as_ref().and_then(|g| g.admin.as_ref()) {
+        check_admin_address(&admin.address, &sites, &mut r);
+    }
     warn_self_mirrors(doc, &sites, &mut r);
     super::habits::single_quotes(doc)
         .into_iter()
@@ -378,6 +381,25 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
         let entry = r.args(n, 1, "a file path")?.first().copied()?;
         let path = r.file_to_write(entry, "state_file")?;
         let span = value::value_span(entry);
+        let full = r.resolve(&path);
+        // The state is saved through a symlink only to a file that exists
+        // (see `safe_write`): every change would be refused at runtime.
+        let dangling = std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_symlink())
+            && std::fs::metadata(&full).is_err();
+        if dangling {
+            r.push(
+                Problem::error(
+                    span,
+                    format!(
+                        "{} is a symlink to a file that does not exist",
+                        full.display()
+                    ),
+                )
+                .label("runtime changes could not be saved here")
+                .help("point the link at a file that exists, or give the path of the file itself"),
+            );
+            return None;
+        }
         match state::Saved::read(&r.resolve(&path)) {
             Ok(saved) => Some((path, saved)),
             Err(why) => {
@@ -441,12 +463,18 @@ fn admin_user(node: &KdlNode, r: &mut Reader) -> Option<(String, auth::BcryptHas
     }));
     let hash = r.check(value::non_empty_string(args[1]).and_then(|hash| {
         auth::BcryptHash::parse(&hash).map_err(|why| {
-            Problem::error(
+            let problem = Problem::error(
                 value::value_span(args[1]),
                 format!("{why}: make one with `teebox hash-password`"),
-            )
-            .label("not a bcrypt hash")
-            .help("the site file holds a bcrypt hash of the password, never the password itself")
+            );
+            match why {
+                auth::HashError::TooCostly(_) => problem
+                    .label("too slow to check")
+                    .help("`teebox hash-password` makes hashes of cost 12"),
+                _ => problem.label("not a bcrypt hash").help(
+                    "the site file holds a bcrypt hash of the password, never the password itself",
+                ),
+            }
         })
     }));
     Some((name?, hash?))
@@ -953,6 +981,38 @@ fn warn_self_mirrors(doc: &KdlDocument, sites: &[Site], r: &mut Reader) {
             }
         }
     }
+}
+
+/// The admin endpoint needs an address of its own: `run` could not bind it
+/// beside a site (or `http_redirect`) on the same one.
+fn check_admin_address(admin: &Spanned<SocketAddr>, sites: &[Site], r: &mut Reader) {
+    let taken = sites
+        .iter()
+        .flat_map(|site| site.addresses.iter().chain(&site.http_redirect))
+        .find(|addr| same_port_binding(admin.value, addr.value));
+    if let Some(addr) = taken {
+        r.push(
+            Problem::error(
+                admin.span,
+                format!(
+                    "the admin endpoint's {} takes the port of {}, which a site listens on",
+                    admin.value, addr.value
+                ),
+            )
+            .label("cannot be bound as well")
+            .also(addr.span, "a site listens here")
+            .help("give the admin endpoint a port of its own, such as \"127.0.0.1:2019\""),
+        );
+    }
+}
+
+/// Whether two listeners could not both be bound: one port, and the same
+/// address or a wildcard that covers the other (`[::]` covers IPv4 too).
+fn same_port_binding(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// Sites may share an address only when `host` tells them apart; one site

@@ -350,7 +350,10 @@ impl<'p> Reader<'p> {
     /// A header value, which may hold placeholders such as `{request.id}`.
     pub fn header_text(&mut self, entry: &KdlEntry) -> Option<HeaderText> {
         let fixed = self.check(value::header_value(entry))?;
-        let text = fixed.to_str().unwrap_or_default();
+        // Its bytes are the site file's UTF-8 text (`to_str` would refuse a
+        // value with any non-ASCII letter, and its placeholders would go
+        // out as literal text).
+        let text = std::str::from_utf8(fixed.as_bytes()).unwrap_or_default();
         let template = match Template::parse(text) {
             Ok(None) => return Some(HeaderText::Fixed(fixed)),
             Ok(Some(template)) => template,

@@ -103,7 +103,11 @@ pub fn headers_from_pairs(value: &Value) -> Option<HeaderMap> {
                 .decode(encoded.get("base64")?.as_str()?)
                 .ok()?,
         };
-        headers.append(name, HeaderValue::from_bytes(&bytes).ok()?);
+        // `append` panics past the map's 32,768 entries; a crafted line
+        // may hold more pairs than any real request could.
+        headers
+            .try_append(name, HeaderValue::from_bytes(&bytes).ok()?)
+            .ok()?;
     }
     Some(headers)
 }
@@ -177,5 +181,13 @@ mod tests {
         assert_eq!(back["x-plain"], "v");
         assert!(headers_from_pairs(&serde_json::json!([["x", {"base64": "!"}]])).is_none());
         assert!(headers_from_pairs(&serde_json::json!([["x", 7]])).is_none());
+    }
+
+    #[test]
+    fn more_pairs_than_a_header_map_holds_are_refused_not_a_panic() {
+        let pairs: Vec<Value> = (0..40_000)
+            .map(|i| serde_json::json!([format!("x-{i}"), "v"]))
+            .collect();
+        assert!(headers_from_pairs(&Value::Array(pairs)).is_none());
     }
 }
