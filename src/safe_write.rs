@@ -10,7 +10,10 @@
 //! old file or the new one, never half of one.
 //!
 //! A path that is a symlink is written through: its target gets the new
-//! contents and the link stays a link, as the operator set it up.
+//! contents and the link stays a link, as the operator set it up. Only a
+//! link teebox's own user (or root) owns is followed, as Linux's
+//! `protected_symlinks` does in shared directories: a link someone else
+//! planted at the file's name must not redirect the write.
 
 use std::ffi::OsString;
 use std::fs::{File, Metadata, Permissions};
@@ -72,6 +75,18 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), ReplaceError> {
 /// The file to replace, with a symlink followed, and its metadata when it
 /// exists.
 fn resolve(path: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
+    if let Ok(link) = std::fs::symlink_metadata(path) {
+        let ours = rustix::process::geteuid().as_raw();
+        if link.file_type().is_symlink() && link.uid() != ours && link.uid() != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "it is a symlink owned by another user (uid {}): only links of teebox's own user or root are followed",
+                    link.uid()
+                ),
+            ));
+        }
+    }
     match std::fs::canonicalize(path) {
         Ok(target) => {
             let meta = std::fs::metadata(&target)?;
@@ -124,6 +139,29 @@ fn keep_owner_and_mode(file: &File, meta: &Metadata) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_link_another_user_owns_is_not_followed() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            return; // only root can make a link owned by someone else
+        }
+        let dir = scratch("foreign-link");
+        let victim = dir.join("victim.txt");
+        std::fs::write(&victim, "keep").unwrap();
+        let planted = dir.join("state.json");
+        symlink(&victim, &planted).unwrap();
+        std::os::unix::fs::lchown(&planted, Some(4242), Some(4242)).unwrap();
+        let err = replace(&planted, b"state").expect_err("refused");
+        assert!(
+            err.to_string().contains("owned by another user (uid 4242)"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        // Root's own link is followed, as before.
+        std::os::unix::fs::lchown(&planted, Some(0), Some(0)).unwrap();
+        replace(&planted, b"state").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "state");
+    }
 
     fn scratch(label: &str) -> PathBuf {
         let dir =
