@@ -7,6 +7,7 @@
 //! share.
 
 pub mod admin;
+pub mod bounded_read;
 pub mod compare;
 pub mod config;
 pub mod fnv;

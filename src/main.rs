@@ -407,7 +407,7 @@ fn run(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let signals = Signals::listen();
         let running = match teebox::server::start(&config).await {
             Ok(running) => running,
@@ -430,7 +430,11 @@ fn run(file: &Path) -> ExitCode {
             tracing::info!("stopped");
         }
         ExitCode::SUCCESS
-    })
+    });
+    // A reload still reading its file (a FIFO) must not keep the process
+    // from ending: blocking threads are given a moment, then left.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }
 
 /// SIGTERM, SIGINT and SIGHUP, listened for before the server says it
@@ -465,10 +469,9 @@ async fn serve_until_stopped(
         tokio::select! {
             _ = signals.term.recv() => return "SIGTERM",
             _ = signals.int.recv() => return "SIGINT",
-            // The reload logs its own outcome and diagnostics.
-            _ = signals.hup.recv() => {
-                let _ = running.reload().await;
-            }
+            // The reload logs its own outcome and diagnostics; SIGTERM is
+            // still heard while it runs.
+            _ = signals.hup.recv() => running.reload_in_background(),
         }
     }
 }

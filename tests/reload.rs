@@ -351,3 +351,85 @@ fn an_invalid_file_at_start_is_reported_in_the_format_it_asks_for() {
         assert_eq!(object["fields"]["severity"], "error");
     }
 }
+
+/// A file the site file names that never ends (a device) or never opens (a
+/// FIFO nobody writes to) is refused, not waited for or read without end:
+/// at start and so on every reload.
+#[test]
+fn named_files_that_are_fifos_or_devices_are_refused_not_waited_for() {
+    let dir = TempDir::new("named-fifo");
+    let fifo = dir.join("users.htpasswd");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let file = dir.join("site.kdl");
+    for (node, named) in [
+        ("users_file", fifo.display().to_string()),
+        ("state_file", "/dev/zero".to_string()),
+    ] {
+        std::fs::write(
+            &file,
+            site(
+                &format!("admin \"127.0.0.1:0\" {{\n        {node} \"{named}\"\n    }}"),
+                "ok",
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_teebox"))
+            .arg("validate")
+            .arg(&file)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("validate still waits on {node} {named}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("not a regular file"), "{node}: {stderr}");
+    }
+}
+
+/// SIGTERM is heard while a SIGHUP's reload waits on its file (a FIFO
+/// nobody writes to), and the process ends.
+#[test]
+fn sigterm_ends_the_process_while_a_reload_waits() {
+    let dir = TempDir::new("term-during-reload");
+    let file = dir.join("site.kdl");
+    std::fs::write(&file, site("log level=\"info\"", "ok")).unwrap();
+    let mut teebox = Teebox::start(&file);
+    teebox.until("teebox serving");
+    std::fs::remove_file(&file).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap()
+        .success());
+    teebox.hangup();
+    teebox.until("reloading the site file");
+    let pid = rustix::process::Pid::from_raw(teebox.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    teebox.until("shutting down");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = teebox.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

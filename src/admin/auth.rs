@@ -137,21 +137,24 @@ pub enum UsersFileError {
 /// The users of an htpasswd file of bcrypt lines (`name:$2y$...`; blank
 /// lines and `#` comments skipped), every line checked.
 pub fn read_users_file(path: &Path) -> Result<Vec<(String, BcryptHash)>, UsersFileError> {
-    use std::io::Read;
     let unreadable = |source| UsersFileError::Unreadable {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(unreadable)?;
-    let mut text = String::new();
-    file.take(MAX_USERS_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(unreadable)?;
-    if text.len() as u64 > MAX_USERS_FILE {
+    let bytes =
+        crate::bounded_read::read(path, MAX_USERS_FILE + 1, crate::bounded_read::Kind::Regular)
+            .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_USERS_FILE {
         return Err(UsersFileError::TooLarge {
             path: path.to_path_buf(),
         });
     }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8 text",
+        ))
+    })?;
     // A byte order mark, as Windows editors write, would otherwise become
     // part of the first user's name, and that user could never log in.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);

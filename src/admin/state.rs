@@ -43,7 +43,12 @@ pub struct Saved(BTreeMap<String, Changes>);
 impl Saved {
     /// Reads a state file. No file yet: nothing saved.
     pub fn read(path: &Path) -> Result<Saved, String> {
-        let text = match std::fs::read_to_string(path) {
+        let read = crate::bounded_read::read_text(
+            path,
+            crate::bounded_read::MAX_NAMED_FILE,
+            crate::bounded_read::Kind::Regular,
+        );
+        let text = match read {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
             Err(e) => return Err(format!("cannot read state_file {}: {e}", path.display())),

@@ -44,7 +44,12 @@ impl Loaded {
 
 /// Reads and checks a site file.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
+    let text = crate::bounded_read::read_text(
+        path,
+        crate::bounded_read::MAX_SITE_FILE,
+        crate::bounded_read::Kind::Any,
+    )
+    .map_err(|source| LoadError::Unreadable {
         path: path.to_path_buf(),
         source,
     })?;

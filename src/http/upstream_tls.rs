@@ -135,8 +135,13 @@ impl UpstreamTls {
 
 /// The CA certificates of a PEM file, at least one of them usable.
 pub fn read_ca(path: &Path) -> Result<rustls::RootCertStore, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read tls_ca {}: {e}", path.display()))?
+    let pem = crate::bounded_read::read(
+        path,
+        crate::bounded_read::MAX_NAMED_FILE,
+        crate::bounded_read::Kind::Regular,
+    )
+    .map_err(|e| format!("cannot read tls_ca {}: {e}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot parse tls_ca {}: {e}", path.display()))?;
     let mut roots = rustls::RootCertStore::empty();

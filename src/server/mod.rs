@@ -146,6 +146,16 @@ impl Running {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Starts a reload and returns at once (SIGHUP): whatever the reload
+    /// waits on, the caller goes on, to a SIGTERM say. The reload logs its
+    /// own outcome; reloads take their turns.
+    pub fn reload_in_background(&self) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let _ = shared.reload_file().await;
+        });
+    }
+
     /// Re-reads the site file and takes it over (see [`Shared::reload_file`]).
     pub async fn reload(&self) -> Result<crate::admin::Reloaded, ReloadError> {
         self.shared.reload_file().await
@@ -203,6 +213,7 @@ impl Shared {
         // older read never lands after a newer one. The listeners' state is
         // locked only for the swap: a shutdown does not wait for a build.
         let _turn = self.reloading.lock().await;
+        tracing::info!(file = %path.display(), "reloading the site file");
         let metrics = self.metrics.clone();
         let admin = self.admin.get().cloned();
         let prepared = tokio::task::spawn_blocking(move || prepare(&path, &metrics, admin))

@@ -18,14 +18,22 @@ use crate::config::matchers::HostPattern;
 /// Reads a PEM certificate chain and its private key (PKCS#8, PKCS#1 RSA or
 /// SEC1 EC) and checks that they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot parse certificate {}: {e}", cert.display()))?;
+    let read = |path: &Path, what: &str| {
+        crate::bounded_read::read(
+            path,
+            crate::bounded_read::MAX_NAMED_FILE,
+            crate::bounded_read::Kind::Regular,
+        )
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+    };
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read(cert, "certificate")?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cannot parse certificate {}: {e}", cert.display()))?;
     if chain.is_empty() {
         return Err(format!("no certificate in {}", cert.display()));
     }
-    let private = PrivateKeyDer::from_pem_file(key)
+    let private = PrivateKeyDer::from_pem_slice(&read(key, "a private key from")?)
         .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider
