@@ -1296,3 +1296,40 @@ async fn a_reload_whose_users_file_cannot_be_read_changes_nothing() {
     let still_open = call(&running, "GET", "/healthz", None, false).await;
     assert_eq!(still_open.status, 200);
 }
+
+/// A client that sends half a head, or half a body, to the admin endpoint
+/// does not hold its connection: the endpoint has read timeouts of its own.
+#[tokio::test]
+async fn a_slow_admin_client_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let running = start(&admin_site("", "respond 200")).await;
+    let admin = running.admin_addr().unwrap();
+    let mut head = tokio::net::TcpStream::connect(admin).await.unwrap();
+    head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut body = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let host = format!("Host: {admin}\r\n");
+    body.write_all(
+        format!(
+            "POST /targets?url=http://127.0.0.1:9 HTTP/1.1\r\n{host}Content-Length: 10\r\n\r\nabc"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    for (what, stream) in [("half a head", &mut head), ("half a body", &mut body)] {
+        let mut got = Vec::new();
+        common::within_for(Duration::from_secs(30), what, stream.read_to_end(&mut got))
+            .await
+            .unwrap();
+        if what == "half a body" {
+            assert_eq!(
+                common::raw::status_of(&got),
+                Some(408),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    }
+}

@@ -83,19 +83,37 @@ pub fn uri_too_long(uri: &Uri) -> bool {
     uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI
 }
 
+/// How long a client may take to send a request head, and then its body.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections the admin endpoint serves at once; more wait in the
+/// kernel's backlog. Operators and scrapers need a few; a client that
+/// opens thousands would otherwise take file descriptors the traffic
+/// listeners need.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long one admin connection may stay open, keep-alive included.
+pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Reads the whole body, refusing it with 413 as soon as more than
-/// [`MAX_BODY`] bytes arrive, whatever the request declared.
+/// [`MAX_BODY`] bytes arrive, whatever the request declared, and with 408
+/// when it takes longer than [`READ_TIMEOUT`].
 pub async fn read_body<B>(body: B) -> Result<Bytes, StatusCode>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, MAX_BODY as usize).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+    let read = tokio::time::timeout(
+        READ_TIMEOUT,
+        Limited::new(body, MAX_BODY as usize).collect(),
+    );
+    match read.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
             Err(StatusCode::PAYLOAD_TOO_LARGE)
         }
-        Err(_) => Err(StatusCode::BAD_REQUEST),
+        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
     }
 }
 

@@ -122,10 +122,16 @@ impl Admin {
         tracing::info!(address = %local, "admin endpoint listening");
         let admin = Arc::new(self);
         let origins = Arc::new(guard::Origins::new(local));
+        let connections = Arc::new(tokio::sync::Semaphore::new(guard::MAX_CONNECTIONS));
         tokio::spawn(async move {
             use crate::server::accept_backoff::{only_this_connection, AcceptBackoff};
             let mut backoff = AcceptBackoff::default();
             loop {
+                let permit = tokio::select! {
+                    permit = connections.clone().acquire_owned() => permit,
+                    _ = stop.wait_for(|stop| *stop) => return,
+                };
+                let Ok(permit) = permit else { return };
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     _ = stop.wait_for(|stop| *stop) => return,
@@ -157,10 +163,15 @@ impl Admin {
                         async move { Ok::<_, Infallible>(admin.handle(req, peer.ip(), &origins).await) }
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http1().max_buf_size(guard::MAX_HEAD_BUFFER);
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    builder
+                        .http1()
+                        .max_buf_size(guard::MAX_HEAD_BUFFER)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(guard::READ_TIMEOUT);
+                    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(guard::CONNECTION_LIFETIME, connection).await;
+                    drop(permit);
                 });
             }
         });
