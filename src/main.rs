@@ -407,7 +407,7 @@ fn run(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let signals = Signals::listen();
         let running = match teebox::server::start(&config).await {
             Ok(running) => running,
@@ -430,8 +430,17 @@ fn run(file: &Path) -> ExitCode {
             tracing::info!("stopped");
         }
         ExitCode::SUCCESS
-    })
+    });
+    // A reload the stop cut short may still be reading its file on a
+    // blocking thread, and never finish (a FIFO, a hung mount): dropping
+    // the runtime would wait for it.
+    runtime.shutdown_timeout(EXIT_WAIT);
+    code
 }
+
+/// How long work left on blocking threads after shutdown may take before
+/// the process exits without it.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// SIGTERM, SIGINT and SIGHUP, listened for before the server says it
 /// serves: until then, SIGHUP's default action would end the process.
@@ -465,9 +474,15 @@ async fn serve_until_stopped(
         tokio::select! {
             _ = signals.term.recv() => return "SIGTERM",
             _ = signals.int.recv() => return "SIGINT",
-            // The reload logs its own outcome and diagnostics.
+            // The reload logs its own outcome and diagnostics. A stop does
+            // not wait for it: reading a file may take long or never end.
+            // Dropped before its swap, a reload changes nothing.
             _ = signals.hup.recv() => {
-                let _ = running.reload().await;
+                tokio::select! {
+                    _ = running.reload() => {}
+                    _ = signals.term.recv() => return "SIGTERM",
+                    _ = signals.int.recv() => return "SIGINT",
+                }
             }
         }
     }
