@@ -862,6 +862,18 @@ async fn runtime_targets_carrying_a_refused_ipv4_address_are_refused() {
             "[2001:0:4136:e378:8000:63bf:5601:5601]",
             "169.254.169.254 inside a Teredo address",
         ),
+        (
+            "[::ffff:0:a9fe:a9fe]",
+            "169.254.169.254 inside an IPv4-translated address",
+        ),
+        (
+            "[2001:db8::5efe:a9fe:a9fe]",
+            "169.254.169.254 inside an ISATAP address",
+        ),
+        (
+            "[2001:db8::200:5efe:a9fe:a9fe]",
+            "169.254.169.254 inside an ISATAP address",
+        ),
         ("100.100.100.200", "a cloud metadata address;"),
         ("[fd00:ec2::254]", "a cloud metadata address;"),
     ];
