@@ -358,7 +358,9 @@ mod tests {
             ),
             (
                 "::ffff:0:a9fe:a9fe",
-                Some("a cloud metadata address (169.254.169.254 inside an IPv4-translated address)"),
+                Some(
+                    "a cloud metadata address (169.254.169.254 inside an IPv4-translated address)",
+                ),
             ),
             (
                 "2001:db8::5efe:a9fe:a9fe",
