@@ -1308,3 +1308,60 @@ async fn a_reload_whose_users_file_cannot_be_read_changes_nothing() {
     let still_open = call(&running, "GET", "/healthz", None, false).await;
     assert_eq!(still_open.status, 200);
 }
+
+/// A client that never finishes a request head, or sends nothing at all,
+/// does not keep its admin connection: each one held a descriptor and up
+/// to 512 KiB of buffer for ever, so enough of them took every descriptor
+/// from the proxy too.
+#[tokio::test]
+async fn an_admin_client_that_never_sends_a_whole_head_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let running = start(&admin_site("", "respond 200")).await;
+    let admin = running.admin_addr().expect("admin endpoint");
+    let mut partial = tokio::net::TcpStream::connect(admin).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(admin).await.unwrap();
+    for (what, stream) in [("a partial head", &mut partial), ("nothing", &mut silent)] {
+        let mut rest = Vec::new();
+        common::within_for(
+            Duration::from_secs(30),
+            &format!("the endpoint to close a connection that sent {what}"),
+            stream.read_to_end(&mut rest),
+        )
+        .await
+        .ok();
+    }
+}
+
+/// The endpoint serves at most 64 connections at once; the next waits in
+/// the backlog until one closes.
+#[tokio::test]
+async fn the_admin_endpoint_serves_at_most_64_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let running = start(&admin_site("", "respond 200")).await;
+    let admin = running.admin_addr().expect("admin endpoint");
+    let probe = format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n\r\n");
+    let probe = probe.as_bytes();
+    async fn answered(stream: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.unwrap_or(0);
+        buf[..n].starts_with(b"HTTP/1.1 200")
+    }
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        stream.write_all(probe).await.unwrap();
+        assert!(common::within("an answer", answered(&mut stream)).await);
+        open.push(stream);
+    }
+    let mut next = tokio::net::TcpStream::connect(admin).await.unwrap();
+    next.write_all(probe).await.unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), next.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond 64 admin connections");
+    drop(open.pop());
+    assert!(common::within("the waiting answer", answered(&mut next)).await);
+}

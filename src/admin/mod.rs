@@ -17,7 +17,9 @@ pub mod throttle;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,10 +27,10 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::config::AdminConfig;
 use crate::mirror::MirrorRegistry;
@@ -37,6 +39,24 @@ pub use control::{AdminControl, Applied, Prepared, Settings};
 use metrics::LoginCounts;
 
 pub type AdminResponse = http::Response<Full<Bytes>>;
+
+/// The most connections the endpoint serves at once: each holds a file
+/// descriptor the proxy needs too, and may buffer a head of up to
+/// 512 KiB. Past it, clients wait in the backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send its first request head, and over
+/// HTTP/1.1 each later one (time idle between requests included).
+const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ends once [`READ_HEADER_TIMEOUT`] has passed with no request started
+/// on the connection; never, once one has.
+async fn first_request_late(started: &AtomicBool) {
+    tokio::time::sleep(READ_HEADER_TIMEOUT).await;
+    if started.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
 
 /// Re-reads the site file and swaps it in, as the server that runs this
 /// endpoint does it.
@@ -125,7 +145,16 @@ impl Admin {
         tokio::spawn(async move {
             use crate::server::accept_backoff::{only_this_connection, AcceptBackoff};
             let mut backoff = AcceptBackoff::default();
+            let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
             loop {
+                // At the cap, clients wait in the kernel's backlog.
+                let permit = tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    _ = stop.wait_for(|stop| *stop) => return,
+                };
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     _ = stop.wait_for(|stop| *stop) => return,
@@ -151,16 +180,35 @@ impl Admin {
                 let admin = admin.clone();
                 let origins = origins.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req: http::Request<Incoming>| {
-                        let admin = admin.clone();
-                        let origins = origins.clone();
-                        async move { Ok::<_, Infallible>(admin.handle(req, peer.ip(), &origins).await) }
+                    let _permit = permit;
+                    let started = Arc::new(AtomicBool::new(false));
+                    let service = service_fn({
+                        let started = started.clone();
+                        move |req: http::Request<Incoming>| {
+                            started.store(true, Ordering::Relaxed);
+                            let admin = admin.clone();
+                            let origins = origins.clone();
+                            async move {
+                                Ok::<_, Infallible>(admin.handle(req, peer.ip(), &origins).await)
+                            }
+                        }
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http1().max_buf_size(guard::MAX_HEAD_BUFFER);
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    builder
+                        .http1()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(READ_HEADER_TIMEOUT)
+                        .max_buf_size(guard::MAX_HEAD_BUFFER);
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    // hyper-util waits for the bytes that tell HTTP/1.1 from
+                    // HTTP/2 without a timer, and HTTP/2 has no head timer:
+                    // the first request must start in time either way.
+                    tokio::select! {
+                        _ = connection => {}
+                        () = first_request_late(&started) => {
+                            tracing::debug!(client = %peer, "admin endpoint: no request head in time; closing");
+                        }
+                    }
                 });
             }
         });
