@@ -1365,3 +1365,75 @@ async fn the_admin_endpoint_serves_at_most_64_connections_at_once() {
     drop(open.pop());
     assert!(common::within("the waiting answer", answered(&mut next)).await);
 }
+
+/// Runtime targets added under an `allow_target` that a reload narrows
+/// are dropped, and the answer says so: copies kept going to them,
+/// 169.254.169.254 included once the pattern naming it was gone.
+#[tokio::test]
+async fn a_reload_drops_runtime_targets_the_new_allow_target_refuses() {
+    let site = |patterns: &str| {
+        admin_site(
+            &format!("allow_target {patterns}"),
+            "mirror { name \"m\"; }\nrespond 200",
+        )
+    };
+    let (_dir, file, running) = start_file(
+        "admin-reload-drops",
+        &site("\"http://127.0.0.1:*\" \"http://169.254.169.254:80\""),
+    )
+    .await;
+    for url in [
+        "http://127.0.0.1:1000",
+        "http://127.0.0.1:2000",
+        "http://169.254.169.254:80",
+    ] {
+        let added = put(&running, &format!("url={url}")).await;
+        assert_eq!(added.status, 200, "{}", added.text());
+    }
+    std::fs::write(&file, site("\"http://127.0.0.1:2*\"")).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(
+        reloaded.text(),
+        "reloaded\n\
+         dropped: target http://127.0.0.1:1000 of mirror m: it matches no allow_target pattern\n\
+         dropped: target http://169.254.169.254:80 of mirror m: it matches no allow_target pattern\n"
+    );
+    let list = call(&running, "GET", "/targets", None, false).await;
+    assert_eq!(list.text(), "http://127.0.0.1:2000\n");
+
+    // A pattern with a wildcard lets the address match, but only a pattern
+    // naming it lets copies go to an address the guard refuses.
+    std::fs::write(&file, site("\"http://169.254.169.254:80\" \"http://*\"")).unwrap();
+    call(&running, "POST", "/reload", None, false).await;
+    let added = put(&running, "url=http://169.254.169.254:80").await;
+    assert_eq!(added.status, 200, "{}", added.text());
+    std::fs::write(&file, site("\"http://*\"")).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(
+        reloaded.text(),
+        "reloaded\n\
+         dropped: target http://169.254.169.254:80 of mirror m: 169.254.169.254 is a cloud metadata address, and no allow_target pattern names it\n"
+    );
+}
+
+/// A target saved in the state file that the `allow_target` of the next
+/// start refuses is not restored.
+#[tokio::test]
+async fn a_restart_drops_saved_targets_the_new_allow_target_refuses() {
+    let dir = common::TempDir::new("admin-state-narrowed");
+    let site = |pattern: &str| {
+        admin_site(
+            &format!("state_file \"targets.json\"\nallow_target \"{pattern}\""),
+            "mirror { name \"staging\"; }\nrespond 200",
+        )
+    };
+    let first = common::start_in(&site("http://127.0.0.1:*"), dir.path()).await;
+    for url in ["http://127.0.0.1:1000", "http://127.0.0.1:2000"] {
+        assert_eq!(put(&first, &format!("url={url}")).await.status, 200);
+    }
+    common::within("shutdown", first.shutdown(Duration::from_secs(1))).await;
+    let second = common::start_in(&site("http://127.0.0.1:2*"), dir.path()).await;
+    let list = call(&second, "GET", "/targets", None, false).await;
+    assert_eq!(list.text(), "http://127.0.0.1:2000\n");
+}

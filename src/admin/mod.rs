@@ -71,6 +71,9 @@ pub struct Reloaded {
     pub warnings: usize,
     /// What the file changes that needs a restart, one line each.
     pub not_applied: Vec<String>,
+    /// Runtime targets the reloaded `allow_target` refuses, which no
+    /// longer receive copies: one line each, with why.
+    pub dropped: Vec<String>,
 }
 
 pub struct Admin {
@@ -109,7 +112,7 @@ impl Admin {
         let settings = Settings::load(config)?;
         let fixed = control::Fixed::of(config, base_dir);
         let state = fixed.state_file.clone().map(state::StateFile::new);
-        config.saved_state.restore(&mirrors);
+        config.saved_state.restore(&mirrors, &settings.allow);
         Ok(Admin {
             reload,
             throttle: throttle::Throttle::default(),
@@ -397,6 +400,9 @@ fn reload_answer(reloaded: &Reloaded) -> String {
     };
     for item in &reloaded.not_applied {
         out.push_str(&format!("not applied: {item}\n"));
+    }
+    for item in &reloaded.dropped {
+        out.push_str(&format!("dropped: {item}\n"));
     }
     out
 }
