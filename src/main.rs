@@ -431,11 +431,16 @@ fn run(file: &Path) -> ExitCode {
         }
         ExitCode::SUCCESS
     });
-    // A reload still reading its file (a FIFO) must not keep the process
-    // from ending: blocking threads are given a moment, then left.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    // A reload the stop cut short may still be reading its file on a
+    // blocking thread, and never finish (a FIFO, a hung mount): dropping
+    // the runtime would wait for it.
+    runtime.shutdown_timeout(EXIT_WAIT);
     code
 }
+
+/// How long work left on blocking threads after shutdown may take before
+/// the process exits without it.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// SIGTERM, SIGINT and SIGHUP, listened for before the server says it
 /// serves: until then, SIGHUP's default action would end the process.

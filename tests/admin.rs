@@ -862,6 +862,18 @@ async fn runtime_targets_carrying_a_refused_ipv4_address_are_refused() {
             "[2001:0:4136:e378:8000:63bf:5601:5601]",
             "169.254.169.254 inside a Teredo address",
         ),
+        (
+            "[::ffff:0:a9fe:a9fe]",
+            "169.254.169.254 inside an IPv4-translated address",
+        ),
+        (
+            "[2001:db8::5efe:a9fe:a9fe]",
+            "169.254.169.254 inside an ISATAP address",
+        ),
+        (
+            "[2001:db8::200:5efe:a9fe:a9fe]",
+            "169.254.169.254 inside an ISATAP address",
+        ),
         ("100.100.100.200", "a cloud metadata address;"),
         ("[fd00:ec2::254]", "a cloud metadata address;"),
     ];
@@ -1297,17 +1309,13 @@ async fn a_reload_whose_users_file_cannot_be_read_changes_nothing() {
     assert_eq!(still_open.status, 200);
 }
 
-/// A client that sends half a head, or half a body, to the admin endpoint
-/// does not hold its connection: the endpoint has read timeouts of its own.
+/// A client that sends half a body to the admin endpoint does not hold its
+/// connection: the body has a read timeout of its own (heads: below).
 #[tokio::test]
-async fn a_slow_admin_client_is_cut_off() {
+async fn half_a_body_to_the_admin_endpoint_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let running = start(&admin_site("", "respond 200")).await;
     let admin = running.admin_addr().unwrap();
-    let mut head = tokio::net::TcpStream::connect(admin).await.unwrap();
-    head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
     let mut body = tokio::net::TcpStream::connect(admin).await.unwrap();
     let host = format!("Host: {admin}\r\n");
     body.write_all(
@@ -1318,18 +1326,147 @@ async fn a_slow_admin_client_is_cut_off() {
     )
     .await
     .unwrap();
-    for (what, stream) in [("half a head", &mut head), ("half a body", &mut body)] {
-        let mut got = Vec::new();
-        common::within_for(Duration::from_secs(30), what, stream.read_to_end(&mut got))
-            .await
-            .unwrap();
-        if what == "half a body" {
-            assert_eq!(
-                common::raw::status_of(&got),
-                Some(408),
-                "{}",
-                String::from_utf8_lossy(&got)
-            );
-        }
+    let mut got = Vec::new();
+    common::within_for(
+        Duration::from_secs(30),
+        "the 408",
+        body.read_to_end(&mut got),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        common::raw::status_of(&got),
+        Some(408),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// A client that never finishes a request head, or sends nothing at all,
+/// does not keep its admin connection: each one held a descriptor and up
+/// to 512 KiB of buffer for ever, so enough of them took every descriptor
+/// from the proxy too.
+#[tokio::test]
+async fn an_admin_client_that_never_sends_a_whole_head_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let running = start(&admin_site("", "respond 200")).await;
+    let admin = running.admin_addr().expect("admin endpoint");
+    let mut partial = tokio::net::TcpStream::connect(admin).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(admin).await.unwrap();
+    for (what, stream) in [("a partial head", &mut partial), ("nothing", &mut silent)] {
+        let mut rest = Vec::new();
+        common::within_for(
+            Duration::from_secs(30),
+            &format!("the endpoint to close a connection that sent {what}"),
+            stream.read_to_end(&mut rest),
+        )
+        .await
+        .ok();
     }
+}
+
+/// The endpoint serves at most 64 connections at once; the next waits in
+/// the backlog until one closes.
+#[tokio::test]
+async fn the_admin_endpoint_serves_at_most_64_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let running = start(&admin_site("", "respond 200")).await;
+    let admin = running.admin_addr().expect("admin endpoint");
+    let probe = format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n\r\n");
+    let probe = probe.as_bytes();
+    async fn answered(stream: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.unwrap_or(0);
+        buf[..n].starts_with(b"HTTP/1.1 200")
+    }
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        stream.write_all(probe).await.unwrap();
+        assert!(common::within("an answer", answered(&mut stream)).await);
+        open.push(stream);
+    }
+    let mut next = tokio::net::TcpStream::connect(admin).await.unwrap();
+    next.write_all(probe).await.unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), next.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond 64 admin connections");
+    drop(open.pop());
+    assert!(common::within("the waiting answer", answered(&mut next)).await);
+}
+
+/// Runtime targets added under an `allow_target` that a reload narrows
+/// are dropped, and the answer says so: copies kept going to them,
+/// 169.254.169.254 included once the pattern naming it was gone.
+#[tokio::test]
+async fn a_reload_drops_runtime_targets_the_new_allow_target_refuses() {
+    let site = |patterns: &str| {
+        admin_site(
+            &format!("allow_target {patterns}"),
+            "mirror { name \"m\"; }\nrespond 200",
+        )
+    };
+    let (_dir, file, running) = start_file(
+        "admin-reload-drops",
+        &site("\"http://127.0.0.1:*\" \"http://169.254.169.254:80\""),
+    )
+    .await;
+    for url in [
+        "http://127.0.0.1:1000",
+        "http://127.0.0.1:2000",
+        "http://169.254.169.254:80",
+    ] {
+        let added = put(&running, &format!("url={url}")).await;
+        assert_eq!(added.status, 200, "{}", added.text());
+    }
+    std::fs::write(&file, site("\"http://127.0.0.1:2*\"")).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(
+        reloaded.text(),
+        "reloaded\n\
+         dropped: target http://127.0.0.1:1000 of mirror m: it matches no allow_target pattern\n\
+         dropped: target http://169.254.169.254:80 of mirror m: it matches no allow_target pattern\n"
+    );
+    let list = call(&running, "GET", "/targets", None, false).await;
+    assert_eq!(list.text(), "http://127.0.0.1:2000\n");
+
+    // A pattern with a wildcard lets the address match, but only a pattern
+    // naming it lets copies go to an address the guard refuses.
+    std::fs::write(&file, site("\"http://169.254.169.254:80\" \"http://*\"")).unwrap();
+    call(&running, "POST", "/reload", None, false).await;
+    let added = put(&running, "url=http://169.254.169.254:80").await;
+    assert_eq!(added.status, 200, "{}", added.text());
+    std::fs::write(&file, site("\"http://*\"")).unwrap();
+    let reloaded = call(&running, "POST", "/reload", None, false).await;
+    assert_eq!(
+        reloaded.text(),
+        "reloaded\n\
+         dropped: target http://169.254.169.254:80 of mirror m: 169.254.169.254 is a cloud metadata address, and no allow_target pattern names it\n"
+    );
+}
+
+/// A target saved in the state file that the `allow_target` of the next
+/// start refuses is not restored.
+#[tokio::test]
+async fn a_restart_drops_saved_targets_the_new_allow_target_refuses() {
+    let dir = common::TempDir::new("admin-state-narrowed");
+    let site = |pattern: &str| {
+        admin_site(
+            &format!("state_file \"targets.json\"\nallow_target \"{pattern}\""),
+            "mirror { name \"staging\"; }\nrespond 200",
+        )
+    };
+    let first = common::start_in(&site("http://127.0.0.1:*"), dir.path()).await;
+    for url in ["http://127.0.0.1:1000", "http://127.0.0.1:2000"] {
+        assert_eq!(put(&first, &format!("url={url}")).await.status, 200);
+    }
+    common::within("shutdown", first.shutdown(Duration::from_secs(1))).await;
+    let second = common::start_in(&site("http://127.0.0.1:2*"), dir.path()).await;
+    let list = call(&second, "GET", "/targets", None, false).await;
+    assert_eq!(list.text(), "http://127.0.0.1:2000\n");
 }

@@ -164,6 +164,15 @@ impl AdminControl {
 }
 
 impl Prepared {
+    /// Why a runtime target carried over the reload may not stay under the
+    /// settings this reload brings (see [`TargetPatterns::refuses`]).
+    pub fn refuses_target(&self, url: &crate::config::value::UpstreamUrl) -> Option<String> {
+        match &self.new {
+            Some(new) => new.allow.refuses(url),
+            None => self.settings.load().allow.refuses(url),
+        }
+    }
+
     /// Swaps the new settings in: the next request sees them, and no
     /// credentials verified under the old users are remembered.
     pub fn commit(self) -> Applied {

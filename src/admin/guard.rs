@@ -86,12 +86,6 @@ pub fn uri_too_long(uri: &Uri) -> bool {
 /// How long a client may take to send a request head, and then its body.
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Connections the admin endpoint serves at once; more wait in the
-/// kernel's backlog. Operators and scrapers need a few; a client that
-/// opens thousands would otherwise take file descriptors the traffic
-/// listeners need.
-pub const MAX_CONNECTIONS: usize = 64;
-
 /// How long one admin connection may stay open, keep-alive included.
 pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
 

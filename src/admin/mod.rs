@@ -17,7 +17,9 @@ pub mod throttle;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,10 +27,10 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::config::AdminConfig;
 use crate::mirror::MirrorRegistry;
@@ -37,6 +39,24 @@ pub use control::{AdminControl, Applied, Prepared, Settings};
 use metrics::LoginCounts;
 
 pub type AdminResponse = http::Response<Full<Bytes>>;
+
+/// The most connections the endpoint serves at once: each holds a file
+/// descriptor the proxy needs too, and may buffer a head of up to
+/// 512 KiB. Past it, clients wait in the backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send its first request head, and over
+/// HTTP/1.1 each later one (time idle between requests included).
+const READ_HEADER_TIMEOUT: Duration = guard::READ_TIMEOUT;
+
+/// Ends once [`READ_HEADER_TIMEOUT`] has passed with no request started
+/// on the connection; never, once one has.
+async fn first_request_late(started: &AtomicBool) {
+    tokio::time::sleep(READ_HEADER_TIMEOUT).await;
+    if started.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
 
 /// Re-reads the site file and swaps it in, as the server that runs this
 /// endpoint does it.
@@ -51,6 +71,9 @@ pub struct Reloaded {
     pub warnings: usize,
     /// What the file changes that needs a restart, one line each.
     pub not_applied: Vec<String>,
+    /// Runtime targets the reloaded `allow_target` refuses, which no
+    /// longer receive copies: one line each, with why.
+    pub dropped: Vec<String>,
 }
 
 pub struct Admin {
@@ -89,7 +112,7 @@ impl Admin {
         let settings = Settings::load(config)?;
         let fixed = control::Fixed::of(config, base_dir);
         let state = fixed.state_file.clone().map(state::StateFile::new);
-        config.saved_state.restore(&mirrors);
+        config.saved_state.restore(&mirrors, &settings.allow);
         Ok(Admin {
             reload,
             throttle: throttle::Throttle::default(),
@@ -122,16 +145,19 @@ impl Admin {
         tracing::info!(address = %local, "admin endpoint listening");
         let admin = Arc::new(self);
         let origins = Arc::new(guard::Origins::new(local));
-        let connections = Arc::new(tokio::sync::Semaphore::new(guard::MAX_CONNECTIONS));
         tokio::spawn(async move {
             use crate::server::accept_backoff::{only_this_connection, AcceptBackoff};
             let mut backoff = AcceptBackoff::default();
+            let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
             loop {
+                // At the cap, clients wait in the kernel's backlog.
                 let permit = tokio::select! {
-                    permit = connections.clone().acquire_owned() => permit,
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
                     _ = stop.wait_for(|stop| *stop) => return,
                 };
-                let Ok(permit) = permit else { return };
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     _ = stop.wait_for(|stop| *stop) => return,
@@ -157,21 +183,39 @@ impl Admin {
                 let admin = admin.clone();
                 let origins = origins.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req: http::Request<Incoming>| {
-                        let admin = admin.clone();
-                        let origins = origins.clone();
-                        async move { Ok::<_, Infallible>(admin.handle(req, peer.ip(), &origins).await) }
+                    let _permit = permit;
+                    let started = Arc::new(AtomicBool::new(false));
+                    let service = service_fn({
+                        let started = started.clone();
+                        move |req: http::Request<Incoming>| {
+                            started.store(true, Ordering::Relaxed);
+                            let admin = admin.clone();
+                            let origins = origins.clone();
+                            async move {
+                                Ok::<_, Infallible>(admin.handle(req, peer.ip(), &origins).await)
+                            }
+                        }
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     builder
                         .http1()
-                        .max_buf_size(guard::MAX_HEAD_BUFFER)
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(guard::READ_TIMEOUT);
-                    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(READ_HEADER_TIMEOUT)
+                        .max_buf_size(guard::MAX_HEAD_BUFFER);
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(guard::CONNECTION_LIFETIME, connection).await;
-                    drop(permit);
+                    // hyper-util waits for the bytes that tell HTTP/1.1 from
+                    // HTTP/2 without a timer, and HTTP/2 has no head timer:
+                    // the first request must start in time either way.
+                    let served = async {
+                        tokio::select! {
+                            _ = connection => {}
+                            () = first_request_late(&started) => {
+                                tracing::debug!(client = %peer, "admin endpoint: no request head in time; closing");
+                            }
+                        }
+                    };
+                    // Keep-alive included: no connection holds a slot for ever.
+                    let _ = tokio::time::timeout(guard::CONNECTION_LIFETIME, served).await;
                 });
             }
         });
@@ -360,6 +404,9 @@ fn reload_answer(reloaded: &Reloaded) -> String {
     };
     for item in &reloaded.not_applied {
         out.push_str(&format!("not applied: {item}\n"));
+    }
+    for item in &reloaded.dropped {
+        out.push_str(&format!("dropped: {item}\n"));
     }
     out
 }

@@ -61,8 +61,10 @@ impl Saved {
         })
     }
 
-    /// Applies the saved changes to the mirrors (by name).
-    pub fn restore(&self, mirrors: &MirrorRegistry) {
+    /// Applies the saved changes to the mirrors (by name). A saved target
+    /// that `allow` now refuses (the file's `allow_target` changed since)
+    /// is dropped with a warning.
+    pub fn restore(&self, mirrors: &MirrorRegistry, allow: &super::targets::TargetPatterns) {
         let all = mirrors.all();
         for (name, changes) in &self.0 {
             let Some(mirror) = all.iter().find(|m| m.name() == Some(name.as_str())) else {
@@ -73,7 +75,14 @@ impl Saved {
                 mirror.remove_target(url);
             }
             for url in changes.added.iter().cloned() {
-                mirror.add_target(url);
+                match allow.refuses(&url) {
+                    Some(why) => {
+                        tracing::warn!(mirror = %name, target_url = %url, "state_file target dropped: {why}")
+                    }
+                    None => {
+                        mirror.add_target(url);
+                    }
+                }
             }
         }
     }

@@ -25,6 +25,20 @@ impl TargetPatterns {
         self.0.is_empty() || self.0.iter().any(|p| glob(p, &text))
     }
 
+    /// Why a target added earlier may no longer receive copies under these
+    /// patterns, if it may not: it matches none, or its host is an address
+    /// the guard refuses that no pattern names. (A name is checked again
+    /// each time copies resolve it.)
+    pub fn refuses(&self, url: &UpstreamUrl) -> Option<String> {
+        if !self.allows(url) {
+            return Some("it matches no allow_target pattern".into());
+        }
+        let ip = url.ip_literal()?;
+        let why = target_guard::refused_ip(ip)?;
+        (!self.names_address(ip))
+            .then(|| format!("{ip} is {why}, and no allow_target pattern names it"))
+    }
+
     /// Whether a pattern names `ip` itself (no wildcard in its host), which
     /// is what lets a target reach an address the guard refuses.
     fn names_address(&self, ip: IpAddr) -> bool {

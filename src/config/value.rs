@@ -155,8 +155,26 @@ pub fn duration(entry: &KdlEntry) -> Parsed<Duration> {
         }
         _ => return Err(bad()),
     };
-    parse_duration(text).ok_or_else(bad)
+    let d = parse_duration(text).ok_or_else(bad)?;
+    if d > MAX_DURATION {
+        return Err(Problem::error(
+            value_span(entry),
+            format!("this duration is over the limit of {MAX_DURATION_TEXT}"),
+        )
+        .label("too long")
+        .help(format!(
+            "durations in the site file are at most {MAX_DURATION_TEXT}; a timer set further out cannot be kept"
+        )));
+    }
+    Ok(d)
 }
+
+/// The longest duration the site file takes. Timers are set at "now plus
+/// the duration", which overflows the clock (and panicked every
+/// connection) for a duration of centuries; no timeout or interval needs
+/// more than a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_DURATION_TEXT: &str = "8760h (365 days)";
 
 /// A duration that must be more than zero (timeouts, intervals).
 pub fn positive_duration(entry: &KdlEntry) -> Parsed<Duration> {
@@ -609,6 +627,15 @@ mod tests {
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("2 weeks"), None);
         assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn durations_stop_at_a_year() {
+        let entry = |text: &str| KdlEntry::new(KdlValue::String(text.into()));
+        assert_eq!(duration(&entry("8760h")).ok(), Some(MAX_DURATION));
+        for text in ["8761h", "8760h1ms", "18000000000000000000s"] {
+            assert!(duration(&entry(text)).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! itself: unspecified, link-local (where cloud metadata services live),
 //! multicast and broadcast addresses, and the metadata addresses
 //! 169.254.169.254, 100.100.100.200 and fd00:ec2::254; the same for the
-//! IPv4 address inside an IPv6 one (mapped, compatible, NAT64, 6to4 and
-//! Teredo forms), where a translator or relay delivers it.
+//! IPv4 address inside an IPv6 one (mapped, compatible, translated, NAT64,
+//! 6to4, Teredo and ISATAP forms), where a translator or relay delivers it.
 
 use std::future::Future;
 use std::io;
@@ -53,6 +53,11 @@ pub enum Embedding {
     /// `2001:0::/32`, the client address inverted in the last 32 bits
     /// (RFC 4380)
     Teredo,
+    /// `::ffff:0:a.b.c.d` (RFC 2765's IPv4-translated form, for SIIT)
+    Translated,
+    /// An interface identifier `[0-3]00:5efe:a.b.c.d` under any prefix
+    /// (RFC 5214): an ISATAP tunnel sends to the IPv4 address
+    Isatap,
 }
 
 impl Embedding {
@@ -63,6 +68,8 @@ impl Embedding {
             Embedding::Nat64 => "a NAT64 address",
             Embedding::SixToFour => "a 6to4 address",
             Embedding::Teredo => "a Teredo address",
+            Embedding::Translated => "an IPv4-translated address",
+            Embedding::Isatap => "an ISATAP address",
         }
     }
 }
@@ -88,8 +95,9 @@ pub fn refused_ip(ip: IpAddr) -> Option<Refused> {
     }
 }
 
-/// The IPv4 addresses `ip` may carry. More than one only for the local-use
-/// NAT64 prefix, whose operator picks where the IPv4 address sits.
+/// The IPv4 addresses `ip` may carry. More than one for the local-use
+/// NAT64 prefix, whose operator picks where the IPv4 address sits, and for
+/// an ISATAP identifier under a prefix that carries one too.
 fn embedded_v4(ip: Ipv6Addr) -> Vec<(Ipv4Addr, Embedding)> {
     let o = ip.octets();
     let v4 = |a: [u8; 4]| Ipv4Addr::from(a);
@@ -105,7 +113,21 @@ fn embedded_v4(ip: Ipv6Addr) -> Vec<(Ipv4Addr, Embedding)> {
             _ => vec![(last, Embedding::Compatible)],
         };
     }
+    let mut found = by_prefix(seg, o, last);
+    // The identifier is independent of the prefix, so it may come with one
+    // of the forms above.
+    if seg[4] & 0xfcff == 0 && seg[5] == 0x5efe {
+        found.push((last, Embedding::Isatap));
+    }
+    found
+}
+
+/// The IPv4 addresses that the prefix of `ip` (its segments `seg` and
+/// octets `o`) says it carries.
+fn by_prefix(seg: [u16; 8], o: [u8; 16], last: Ipv4Addr) -> Vec<(Ipv4Addr, Embedding)> {
+    let v4 = |a: [u8; 4]| Ipv4Addr::from(a);
     match seg {
+        [0, 0, 0, 0, 0xffff, 0, _, _] => vec![(last, Embedding::Translated)],
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => vec![(last, Embedding::Nat64)],
         [0x64, 0xff9b, 1, ..] => {
             // RFC 8215's local-use prefix is the operator's to divide: the
@@ -334,6 +356,28 @@ mod tests {
                 "::a9fe:101",
                 Some("a link-local address (169.254.1.1 inside an IPv4-compatible address)"),
             ),
+            (
+                "::ffff:0:a9fe:a9fe",
+                Some(
+                    "a cloud metadata address (169.254.169.254 inside an IPv4-translated address)",
+                ),
+            ),
+            (
+                "2001:db8::5efe:a9fe:a9fe",
+                Some("a cloud metadata address (169.254.169.254 inside an ISATAP address)"),
+            ),
+            (
+                "2001:db8::200:5efe:6464:64c8",
+                Some("a cloud metadata address (100.100.100.200 inside an ISATAP address)"),
+            ),
+            // 6to4 of an allowed address, ISATAP of a refused one.
+            (
+                "2002:a0a:a0a::5efe:a9fe:a9fe",
+                Some("a cloud metadata address (169.254.169.254 inside an ISATAP address)"),
+            ),
+            ("2001:db8::5efe:a0a:a0a", None),
+            ("2001:db8::400:5efe:a9fe:a9fe", None),
+            ("::ffff:0:a0a:a0a", None),
             ("::1", None),
             ("::", Some("an unspecified address")),
             ("::7f00:1", None),

@@ -273,6 +273,7 @@ impl Shared {
             return Err(StartError::Build("the server is shutting down".into()).into());
         };
         let old_mirrors = self.mirrors.all();
+        let mut dropped = Vec::new();
         for mirror in built.mirrors.all() {
             let Some(name) = mirror.name() else { continue };
             if let Some(old) = old_mirrors.iter().find(|m| m.name() == Some(name)) {
@@ -280,9 +281,16 @@ impl Shared {
                 removed.iter().for_each(|url| {
                     mirror.remove_target(url);
                 });
-                added.into_iter().for_each(|url| {
-                    mirror.add_target(url);
-                });
+                for url in added {
+                    // Added under the old allow_target: the new one decides
+                    // whether copies still go there.
+                    match admin.as_ref().and_then(|a| a.refuses_target(&url)) {
+                        Some(why) => dropped.push(format!("target {url} of mirror {name}: {why}")),
+                        None => {
+                            mirror.add_target(url);
+                        }
+                    }
+                }
             }
         }
         let limits = self.limits.load().reloaded(config.global.limits);
@@ -331,6 +339,9 @@ impl Shared {
         for item in &applied.not_applied {
             tracing::warn!("reload: not applied: {item}");
         }
+        for item in &dropped {
+            tracing::warn!("reload: dropped: {item}");
+        }
         tracing::info!(warnings = loaded.warnings.len(), "site file reloaded");
         crate::logging::problems(
             tracing::Level::WARN,
@@ -342,6 +353,7 @@ impl Shared {
         Ok(crate::admin::Reloaded {
             warnings: loaded.warnings.len(),
             not_applied: applied.not_applied,
+            dropped,
         })
     }
 
