@@ -65,43 +65,34 @@ async fn requests_are_served_while_a_reload_reads_and_builds() {
     assert_eq!(resp.text(), "two");
 }
 
-/// A file nested deep enough to overflow the KDL parser's stack is refused
-/// and the running config stays.
-#[tokio::test]
-async fn a_reload_of_a_deeply_nested_file_is_refused_and_the_server_stays() {
-    let dir = TempDir::new("reload-deep");
-    let file = dir.join("site.kdl");
-    std::fs::write(&file, site("", "kept")).unwrap();
-    let running = start_from(&file).await;
-    let deep = format!(
-        "{}x {}{}\n",
-        site("", "never"),
-        "{ a ".repeat(1500),
-        "}".repeat(1500)
-    );
-    std::fs::write(&file, deep).unwrap();
+/// Writes `text` as the site file and reloads: refused with `refusal` in
+/// its diagnostics, and the running config (answering "kept") stays.
+async fn refused_and_kept(
+    running: &teebox::server::Running,
+    file: &Path,
+    text: &str,
+    refusal: &str,
+) {
+    std::fs::write(file, text).unwrap();
     let err = running.reload().await.expect_err("refused").to_string();
-    assert!(err.contains("blocks nested deeper than 16 levels"), "{err}");
-    let resp = within(
-        "a request",
-        common::client::get(&common::base_url(&running)),
-    )
-    .await;
+    assert!(err.contains(refusal), "{refusal}: {err}");
+    let resp = within("a request", common::client::get(&common::base_url(running))).await;
     assert_eq!(resp.text(), "kept");
 }
 
-/// The ways a deep file could hide its depth from the nesting check: a
-/// line comment ended by a newline other than LF, a string or comment left
-/// open, a chain of slashdashes. Each reload is refused with its own
-/// diagnostic, and the running config stays.
+/// A file nested deep enough to overflow the KDL parser's stack, plainly or
+/// in disguise: after a line comment ended by a newline other than LF, a
+/// string or comment left open, or as a chain of slashdashes. Each reload
+/// is refused with its own diagnostic, and the running config stays.
 #[tokio::test]
-async fn a_reload_of_a_deep_file_in_disguise_is_refused_and_the_server_stays() {
+async fn a_reload_of_a_deep_file_plain_or_disguised_is_refused_and_the_server_stays() {
     let dir = TempDir::new("reload-deep-disguised");
     let file = dir.join("site.kdl");
     std::fs::write(&file, site("", "kept")).unwrap();
     let running = start_from(&file).await;
     let deep = format!("x {}{}\n", "{ a ".repeat(1500), "}".repeat(1500));
     for (tail, refusal) in [
+        (deep.clone(), "blocks nested deeper than 16 levels"),
         (
             format!("// c\r{deep}"),
             "blocks nested deeper than 16 levels",
@@ -118,15 +109,8 @@ async fn a_reload_of_a_deep_file_in_disguise_is_refused_and_the_server_stays() {
             "more than 16 slashdashes (`/-`) in a row",
         ),
     ] {
-        std::fs::write(&file, format!("{}{tail}", site("", "never"))).unwrap();
-        let err = running.reload().await.expect_err("refused").to_string();
-        assert!(err.contains(refusal), "{refusal}: {err}");
-        let resp = within(
-            "a request",
-            common::client::get(&common::base_url(&running)),
-        )
-        .await;
-        assert_eq!(resp.text(), "kept");
+        let text = format!("{}{tail}", site("", "never"));
+        refused_and_kept(&running, &file, &text, refusal).await;
     }
 }
 
@@ -142,11 +126,8 @@ async fn a_reload_survives_thousands_of_errors_and_a_long_comment() {
     let url = common::base_url(&running);
     for junk in ["}", "a=", ")"] {
         let tail = format!("x {}\n", junk.repeat(20_000));
-        std::fs::write(&file, format!("{}{tail}", site("", "never"))).unwrap();
-        let err = running.reload().await.expect_err("refused").to_string();
-        assert!(err.contains("1 error"), "{junk}: {err}");
-        let resp = within("a request", common::client::get(&url)).await;
-        assert_eq!(resp.text(), "kept");
+        let text = format!("{}{tail}", site("", "never"));
+        refused_and_kept(&running, &file, &text, "1 error").await;
     }
     let banner = format!("/* {} */\n{}", "*".repeat(20_000), site("", "banner"));
     std::fs::write(&file, banner).unwrap();
