@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod bounded_read;
+pub mod certs;
 pub mod compare;
 pub mod config;
 pub mod fnv;
@@ -20,3 +21,4 @@ pub mod mirror;
 pub mod replay;
 pub mod safe_write;
 pub mod server;
+pub mod workers;

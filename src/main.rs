@@ -397,7 +397,7 @@ fn run(file: &Path) -> ExitCode {
     }
     // With one core this runtime serves the connections itself.
     let runtime = match tokio::runtime::Builder::new_current_thread()
-        .event_interval(teebox::server::workers::EVENT_INTERVAL)
+        .event_interval(teebox::workers::EVENT_INTERVAL)
         .enable_all()
         .build()
     {

@@ -29,7 +29,7 @@ struct Shard<const N: usize>([AtomicU64; N]);
 
 impl<const N: usize> Default for Shards<N> {
     fn default() -> Self {
-        let shards = (0..=crate::server::workers::count_hint())
+        let shards = (0..=crate::workers::count_hint())
             .map(|_| Shard(std::array::from_fn(|_| AtomicU64::new(0))))
             .collect();
         Shards { shards }
@@ -40,7 +40,7 @@ impl<const N: usize> Shards<N> {
     /// Adds `n` (wrapping: a gauge adds `u64::MAX` to take one away).
     pub fn add(&self, counter: usize, n: u64) {
         let shared = self.shards.len() - 1;
-        match crate::server::workers::index() {
+        match crate::workers::index() {
             Some(worker) if worker < shared => {
                 let cell = &self.shards[worker].0[counter];
                 cell.store(

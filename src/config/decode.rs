@@ -658,7 +658,7 @@ fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spa
     let ((cert, cert_span), (key, _)) = (cert?, key?);
     // Relative paths resolve against the site file's directory.
     let certified =
-        match crate::server::tls::load_certified_key(&base_dir.join(&cert), &base_dir.join(&key)) {
+        match crate::certs::load_certified_key(&base_dir.join(&cert), &base_dir.join(&key)) {
             Ok(certified) => certified,
             Err(why) => {
                 r.push(
@@ -674,7 +674,7 @@ fn tls(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Spa
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    if let Some(expiry) = crate::server::tls::not_after(&certified).filter(|t| *t < now) {
+    if let Some(expiry) = crate::certs::not_after(&certified).filter(|t| *t < now) {
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expiry.max(0) as u64);
         r.push(
             Problem::warning(

@@ -201,7 +201,7 @@ impl ReverseProxy {
             h2c: config.h2c,
             ..PoolSettings::default()
         };
-        let workers = crate::server::workers::Workers::get().count();
+        let workers = crate::workers::Workers::get().count();
         let upstreams = config
             .upstreams
             .iter()

@@ -184,7 +184,7 @@ where
     }
 
     fn worker(&self) -> &WorkerPool<B> {
-        &self.workers[crate::server::workers::current() % self.workers.len()]
+        &self.workers[crate::workers::current() % self.workers.len()]
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or

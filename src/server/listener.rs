@@ -175,7 +175,7 @@ struct Served {
 fn serve_connection(stream: TcpStream, conn: ConnInfo, served: Served) {
     let _ = stream.set_nodelay(true);
     let client = conn.client;
-    super::workers::Workers::get().serve(stream, client, move |stream| async move {
+    crate::workers::Workers::get().serve(stream, client, move |stream| async move {
         let tls = served.router.load().tls.clone();
         match tls {
             None => {

@@ -13,7 +13,6 @@ mod listener;
 pub mod redirect;
 pub mod router;
 pub mod tls;
-pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
