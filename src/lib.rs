@@ -6,6 +6,7 @@
 //! runs the route's chain of [`handlers`]; [`http`] holds what the handlers
 //! share.
 
+pub mod accept_backoff;
 pub mod admin;
 pub mod bounded_read;
 pub mod certs;

@@ -146,7 +146,7 @@ impl Admin {
         let admin = Arc::new(self);
         let origins = Arc::new(guard::Origins::new(local));
         tokio::spawn(async move {
-            use crate::server::accept_backoff::{only_this_connection, AcceptBackoff};
+            use crate::accept_backoff::{only_this_connection, AcceptBackoff};
             let mut backoff = AcceptBackoff::default();
             let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
             loop {

@@ -18,12 +18,12 @@ use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use super::accept_backoff::{only_this_connection, AcceptBackoff};
 use super::body_timeout::ReadTimeout;
 use super::drain::{Drain, Entered};
 use super::framing;
 use super::limits::{ConnLimits, ConnState, Slot, TimedIo};
 use super::router::AddressRouter;
+use crate::accept_backoff::{only_this_connection, AcceptBackoff};
 use crate::config::Limits;
 use crate::http::body::Guarded;
 use crate::http::{body, ConnInfo};

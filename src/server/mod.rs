@@ -1,7 +1,6 @@
 //! Serving a config: bind every listen address, route requests to sites and
 //! their chains, and stop gracefully.
 
-pub(crate) mod accept_backoff;
 pub mod access_log;
 mod body_timeout;
 mod drain;
