@@ -6,8 +6,11 @@
 //! logs at most one line a second, counting the failures it did not log.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 const FIRST_DELAY: Duration = Duration::from_millis(5);
@@ -68,6 +71,46 @@ impl AcceptBackoff {
             _ => {
                 self.last_logged = Some(now);
                 Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+}
+
+/// The next connection `listener` accepts, riding out failures: a client
+/// that left before it was accepted is passed over, and any other failure
+/// (out of descriptors) is waited out as [`AcceptBackoff`] says and logged
+/// at most once a second. `None` once `stop` turns true. `what` and
+/// `address` name the listener in the log ("listener", "admin endpoint").
+pub async fn accept_next(
+    listener: &TcpListener,
+    backoff: &mut AcceptBackoff,
+    stop: &mut watch::Receiver<bool>,
+    (what, address): (&str, SocketAddr),
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return None,
+        };
+        match accepted {
+            Ok(accepted) => {
+                if let Some(unlogged) = backoff.succeeded(Instant::now()) {
+                    tracing::info!(%address, unlogged, "{what}: accepting again");
+                }
+                return Some(accepted);
+            }
+            Err(err) if only_this_connection(&err) => {
+                tracing::debug!(%address, error = %err, "a client left before it was accepted");
+            }
+            Err(err) => {
+                let failed = backoff.failed(Instant::now());
+                if let Some(unlogged) = failed.log {
+                    tracing::warn!(%address, error = %err, retry_in = ?failed.wait, unlogged, "{what}: accept failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(failed.wait) => {}
+                    _ = stop.wait_for(|stop| *stop) => return None,
+                }
             }
         }
     }

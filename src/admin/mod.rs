@@ -146,7 +146,7 @@ impl Admin {
         let admin = Arc::new(self);
         let origins = Arc::new(guard::Origins::new(local));
         tokio::spawn(async move {
-            use crate::accept_backoff::{only_this_connection, AcceptBackoff};
+            use crate::accept_backoff::{accept_next, AcceptBackoff};
             let mut backoff = AcceptBackoff::default();
             let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
             loop {
@@ -158,27 +158,15 @@ impl Admin {
                     },
                     _ = stop.wait_for(|stop| *stop) => return,
                 };
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    _ = stop.wait_for(|stop| *stop) => return,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => {
-                        backoff.succeeded(tokio::time::Instant::now());
-                        accepted
-                    }
-                    Err(err) if only_this_connection(&err) => continue,
-                    Err(err) => {
-                        // Out of file descriptors, as a listener's loop.
-                        let failed = backoff.failed(tokio::time::Instant::now());
-                        if let Some(unlogged) = failed.log {
-                            tracing::warn!(address = %local, error = %err, retry_in = ?failed.wait, unlogged, "admin endpoint: accept failed");
-                        }
-                        tokio::select! {
-                            () = tokio::time::sleep(failed.wait) => continue,
-                            _ = stop.wait_for(|stop| *stop) => return,
-                        }
-                    }
+                let Some((stream, peer)) = accept_next(
+                    &listener,
+                    &mut backoff,
+                    &mut stop,
+                    ("admin endpoint", local),
+                )
+                .await
+                else {
+                    return;
                 };
                 let admin = admin.clone();
                 let origins = origins.clone();

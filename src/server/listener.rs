@@ -23,7 +23,7 @@ use super::drain::{Drain, Entered};
 use super::framing;
 use super::limits::{ConnLimits, ConnState, Slot, TimedIo};
 use super::router::AddressRouter;
-use crate::accept_backoff::{only_this_connection, AcceptBackoff};
+use crate::accept_backoff::{accept_next, AcceptBackoff};
 use crate::config::Limits;
 use crate::http::body::Guarded;
 use crate::http::{body, ConnInfo};
@@ -111,51 +111,30 @@ impl Listener {
                 permit = limits.admit() => permit,
                 _ = stop.wait_for(|stop| *stop) => break,
             };
-            let accepted = tokio::select! {
-                accepted = self.tcp.accept() => accepted,
-                _ = stop.wait_for(|stop| *stop) => break,
+            let Some((stream, peer)) =
+                accept_next(&self.tcp, &mut backoff, &mut stop, ("listener", local)).await
+            else {
+                break;
             };
-            match accepted {
-                Ok((stream, peer)) => {
-                    if let Some(unlogged) = backoff.succeeded(Instant::now()) {
-                        tracing::info!(%local, unlogged, "accepting again");
-                    }
-                    // The limits in force when the connection came: a
-                    // reload may have replaced them while accept waited.
-                    let current = self.limits.load_full();
-                    if !Arc::ptr_eq(&current, &limits) {
-                        builders = Arc::new(Builders::new(&current.limits));
-                        limits = current;
-                    }
-                    let conn = ConnInfo::new(peer, local, false);
-                    serve_connection(
-                        stream,
-                        conn,
-                        Served {
-                            router: self.router.clone(),
-                            builders: builders.clone(),
-                            limits: limits.clone(),
-                            entered: drain.enter(),
-                            permit,
-                        },
-                    );
-                }
-                Err(err) if only_this_connection(&err) => {
-                    tracing::debug!(%local, error = %err, "a client left before it was accepted");
-                }
-                Err(err) => {
-                    // Usually out of file descriptors: back off instead of
-                    // spinning, and keep the listener (see accept_backoff).
-                    let failed = backoff.failed(Instant::now());
-                    if let Some(unlogged) = failed.log {
-                        tracing::warn!(%local, error = %err, retry_in = ?failed.wait, unlogged, "accept failed");
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(failed.wait) => {}
-                        _ = stop.wait_for(|stop| *stop) => break,
-                    }
-                }
+            // The limits in force when the connection came: a reload may
+            // have replaced them while accept waited.
+            let current = self.limits.load_full();
+            if !Arc::ptr_eq(&current, &limits) {
+                builders = Arc::new(Builders::new(&current.limits));
+                limits = current;
             }
+            let conn = ConnInfo::new(peer, local, false);
+            serve_connection(
+                stream,
+                conn,
+                Served {
+                    router: self.router.clone(),
+                    builders: builders.clone(),
+                    limits: limits.clone(),
+                    entered: drain.enter(),
+                    permit,
+                },
+            );
         }
         tracing::debug!(%local, "stopped accepting");
     }
