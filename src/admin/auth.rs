@@ -124,8 +124,6 @@ pub enum UsersFileError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("users_file {path} is larger than the limit of {} MiB", MAX_USERS_FILE >> 20)]
-    TooLarge { path: std::path::PathBuf },
     /// Every line that is wrong, so that one run shows them all.
     #[error("users_file {}: {} bad line(s)", .path.display(), .lines.len())]
     BadLines {
@@ -141,20 +139,10 @@ pub fn read_users_file(path: &Path) -> Result<Vec<(String, BcryptHash)>, UsersFi
         path: path.to_path_buf(),
         source,
     };
-    let bytes =
-        crate::bounded_read::read(path, MAX_USERS_FILE + 1, crate::bounded_read::Kind::Regular)
+    // Past the limit: "cannot read users_file …: larger than the limit of 4 MiB".
+    let text =
+        crate::bounded_read::read_text(path, MAX_USERS_FILE, crate::bounded_read::Kind::Regular)
             .map_err(unreadable)?;
-    if bytes.len() as u64 > MAX_USERS_FILE {
-        return Err(UsersFileError::TooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    let text = String::from_utf8(bytes).map_err(|_| {
-        unreadable(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not UTF-8 text",
-        ))
-    })?;
     // A byte order mark, as Windows editors write, would otherwise become
     // part of the first user's name, and that user could never log in.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);

@@ -152,15 +152,6 @@ impl AdminControl {
             not_applied: self.fixed.unchangeable(config, base_dir),
         })
     }
-
-    /// [`prepare`](Self::prepare) and [`Prepared::commit`] in one step.
-    pub fn apply(
-        &self,
-        config: Option<&AdminConfig>,
-        base_dir: &Path,
-    ) -> Result<Applied, AdminError> {
-        Ok(self.prepare(config, base_dir)?.commit())
-    }
 }
 
 impl Prepared {
