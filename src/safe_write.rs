@@ -101,7 +101,7 @@ fn resolve(path: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             // Replacing a dangling link by a file would quietly undo the
             // operator's link; creating its target could write anywhere.
-            if std::fs::symlink_metadata(path).is_ok() {
+            if is_dangling_link(path) {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     "it is a symlink to a file that does not exist",
@@ -118,6 +118,13 @@ fn resolve(path: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether `path` is a symlink to nothing, which [`replace`] refuses to
+/// write through (the site file's checks refuse such a `state_file` too).
+pub fn is_dangling_link(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        && std::fs::metadata(path).is_err()
 }
 
 fn keep_owner_and_mode(file: &File, meta: &Metadata) -> io::Result<()> {

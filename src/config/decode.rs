@@ -384,9 +384,7 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
         let full = r.resolve(&path);
         // The state is saved through a symlink only to a file that exists
         // (see `safe_write`): every change would be refused at runtime.
-        let dangling = std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_symlink())
-            && std::fs::metadata(&full).is_err();
-        if dangling {
+        if crate::safe_write::is_dangling_link(&full) {
             r.push(
                 Problem::error(
                     span,
@@ -400,7 +398,7 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
             );
             return None;
         }
-        match state::Saved::read(&r.resolve(&path)) {
+        match state::Saved::read(&full) {
             Ok(saved) => Some((path, saved)),
             Err(why) => {
                 r.push(
@@ -1007,12 +1005,18 @@ fn check_admin_address(admin: &Spanned<SocketAddr>, sites: &[Site], r: &mut Read
 }
 
 /// Whether two listeners could not both be bound: one port, and the same
-/// address or a wildcard that covers the other (`[::]` covers IPv4 too).
+/// address or a wildcard that covers the other.
 fn same_port_binding(a: SocketAddr, b: SocketAddr) -> bool {
-    let covers = |wild: SocketAddr, other: SocketAddr| {
-        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
-    };
-    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+    (a.port() != 0 && a == b) || covers(a, b) || covers(b, a)
+}
+
+/// Whether `wild` is a wildcard address that takes `other`'s port on every
+/// interface (`[::]` takes IPv4 too): `other` could not be bound beside it.
+fn covers(wild: SocketAddr, other: SocketAddr) -> bool {
+    wild.ip().is_unspecified()
+        && wild.port() == other.port()
+        && other.port() != 0
+        && (wild.is_ipv6() || other.is_ipv4())
 }
 
 /// Sites may share an address only when `host` tells them apart; one site
@@ -1047,11 +1051,8 @@ fn check_shared_addresses(sites: &[Site], r: &mut Reader) {
     // A wildcard address takes its port on every interface: a specific
     // address with the same port could not be bound beside it.
     for (wild, sharing) in addrs.iter().filter(|(a, _)| a.ip().is_unspecified()) {
-        for (other, other_sites) in addrs
-            .iter()
-            .filter(|(a, _)| a != wild && a.port() == wild.port() && a.port() != 0)
-        {
-            if other.is_ipv4() == wild.is_ipv4() || wild.is_ipv6() {
+        for (other, other_sites) in addrs.iter().filter(|(a, _)| a != wild) {
+            if covers(*wild, *other) {
                 r.push(
                     Problem::error(other_sites[0].1, format!("{other} overlaps {wild}, which already takes port {} on every interface", wild.port()))
                         .label("cannot be bound as well")
