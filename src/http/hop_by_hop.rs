@@ -36,15 +36,9 @@ const UPGRADE: usize = 7;
 /// marker keeps copies from being copied again. (`Transfer-Encoding` is
 /// hop-by-hop and goes anyway.)
 fn never_named(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
-            | "forwarded"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-    ) || *name == super::SHADOW_MARKER
+    matches!(name.as_str(), "host" | "content-length")
+        || matches!(classify(name), Name::Forwarding)
+        || *name == super::SHADOW_MARKER
 }
 
 /// What the scan makes of a header name.
@@ -211,7 +205,7 @@ pub fn strip(headers: &mut HeaderMap) {
 }
 
 /// The items of a comma-separated header value.
-fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)

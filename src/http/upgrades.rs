@@ -79,11 +79,7 @@ impl Upgrades {
 
 /// The protocols of an `Upgrade` value (a comma-separated list).
 fn protocols(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|p| !p.is_empty())
+    super::hop_by_hop::list(value.as_bytes())
 }
 
 /// One name in `upgrades`: a token (RFC 9110 §7.8), and not `h2c`.
