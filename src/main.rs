@@ -380,21 +380,18 @@ fn run(file: &Path) -> ExitCode {
             return ExitCode::from(UNREADABLE);
         }
     };
-    let config = loaded.config;
-    teebox::logging::init(&config.global.log, style() == Style::Color);
-    match config.global.log.format {
+    teebox::logging::init(&loaded.config.global.log, style() == Style::Color);
+    match loaded.config.global.log.format {
         // Every line of a JSON log is an object: one per warning.
         LogFormat::Json => teebox::logging::problems(
             tracing::Level::WARN,
             "the site file has warnings",
-            &config.source,
+            &loaded.config.source,
             &loaded.warnings,
         ),
-        LogFormat::Text => eprint!(
-            "{}",
-            config::diag::render_problems(&config.source, &loaded.warnings, style())
-        ),
+        LogFormat::Text => eprint!("{}", loaded.render_warnings(style())),
     }
+    let config = loaded.config;
     // With one core this runtime serves the connections itself.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .event_interval(teebox::workers::EVENT_INTERVAL)
