@@ -7,7 +7,7 @@
 //! (RFC 9113 §3.4). A client that sends `PRI * HTTP/2.0` and stops must not
 //! hold its connection for the idle timeout.
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 const SETTINGS: u8 = 0x4;
 const ACK: u8 = 0x1;

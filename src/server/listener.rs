@@ -220,9 +220,9 @@ enum Protocol {
     Sniffed,
 }
 
-/// The HTTP/2 preface starts `PRI * HTTP/2.0`; no HTTP/1.1 request does
-/// (`PRI` is no method a server has to accept).
-const H2_PREFACE_START: &[u8] = b"PRI ";
+/// The HTTP/2 preface starts `PRI `; no HTTP/1.1 request does (`PRI` is no
+/// method a server has to accept).
+const H2_PREFACE_START: &[u8] = super::h2_opening::PREFACE.split_at(4).0;
 
 /// Waits for a plain connection's first bytes (without reading them) and
 /// tells whether they can start HTTP/2 prior knowledge. `None`: the client
