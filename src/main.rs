@@ -158,7 +158,7 @@ fn replay_options(
         .ok_or_else(|| format!("--timeout {timeout:?} is not a duration such as \"30s\""))?;
     let compare = match compare {
         None => None,
-        Some((headers, ignore)) => Some(teebox::compare::CompareRules {
+        Some((headers, ignore)) => Some(teebox::diff::CompareRules {
             headers: headers
                 .iter()
                 .map(|h| {
@@ -169,8 +169,7 @@ fn replay_options(
             ignore: ignore
                 .iter()
                 .map(|p| {
-                    teebox::compare::JsonPath::parse(p)
-                        .map_err(|why| format!("--ignore {p:?}: {why}"))
+                    teebox::diff::JsonPath::parse(p).map_err(|why| format!("--ignore {p:?}: {why}"))
                 })
                 .collect::<Result<_, _>>()?,
         }),

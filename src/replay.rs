@@ -23,11 +23,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::compare::{BodyCollector, CompareRules, Observed};
 use crate::config::value::UpstreamUrl;
-use crate::http::hop_by_hop;
-use crate::http::json::{body_from_fields, headers_from_pairs};
-use crate::http::upstream_tls::{Connector, UpstreamTls};
+use crate::diff::{BodyCollector, CompareRules, Observed};
+use crate::message::json::{body_from_fields, headers_from_pairs};
+use crate::upstream::hop_by_hop;
+use crate::upstream::tls_connector::{Connector, UpstreamTls};
 
 /// How to replay.
 #[derive(Debug, Clone)]
@@ -174,7 +174,7 @@ struct RecordedResponse {
 }
 
 impl RecordedResponse {
-    fn compare(&self, rules: &CompareRules, replayed: &Observed) -> crate::compare::Verdict {
+    fn compare(&self, rules: &CompareRules, replayed: &Observed) -> crate::diff::Verdict {
         match self.cut_from {
             None => rules.compare(&self.observed, replayed),
             Some(whole) => {

@@ -651,7 +651,7 @@ fn admin_get(
     running: &teebox::server::Running,
     path: &str,
     json: bool,
-) -> http::Request<teebox::http::Body> {
+) -> http::Request<teebox::message::Body> {
     let url = format!(
         "http://{}{path}",
         running.admin_addr().expect("an admin endpoint")

@@ -14,7 +14,7 @@ use common::ws::EchoServer;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode, Version};
-use teebox::http::body;
+use teebox::message::body;
 use tokio_tungstenite::tungstenite::Message;
 
 const MIB: usize = 1024 * 1024;
@@ -681,7 +681,7 @@ async fn an_upload_longer_than_timeout_that_keeps_moving_is_not_cut() {
         let piece = rest.next()?;
         tokio::time::sleep(Duration::from_millis(250)).await;
         Some((
-            Ok::<_, teebox::http::BoxError>(http_body::Frame::data(piece)),
+            Ok::<_, teebox::message::BoxError>(http_body::Frame::data(piece)),
             rest,
         ))
     });

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::client::{full, req};
 use common::*;
 use http::{Method, StatusCode};
-use teebox::http::body;
+use teebox::message::body;
 
 fn url(teebox: &Running, path_and_query: &str) -> String {
     format!("{}{path_and_query}", base_url(teebox))

@@ -530,9 +530,9 @@ async fn replay_compare_finds_each_kind_of_difference() {
     })
     .await;
     let mut options = replay_options(file, &target);
-    options.compare = Some(teebox::compare::CompareRules {
+    options.compare = Some(teebox::diff::CompareRules {
         headers: vec![http::HeaderName::from_static("x-version")],
-        ignore: vec![teebox::compare::JsonPath::parse("$.ts").unwrap()],
+        ignore: vec![teebox::diff::JsonPath::parse("$.ts").unwrap()],
     });
     let summary = teebox::replay::replay(&options, || {})
         .await

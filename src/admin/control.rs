@@ -157,7 +157,7 @@ impl AdminControl {
 impl Prepared {
     /// Why a runtime target carried over the reload may not stay under the
     /// settings this reload brings (see [`TargetPatterns::refuses`]).
-    pub fn refuses_target(&self, url: &crate::config::value::UpstreamUrl) -> Option<String> {
+    pub fn refuses_target(&self, url: &crate::upstream::url::UpstreamUrl) -> Option<String> {
         match &self.new {
             Some(new) => new.allow.refuses(url),
             None => self.settings.load().allow.refuses(url),

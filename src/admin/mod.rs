@@ -10,7 +10,7 @@
 pub mod auth;
 pub mod control;
 mod guard;
-pub mod metrics;
+pub mod prometheus;
 pub mod state;
 mod targets;
 pub mod throttle;
@@ -36,7 +36,7 @@ use crate::config::AdminConfig;
 use crate::mirror::MirrorRegistry;
 use auth::Login;
 pub use control::{AdminControl, Applied, Prepared, Settings};
-use metrics::LoginCounts;
+use prometheus::LoginCounts;
 
 pub type AdminResponse = http::Response<Full<Bytes>>;
 
@@ -80,7 +80,7 @@ pub struct Admin {
     reload: Arc<dyn Reload>,
     throttle: throttle::Throttle,
     logins: LoginCounts,
-    metrics: crate::metrics::MetricsRegistry,
+    metrics: crate::counters::MetricsRegistry,
     settings: Arc<ArcSwap<Settings>>,
     fixed: control::Fixed,
     mirrors: MirrorRegistry,
@@ -106,13 +106,13 @@ impl Admin {
         config: &AdminConfig,
         base_dir: &std::path::Path,
         mirrors: MirrorRegistry,
-        metrics: crate::metrics::MetricsRegistry,
+        metrics: crate::counters::MetricsRegistry,
         reload: Arc<dyn Reload>,
     ) -> Result<Admin, AdminError> {
         let settings = Settings::load(config)?;
         let fixed = control::Fixed::of(config, base_dir);
         let state = fixed.state_file.clone().map(state::StateFile::new);
-        config.saved_state.restore(&mirrors, &settings.allow);
+        state::restore(&config.saved_state, &mirrors, &settings.allow);
         Ok(Admin {
             reload,
             throttle: throttle::Throttle::default(),
@@ -324,7 +324,7 @@ impl Admin {
         match (req.uri.path(), &req.method) {
             ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
             ("/metrics", &Method::GET | &Method::HEAD) => {
-                let mut body = metrics::render(&self.mirrors.all(), &self.metrics);
+                let mut body = prometheus::render(&self.mirrors.all(), &self.metrics);
                 self.logins.render(&mut body, self.throttle.waiting());
                 let mut response = text(StatusCode::OK, body);
                 response.headers_mut().insert(

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 
 use super::{not_allowed, text, AdminResponse};
-use crate::config::value::UpstreamUrl;
-use crate::http::target_guard;
 use crate::mirror::{Mirror, MirrorRegistry};
+use crate::upstream::target_guard;
+use crate::upstream::url::UpstreamUrl;
 
 /// `allow_target` patterns: `*` stands for any run of characters, matched
 /// against `scheme://host:port`. No patterns: any `http://` or `https://`

@@ -13,8 +13,8 @@ use super::matchers::{HeaderMatch, HostPattern, PathPattern, RouteMatch};
 use super::model::*;
 use super::reader::{arguments, children, name_span, Reader, Repeat};
 use super::value::{self, Spanned};
-use crate::admin::{auth, state};
 use crate::handlers::{self, HandlerKind, MiddlewareConfig, TerminalConfig};
+use crate::passwords;
 
 /// Turns kdl's syntax errors into problems, with a clearer word for the most
 /// common habits from elsewhere: KDL v1's bare `true`, `false` and `null`,
@@ -357,7 +357,7 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
     }
     let users_file = opts.one("users_file").map(|n| {
         let (path, span) = file_path(n, r)?;
-        match auth::read_users_file(&r.resolve(&path)) {
+        match passwords::read_users_file(&r.resolve(&path)) {
             Ok(mut from_file) => {
                 users.append(&mut from_file);
                 Some(path)
@@ -398,7 +398,7 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
             );
             return None;
         }
-        match state::Saved::read(&full) {
+        match crate::state_file::Saved::read(&full) {
             Ok(saved) => Some((path, saved)),
             Err(why) => {
                 r.push(
@@ -419,7 +419,7 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
     };
     let (state_file, saved_state) = match state {
         Some(state) => state.map(|(path, saved)| (Some(path), saved))?,
-        None => (None, state::Saved::default()),
+        None => (None, crate::state_file::Saved::default()),
     };
     if let (Some(addr), true) = (&address, users_ok) {
         if !addr.value.ip().is_loopback() && users.is_empty() {
@@ -450,23 +450,26 @@ fn admin(node: &KdlNode, r: &mut Reader) -> Option<AdminConfig> {
 }
 
 /// `user "NAME" "HASH"`, the hash checked as the endpoint will use it.
-fn admin_user(node: &KdlNode, r: &mut Reader) -> Option<(String, auth::BcryptHash)> {
+fn admin_user(node: &KdlNode, r: &mut Reader) -> Option<(String, passwords::BcryptHash)> {
     let args = r.args(node, 2, "a user name and a bcrypt hash")?;
-    let name = r.check(value::non_empty_string(args[0]).and_then(|name| {
-        auth::check_user_name(&name).map(|()| name).map_err(|why| {
-            Problem::error(value::value_span(args[0]), why)
+    let name =
+        r.check(value::non_empty_string(args[0]).and_then(|name| {
+            passwords::check_user_name(&name)
+                .map(|()| name)
+                .map_err(|why| {
+                    Problem::error(value::value_span(args[0]), why)
                 .label("not a user name")
                 .help("HTTP Basic ends the user name at the first `:`: choose a name without one")
-        })
-    }));
+                })
+        }));
     let hash = r.check(value::non_empty_string(args[1]).and_then(|hash| {
-        auth::BcryptHash::parse(&hash).map_err(|why| {
+        passwords::BcryptHash::parse(&hash).map_err(|why| {
             let problem = Problem::error(
                 value::value_span(args[1]),
                 format!("{why}: make one with `teebox hash-password`"),
             );
             match why {
-                auth::HashError::TooCostly(_) => problem
+                passwords::HashError::TooCostly(_) => problem
                     .label("too slow to check")
                     .help("`teebox hash-password` makes hashes of cost 12"),
                 _ => problem.label("not a bcrypt hash").help(
@@ -478,11 +481,11 @@ fn admin_user(node: &KdlNode, r: &mut Reader) -> Option<(String, auth::BcryptHas
     Some((name?, hash?))
 }
 
-fn users_file_problems(err: auth::UsersFileError, span: SourceSpan, r: &mut Reader) {
+fn users_file_problems(err: passwords::UsersFileError, span: SourceSpan, r: &mut Reader) {
     let format =
         "each line is name:bcrypt-hash; make a hash with `teebox hash-password` (or htpasswd -B)";
     match err {
-        auth::UsersFileError::BadLines { path, lines } => {
+        passwords::UsersFileError::BadLines { path, lines } => {
             for line in lines {
                 r.push(
                     Problem::error(

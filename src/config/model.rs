@@ -10,9 +10,9 @@ use miette::SourceSpan;
 use super::diag::Source;
 use super::matchers::{HostPattern, RouteMatch};
 use super::value::Spanned;
-use crate::admin::auth::BcryptHash;
-use crate::admin::state::Saved;
 use crate::handlers::{MiddlewareConfig, TerminalConfig};
+use crate::passwords::BcryptHash;
+use crate::state_file::Saved;
 
 #[derive(Debug)]
 pub struct Config {

@@ -9,8 +9,8 @@ use miette::SourceSpan;
 
 use super::diag::{Problem, Problems};
 use super::value::{self, Parsed};
-use crate::http::header_ops::{HeaderOp, HeaderOps, HeaderText};
-use crate::http::placeholders::Template;
+use crate::message::header_ops::{HeaderOp, HeaderOps, HeaderText};
+use crate::message::placeholders::Template;
 
 /// Whether an option may be given more than once in a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use kdl::KdlNode;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
 use crate::config::reader::{arguments, children, name_span, Reader};
 use crate::config::Problem;
-use crate::http::header_ops::HeaderOps;
-use crate::http::placeholders::RequestVars;
-use crate::http::{Request, Response};
+use crate::message::header_ops::HeaderOps;
+use crate::message::placeholders::RequestVars;
+use crate::message::{Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "header",

@@ -9,13 +9,15 @@ use http_body::SizeHint;
 use kdl::{KdlEntry, KdlNode};
 use miette::SourceSpan;
 
-use crate::http::body::BodyRefusal;
+use crate::message::body::BodyRefusal;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
 use crate::config::reader::{arguments, name_span, Options, Reader, Repeat};
-use crate::config::value::{self, UpstreamUrl};
+use crate::config::value;
+use crate::upstream::url::UpstreamUrl;
 use crate::config::Problem;
-use crate::http::header_ops::HeaderOps;
-use crate::http::{body, hop_by_hop, Request, Response};
+use crate::message::header_ops::HeaderOps;
+use crate::message::{body, Request, Response};
+use crate::upstream::hop_by_hop;
 use crate::mirror::breaker::BreakerConfig;
 use crate::mirror::compare::CompareConfig;
 use crate::mirror::policy::{Policy, SampleKey, StatusFilter};
@@ -129,7 +131,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         None => Some(1 << 20),
     };
     let header_up = r.header_ops(&opts.all("header_up"));
-    let tls = crate::http::upstream_tls::UpstreamTls::decode(&opts, r);
+    let tls = crate::upstream::tls_connector::UpstreamTls::decode(&opts, r);
     let rewrite = CopyRewrite::decode(
         r,
         &opts.all("rewrite"),

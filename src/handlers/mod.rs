@@ -11,14 +11,12 @@
 //! to the `handlers!` list below.
 
 use std::fmt::Debug;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use kdl::KdlNode;
 
+pub use crate::chain::{BoxFuture, Chain, Middleware, Next, Terminal};
 use crate::config::reader::Reader;
-use crate::http::{ConnInfo, Request, Response};
 
 macro_rules! handlers {
     ($($module:ident),* $(,)?) => {
@@ -38,65 +36,6 @@ handlers![
     request_body
 ];
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A handler that passes the request on (possibly changed) and may change
-/// the response on its way back.
-pub trait Middleware: Send + Sync + 'static {
-    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response>;
-}
-
-/// A handler that answers: the end of every chain.
-pub trait Terminal: Send + Sync + 'static {
-    fn serve<'a>(&'a self, req: Request, conn: &'a ConnInfo) -> BoxFuture<'a, Response>;
-}
-
-/// The rest of a chain, as seen from one middleware.
-#[derive(Clone, Copy)]
-pub struct Next<'a> {
-    rest: &'a [Arc<dyn Middleware>],
-    terminal: &'a dyn Terminal,
-    conn: &'a ConnInfo,
-}
-
-impl<'a> Next<'a> {
-    pub fn run(self, req: Request) -> BoxFuture<'a, Response> {
-        match self.rest.split_first() {
-            Some((first, rest)) => first.handle(req, Next { rest, ..self }),
-            None => self.terminal.serve(req, self.conn),
-        }
-    }
-
-    /// The connection the request came in on.
-    pub fn conn(&self) -> &'a ConnInfo {
-        self.conn
-    }
-}
-
-/// A route's built handlers.
-pub struct Chain {
-    middleware: Vec<Arc<dyn Middleware>>,
-    terminal: Arc<dyn Terminal>,
-}
-
-impl Chain {
-    pub fn new(middleware: Vec<Arc<dyn Middleware>>, terminal: Arc<dyn Terminal>) -> Self {
-        Chain {
-            middleware,
-            terminal,
-        }
-    }
-
-    pub fn run<'a>(&'a self, req: Request, conn: &'a ConnInfo) -> BoxFuture<'a, Response> {
-        Next {
-            rest: &self.middleware,
-            terminal: &*self.terminal,
-            conn,
-        }
-        .run(req)
-    }
-}
-
 /// What building a handler may need to know about where it sits.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
@@ -107,9 +46,9 @@ pub struct BuildContext {
     /// Where mirrors make themselves known, for shutdown and the admin API.
     pub mirrors: crate::mirror::MirrorRegistry,
     /// The route's site and pattern, naming its counters.
-    pub route_key: crate::metrics::RouteKey,
+    pub route_key: crate::counters::RouteKey,
     /// Counters that outlive a reload.
-    pub metrics: crate::metrics::MetricsRegistry,
+    pub metrics: crate::counters::MetricsRegistry,
 }
 
 /// A handler could not be built from a valid config (a file that cannot be

@@ -19,9 +19,9 @@ use kdl::KdlNode;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
 use crate::config::reader::{Reader, Repeat};
 use crate::config::value;
-use crate::http::json;
-use crate::http::placeholders::RequestVars;
-use crate::http::{body, Request, Response};
+use crate::message::json;
+use crate::message::placeholders::RequestVars;
+use crate::message::{body, Request, Response};
 use crate::lines::{Destination, LineSink, Roll};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {

@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::http::body::BodyRefusal;
+use crate::message::body::BodyRefusal;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -18,8 +18,8 @@ use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, Middle
 use crate::config::reader::{name_span, Reader};
 use crate::config::value;
 use crate::config::Problem;
-use crate::http::body::BodyTooLarge;
-use crate::http::{body, BoxError, Request, Response};
+use crate::message::body::BodyTooLarge;
+use crate::message::{body, BoxError, Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "request_body",

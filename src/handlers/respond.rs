@@ -9,7 +9,7 @@ use kdl::KdlNode;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig};
 use crate::config::reader::{arguments, Reader};
 use crate::config::value;
-use crate::http::{body, ConnInfo, Request, Response};
+use crate::message::{body, ConnInfo, Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Terminal {
     name: "respond",

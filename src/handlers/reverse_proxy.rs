@@ -19,16 +19,18 @@ use kdl::KdlNode;
 
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig};
 use crate::config::reader::{Reader, Repeat};
-use crate::config::value::{self, UpstreamUrl};
-use crate::http::body::{self, Guarded};
-use crate::http::header_ops::HeaderOps;
-use crate::http::placeholders::RequestVars;
-use crate::http::upstream_pool::{
+use crate::config::value;
+use crate::upstream::url::UpstreamUrl;
+use crate::message::body::{self, Guarded};
+use crate::message::header_ops::HeaderOps;
+use crate::message::placeholders::RequestVars;
+use crate::upstream::pool::{
     self, PoolSettings, PooledBody, SendError, Upload, UpstreamPool, Uploading,
 };
-use crate::http::upgrades::Upgrades;
-use crate::http::upstream_tls::UpstreamTls;
-use crate::http::{hop_by_hop, ConnInfo, Request, Response};
+use crate::upstream::upgrades::Upgrades;
+use crate::upstream::tls_connector::UpstreamTls;
+use crate::message::{ConnInfo, Request, Response};
+use crate::upstream::hop_by_hop;
 
 pub static KIND: HandlerKind = HandlerKind::Terminal {
     name: "reverse_proxy",
@@ -148,11 +150,11 @@ impl TerminalConfig for ReverseProxyConfig {
 struct Upstream {
     url: UpstreamUrl,
     /// Requests in flight, for `least_conn`.
-    active: crate::metrics::Gauge,
+    active: crate::counters::Gauge,
     /// Milliseconds since `ReverseProxy::epoch` until which it is passed over.
     down_until_ms: AtomicU64,
     /// Time to the response head.
-    latency: Arc<crate::metrics::Histogram>,
+    latency: Arc<crate::counters::Histogram>,
     /// Its kept-alive connections, per serving worker.
     pool: UpstreamPool<body::Body>,
     /// The `Host` a request without one gets: the upstream's authority.
@@ -208,7 +210,7 @@ impl ReverseProxy {
             .map(|url| {
                 Arc::new(Upstream {
                     url: url.clone(),
-                    active: crate::metrics::Gauge::default(),
+                    active: crate::counters::Gauge::default(),
                     down_until_ms: AtomicU64::new(0),
                     latency: cx.metrics.upstream(&cx.route_key, &url.to_string()),
                     pool: UpstreamPool::new(url.origin(), connector.clone(), settings, workers),
@@ -275,7 +277,7 @@ impl ReverseProxy {
         // values are taken before the headers are changed.
         let vars = (self.config.header_up.needs_vars() || self.config.header_down.needs_vars())
             .then(|| Box::new(RequestVars::of(&mut parts, conn)));
-        let forwarding = crate::http::upstream_headers(
+        let forwarding = crate::upstream::upstream_headers(
             &mut parts.headers,
             &parts.uri,
             conn,
@@ -377,7 +379,7 @@ impl ReverseProxy {
                             self.now_ms() + FAIL_TIMEOUT.as_millis() as u64,
                             Ordering::Relaxed,
                         );
-                        tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::http::error_chain(&err), "upstream unreachable");
+                        tracing::warn!(route = %self.route, upstream = %upstream.url, error = %crate::message::error_chain(&err), "upstream unreachable");
                         failure = Failure::BadGateway;
                     }
                     Err(err) if body::is_too_large(&err) => {
@@ -391,7 +393,7 @@ impl ReverseProxy {
                         return response;
                     }
                     Err(err) if body::is_client_body_error(&err) => {
-                        tracing::debug!(route = %self.route, error = %crate::http::error_chain(&err), "the client's body failed");
+                        tracing::debug!(route = %self.route, error = %crate::message::error_chain(&err), "the client's body failed");
                         let mut response = error_response(StatusCode::BAD_REQUEST);
                         response
                             .headers_mut()
@@ -399,7 +401,7 @@ impl ReverseProxy {
                         return response;
                     }
                     Err(err) => {
-                        let error = crate::http::error_chain(&err);
+                        let error = crate::message::error_chain(&err);
                         match prepared.accepts_trailers && self.speaks_http1_to(upstream) {
                             // What an HTTP/2-only server (gRPC) does to an
                             // HTTP/1.1 request rarely says so itself.
@@ -441,8 +443,8 @@ impl ReverseProxy {
         };
         let keep_for_retry = replayable && !is_last;
         let uri = match keep_for_retry {
-            true => upstream_pool::origin_form(&prepared.parts.uri),
-            false => upstream_pool::into_origin_form(std::mem::take(&mut prepared.parts.uri)),
+            true => pool::origin_form(&prepared.parts.uri),
+            false => pool::into_origin_form(std::mem::take(&mut prepared.parts.uri)),
         };
         let Some(uri) = uri else {
             return Some(Err(()));

@@ -19,7 +19,7 @@ use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, Middle
 use crate::config::reader::{arguments, name_span, properties, Reader};
 use crate::config::value::{self, value_span};
 use crate::config::Problem;
-use crate::http::{body, Request, Response};
+use crate::message::{body, Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "rewrite",

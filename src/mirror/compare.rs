@@ -1,5 +1,5 @@
 //! `compare { … }` inside `mirror`: each target's response is compared with
-//! the primary's, by [`crate::compare`]'s rules, and the outcome counted per
+//! the primary's, by [`crate::diff`]'s rules, and the outcome counted per
 //! target; mismatches are written (rate-limited) to a diff log.
 //!
 //! The primary's response is kept as it streams to the client (up to the
@@ -18,14 +18,14 @@ use kdl::KdlNode;
 use super::policy::RateLimit;
 use super::stats::bump;
 use super::target::TargetState;
-use crate::compare::{BodyCollector, CompareRules, JsonPath, Observed};
 use crate::config::reader::{arguments, name_span, Reader, Repeat};
 use crate::config::value;
 use crate::config::Problem;
-use crate::http::json;
-use crate::http::placeholders::RequestVars;
-use crate::http::{body, Response};
+use crate::diff::{BodyCollector, CompareRules, JsonPath, Observed};
 use crate::lines::{Destination, LineSink};
+use crate::message::json;
+use crate::message::placeholders::RequestVars;
+use crate::message::{body, Response};
 
 /// The `compare` block, checked.
 #[derive(Debug, Clone)]
@@ -155,7 +155,7 @@ impl Comparer {
     pub fn comparison(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
-        conn: &crate::http::ConnInfo,
+        conn: &crate::message::ConnInfo,
     ) -> Arc<Comparison> {
         let vars = RequestVars::of(head, conn);
         // `{"ts_ms":…,"id":…,"method":…,"uri":…` for the diff line.
@@ -263,7 +263,7 @@ impl Comparison {
         let watched = Watched {
             collector: Some(BodyCollector::new(self.comparer.max_body)),
             // Kept until every target answered: must not pin hyper's buffer.
-            head: Some((parts.status, crate::http::detached(&parts.headers, 0))),
+            head: Some((parts.status, crate::message::detached(&parts.headers, 0))),
             comparison: self,
         };
         Response::from_parts(parts, body::boxed(body::Observed::new(inner, watched)))

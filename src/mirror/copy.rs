@@ -14,8 +14,8 @@ use http_body::{Frame, SizeHint};
 use super::compare::Comparison;
 use super::grpc::Protocol;
 use super::rewrite::CopyRewrite;
-use crate::http::header_ops::HeaderOps;
-use crate::http::placeholders::RequestVars;
+use crate::message::header_ops::HeaderOps;
+use crate::message::placeholders::RequestVars;
 
 /// What every target of one mirror is sent for one request, shared by all
 /// of them.

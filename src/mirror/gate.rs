@@ -18,7 +18,7 @@ use super::copy::CopyRequest;
 use super::policy::StatusFilter;
 use super::stats::bump;
 use super::target::Target;
-use crate::http::Response;
+use crate::message::Response;
 
 /// A response teebox made itself because its upstream failed (could not be
 /// reached, broke the exchange, did not answer in time): the primary gave

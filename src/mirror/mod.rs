@@ -29,11 +29,11 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Uri};
 
-use crate::config::value::UpstreamUrl;
-use crate::http::header_ops::HeaderOps;
-use crate::http::placeholders::RequestVars;
-use crate::http::upstream_pool::PoolSettings;
-use crate::http::ConnInfo;
+use crate::message::header_ops::HeaderOps;
+use crate::message::placeholders::RequestVars;
+use crate::message::ConnInfo;
+use crate::upstream::pool::PoolSettings;
+use crate::upstream::url::UpstreamUrl;
 use copy::{CopyExtras, CopyRequest};
 use stats::{bump, Counts};
 use target::{CopyClient, Target, TargetSettings, TargetSpec};
@@ -63,7 +63,7 @@ pub struct MirrorOptions {
     /// is the mirror's: no target is sent a request the mirror left out.
     pub targets: TargetSettings,
     /// For `https://` targets.
-    pub tls: crate::http::upstream_tls::UpstreamTls,
+    pub tls: crate::upstream::tls_connector::UpstreamTls,
 }
 
 /// The live targets of one mirror. Swapped whole on every change, so the
@@ -147,7 +147,7 @@ impl Mirror {
         specs: &[TargetSpec],
         label: String,
         base_dir: &std::path::Path,
-        metrics: &crate::metrics::MetricsRegistry,
+        metrics: &crate::counters::MetricsRegistry,
     ) -> Result<Arc<Mirror>, String> {
         let defaults = &options.targets;
         let all = || std::iter::once(defaults).chain(specs.iter().map(|s| &s.settings));
@@ -393,10 +393,11 @@ impl Mirror {
         // With room for the four forwarding headers and the loop marker
         // (less the Host that goes): the map is not grown for them.
         let room = 5 - usize::from(head.headers.contains_key(http::header::HOST));
-        let mut headers = crate::http::detached(&head.headers, room);
+        let mut headers = crate::message::detached(&head.headers, room);
         let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
         let original_host =
-            crate::http::upstream_headers(&mut headers, &head.uri, conn, true, false).original_host;
+            crate::upstream::upstream_headers(&mut headers, &head.uri, conn, true, false)
+                .original_host;
         // Kept apart from the headers: a target's own `host` wins over it.
         let suffixed_host = match (&self.options.host_suffix, original_host) {
             (Some(suffix), Some(host)) => with_suffix(&host, suffix),
@@ -455,7 +456,7 @@ impl Mirror {
 /// `api.example.com-shadow:8080`: the name changes, the port stays.
 fn with_suffix(host: &http::HeaderValue, suffix: &str) -> Option<http::HeaderValue> {
     let text = host.to_str().ok()?;
-    let name = crate::http::host_without_port(text);
+    let name = crate::message::host_without_port(text);
     let port = &text[name.len()..];
     http::HeaderValue::from_str(&format!("{name}{suffix}{port}")).ok()
 }

@@ -16,7 +16,7 @@ use crate::config::value::{self, Parsed};
 use crate::config::Problem;
 
 /// The header every copy carries unless `marker #false`.
-pub const DEFAULT_MARKER: HeaderName = crate::http::SHADOW_MARKER;
+pub const DEFAULT_MARKER: HeaderName = crate::message::SHADOW_MARKER;
 
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -146,7 +146,7 @@ impl SampleKey {
     pub fn value(
         &self,
         parts: &http::request::Parts,
-        conn: &crate::http::ConnInfo,
+        conn: &crate::message::ConnInfo,
     ) -> Option<String> {
         match self {
             SampleKey::Header(name) => parts

@@ -1,7 +1,7 @@
 //! Counters kept per mirror target, cheap enough for the request path
 //! (relaxed atomics), read by alerts and by the admin endpoint's /metrics.
 
-pub use crate::metrics::{Histogram, HistogramSnapshot, LATENCY_BUCKETS_MS};
+pub use crate::counters::{Histogram, HistogramSnapshot, LATENCY_BUCKETS_MS};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::upstream_pool::{self, PoolSettings, UpstreamPool};
+use crate::upstream::pool::{self, PoolSettings, UpstreamPool};
 use http::{header, HeaderValue, Request, Uri, Version};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Mutex};
@@ -25,19 +25,19 @@ use super::grpc::Protocol;
 use super::policy::RateLimit;
 use super::stats::{bump, TargetStats};
 use super::TargetSet;
-use crate::config::value::UpstreamUrl;
-use crate::http::error_chain;
-use crate::http::header_ops::HeaderOps;
+use crate::message::error_chain;
+use crate::message::header_ops::HeaderOps;
+use crate::upstream::url::UpstreamUrl;
 
 /// How a mirror's targets are reached: each target keeps its own pool of
 /// connections, opened with the mirror's connector and these settings
 /// (but `h2c`, which is the target's own).
 pub struct CopyClient {
-    pub connector: crate::http::upstream_tls::Connector,
+    pub connector: crate::upstream::tls_connector::Connector,
     pub settings: PoolSettings,
     /// Where each target's counters are kept across reloads, and under
     /// which mirror.
-    pub metrics: crate::metrics::MetricsRegistry,
+    pub metrics: crate::counters::MetricsRegistry,
     pub mirror: String,
 }
 
@@ -96,7 +96,7 @@ impl Drop for Place {
 /// What workers share with the target, without the backlog's sender.
 pub struct TargetState {
     pub url: UpstreamUrl,
-    /// Kept across reloads (see [`crate::metrics::MetricsRegistry`]).
+    /// Kept across reloads (see [`crate::counters::MetricsRegistry`]).
     pub stats: Arc<TargetStats>,
     /// What `stats` held when this target started: the alerts report
     /// what came after.
@@ -383,8 +383,7 @@ impl Worker {
     async fn send(&self, copy: &CopyRequest) -> Outcome {
         let mut req = Request::new(copy.body());
         *req.method_mut() = copy.method.clone();
-        *req.uri_mut() =
-            upstream_pool::origin_form(&copy.uri).unwrap_or_else(|| Uri::from_static("/"));
+        *req.uri_mut() = pool::origin_form(&copy.uri).unwrap_or_else(|| Uri::from_static("/"));
         *req.headers_mut() = copy.headers_for(&self.state.header_up);
         if copy.protocol() == Protocol::Grpc {
             // The client then refuses a connection that ALPN made HTTP/1.1

@@ -25,8 +25,8 @@ use tokio::sync::Notify;
 
 use super::grpc::{Framing, NotUnary, Protocol};
 use super::PendingCopy;
-use crate::http::body::BodyRefusal;
-use crate::http::{Body, BoxError};
+use crate::message::body::BodyRefusal;
+use crate::message::{Body, BoxError};
 
 /// Why a copy was given up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl Capture {
             self.body.extend_from_slice(data);
         } else if let Some(trailers) = frame.trailers_ref() {
             // Like the headers, not slices of the connection's buffers.
-            self.trailers = Some(crate::http::detached(trailers, 0));
+            self.trailers = Some(crate::message::detached(trailers, 0));
         }
         Ok(())
     }

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http::header;
 
 use crate::config::{AccessLogTarget, LogFormat};
-use crate::http::{body, ConnInfo, Request, Response};
 use crate::lines::{Destination, LineSink};
+use crate::message::{body, ConnInfo, Request, Response};
 
 const QUEUE: usize = 16 * 1024;
 
@@ -89,7 +89,7 @@ impl Entry {
             version: req.version(),
             // HTTP/2 has no `Host`, only `:authority`; an absolute-form
             // target's host overrides `Host` too (RFC 9112 §3.2.2).
-            host: crate::http::original_host(req.uri(), req.headers())
+            host: crate::message::original_host(req.uri(), req.headers())
                 .and_then(|v| v.to_str().ok().map(str::to_string))
                 .unwrap_or_default(),
             referer: header(header::REFERER),

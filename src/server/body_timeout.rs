@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::http::body::{BodyReadTimeout, BoxError};
+use crate::message::body::{BodyReadTimeout, BoxError};
 
 pin_project_lite::pin_project! {
     /// A request body that fails if the client sends nothing for `timeout`
@@ -134,7 +134,7 @@ mod tests {
             .await
             .expect("an error")
             .expect_err("timed out");
-        assert!(crate::http::body::is_read_timeout(err.as_ref()));
+        assert!(crate::message::body::is_read_timeout(err.as_ref()));
         assert!(body.frame().await.expect("still an error").is_err());
         assert!(!body.is_end_stream());
     }

@@ -32,7 +32,7 @@
 
 use http::{header, HeaderValue, StatusCode};
 
-use crate::http::Response;
+use crate::message::Response;
 
 /// `"transfer-encoding:"`, the longer of the two names with its colon.
 const LONGEST: usize = 18;

@@ -25,8 +25,8 @@ use super::limits::{ConnLimits, ConnState, Slot, TimedIo};
 use super::router::AddressRouter;
 use crate::accept_backoff::{accept_next, AcceptBackoff};
 use crate::config::Limits;
-use crate::http::body::Guarded;
-use crate::http::{body, ConnInfo};
+use crate::message::body::Guarded;
+use crate::message::{body, ConnInfo};
 
 /// HTTP/2 streams a client may reset before its response starts (the
 /// "rapid reset" attack, CVE-2023-44487), and streams teebox itself may

@@ -11,7 +11,7 @@ mod limits;
 mod listener;
 pub mod redirect;
 pub mod router;
-pub mod tls;
+pub mod sni;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, LogFormat};
+use crate::counters::MetricsRegistry;
 use crate::handlers::{BuildContext, Chain};
-use crate::metrics::MetricsRegistry;
 use crate::mirror::{Mirror, MirrorRegistry};
 use access_log::AccessLog;
 use drain::Drain;
@@ -453,7 +453,7 @@ fn build(config: &Config, metrics: &MetricsRegistry) -> Result<Built, StartError
         };
         let port = Arc::new(std::sync::atomic::AtomicU16::new(to.value.port()));
         redirect_ports.push((to.value, port.clone()));
-        let key = crate::metrics::RouteKey {
+        let key = crate::counters::RouteKey {
             site: from.value.to_string(),
             route: "http_redirect".into(),
         };
@@ -517,8 +517,8 @@ fn tls_for(
             catch_all = Some(tls.certified.clone());
         }
     }
-    let resolver = tls::SniResolver::new(names, default.or(catch_all), addr.to_string());
-    let config = tls::server_config(resolver).map_err(StartError::Build)?;
+    let resolver = sni::SniResolver::new(names, default.or(catch_all), addr.to_string());
+    let config = sni::server_config(resolver).map_err(StartError::Build)?;
     Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
 }
 
@@ -687,7 +687,7 @@ fn build_site(
     };
     let mut routes = Vec::new();
     for route in &site.routes {
-        let route_key = crate::metrics::RouteKey {
+        let route_key = crate::counters::RouteKey {
             site: name.clone(),
             route: route.matcher.path.to_string(),
         };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{header, HeaderValue, StatusCode};
 
 use crate::handlers::{BoxFuture, Terminal};
-use crate::http::{body, ConnInfo, Request, Response};
+use crate::message::{body, ConnInfo, Request, Response};
 
 pub struct HttpsRedirect {
     /// The HTTPS port, known once the TLS address is bound (it may be 0 in
@@ -17,11 +17,11 @@ pub struct HttpsRedirect {
 
 impl Terminal for HttpsRedirect {
     fn serve<'a>(&'a self, req: Request, _: &'a ConnInfo) -> BoxFuture<'a, Response> {
-        let host = crate::http::original_host(req.uri(), req.headers())
+        let host = crate::message::original_host(req.uri(), req.headers())
             .and_then(|h| h.to_str().ok().map(str::to_string))
             .unwrap_or_default();
         // The name without its port: the redirect names the HTTPS port.
-        let name = crate::http::host_without_port(&host);
+        let name = crate::message::host_without_port(&host);
         let port = match self.port.load(Ordering::Relaxed) {
             443 => String::new(),
             p => format!(":{p}"),

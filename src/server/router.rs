@@ -11,12 +11,12 @@ use http::{header, HeaderValue, StatusCode};
 use super::access_log::{AccessLog, Entry};
 use crate::config::matchers::{normalize_path, HostPattern, RouteMatch};
 use crate::handlers::Chain;
-use crate::http::{body, ConnInfo, Request, Response};
+use crate::message::{body, ConnInfo, Request, Response};
 
 pub struct RouteRuntime {
     pub matcher: RouteMatch,
     pub chain: Chain,
-    pub stats: Arc<crate::metrics::RouteStats>,
+    pub stats: Arc<crate::counters::RouteStats>,
 }
 
 pub struct SiteRuntime {
@@ -306,7 +306,7 @@ fn request_host(req: &Request) -> Option<String> {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
     })?;
-    let name = crate::http::host_without_port(raw);
+    let name = crate::message::host_without_port(raw);
     Some(name.trim_end_matches('.').to_ascii_lowercase())
 }
 

@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use teebox::http::{body, Body, BoxError};
+use teebox::message::{body, Body, BoxError};
 
 use super::TIMEOUT;
 
@@ -78,7 +78,7 @@ impl Client {
     ) -> Result<http::Response<Incoming>, String> {
         match tokio::time::timeout(TIMEOUT, self.inner.request(req)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(teebox::http::error_chain(&err)),
+            Ok(Err(err)) => Err(teebox::message::error_chain(&err)),
             Err(_) => Err(format!("no response head within {TIMEOUT:?}")),
         }
     }
@@ -118,7 +118,7 @@ impl Client {
 pub async fn read_body(incoming: Incoming) -> Result<Bytes, String> {
     match tokio::time::timeout(TIMEOUT, incoming.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) => Err(teebox::http::error_chain(&err)),
+        Ok(Err(err)) => Err(teebox::message::error_chain(&err)),
         Err(_) => Err(format!("body not finished within {TIMEOUT:?}")),
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::metrics::{Histogram, MetricsRegistry};
+use crate::counters::{Histogram, MetricsRegistry};
 use crate::mirror::stats::LATENCY_BUCKETS_MS;
 use crate::mirror::Mirror;
 

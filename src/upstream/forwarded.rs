@@ -7,11 +7,10 @@
 //! this hop and replace what the client sent.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
 
 use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, FORWARDED};
 
-use super::ConnInfo;
+use crate::message::ConnInfo;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -80,104 +79,6 @@ fn element(conn: &ConnInfo, host: Option<&HeaderValue>) -> HeaderValue {
     element.extend_from_slice(b";proto=");
     element.extend_from_slice(conn.scheme().as_bytes());
     HeaderValue::from_bytes(&element).expect("made of a valid address and a valid header value")
-}
-
-/// A connection's last `Forwarded` element and the host it was made for.
-/// Every request on a connection usually names the same host, so the
-/// element is made once and shared (a reference count) after that.
-#[derive(Default)]
-pub struct ElementMemo(Mutex<Option<(Option<HeaderValue>, HeaderValue)>>);
-
-/// A copy of a `ConnInfo` starts with an empty memo of its own.
-impl Clone for ElementMemo {
-    fn clone(&self) -> Self {
-        ElementMemo::default()
-    }
-}
-
-impl ElementMemo {
-    fn element(
-        &self,
-        host: Option<&HeaderValue>,
-        make: impl FnOnce() -> HeaderValue,
-    ) -> HeaderValue {
-        // Concurrent HTTP/2 streams do not wait on each other for it.
-        let Ok(mut memo) = self.0.try_lock() else {
-            return make();
-        };
-        if let Some((for_host, element)) = &*memo {
-            if for_host.as_ref().map(HeaderValue::as_bytes) == host.map(HeaderValue::as_bytes) {
-                return element.clone();
-            }
-        }
-        let element = make();
-        // Owned bytes: the request's host is a slice of hyper's read
-        // buffer, which a connection-long memo must not hold on to.
-        let host =
-            host.map(|h| HeaderValue::from_bytes(h.as_bytes()).unwrap_or_else(|_| h.clone()));
-        *memo = Some((host, element.clone()));
-        element
-    }
-}
-
-impl std::fmt::Debug for ElementMemo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ElementMemo")
-    }
-}
-
-/// An address as text, on the stack (the longest IPv6 form is 45 bytes),
-/// an IPv4 one written without the formatter.
-pub struct IpText {
-    buf: [u8; 48],
-    len: usize,
-}
-
-impl IpText {
-    pub fn of(ip: IpAddr) -> Self {
-        let mut text = IpText {
-            buf: [0; 48],
-            len: 0,
-        };
-        match ip {
-            IpAddr::V4(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    text.push_u8(octet);
-                }
-            }
-            // Rare enough on this path that the formatter's cost does not matter.
-            IpAddr::V6(v6) => {
-                use std::io::Write;
-                let mut rest = &mut text.buf[..];
-                let before = rest.len();
-                let _ = write!(rest, "{v6}");
-                text.len = before - rest.len();
-            }
-        }
-        text
-    }
-
-    fn push(&mut self, byte: u8) {
-        self.buf[self.len] = byte;
-        self.len += 1;
-    }
-
-    fn push_u8(&mut self, n: u8) {
-        if n >= 100 {
-            self.push(b'0' + n / 100);
-        }
-        if n >= 10 {
-            self.push(b'0' + n / 10 % 10);
-        }
-        self.push(b'0' + n % 10);
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
 }
 
 fn push_quoted(out: &mut Vec<u8>, value: &str) {

@@ -25,8 +25,8 @@ use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use super::upstream_tls::Connector;
-use super::BoxError;
+use super::tls_connector::Connector;
+use crate::message::{error_chain, BoxError};
 
 /// How a pool treats its connections.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +64,7 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// No connection could be opened: nothing was sent.
-    #[error("cannot connect: {}", super::error_chain(.0.as_ref()))]
+    #[error("cannot connect: {}", error_chain(.0.as_ref()))]
     Connect(BoxError),
     /// The connection broke, or the upstream answered with something that
     /// is not HTTP.
@@ -427,7 +427,7 @@ where
         let io = match self.connector.clone().call(self.origin.clone()).await {
             Ok(io) => io,
             Err(err) => {
-                let why = super::error_chain(err.as_ref());
+                let why = error_chain(err.as_ref());
                 list.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .connect_failed = Some((Instant::now(), why));

@@ -201,7 +201,7 @@ fn meaning(name: &str) -> Meaning<'_> {
                 "env.{}",
                 var.to_ascii_uppercase().replace(['.', '-'], "_")
             )),
-            None => crate::config::value::suggest(bare, known).map(str::to_string),
+            None => crate::suggest::suggest(bare, known).map(str::to_string),
         },
     };
     let lower_case_words = name

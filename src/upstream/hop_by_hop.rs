@@ -38,7 +38,7 @@ const UPGRADE: usize = 7;
 fn never_named(name: &HeaderName) -> bool {
     matches!(name.as_str(), "host" | "content-length")
         || matches!(classify(name), Name::Forwarding)
-        || *name == super::SHADOW_MARKER
+        || *name == crate::message::SHADOW_MARKER
 }
 
 /// What the scan makes of a header name.
