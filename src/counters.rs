@@ -6,6 +6,7 @@
 //! request adds to its counters without a locked instruction; `/metrics`
 //! sums the shards.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -162,8 +163,8 @@ pub struct MetricsRegistry(Arc<Mutex<Inner>>);
 struct Inner {
     routes: HashMap<RouteKey, Arc<RouteStats>>,
     upstreams: HashMap<(RouteKey, String), Arc<Histogram>>,
-    /// By mirror label and target URL.
-    mirror_targets: HashMap<(String, String), Arc<crate::mirror::stats::TargetStats>>,
+    /// Counters another layer keeps here under a key of its own, by type.
+    kept: HashMap<(TypeId, String), Arc<dyn Any + Send + Sync>>,
 }
 
 impl MetricsRegistry {
@@ -184,14 +185,22 @@ impl MetricsRegistry {
             .clone()
     }
 
-    /// A mirror target's counters: the same after a reload, and for a
-    /// target removed and added again, so that none goes backwards.
-    pub fn mirror_target(&self, mirror: &str, url: &str) -> Arc<crate::mirror::stats::TargetStats> {
-        self.lock()
-            .mirror_targets
-            .entry((mirror.to_string(), url.to_string()))
-            .or_default()
-            .clone()
+    /// Counters of some kind `T` under `key` (a mirror target's, by mirror
+    /// and URL): the same after a reload, and for a target removed and
+    /// added again, so that none goes backwards. The registry stores them
+    /// without knowing what they are, so the layers that count need not be
+    /// known here.
+    pub fn kept<T: Default + Send + Sync + 'static>(&self, key: &str) -> Arc<T> {
+        let mut inner = self.lock();
+        let slot = inner
+            .kept
+            .entry((TypeId::of::<T>(), key.to_string()))
+            .or_insert_with(|| Arc::new(T::default()));
+        // The map is keyed by type, so the downcast holds; a fresh set of
+        // counters is the harmless answer if it ever did not.
+        slot.clone()
+            .downcast::<T>()
+            .unwrap_or_else(|_| Arc::new(T::default()))
     }
 
     pub fn routes(&self) -> Vec<(RouteKey, Arc<RouteStats>)> {

@@ -247,7 +247,7 @@ fn style() -> Style {
 
 /// Loads a site file, printing what is wrong with it; `Err` holds the exit status.
 fn load(file: &Path) -> Result<config::Loaded, u8> {
-    match config::load(file) {
+    match config::load(file, teebox::handlers::REGISTRY) {
         Ok(loaded) => {
             eprint!("{}", loaded.render_warnings(style()));
             Ok(loaded)
@@ -353,7 +353,7 @@ fn hash_password() -> ExitCode {
 }
 
 fn run(file: &Path) -> ExitCode {
-    let loaded = match config::load(file) {
+    let loaded = match config::load(file, teebox::handlers::REGISTRY) {
         Ok(loaded) => loaded,
         Err(LoadError::Invalid(err)) => {
             match config::log_format_hint(err.file.text()) {
@@ -412,12 +412,10 @@ fn run(file: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mirror_workers = running
-            .mirrors()
-            .iter()
-            .map(|mirror| mirror.targets().iter().map(|t| t.workers()).sum::<usize>())
-            .sum();
-        teebox::server::fd_limit::raise_and_check(&config.global.limits, mirror_workers);
+        teebox::server::fd_limit::raise_and_check(
+            &config.global.limits,
+            running.handler_connections(),
+        );
         tracing::info!(file = %file.display(), version = env!("CARGO_PKG_VERSION"), "teebox serving");
         let signal = serve_until_stopped(&running, signals).await;
         let grace = running.grace_period();

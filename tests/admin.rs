@@ -326,7 +326,13 @@ async fn without_users_a_loopback_endpoint_is_open() {
 #[test]
 fn validate_refuses_an_open_endpoint_on_other_interfaces() {
     let site = "global { admin \"0.0.0.0:2019\" }\nsite \"127.0.0.1:0\" { route \"/*\" { respond 200 } }\n";
-    let err = teebox::config::parse("open.kdl", site, std::env::temp_dir()).unwrap_err();
+    let err = teebox::config::parse(
+        "open.kdl",
+        site,
+        std::env::temp_dir(),
+        teebox::handlers::REGISTRY,
+    )
+    .unwrap_err();
     let text = err.render(teebox::config::Style::Plain);
     assert!(
         text.contains("the admin endpoint on 0.0.0.0:2019 has no users"),
@@ -449,7 +455,12 @@ async fn a_corrupt_state_file_stops_the_start() {
     );
     // Refused where the file is read, so `teebox validate` refuses it too
     // and `run` stops before it binds anything.
-    let err = match teebox::config::parse("test.kdl", &site, dir.path().to_path_buf()) {
+    let err = match teebox::config::parse(
+        "test.kdl",
+        &site,
+        dir.path().to_path_buf(),
+        teebox::handlers::REGISTRY,
+    ) {
         Ok(_) => panic!("accepted a corrupt state file"),
         Err(err) => err.render(teebox::config::Style::Plain),
     };
@@ -476,7 +487,7 @@ async fn reloadable(name: &str) -> (common::TempDir, std::path::PathBuf, Running
     let dir = common::TempDir::new(name);
     let file = dir.join("site.kdl");
     std::fs::write(&file, versioned_site("1", "")).unwrap();
-    let loaded = teebox::config::load(&file).unwrap();
+    let loaded = teebox::config::load(&file, teebox::handlers::REGISTRY).unwrap();
     let running = teebox::server::start(&loaded.config).await.unwrap();
     let shadow = Backend::ok().await;
     assert_eq!(
@@ -696,9 +707,13 @@ async fn a_request_in_flight_during_a_reload_finishes_on_the_old_config() {
         )
     };
     std::fs::write(&file, site(&old_backend)).unwrap();
-    let running = teebox::server::start(&teebox::config::load(&file).unwrap().config)
-        .await
-        .unwrap();
+    let running = teebox::server::start(
+        &teebox::config::load(&file, teebox::handlers::REGISTRY)
+            .unwrap()
+            .config,
+    )
+    .await
+    .unwrap();
     let url = format!("{}/slow", base_url(&running));
     let in_flight = tokio::spawn(async move { Client::http1().get(&url).await });
     common::eventually("the old backend to hold the request", || {
@@ -1198,7 +1213,7 @@ async fn start_file(name: &str, text: &str) -> (common::TempDir, std::path::Path
     let dir = common::TempDir::new(name);
     let file = dir.join("site.kdl");
     std::fs::write(&file, text).unwrap();
-    let loaded = teebox::config::load(&file).unwrap();
+    let loaded = teebox::config::load(&file, teebox::handlers::REGISTRY).unwrap();
     let running = teebox::server::start(&loaded.config).await.unwrap();
     (dir, file, running)
 }

@@ -214,7 +214,12 @@ fn names_in(text: &str) -> BTreeSet<String> {
 const PROBE: &str = "zzzz";
 
 fn problems(kdl: &str) -> Vec<teebox::config::Problem> {
-    match teebox::config::parse("probe.kdl", kdl, std::env::temp_dir()) {
+    match teebox::config::parse(
+        "probe.kdl",
+        kdl,
+        std::env::temp_dir(),
+        teebox::handlers::REGISTRY,
+    ) {
         Ok(_) => panic!("the probe was accepted:\n{kdl}"),
         Err(err) => err.problems,
     }
@@ -348,7 +353,12 @@ fn every_kdl_block_of_the_readme_is_valid() {
     for block in &blocks {
         let file = as_site_file(&block.text);
         let name = format!("README.md:{}", block.line);
-        if let Err(err) = teebox::config::parse(&name, &file, files.path().to_path_buf()) {
+        if let Err(err) = teebox::config::parse(
+            &name,
+            &file,
+            files.path().to_path_buf(),
+            teebox::handlers::REGISTRY,
+        ) {
             failures.push(format!(
                 "{}\n--- as checked ---\n{file}",
                 err.render(Style::Plain)
@@ -375,7 +385,7 @@ fn every_example_is_valid() {
         if !readme.contains(&format!("(examples/{name})")) {
             failures.push(format!("examples/{name} is not linked from the README"));
         }
-        if let Err(err) = teebox::config::load(path) {
+        if let Err(err) = teebox::config::load(path, teebox::handlers::REGISTRY) {
             failures.push(match err {
                 teebox::config::LoadError::Invalid(err) => err.render(Style::Plain),
                 other => other.to_string(),
@@ -398,7 +408,12 @@ fn the_readme_validate_run_is_what_validate_prints() {
         .split_once("$ teebox validate site.kdl\n")
         .expect("the run validates site.kdl");
     let (shown, status) = rest.split_once("$ echo $?\n").expect("the run shows $?");
-    let err = match teebox::config::parse("site.kdl", file, std::env::temp_dir()) {
+    let err = match teebox::config::parse(
+        "site.kdl",
+        file,
+        std::env::temp_dir(),
+        teebox::handlers::REGISTRY,
+    ) {
         Ok(_) => panic!("the README's invalid site.kdl is valid"),
         Err(err) => err,
     };

@@ -844,7 +844,7 @@ async fn out_of_open_files_accepting_backs_off_logs_once_a_second_and_recovers()
     assert!(
         warned[0].contains(
             "the open files limit (RLIMIT_NOFILE) is 64, below the 20064 teebox may need: \
-             2 x max_connections 10000 + 0 mirror workers + 64 for listeners and files"
+             2 x max_connections 10000 + 0 handler connections + 64 for listeners and files"
         ),
         "{}",
         warned[0]

@@ -286,7 +286,8 @@ fn apply_kdl(text: &str, edits: &[KdlEdit]) -> String {
 #[test]
 fn every_valid_site_file_parses_unedited() {
     for (name, text) in corpus() {
-        if let Err(err) = teebox::config::parse(name, text, valid_dir()) {
+        if let Err(err) = teebox::config::parse(name, text, valid_dir(), teebox::handlers::REGISTRY)
+        {
             panic!("{name} is refused:\n{}", err.render(Style::Plain));
         }
     }
@@ -303,7 +304,7 @@ proptest! {
         let (name, original) = &corpus()[file];
         let text = apply_kdl(original, &edits);
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            match teebox::config::parse("test.kdl", &text, valid_dir()) {
+            match teebox::config::parse("test.kdl", &text, valid_dir(), teebox::handlers::REGISTRY) {
                 Ok(_) => None,
                 Err(err) => Some(err.render(Style::Plain)),
             }

@@ -20,7 +20,7 @@ fn site(extra_global: &str, body: &str) -> String {
 
 async fn start_from(file: &Path) -> teebox::server::Running {
     common::init_tracing();
-    let loaded = teebox::config::load(file).expect("valid site file");
+    let loaded = teebox::config::load(file, teebox::handlers::REGISTRY).expect("valid site file");
     within("teebox to start", teebox::server::start(&loaded.config))
         .await
         .expect("teebox starts")

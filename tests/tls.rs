@@ -270,9 +270,13 @@ async fn a_reload_serves_a_new_certificate_to_new_connections() {
     let site = "global { admin \"127.0.0.1:0\" }\nsite \"127.0.0.1:0\" {\n  tls cert=\"a.test.pem\" key=\"a.test-key.pem\"\n  route \"/*\" { respond 200 \"a\" }\n}\n";
     let file = dir.join("site.kdl");
     std::fs::write(&file, site).unwrap();
-    let running = teebox::server::start(&teebox::config::load(&file).unwrap().config)
-        .await
-        .unwrap();
+    let running = teebox::server::start(
+        &teebox::config::load(&file, teebox::handlers::REGISTRY)
+            .unwrap()
+            .config,
+    )
+    .await
+    .unwrap();
     let before = connect(running.addr(), "a.test", client_config(&[&old], &[]))
         .await
         .unwrap();
@@ -306,7 +310,12 @@ fn validate_checks_the_certificate_and_key() {
     let check = |tls: &str| {
         let site =
             format!("site \"127.0.0.1:0\" {{\n  {tls}\n  route \"/*\" {{ respond 200 }}\n}}\n");
-        match teebox::config::parse("tls.kdl", &site, dir.path().to_path_buf()) {
+        match teebox::config::parse(
+            "tls.kdl",
+            &site,
+            dir.path().to_path_buf(),
+            teebox::handlers::REGISTRY,
+        ) {
             Ok(_) => String::new(),
             Err(err) => err.render(teebox::config::Style::Plain),
         }
@@ -402,7 +411,12 @@ async fn http_redirect_answers_308_to_the_https_url() {
 
 #[test]
 fn http_redirect_needs_tls_and_an_address_of_its_own() {
-    let check = |site: &str| match teebox::config::parse("r.kdl", site, std::env::temp_dir()) {
+    let check = |site: &str| match teebox::config::parse(
+        "r.kdl",
+        site,
+        std::env::temp_dir(),
+        teebox::handlers::REGISTRY,
+    ) {
         Ok(_) => String::new(),
         Err(err) => err.render(teebox::config::Style::Plain),
     };
@@ -529,7 +543,13 @@ async fn an_https_mirror_target_gets_copies() {
 #[test]
 fn validate_warns_about_skipping_verification() {
     let site = "site \"127.0.0.1:0\" { route \"/*\" { reverse_proxy \"https://127.0.0.1:9443\" { tls_insecure_skip_verify #true } } }";
-    let loaded = teebox::config::parse("w.kdl", site, std::env::temp_dir()).unwrap();
+    let loaded = teebox::config::parse(
+        "w.kdl",
+        site,
+        std::env::temp_dir(),
+        teebox::handlers::REGISTRY,
+    )
+    .unwrap();
     assert_eq!(loaded.warnings.len(), 1);
     assert!(loaded.warnings[0].message().contains("not verified"));
 }
@@ -615,8 +635,13 @@ fn validate_warns_about_an_expired_certificate() {
     std::fs::write(dir.join("old.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("old-key.pem"), key.serialize_pem()).unwrap();
     let site = "site \"127.0.0.1:0\" {\n  tls cert=\"old.pem\" key=\"old-key.pem\"\n  route \"/*\" { respond 200 }\n}\n";
-    let loaded = teebox::config::parse("old.kdl", site, dir.path().to_path_buf())
-        .expect("a warning, not an error");
+    let loaded = teebox::config::parse(
+        "old.kdl",
+        site,
+        dir.path().to_path_buf(),
+        teebox::handlers::REGISTRY,
+    )
+    .expect("a warning, not an error");
     let text = loaded.render_warnings(teebox::config::Style::Plain);
     assert!(
         text.contains("the certificate expired on 2001-01-01"),

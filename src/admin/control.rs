@@ -155,13 +155,27 @@ impl AdminControl {
 }
 
 impl Prepared {
-    /// Why a runtime target carried over the reload may not stay under the
-    /// settings this reload brings (see [`TargetPatterns::refuses`]).
-    pub fn refuses_target(&self, url: &crate::upstream::url::UpstreamUrl) -> Option<String> {
-        match &self.new {
-            Some(new) => new.allow.refuses(url),
-            None => self.settings.load().allow.refuses(url),
+    /// Removes the runtime targets carried over the reload that the
+    /// settings this reload brings refuse (see [`TargetPatterns::refuses`]);
+    /// one line for each, to report.
+    pub fn drop_refused_targets(&self, published: &crate::handlers::Published) -> Vec<String> {
+        let current = self.settings.load();
+        let allow = match &self.new {
+            Some(new) => &new.allow,
+            None => &current.allow,
+        };
+        let mut dropped = Vec::new();
+        for mirror in crate::handlers::mirror::mirrors(published) {
+            let Some(name) = mirror.name() else { continue };
+            let (added, _) = mirror.runtime_changes();
+            for url in added {
+                if let Some(why) = allow.refuses(&url) {
+                    mirror.remove_target(&url);
+                    dropped.push(format!("target {url} of mirror {name}: {why}"));
+                }
+            }
         }
+        dropped
     }
 
     /// Swaps the new settings in: the next request sees them, and no

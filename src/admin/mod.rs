@@ -33,7 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::AdminConfig;
-use crate::mirror::MirrorRegistry;
+use crate::handlers::mirror::mirrors as running_mirrors;
+use crate::handlers::Published;
 use auth::Login;
 pub use control::{AdminControl, Applied, Prepared, Settings};
 use prometheus::LoginCounts;
@@ -83,7 +84,7 @@ pub struct Admin {
     metrics: crate::counters::MetricsRegistry,
     settings: Arc<ArcSwap<Settings>>,
     fixed: control::Fixed,
-    mirrors: MirrorRegistry,
+    mirrors: Published,
     state: Option<state::StateFile>,
 }
 
@@ -105,7 +106,7 @@ impl Admin {
     pub fn new(
         config: &AdminConfig,
         base_dir: &std::path::Path,
-        mirrors: MirrorRegistry,
+        mirrors: Published,
         metrics: crate::counters::MetricsRegistry,
         reload: Arc<dyn Reload>,
     ) -> Result<Admin, AdminError> {
@@ -324,7 +325,7 @@ impl Admin {
         match (req.uri.path(), &req.method) {
             ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
             ("/metrics", &Method::GET | &Method::HEAD) => {
-                let mut body = prometheus::render(&self.mirrors.all(), &self.metrics);
+                let mut body = prometheus::render(&running_mirrors(&self.mirrors), &self.metrics);
                 self.logins.render(&mut body, self.throttle.waiting());
                 let mut response = text(StatusCode::OK, body);
                 response.headers_mut().insert(

@@ -9,7 +9,8 @@
 
 use std::path::PathBuf;
 
-use crate::mirror::MirrorRegistry;
+use crate::handlers::mirror::mirrors as running_mirrors;
+use crate::handlers::Published;
 use crate::state_file::{encode, Saved};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +29,8 @@ pub struct StateFile {
 /// Applies the saved changes to the mirrors (by name). A saved target
 /// that `allow` now refuses (the file's `allow_target` changed since)
 /// is dropped with a warning.
-pub fn restore(saved: &Saved, mirrors: &MirrorRegistry, allow: &super::targets::TargetPatterns) {
-    let all = mirrors.all();
+pub fn restore(saved: &Saved, mirrors: &Published, allow: &super::targets::TargetPatterns) {
+    let all = running_mirrors(mirrors);
     for (name, changes) in saved.mirrors() {
         let Some(mirror) = all.iter().find(|m| m.name() == Some(name)) else {
             tracing::warn!(mirror = %name, "state_file names a mirror the site file no longer has; its changes are dropped");
@@ -57,8 +58,8 @@ impl StateFile {
     }
 
     /// Writes every named mirror's runtime changes.
-    pub fn save(&self, mirrors: &MirrorRegistry) -> Result<(), SaveError> {
-        let all = mirrors.all();
+    pub fn save(&self, mirrors: &Published) -> Result<(), SaveError> {
+        let all = running_mirrors(mirrors);
         let text = encode(all.iter().filter_map(|mirror| {
             let name = mirror.name()?;
             let (added, removed) = mirror.runtime_changes();

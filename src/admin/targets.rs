@@ -6,7 +6,9 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 
 use super::{not_allowed, text, AdminResponse};
-use crate::mirror::{Mirror, MirrorRegistry};
+use crate::handlers::mirror::mirrors as running_mirrors;
+use crate::handlers::Published;
+use crate::mirror::Mirror;
 use crate::upstream::target_guard;
 use crate::upstream::url::UpstreamUrl;
 
@@ -203,7 +205,7 @@ pub struct Caller<'a> {
 
 /// Answers a `/targets` call; `true` when the target set changed.
 pub async fn handle(
-    registry: &MirrorRegistry,
+    registry: &Published,
     allow: &TargetPatterns,
     method: &Method,
     query: &str,
@@ -214,7 +216,7 @@ pub async fn handle(
         Ok(p) => p,
         Err(why) => return (text(StatusCode::BAD_REQUEST, why + "\n"), false),
     };
-    let mirror = match select(&registry.all(), params.mirror.as_deref()) {
+    let mirror = match select(&running_mirrors(registry), params.mirror.as_deref()) {
         Ok(m) => m,
         Err(refusal) => return (refusal.into_response(), false),
     };

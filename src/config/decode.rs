@@ -9,11 +9,13 @@ use kdl::{KdlDocument, KdlError, KdlNode};
 use miette::SourceSpan;
 
 use super::diag::{Problem, Problems};
+use super::handler::{
+    FileView, HandlerConfig, HandlerKind, MiddlewareConfig, Registry, TerminalConfig,
+};
 use super::matchers::{HeaderMatch, HostPattern, PathPattern, RouteMatch};
 use super::model::*;
 use super::reader::{arguments, children, name_span, Reader, Repeat};
 use super::value::{self, Spanned};
-use crate::handlers::{self, HandlerKind, MiddlewareConfig, TerminalConfig};
 use crate::passwords;
 
 /// Turns kdl's syntax errors into problems, with a clearer word for the most
@@ -121,6 +123,7 @@ pub fn document(
     doc: &KdlDocument,
     base_dir: PathBuf,
     source: super::Source,
+    registry: Registry,
     problems: &mut Problems,
 ) -> Option<Config> {
     let mut r = Reader::new(problems, base_dir.clone());
@@ -144,7 +147,7 @@ pub fn document(
             }
             "site" => {
                 site_count += 1;
-                sites.extend(site(node, &mut r, &base_dir));
+                sites.extend(site(node, &mut r, &base_dir, registry));
             }
             other => {
                 unknown = true;
@@ -177,7 +180,7 @@ pub fn document(
     if let Some(admin) = global.as_ref().and_then(|g| g.admin.as_ref()) {
         check_admin_address(&admin.address, &sites, &mut r);
     }
-    warn_self_mirrors(doc, &sites, &mut r);
+    handler_checks(&sites, &mut r);
     super::habits::single_quotes(doc)
         .into_iter()
         .for_each(|p| r.push(p));
@@ -514,7 +517,12 @@ fn file_path(node: &KdlNode, r: &mut Reader) -> Option<(PathBuf, SourceSpan)> {
         .map(|p| (PathBuf::from(p), value::value_span(entry)))
 }
 
-fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Site> {
+fn site(
+    node: &KdlNode,
+    r: &mut Reader,
+    base_dir: &std::path::Path,
+    registry: Registry,
+) -> Option<Site> {
     r.no_properties(node);
     let addresses = match r.some_args(
         node,
@@ -612,7 +620,7 @@ fn site(node: &KdlNode, r: &mut Reader, base_dir: &std::path::Path) -> Option<Si
                 .help("add route \"/*\" { ... } to answer requests"),
         );
     }
-    let routes: Vec<Option<Route>> = route_nodes.iter().map(|n| route(n, r)).collect();
+    let routes: Vec<Option<Route>> = route_nodes.iter().map(|n| route(n, r, registry)).collect();
     let routes: Option<Vec<Route>> = routes.into_iter().collect();
     Some(Site {
         addresses: addresses?,
@@ -706,7 +714,7 @@ enum Step {
     Terminal(Option<Box<dyn TerminalConfig>>),
 }
 
-fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
+fn route(node: &KdlNode, r: &mut Reader, registry: Registry) -> Option<Route> {
     r.no_properties(node);
     let path = r
         .args_only(node, 1, "one path pattern, such as \"/api/*\" or \"/*\"")
@@ -736,7 +744,7 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
             ok &= matched;
             continue;
         }
-        match handlers::find(name) {
+        match registry.find(name) {
             Some(HandlerKind::Middleware { decode, .. }) => {
                 steps.push((Step::Middleware(decode(child, r)), child))
             }
@@ -746,12 +754,7 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
             None => {
                 ok = false;
                 let mut known = vec!["method", "header"];
-                known.extend(
-                    handlers::REGISTRY
-                        .iter()
-                        .map(|k| k.name())
-                        .filter(|n| *n != "header"),
-                );
+                known.extend(registry.names().filter(|n| *n != "header"));
                 let known = known.into_iter();
                 let p = Problem::error(
                     name_span(child),
@@ -768,7 +771,6 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
             }
         }
     }
-    warn_body_limits(steps.iter().map(|(_, n)| *n), r);
     let mut middleware = Vec::new();
     let mut terminal: Option<(Option<Box<dyn TerminalConfig>>, &KdlNode)> = None;
     for (step, child) in steps {
@@ -779,7 +781,7 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
                 Step::Middleware(_) => format!("move `{this}` before `{end}`"),
                 Step::Terminal(_) => format!(
                     "a route ends with exactly one of {}: remove one, or give it a route of its own",
-                    handlers::terminal_names().join(", ")
+                    registry.terminal_names().join(", ")
                 ),
             };
             r.push(
@@ -794,13 +796,13 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
             continue;
         }
         match step {
-            Step::Middleware(Some(m)) => middleware.push(m),
+            Step::Middleware(Some(m)) => middleware.push(Placed::at(child, m)),
             Step::Terminal(t) => terminal = Some((t, child)),
             Step::Middleware(None) => ok = false,
         }
     }
     let terminal = match terminal {
-        Some((t, _)) => t,
+        Some((t, node)) => t.map(|t| Placed::at(node, t)),
         // An unknown node may well be the misspelled terminal: its own
         // error says so, and a second one would only distract.
         None if !ok => None,
@@ -810,7 +812,7 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
                     .label("no terminal handler")
                     .help(format!(
                         "end the route with one of: {}",
-                        handlers::terminal_names().join(", ")
+                        registry.terminal_names().join(", ")
                     )),
             );
             None
@@ -829,40 +831,6 @@ fn route(node: &KdlNode, r: &mut Reader) -> Option<Route> {
         terminal: terminal?,
         span: node.span(),
     })
-}
-
-/// `request_body` after a `mirror` works (a refused request is not
-/// copied) but the mirror reads and buffers the body before the limit is
-/// checked; a second `request_body` is one limit too many.
-fn warn_body_limits<'n>(handlers: impl Iterator<Item = &'n KdlNode>, r: &mut Reader) {
-    let mut mirror: Option<&KdlNode> = None;
-    let mut limit: Option<&KdlNode> = None;
-    for node in handlers {
-        match node.name().value() {
-            "mirror" => mirror = mirror.or(Some(node)),
-            "request_body" => {
-                if let Some(first) = limit {
-                    r.push(
-                        Problem::warning(name_span(node), "a second `request_body` in this route")
-                            .label("another limit")
-                            .also(name_span(first), "the first")
-                            .help("keep one: the smaller max_size is the one that holds"),
-                    );
-                    continue;
-                }
-                limit = Some(node);
-                if let Some(mirror) = mirror {
-                    r.push(
-                        Problem::warning(name_span(node), "`request_body` comes after `mirror`")
-                            .label("checked after the mirror has started copying the body")
-                            .also(name_span(mirror), "the mirror")
-                            .help("move `request_body` before `mirror`: a body over the limit is then refused before any of it is read for a copy"),
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 /// A matcher written after a handler still decides for the whole route,
@@ -934,54 +902,36 @@ fn route_matcher(
     Some(())
 }
 
-/// A mirror target that is one of the file's own listen addresses sends
-/// copies back into teebox. The loop marker stops them being copied again,
-/// but it is rarely meant, so `validate` says so.
-fn warn_self_mirrors(doc: &KdlDocument, sites: &[Site], r: &mut Reader) {
-    let listening: Vec<SocketAddr> = sites
+/// The file-wide checks each handler owns (see [`HandlerConfig::check`]),
+/// in file order, each handler seeing the ones before it in its route.
+fn handler_checks(sites: &[Site], r: &mut Reader) {
+    let listen: Vec<Spanned<SocketAddr>> = sites
         .iter()
-        .flat_map(|s| s.addresses.iter().map(|a| a.value))
+        .flat_map(|s| s.addresses.iter().cloned())
         .collect();
-    let is_ours = |url: &value::UpstreamUrl| {
-        let ip = match url.authority.host() {
-            "localhost" => Some(std::net::Ipv4Addr::LOCALHOST.into()),
-            _ => url.ip_literal(),
-        };
-        ip.is_some_and(|ip| {
-            listening.iter().any(|l| {
-                l.port() == url.port()
-                    && (l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
-            })
-        })
-    };
-    let mut stack: Vec<&KdlNode> = doc.nodes().iter().collect();
-    while let Some(node) = stack.pop() {
-        if let Some(children) = node.children() {
-            stack.extend(children.nodes());
-        }
-        if node.name().value() != "mirror" {
-            continue;
-        }
-        let target_nodes = children(node)
+    let mut found = Vec::new();
+    for route in sites.iter().flat_map(|s| &s.routes) {
+        let mut earlier: Vec<(&str, SourceSpan, &dyn HandlerConfig)> = Vec::new();
+        let handlers = route
+            .middleware
             .iter()
-            .filter(|c| c.name().value() == "target")
-            .flat_map(arguments);
-        for entry in arguments(node).into_iter().chain(target_nodes) {
-            let Ok(url) = value::upstream_url(entry) else {
-                continue;
+            .map(|m| (m.name.as_str(), m.span, &*m.config as &dyn HandlerConfig))
+            .chain(std::iter::once((
+                route.terminal.name.as_str(),
+                route.terminal.span,
+                &*route.terminal.config as &dyn HandlerConfig,
+            )));
+        for (name, span, config) in handlers {
+            let file = FileView {
+                at: span,
+                listen: &listen,
+                earlier: &earlier,
             };
-            if is_ours(&url) {
-                r.push(
-                    Problem::warning(
-                        value::value_span(entry),
-                        "this mirror target is one of this file's own listen addresses",
-                    )
-                    .label("copies come back to this teebox")
-                    .help("fine for a self-contained demo; the loop marker keeps copies from being copied again"),
-                );
-            }
+            config.check(&file, &mut found);
+            earlier.push((name, span, config));
         }
     }
+    found.into_iter().for_each(|p| r.push(p));
 }
 
 /// The admin endpoint needs an address of its own: `run` could not bind it

@@ -6,6 +6,7 @@
 mod decode;
 pub mod diag;
 mod habits;
+pub mod handler;
 pub mod matchers;
 pub mod model;
 mod nesting;
@@ -15,6 +16,7 @@ pub mod value;
 use std::path::{Path, PathBuf};
 
 pub use diag::{ConfigError, Problem, Source, Style};
+pub use handler::Registry;
 pub use model::*;
 
 /// Why a site file could not be loaded.
@@ -42,8 +44,8 @@ impl Loaded {
     }
 }
 
-/// Reads and checks a site file.
-pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+/// Reads and checks a site file, knowing the handlers in `registry`.
+pub fn load(path: &Path, registry: Registry) -> Result<Loaded, LoadError> {
     let text = crate::bounded_read::read_text(
         path,
         crate::bounded_read::MAX_SITE_FILE,
@@ -58,13 +60,18 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
         .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let mut loaded = parse(&path.display().to_string(), &text, base_dir)?;
+    let mut loaded = parse(&path.display().to_string(), &text, base_dir, registry)?;
     loaded.config.path = Some(path.to_path_buf());
     Ok(loaded)
 }
 
 /// Checks site file text. `name` is what diagnostics call the file.
-pub fn parse(name: &str, text: &str, base_dir: PathBuf) -> Result<Loaded, ConfigError> {
+pub fn parse(
+    name: &str,
+    text: &str,
+    base_dir: PathBuf,
+    registry: Registry,
+) -> Result<Loaded, ConfigError> {
     let source = Source::new(name, text);
     let doc = match read_kdl(text) {
         Ok(doc) => doc,
@@ -76,7 +83,7 @@ pub fn parse(name: &str, text: &str, base_dir: PathBuf) -> Result<Loaded, Config
         }
     };
     let mut problems = diag::Problems::default();
-    let config = decode::document(&doc, base_dir, source.clone(), &mut problems);
+    let config = decode::document(&doc, base_dir, source.clone(), registry, &mut problems);
     let problems = problems.into_vec();
     match config {
         Some(config) if !problems.iter().any(Problem::is_error) => Ok(Loaded {

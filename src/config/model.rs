@@ -8,9 +8,9 @@ use std::time::Duration;
 use miette::SourceSpan;
 
 use super::diag::Source;
+use super::handler::{MiddlewareConfig, TerminalConfig};
 use super::matchers::{HostPattern, RouteMatch};
 use super::value::Spanned;
-use crate::handlers::{MiddlewareConfig, TerminalConfig};
 use crate::passwords::BcryptHash;
 use crate::state_file::Saved;
 
@@ -133,8 +133,28 @@ pub enum AccessLogTarget {
 pub struct Route {
     pub matcher: RouteMatch,
     /// The non-terminal handlers, in file order.
-    pub middleware: Vec<Box<dyn MiddlewareConfig>>,
+    pub middleware: Vec<Placed<dyn MiddlewareConfig>>,
     /// The handler that answers; always last.
-    pub terminal: Box<dyn TerminalConfig>,
+    pub terminal: Placed<dyn TerminalConfig>,
     pub span: SourceSpan,
+}
+
+/// A decoded handler, and the node it was written as.
+#[derive(Debug)]
+pub struct Placed<T: ?Sized> {
+    /// The node's name: the handler's.
+    pub name: String,
+    /// The node's name in the file.
+    pub span: SourceSpan,
+    pub config: Box<T>,
+}
+
+impl<T: ?Sized> Placed<T> {
+    pub fn at(node: &kdl::KdlNode, config: Box<T>) -> Self {
+        Placed {
+            name: node.name().value().to_string(),
+            span: super::reader::name_span(node),
+            config,
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kdl::KdlNode;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next, HandlerConfig};
 use crate::config::reader::{arguments, children, name_span, Reader};
 use crate::config::Problem;
 use crate::message::header_ops::HeaderOps;
@@ -49,6 +49,8 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     }
     ok.then(|| Box::new(Header { ops: HeaderOps::new(ops) }) as Box<dyn MiddlewareConfig>)
 }
+
+impl HandlerConfig for Header {}
 
 impl MiddlewareConfig for Header {
     fn build(&self, _: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError> {

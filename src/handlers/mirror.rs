@@ -3,14 +3,17 @@
 //! The engine (backlogs, workers, breaker) is in `crate::mirror`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body::SizeHint;
 use kdl::{KdlEntry, KdlNode};
 use miette::SourceSpan;
 
 use crate::message::body::BodyRefusal;
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
+use super::{
+    BoxFuture, BuildContext, BuildError, FileView, HandlerConfig, HandlerKind, HandlerState,
+    Middleware, MiddlewareConfig, Next, Published,
+};
 use crate::config::reader::{arguments, name_span, Options, Reader, Repeat};
 use crate::config::value;
 use crate::upstream::url::UpstreamUrl;
@@ -36,6 +39,8 @@ pub struct MirrorConfig {
     /// The targets the file lists: the mirror's arguments (with the
     /// mirror's settings), then its `target` nodes.
     pub targets: Vec<TargetSpec>,
+    /// Every target URL as written, for the file-wide check.
+    pub written: Vec<(UpstreamUrl, SourceSpan)>,
     pub options: MirrorOptions,
 }
 
@@ -153,12 +158,14 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         Some(n) => CompareConfig::decode(n, r).map(Some),
         None => Some(None),
     };
+    let mut written = Vec::new();
     let targets = target_specs(
         &args,
         urls,
         &opts.all("target"),
         settings.as_ref(),
         opts.one("sample"),
+        &mut written,
         r,
     );
     if !ok {
@@ -166,6 +173,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     }
     Some(Box::new(MirrorConfig {
         targets: targets?,
+        written,
         options: MirrorOptions {
             name: name?,
             max_body: max_body?,
@@ -283,13 +291,14 @@ fn target_specs(
     nodes: &[&KdlNode],
     mirror: Option<&TargetSettings>,
     mirror_sample: Option<&KdlNode>,
+    seen: &mut Vec<(UpstreamUrl, SourceSpan)>,
     r: &mut Reader,
 ) -> Option<Vec<TargetSpec>> {
     // Broken mirror settings are reported already; the defaults stand in
     // so the `target` nodes are still checked.
     let fallback = default_settings();
     let base = mirror.unwrap_or(&fallback);
-    let mut seen: Vec<(UpstreamUrl, SourceSpan)> = match &urls {
+    *seen = match &urls {
         // `urls` is every argument, in order, when it is `Some`.
         Some(urls) => urls
             .iter()
@@ -307,7 +316,7 @@ fn target_specs(
             .collect()
     });
     for node in nodes {
-        let spec = target_node(node, base, mirror_sample, &mut seen, r);
+        let spec = target_node(node, base, mirror_sample, seen, r);
         match (spec, specs.as_mut()) {
             (Some(spec), Some(specs)) => specs.push(spec),
             _ => specs = None,
@@ -408,6 +417,43 @@ fn sample_over_mirror(own: &KdlNode, mirror_sample: Option<&KdlNode>, mirror: f6
     }
 }
 
+impl HandlerConfig for MirrorConfig {
+    /// A target that is one of the file's own listen addresses sends
+    /// copies back into teebox. The loop marker stops them being copied
+    /// again, but it is rarely meant, so `validate` says so.
+    fn check(&self, file: &FileView<'_>, problems: &mut Vec<Problem>) {
+        let is_ours = |url: &UpstreamUrl| {
+            let ip = match url.authority.host() {
+                "localhost" => Some(std::net::Ipv4Addr::LOCALHOST.into()),
+                _ => url.ip_literal(),
+            };
+            ip.is_some_and(|ip| {
+                file.listen.iter().any(|l| {
+                    l.port() == url.port()
+                        && (l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
+                })
+            })
+        };
+        for (url, span) in &self.written {
+            if is_ours(url) {
+                problems.push(
+                    Problem::warning(
+                        *span,
+                        "this mirror target is one of this file's own listen addresses",
+                    )
+                    .label("copies come back to this teebox")
+                    .help("fine for a self-contained demo; the loop marker keeps copies from being copied again"),
+                );
+            }
+        }
+    }
+
+    /// The body is read for the copy as it streams to the primary.
+    fn reads_body_ahead(&self) -> bool {
+        true
+    }
+}
+
 impl MiddlewareConfig for MirrorConfig {
     fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError> {
         let label = self
@@ -416,8 +462,61 @@ impl MiddlewareConfig for MirrorConfig {
             .clone()
             .unwrap_or_else(|| cx.route.clone());
         let mirror = Mirror::start(self.options.clone(), &self.targets, label, &cx.base_dir, &cx.metrics).map_err(BuildError)?;
-        cx.mirrors.register(mirror.clone());
+        cx.published.publish(Arc::new(MirrorState(mirror.clone())));
         Ok(Arc::new(MirrorHandler { mirror }))
+    }
+}
+
+/// A mirror's engine, as the server and the admin endpoint see it.
+pub struct MirrorState(pub Arc<Mirror>);
+
+/// The running mirrors a build published, in file order.
+pub fn mirrors(published: &Published) -> Vec<Arc<Mirror>> {
+    published
+        .of::<MirrorState>()
+        .into_iter()
+        .map(|state| state.0.clone())
+        .collect()
+}
+
+impl HandlerState for MirrorState {
+    /// Runtime targets follow a mirror's `name` across reloads.
+    fn key(&self) -> Option<&str> {
+        self.0.name()
+    }
+
+    /// The targets added and removed at runtime stay added and removed;
+    /// the admin endpoint then drops those its new `allow_target` refuses.
+    /// (Counters carry over by themselves: they live in the registry.)
+    fn carry_over(&self, old: &dyn HandlerState) {
+        let Some(old) = old.as_any().downcast_ref::<MirrorState>() else {
+            return;
+        };
+        let (added, removed) = old.0.runtime_changes();
+        for url in &removed {
+            self.0.remove_target(url);
+        }
+        for url in added {
+            self.0.add_target(url);
+        }
+    }
+
+    /// Copies queued by the last requests are sent by `deadline`.
+    fn drain(&self, deadline: Instant) -> BoxFuture<'_, ()> {
+        Box::pin(self.0.drain(deadline))
+    }
+
+    /// A connection per worker of every target.
+    fn connections(&self) -> usize {
+        self.0.targets().iter().map(|t| t.workers()).sum()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 

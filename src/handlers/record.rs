@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use kdl::KdlNode;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next, HandlerConfig};
 use crate::config::reader::{Reader, Repeat};
 use crate::config::value;
 use crate::message::json;
@@ -81,6 +81,8 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         },
     }))
 }
+
+impl HandlerConfig for RecordConfig {}
 
 impl MiddlewareConfig for RecordConfig {
     fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError> {

@@ -14,7 +14,10 @@ use http::{header, StatusCode};
 use http_body::{Frame, SizeHint};
 use kdl::KdlNode;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
+use super::{
+    BoxFuture, BuildContext, BuildError, FileView, HandlerConfig, HandlerKind, Middleware,
+    MiddlewareConfig, Next,
+};
 use crate::config::reader::{name_span, Reader};
 use crate::config::value;
 use crate::config::Problem;
@@ -45,6 +48,31 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     };
     let max_size = r.check(value::size(entry))?;
     Some(Box::new(RequestBody { max_size }))
+}
+
+impl HandlerConfig for RequestBody {
+    /// A limit after a handler that reads the body ahead (a mirror) still
+    /// works, as a refused request is not copied, but the body is read and
+    /// buffered before the limit is checked; a second limit is one too many.
+    fn check(&self, file: &FileView<'_>, problems: &mut Vec<Problem>) {
+        if let Some((_, first, _)) = file.earlier.iter().find(|(name, _, _)| *name == KIND.name()) {
+            problems.push(
+                Problem::warning(file.at, "a second `request_body` in this route")
+                    .label("another limit")
+                    .also(*first, "the first")
+                    .help("keep one: the smaller max_size is the one that holds"),
+            );
+            return;
+        }
+        if let Some((reader, span, _)) = file.earlier.iter().find(|(_, _, h)| h.reads_body_ahead()) {
+            problems.push(
+                Problem::warning(file.at, format!("`request_body` comes after `{reader}`"))
+                    .label(format!("checked after the {reader} has started copying the body"))
+                    .also(*span, format!("the {reader}"))
+                    .help(format!("move `request_body` before `{reader}`: a body over the limit is then refused before any of it is read for a copy")),
+            );
+        }
+    }
 }
 
 impl MiddlewareConfig for RequestBody {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use kdl::KdlNode;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig};
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig, HandlerConfig};
 use crate::config::reader::{arguments, Reader};
 use crate::config::value;
 use crate::message::{body, ConnInfo, Request, Response};
@@ -57,6 +57,8 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
         body: body?,
     }))
 }
+
+impl HandlerConfig for Respond {}
 
 impl TerminalConfig for Respond {
     fn build(&self, _: &BuildContext) -> Result<Arc<dyn Terminal>, BuildError> {

@@ -17,7 +17,7 @@ use http::{StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use kdl::KdlNode;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig};
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig, HandlerConfig};
 use crate::config::reader::{Reader, Repeat};
 use crate::config::value;
 use crate::upstream::url::UpstreamUrl;
@@ -139,6 +139,8 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
         upgrades: upgrades?,
     }))
 }
+
+impl HandlerConfig for ReverseProxyConfig {}
 
 impl TerminalConfig for ReverseProxyConfig {
     fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Terminal>, BuildError> {
@@ -420,7 +422,7 @@ impl ReverseProxy {
             // A mirror's `primary_status` must not take this for an answer.
             response
                 .extensions_mut()
-                .insert(crate::mirror::gate::NoUpstreamAnswer);
+                .insert(crate::message::NoUpstreamAnswer);
             response
         }
     }

@@ -15,7 +15,7 @@ use http::{StatusCode, Uri};
 use kdl::KdlNode;
 use regex::Regex;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
+use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next, HandlerConfig};
 use crate::config::reader::{arguments, name_span, properties, Reader};
 use crate::config::value::{self, value_span};
 use crate::config::Problem;
@@ -166,6 +166,8 @@ pub fn decode_rewrite(node: &KdlNode, r: &mut Reader) -> Option<Rewrite> {
         }
     }
 }
+
+impl HandlerConfig for Rewrite {}
 
 impl MiddlewareConfig for Rewrite {
     fn build(&self, _: &BuildContext) -> Result<Arc<dyn Middleware>, BuildError> {

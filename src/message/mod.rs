@@ -16,6 +16,12 @@ pub use conn::ConnInfo;
 /// let a `Connection` header remove it.
 pub const SHADOW_MARKER: http::HeaderName = http::HeaderName::from_static("teebox-shadow");
 
+/// A response teebox made itself because its upstream failed (could not be
+/// reached, broke the exchange, did not answer in time): the primary gave
+/// no answer of its own, whatever the status says.
+#[derive(Debug, Clone, Copy)]
+pub struct NoUpstreamAnswer;
+
 pub type Request = http::Request<Body>;
 pub type Response = http::Response<Body>;
 

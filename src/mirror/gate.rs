@@ -18,13 +18,7 @@ use super::copy::CopyRequest;
 use super::policy::StatusFilter;
 use super::stats::bump;
 use super::target::Target;
-use crate::message::Response;
-
-/// A response teebox made itself because its upstream failed (could not be
-/// reached, broke the exchange, did not answer in time): the primary gave
-/// no answer of its own, whatever the status says.
-#[derive(Debug, Clone, Copy)]
-pub struct NoUpstreamAnswer;
+use crate::message::{NoUpstreamAnswer, Response};
 
 /// Where one request's copy waits for its primary.
 pub struct Gate {

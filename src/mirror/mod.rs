@@ -593,37 +593,6 @@ async fn alerts(set: std::sync::Weak<TargetSet>, interval: Duration, label: Stri
     }
 }
 
-/// Every mirror built from one config, for shutdown (and the admin
-/// endpoint) to find.
-#[derive(Clone, Default)]
-pub struct MirrorRegistry(Arc<Mutex<Vec<Arc<Mirror>>>>);
-
-impl MirrorRegistry {
-    pub fn register(&self, mirror: Arc<Mirror>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(mirror);
-    }
-
-    pub fn all(&self) -> Vec<Arc<Mirror>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// After a reload: the new config's mirrors take the old ones' place.
-    pub fn replace(&self, mirrors: Vec<Arc<Mirror>>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = mirrors;
-    }
-}
-
-impl std::fmt::Debug for MirrorRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MirrorRegistry")
-            .field("mirrors", &self.all().len())
-            .finish()
-    }
-}
-
 /// The body is in a `Content-Encoding` (gzip, br, ...): its bytes are not
 /// the text `replace_body` patterns describe.
 fn encoded(headers: &HeaderMap) -> bool {

@@ -136,9 +136,10 @@ impl Target {
         let http2 = settings.h2c || url.scheme == http::uri::Scheme::HTTPS;
         let authority = HeaderValue::from_str(url.authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        // A URL holds no space: the key names one (URL, mirror) pair.
         let stats = client
             .metrics
-            .mirror_target(&client.mirror, &url.to_string());
+            .kept::<TargetStats>(&format!("{url} {}", client.mirror));
         let state = Arc::new(TargetState {
             http2,
             url,

@@ -1,6 +1,6 @@
 //! Open files (RLIMIT_NOFILE). Every client connection holds a descriptor,
-//! and so does each upstream connection it is proxied over and each mirror
-//! worker's connection. Services often start with a soft limit of 1024
+//! and so does each upstream connection it is proxied over and each
+//! connection a handler holds on its own (a mirror's workers). Services often start with a soft limit of 1024
 //! (systemd's default) and a far higher hard one (systemd: 524288), while
 //! the default `max_connections` is 10000: out of descriptors, an upstream
 //! connect fails (502) and accepting does too. So teebox raises the soft
@@ -18,23 +18,24 @@ pub const MARGIN: u64 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Need {
     pub max_connections: usize,
-    /// Over all mirrors' targets: `concurrency` each, a connection each.
-    pub mirror_workers: usize,
+    /// What the handlers hold open on their own (see
+    /// `HandlerState::connections`).
+    pub handler_connections: usize,
 }
 
 impl Need {
-    /// Each client connection and the upstream connection serving it, each
-    /// mirror worker's connection, and [`MARGIN`].
+    /// Each client connection and the upstream connection serving it, the
+    /// handlers' own connections, and [`MARGIN`].
     pub fn total(&self) -> u64 {
         (self.max_connections as u64)
             .saturating_mul(2)
-            .saturating_add(self.mirror_workers as u64)
+            .saturating_add(self.handler_connections as u64)
             .saturating_add(MARGIN)
     }
 
     /// The largest `max_connections` whose need fits in `limit`.
     fn connections_within(&self, limit: u64) -> u64 {
-        limit.saturating_sub(self.mirror_workers as u64 + MARGIN) / 2
+        limit.saturating_sub(self.handler_connections as u64 + MARGIN) / 2
     }
 }
 
@@ -51,11 +52,11 @@ impl std::fmt::Display for Shortfall {
         write!(
             f,
             "the open files limit (RLIMIT_NOFILE) is {limit}, below the {} teebox may need: \
-             2 x max_connections {} + {} mirror workers + {MARGIN} for listeners and files; \
+             2 x max_connections {} + {} handler connections + {MARGIN} for listeners and files; \
              raise the limit (systemd: LimitNOFILE=, shell: ulimit -n)",
             need.total(),
             need.max_connections,
-            need.mirror_workers,
+            need.handler_connections,
         )?;
         match need.connections_within(*limit) {
             0 => Ok(()),
@@ -107,8 +108,8 @@ pub fn raise_to_hard() -> Result<OpenFiles, std::io::Error> {
 }
 
 /// At start: raises the limit, and warns once if it is still short of what
-/// `limits` and the mirrors' `mirror_workers` may need.
-pub fn raise_and_check(limits: &Limits, mirror_workers: usize) {
+/// `limits` and the handlers' own connections may need.
+pub fn raise_and_check(limits: &Limits, handler_connections: usize) {
     let open_files = match raise_to_hard() {
         Ok(open_files) => open_files,
         Err(err) => {
@@ -125,7 +126,7 @@ pub fn raise_and_check(limits: &Limits, mirror_workers: usize) {
     }
     let need = Need {
         max_connections: limits.max_connections,
-        mirror_workers,
+        handler_connections,
     };
     if let Some(short) = shortfall(open_files.now, need) {
         tracing::warn!(
@@ -141,15 +142,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_need_is_two_per_connection_plus_mirror_workers_plus_a_margin() {
+    fn the_need_is_two_per_connection_plus_handler_connections_plus_a_margin() {
         let need = Need {
             max_connections: 10_000,
-            mirror_workers: 8,
+            handler_connections: 8,
         };
         assert_eq!(need.total(), 20_072);
         let huge = Need {
             max_connections: usize::MAX,
-            mirror_workers: usize::MAX,
+            handler_connections: usize::MAX,
         };
         assert_eq!(huge.total(), u64::MAX);
     }
@@ -158,7 +159,7 @@ mod tests {
     fn a_limit_below_the_need_is_reported_with_its_numbers() {
         let need = Need {
             max_connections: 10_000,
-            mirror_workers: 8,
+            handler_connections: 8,
         };
         assert_eq!(shortfall(Some(20_072), need), None);
         assert_eq!(shortfall(None, need), None);
@@ -166,7 +167,7 @@ mod tests {
         assert_eq!(
             short.to_string(),
             "the open files limit (RLIMIT_NOFILE) is 1024, below the 20072 teebox may need: \
-             2 x max_connections 10000 + 8 mirror workers + 64 for listeners and files; \
+             2 x max_connections 10000 + 8 handler connections + 64 for listeners and files; \
              raise the limit (systemd: LimitNOFILE=, shell: ulimit -n) or lower max_connections to 476"
         );
         // No max_connections fits in a limit the rest already takes.

@@ -23,8 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, LogFormat};
 use crate::counters::MetricsRegistry;
-use crate::handlers::{BuildContext, Chain};
-use crate::mirror::{Mirror, MirrorRegistry};
+use crate::handlers::{BuildContext, Chain, HandlerState, Published};
 use access_log::AccessLog;
 use drain::Drain;
 use listener::Listener;
@@ -72,8 +71,9 @@ struct Shared {
     graceful: std::sync::Mutex<Option<Arc<Drain>>>,
     /// The listen addresses now bound, readable without waiting for a reload.
     bound: std::sync::Mutex<Vec<Bound>>,
-    /// The current config's mirrors; a reload replaces them.
-    mirrors: MirrorRegistry,
+    /// What the current config's handlers published (see
+    /// [`crate::config::handler`]); a reload replaces it.
+    published: Published,
     /// Route and upstream counters, kept across reloads.
     metrics: MetricsRegistry,
     /// Stops the admin endpoint.
@@ -129,9 +129,15 @@ impl Running {
         self.admin
     }
 
-    /// The mirrors this server runs, for inspection (tests, admin).
-    pub fn mirrors(&self) -> Vec<Arc<Mirror>> {
-        self.shared.mirrors.all()
+    /// Connections the handlers hold open on their own (a mirror's
+    /// workers), for the open-files check.
+    pub fn handler_connections(&self) -> usize {
+        self.shared
+            .published
+            .all()
+            .iter()
+            .map(|state| state.connections())
+            .sum()
     }
 
     /// How long shutdown waits for open connections: `grace_period` as
@@ -191,10 +197,11 @@ impl Running {
         if !finished {
             tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
         }
-        // Copies queued by the last requests get their own grace period.
+        // Work the handlers queued for the last requests (a mirror's
+        // copies) gets its own grace period.
         let deadline = Instant::now() + grace;
-        for mirror in self.shared.mirrors.all() {
-            mirror.drain(deadline).await;
+        for state in self.shared.published.all() {
+            state.drain(deadline).await;
         }
         finished
     }
@@ -242,8 +249,9 @@ impl Shared {
 
     /// Takes over a prepared config: each address's router in one atomic
     /// store, so a request sees the old config or the new one, never a mix.
-    /// In-flight requests finish on the old one, and the old mirrors send
-    /// what they have queued. Mirrors keep their runtime targets by name.
+    /// In-flight requests finish on the old one, and the old handlers
+    /// finish what they have queued. Each handler's state takes over what
+    /// its predecessor of the same key had (a mirror's runtime targets).
     /// New addresses are bound first: if one fails, nothing has changed.
     async fn swap_in(
         &self,
@@ -270,27 +278,13 @@ impl Shared {
         let Some(graceful) = graceful else {
             return Err(StartError::Build("the server is shutting down".into()).into());
         };
-        let old_mirrors = self.mirrors.all();
-        let mut dropped = Vec::new();
-        for mirror in built.mirrors.all() {
-            let Some(name) = mirror.name() else { continue };
-            if let Some(old) = old_mirrors.iter().find(|m| m.name() == Some(name)) {
-                let (added, removed) = old.runtime_changes();
-                removed.iter().for_each(|url| {
-                    mirror.remove_target(url);
-                });
-                for url in added {
-                    // Added under the old allow_target: the new one decides
-                    // whether copies still go there.
-                    match admin.as_ref().and_then(|a| a.refuses_target(&url)) {
-                        Some(why) => dropped.push(format!("target {url} of mirror {name}: {why}")),
-                        None => {
-                            mirror.add_target(url);
-                        }
-                    }
-                }
-            }
-        }
+        built.published.carry_over_from(&self.published);
+        // Carried over under the old allow_target: the new one decides
+        // whether copies still go there.
+        let dropped = match &admin {
+            Some(admin) => admin.drop_refused_targets(&built.published),
+            None => Vec::new(),
+        };
         let limits = self.limits.load().reloaded(config.global.limits);
         self.limits.store(limits);
         let keep: Vec<SocketAddr> = built.routers.iter().map(|(a, _)| *a).collect();
@@ -325,7 +319,8 @@ impl Shared {
             }
             kept
         });
-        self.mirrors.replace(built.mirrors.all());
+        let replaced = self.published.all();
+        self.published.replace(&built.published);
         *self.bound.lock().unwrap_or_else(|e| e.into_inner()) =
             state.listeners.iter().map(|l| l.bound).collect();
         self.set_grace_period(config.global.grace_period);
@@ -347,7 +342,7 @@ impl Shared {
             &config.source,
             &loaded.warnings,
         );
-        retire(retired);
+        retire(retired, replaced);
         Ok(crate::admin::Reloaded {
             warnings: loaded.warnings.len(),
             not_applied: applied.not_applied,
@@ -376,7 +371,7 @@ fn prepare(
     metrics: &MetricsRegistry,
     admin: Option<crate::admin::AdminControl>,
 ) -> Result<Prepared, ReloadError> {
-    let loaded = crate::config::load(path).map_err(|err| match err {
+    let loaded = crate::config::load(path, crate::handlers::REGISTRY).map_err(|err| match err {
         crate::config::LoadError::Invalid(err) => ReloadError::Invalid(err),
         other => ReloadError::Unreadable(other.to_string()),
     })?;
@@ -401,8 +396,8 @@ fn prepare(
 /// requests still using them are done: a large config's routes take time
 /// to free, which no serving thread should spend. Requests that outlast
 /// the wait drop their copy wherever they finish.
-fn retire(routers: Vec<Arc<AddressRouter>>) {
-    if routers.is_empty() {
+fn retire(routers: Vec<Arc<AddressRouter>>, states: Vec<Arc<dyn HandlerState>>) {
+    if routers.is_empty() && states.is_empty() {
         return;
     }
     tokio::spawn(async move {
@@ -410,7 +405,10 @@ fn retire(routers: Vec<Arc<AddressRouter>>) {
         while Instant::now() < deadline && routers.iter().any(|r| Arc::strong_count(r) > 1) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::task::spawn_blocking(move || drop(routers));
+        tokio::task::spawn_blocking(move || {
+            drop(routers);
+            states.iter().for_each(|state| state.clean_up());
+        });
     });
 }
 
@@ -418,21 +416,21 @@ fn retire(routers: Vec<Arc<AddressRouter>>) {
 const RETIRE_WAIT: Duration = Duration::from_secs(60);
 
 /// A config built into routers (per listen address, in file order) and
-/// running mirrors, not yet serving.
+/// what its handlers published, not yet serving.
 struct Built {
     routers: Vec<(SocketAddr, AddressRouter)>,
-    mirrors: MirrorRegistry,
+    published: Published,
     /// `http_redirect` targets: the TLS address whose bound port they name.
     redirect_ports: Vec<(SocketAddr, Arc<std::sync::atomic::AtomicU16>)>,
 }
 
 fn build(config: &Config, metrics: &MetricsRegistry) -> Result<Built, StartError> {
     let format = config.global.log.format;
-    let mirrors = MirrorRegistry::default();
+    let published = Published::default();
     // Addresses in the order the file first names them.
     let mut by_addr: Vec<(SocketAddr, Vec<Arc<SiteRuntime>>)> = Vec::new();
     for site in &config.sites {
-        let runtime = Arc::new(build_site(config, site, format, &mirrors, metrics)?);
+        let runtime = Arc::new(build_site(config, site, format, &published, metrics)?);
         for addr in &site.addresses {
             match by_addr.iter_mut().find(|(a, _)| *a == addr.value) {
                 Some((_, sites)) => sites.push(runtime.clone()),
@@ -482,7 +480,7 @@ fn build(config: &Config, metrics: &MetricsRegistry) -> Result<Built, StartError
     );
     Ok(Built {
         routers,
-        mirrors,
+        published,
         redirect_ports,
     })
 }
@@ -586,7 +584,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             crate::admin::Admin::new(
                 admin,
                 &config.base_dir,
-                built.mirrors.clone(),
+                built.published.clone(),
                 metrics.clone(),
                 reloader.clone(),
             )
@@ -624,7 +622,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         }),
         reloading: tokio::sync::Mutex::new(()),
         graceful: std::sync::Mutex::new(Some(graceful)),
-        mirrors: built.mirrors,
+        published: built.published,
         metrics: metrics.clone(),
         stop_admin,
         admin: std::sync::OnceLock::new(),
@@ -669,7 +667,7 @@ fn build_site(
     config: &Config,
     site: &crate::config::Site,
     format: LogFormat,
-    mirrors: &MirrorRegistry,
+    published: &Published,
     metrics: &MetricsRegistry,
 ) -> Result<SiteRuntime, StartError> {
     let name = site
@@ -694,7 +692,7 @@ fn build_site(
         let cx = BuildContext {
             route: format!("{name} {}", route.matcher.path),
             base_dir: config.base_dir.clone(),
-            mirrors: mirrors.clone(),
+            published: published.clone(),
             route_key: route_key.clone(),
             metrics: metrics.clone(),
         };
@@ -702,9 +700,9 @@ fn build_site(
         let middleware = route
             .middleware
             .iter()
-            .map(|m| m.build(&cx).map_err(fail))
+            .map(|m| m.config.build(&cx).map_err(fail))
             .collect::<Result<Vec<_>, _>>()?;
-        let terminal = route.terminal.build(&cx).map_err(fail)?;
+        let terminal = route.terminal.config.build(&cx).map_err(fail)?;
         routes.push(RouteRuntime {
             matcher: route.matcher.clone(),
             chain: Chain::new(middleware, terminal),

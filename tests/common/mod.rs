@@ -41,7 +41,12 @@ pub async fn start(kdl: &str) -> Running {
 /// `access_log` file) against `base_dir`.
 pub async fn start_in(kdl: &str, base_dir: &Path) -> Running {
     init_tracing();
-    let loaded = match teebox::config::parse("test.kdl", kdl, base_dir.to_path_buf()) {
+    let loaded = match teebox::config::parse(
+        "test.kdl",
+        kdl,
+        base_dir.to_path_buf(),
+        teebox::handlers::REGISTRY,
+    ) {
         Ok(loaded) => loaded,
         Err(err) => panic!(
             "the test's site file is invalid:\n{}\n--- site file ---\n{kdl}",
@@ -75,7 +80,8 @@ pub async fn start_proxy(upstreams: &[String], options: &str) -> Running {
 /// The warnings `validate` gives a valid site file named `file`: how many,
 /// and as they are printed (without colour).
 pub fn warnings(file: &str, kdl: &str) -> (usize, String) {
-    let loaded = teebox::config::parse(file, kdl, std::env::temp_dir()).expect("valid");
+    let loaded = teebox::config::parse(file, kdl, std::env::temp_dir(), teebox::handlers::REGISTRY)
+        .expect("valid");
     let rendered = loaded.render_warnings(teebox::config::Style::Plain);
     (loaded.warnings.len(), rendered)
 }
