@@ -5,7 +5,8 @@
 //! 1. **decode**: a [`HandlerKind`]'s `decode` turns its KDL node into a
 //!    typed config, every problem spanned and collected;
 //! 2. **check**: [`HandlerConfig::check`] makes the file-wide checks the
-//!    handler owns (the mirror's self-loop warning), given a read-only
+//!    handler owns (a target that loops back to the file's own address),
+//!    given a read-only
 //!    [`FileView`];
 //! 3. **build**: `build` makes the runtime from the config and a
 //!    [`BuildContext`], which has no handler-specific field; a handler with
@@ -121,8 +122,8 @@ pub trait HandlerConfig: Debug + Send + Sync {
     /// File-wide checks this handler owns; problems go to `problems`.
     fn check(&self, _file: &FileView<'_>, _problems: &mut Vec<Problem>) {}
 
-    /// Reads the request body before the rest of the chain runs (a mirror
-    /// copying it): a body limit placed after it comes too late.
+    /// Reads the request body before the rest of the chain runs (copying
+    /// it): a body limit placed after it comes too late.
     fn reads_body_ahead(&self) -> bool {
         false
     }
@@ -160,10 +161,10 @@ pub struct BuildContext {
     pub published: Published,
 }
 
-/// A handler's state beyond a single request (a mirror's queues, workers
-/// and runtime targets): what the server drives without knowing it.
+/// A handler's state beyond a single request (queues, workers, targets
+/// added at runtime): what the server drives without knowing it.
 pub trait HandlerState: Send + Sync + 'static {
-    /// Names this state across reloads (a mirror's `name`): a reloaded
+    /// Names this state across reloads (a `name` option): a reloaded
     /// config's state of the same type and key gets [`Self::carry_over`].
     fn key(&self) -> Option<&str> {
         None

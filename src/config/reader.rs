@@ -51,7 +51,7 @@ pub struct Reader<'p> {
     /// read, and the directories of files teebox will write are looked at,
     /// while the file is checked.
     base_dir: PathBuf,
-    /// Names that must be unique in the whole file (a mirror's `name`),
+    /// Names that must be unique in the whole file (by kind of name),
     /// with where each was first given.
     names: Vec<(&'static str, String, SourceSpan)>,
 }
@@ -69,7 +69,7 @@ impl<'p> Reader<'p> {
         self.problems.push(problem);
     }
 
-    /// Claims a name of some kind (`"mirror"`) for the whole file; a second
+    /// Claims a name of some kind (a handler's own) for the whole file; a second
     /// claim of the same name is reported at its place.
     pub fn claim_name(&mut self, kind: &'static str, name: &str, span: SourceSpan) -> bool {
         if let Some((_, _, first)) = self.names.iter().find(|(k, n, _)| *k == kind && n == name) {

@@ -11,8 +11,8 @@
 //! next frame, so time spent waiting on a slow upstream (nobody reading)
 //! never counts against the client. On expiry the body fails with
 //! [`BodyReadTimeout`]: the upstream request is aborted (never a complete
-//! looking, truncated body), a mirror drops its incomplete copy, and
-//! `reverse_proxy` answers 408 if its response has not started.
+//! looking, truncated body), an incomplete copy of it is dropped, and a
+//! proxying handler answers 408 if its response has not started.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,7 +1,7 @@
 //! Open files (RLIMIT_NOFILE). Every client connection holds a descriptor,
 //! and so does each upstream connection it is proxied over and each
-//! connection a handler holds on its own (a mirror's workers). Services often start with a soft limit of 1024
-//! (systemd's default) and a far higher hard one (systemd: 524288), while
+//! connection a handler holds on its own (workers that send copies).
+//! Services often start with a soft limit of 1024 (systemd's default) and a far higher hard one (systemd: 524288), while
 //! the default `max_connections` is 10000: out of descriptors, an upstream
 //! connect fails (502) and accepting does too. So teebox raises the soft
 //! limit to the hard one at start, as Go's runtime does, and says when even

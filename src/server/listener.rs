@@ -47,7 +47,7 @@ macro_rules! http1_options {
             // buffer rather than a writev of queued buffers (cheaper for the
             // usual small response; a large body is copied once more on its
             // way). Upstream connections keep hyper's queue: request bodies
-            // (uploads, mirrored POSTs) are not copied.
+            // (uploads, copied POSTs) are not copied again.
             .writev(false)
             .max_buf_size($limits.max_header_size)
     };

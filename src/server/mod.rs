@@ -3,6 +3,7 @@
 
 pub mod access_log;
 mod body_timeout;
+mod build;
 mod drain;
 pub mod fd_limit;
 mod framing;
@@ -10,6 +11,7 @@ mod h2_opening;
 mod limits;
 mod listener;
 pub mod redirect;
+mod reload;
 pub mod router;
 pub mod sni;
 
@@ -21,13 +23,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 use crate::counters::MetricsRegistry;
-use crate::handlers::{BuildContext, Chain, HandlerState, Published};
-use access_log::AccessLog;
+use crate::handlers::Published;
+use build::build;
 use drain::Drain;
 use listener::Listener;
-use router::{AddressRouter, RouteRuntime, SiteRuntime};
+use router::AddressRouter;
 
 /// Why a valid config could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +131,8 @@ impl Running {
         self.admin
     }
 
-    /// Connections the handlers hold open on their own (a mirror's
-    /// workers), for the open-files check.
+    /// Connections the handlers hold open on their own (their workers'),
+    /// for the open-files check.
     pub fn handler_connections(&self) -> usize {
         self.shared
             .published
@@ -197,8 +199,8 @@ impl Running {
         if !finished {
             tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
         }
-        // Work the handlers queued for the last requests (a mirror's
-        // copies) gets its own grace period.
+        // Work the handlers queued for the last requests (copies to
+        // send) gets its own grace period.
         let deadline = Instant::now() + grace;
         for state in self.shared.published.all() {
             state.drain(deadline).await;
@@ -208,316 +210,9 @@ impl Running {
 }
 
 impl Shared {
-    /// Re-reads the site file and takes it over. Reading, checking and
-    /// building run on a blocking thread, so accept loops and requests go
-    /// on at full speed however large or wrong the file is; only the swap
-    /// itself runs here. Nothing changes if any step fails.
-    async fn reload_file(&self) -> Result<crate::admin::Reloaded, ReloadError> {
-        let path = self.path.clone().ok_or(ReloadError::NoFile)?;
-        // One reload at a time, from reading the file to the swap, so an
-        // older read never lands after a newer one. The listeners' state is
-        // locked only for the swap: a shutdown does not wait for a build.
-        let _turn = self.reloading.lock().await;
-        tracing::info!(file = %path.display(), "reloading the site file");
-        let metrics = self.metrics.clone();
-        let admin = self.admin.get().cloned();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&path, &metrics, admin))
-            .await
-            .map_err(|e| ReloadError::from(StartError::Build(format!("the reload stopped: {e}"))))
-            .and_then(|prepared| prepared);
-        let result = match prepared {
-            Ok(prepared) => {
-                let mut state = self.state.lock().await;
-                self.swap_in(&mut state, prepared).await
-            }
-            Err(err) => Err(err),
-        };
-        if let Err(err) = &result {
-            const REFUSED: &str = "reload refused; the running config stays";
-            match err {
-                ReloadError::Invalid(invalid) => crate::logging::problems(
-                    tracing::Level::ERROR,
-                    REFUSED,
-                    &invalid.file,
-                    &invalid.problems,
-                ),
-                other => tracing::error!(error = %other, "{REFUSED}"),
-            }
-        }
-        result
-    }
-
-    /// Takes over a prepared config: each address's router in one atomic
-    /// store, so a request sees the old config or the new one, never a mix.
-    /// In-flight requests finish on the old one, and the old handlers
-    /// finish what they have queued. Each handler's state takes over what
-    /// its predecessor of the same key had (a mirror's runtime targets).
-    /// New addresses are bound first: if one fails, nothing has changed.
-    async fn swap_in(
-        &self,
-        state: &mut State,
-        prepared: Prepared,
-    ) -> Result<crate::admin::Reloaded, ReloadError> {
-        let Prepared {
-            loaded,
-            built,
-            admin,
-        } = prepared;
-        let config = &loaded.config;
-        let mut fresh = Vec::new();
-        for (addr, _) in &built.routers {
-            if !state.listeners.iter().any(|l| l.bound.configured == *addr) {
-                fresh.push((*addr, bind(*addr).await?));
-            }
-        }
-        let graceful = self
-            .graceful
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(graceful) = graceful else {
-            return Err(StartError::Build("the server is shutting down".into()).into());
-        };
-        built.published.carry_over_from(&self.published);
-        // Carried over under the old allow_target: the new one decides
-        // whether copies still go there.
-        let dropped = match &admin {
-            Some(admin) => admin.drop_refused_targets(&built.published),
-            None => Vec::new(),
-        };
-        let limits = self.limits.load().reloaded(config.global.limits);
-        self.limits.store(limits);
-        let keep: Vec<SocketAddr> = built.routers.iter().map(|(a, _)| *a).collect();
-        let mut retired = Vec::new();
-        for (addr, router) in built.routers {
-            match state.listeners.iter().find(|l| l.bound.configured == addr) {
-                Some(existing) => retired.push(existing.router.swap(Arc::new(router))),
-                None => {
-                    let Some(index) = fresh.iter().position(|(a, _)| *a == addr) else {
-                        continue;
-                    };
-                    let (_, tcp) = fresh.swap_remove(index);
-                    let handle = spawn_listener(
-                        &mut state.accept_loops,
-                        addr,
-                        tcp,
-                        router,
-                        &graceful,
-                        &self.limits,
-                    )?;
-                    state.listeners.push(handle);
-                }
-            }
-        }
-        point_redirects(&built.redirect_ports, &state.listeners);
-        state.listeners.retain(|l| {
-            let kept = keep.contains(&l.bound.configured);
-            if !kept {
-                tracing::info!(address = %l.bound.local, "no longer in the site file; stopped listening");
-                let _ = l.stop.send(true);
-                retired.push(l.router.load_full());
-            }
-            kept
-        });
-        let replaced = self.published.all();
-        self.published.replace(&built.published);
-        *self.bound.lock().unwrap_or_else(|e| e.into_inner()) =
-            state.listeners.iter().map(|l| l.bound).collect();
-        self.set_grace_period(config.global.grace_period);
-        crate::logging::apply(&config.global.log);
-        let applied = match admin {
-            Some(prepared) => prepared.commit(),
-            None => crate::admin::Applied::without_endpoint(config.global.admin.as_ref()),
-        };
-        for item in &applied.not_applied {
-            tracing::warn!("reload: not applied: {item}");
-        }
-        for item in &dropped {
-            tracing::warn!("reload: dropped: {item}");
-        }
-        tracing::info!(warnings = loaded.warnings.len(), "site file reloaded");
-        crate::logging::problems(
-            tracing::Level::WARN,
-            "the reloaded site file has warnings",
-            &config.source,
-            &loaded.warnings,
-        );
-        retire(retired, replaced);
-        Ok(crate::admin::Reloaded {
-            warnings: loaded.warnings.len(),
-            not_applied: applied.not_applied,
-            dropped,
-        })
-    }
-
     fn set_grace_period(&self, grace: Duration) {
         *self.grace_period.lock().unwrap_or_else(|e| e.into_inner()) = grace;
     }
-}
-
-/// A reloaded site file, checked and built, ready to swap in.
-struct Prepared {
-    loaded: crate::config::Loaded,
-    built: Built,
-    /// The admin block's new settings (users checked when the file was
-    /// read; the bcrypt decoy made), when the server runs an admin endpoint.
-    admin: Option<crate::admin::Prepared>,
-}
-
-/// The slow part of a reload, for a blocking thread: reading, checking and
-/// building.
-fn prepare(
-    path: &std::path::Path,
-    metrics: &MetricsRegistry,
-    admin: Option<crate::admin::AdminControl>,
-) -> Result<Prepared, ReloadError> {
-    let loaded = crate::config::load(path, crate::handlers::REGISTRY).map_err(|err| match err {
-        crate::config::LoadError::Invalid(err) => ReloadError::Invalid(err),
-        other => ReloadError::Unreadable(other.to_string()),
-    })?;
-    let config = &loaded.config;
-    let admin = match admin {
-        Some(control) => Some(
-            control
-                .prepare(config.global.admin.as_ref(), &config.base_dir)
-                .map_err(|e| ReloadError::Admin(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let built = build(config, metrics)?;
-    Ok(Prepared {
-        loaded,
-        built,
-        admin,
-    })
-}
-
-/// Drops the routers a reload replaced on a blocking thread, once the
-/// requests still using them are done: a large config's routes take time
-/// to free, which no serving thread should spend. Requests that outlast
-/// the wait drop their copy wherever they finish.
-fn retire(routers: Vec<Arc<AddressRouter>>, states: Vec<Arc<dyn HandlerState>>) {
-    if routers.is_empty() && states.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        let deadline = Instant::now() + RETIRE_WAIT;
-        while Instant::now() < deadline && routers.iter().any(|r| Arc::strong_count(r) > 1) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::task::spawn_blocking(move || {
-            drop(routers);
-            states.iter().for_each(|state| state.clean_up());
-        });
-    });
-}
-
-/// How long replaced routers wait for their last requests (see [`retire`]).
-const RETIRE_WAIT: Duration = Duration::from_secs(60);
-
-/// A config built into routers (per listen address, in file order) and
-/// what its handlers published, not yet serving.
-struct Built {
-    routers: Vec<(SocketAddr, AddressRouter)>,
-    published: Published,
-    /// `http_redirect` targets: the TLS address whose bound port they name.
-    redirect_ports: Vec<(SocketAddr, Arc<std::sync::atomic::AtomicU16>)>,
-}
-
-fn build(config: &Config, metrics: &MetricsRegistry) -> Result<Built, StartError> {
-    let format = config.global.log.format;
-    let published = Published::default();
-    // Addresses in the order the file first names them.
-    let mut by_addr: Vec<(SocketAddr, Vec<Arc<SiteRuntime>>)> = Vec::new();
-    for site in &config.sites {
-        let runtime = Arc::new(build_site(config, site, format, &published, metrics)?);
-        for addr in &site.addresses {
-            match by_addr.iter_mut().find(|(a, _)| *a == addr.value) {
-                Some((_, sites)) => sites.push(runtime.clone()),
-                None => by_addr.push((addr.value, vec![runtime.clone()])),
-            }
-        }
-    }
-    let mut routers = Vec::new();
-    for (addr, sites) in by_addr {
-        let tls = tls_for(config, addr)?;
-        routers.push((addr, AddressRouter::new(sites).with_tls(tls)));
-    }
-    let mut redirects: Vec<(SocketAddr, Vec<Arc<SiteRuntime>>)> = Vec::new();
-    let mut redirect_ports = Vec::new();
-    for site in &config.sites {
-        let (Some(from), Some(to)) = (&site.http_redirect, site.addresses.first()) else {
-            continue;
-        };
-        let port = Arc::new(std::sync::atomic::AtomicU16::new(to.value.port()));
-        redirect_ports.push((to.value, port.clone()));
-        let key = crate::counters::RouteKey {
-            site: from.value.to_string(),
-            route: "http_redirect".into(),
-        };
-        let runtime = Arc::new(SiteRuntime {
-            hosts: site.hosts.iter().map(|h| h.value.clone()).collect(),
-            routes: vec![RouteRuntime {
-                matcher: crate::config::matchers::RouteMatch {
-                    path: crate::config::matchers::PathPattern::Prefix("/".into()),
-                    methods: Vec::new(),
-                    headers: Vec::new(),
-                },
-                chain: Chain::new(Vec::new(), Arc::new(redirect::HttpsRedirect { port })),
-                stats: metrics.route(&key),
-            }],
-            access_log: None,
-        });
-        match redirects.iter_mut().find(|(a, _)| *a == from.value) {
-            Some((_, sites)) => sites.push(runtime),
-            None => redirects.push((from.value, vec![runtime])),
-        }
-    }
-    routers.extend(
-        redirects
-            .into_iter()
-            .map(|(addr, sites)| (addr, AddressRouter::new(sites))),
-    );
-    Ok(Built {
-        routers,
-        published,
-        redirect_ports,
-    })
-}
-
-/// The TLS acceptor for an address whose sites have `tls` (validation makes
-/// sure they all do, or none): certificates by SNI, the `default` site's (or
-/// the catch-all's) for any other name.
-fn tls_for(
-    config: &Config,
-    addr: SocketAddr,
-) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
-    let sites: Vec<_> = config
-        .sites
-        .iter()
-        .filter(|s| s.addresses.iter().any(|a| a.value == addr))
-        .filter_map(|s| s.tls.as_ref().map(|t| (s, t)))
-        .collect();
-    if sites.is_empty() {
-        return Ok(None);
-    }
-    let mut names = Vec::new();
-    let mut default = None;
-    let mut catch_all = None;
-    for (site, tls) in &sites {
-        for host in &site.hosts {
-            names.push((host.value.clone(), tls.certified.clone()));
-        }
-        if tls.default && default.is_none() {
-            default = Some(tls.certified.clone());
-        }
-        if site.hosts.is_empty() {
-            catch_all = Some(tls.certified.clone());
-        }
-    }
-    let resolver = sni::SniResolver::new(names, default.or(catch_all), addr.to_string());
-    let config = sni::server_config(resolver).map_err(StartError::Build)?;
-    Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
 }
 
 fn spawn_listener(
@@ -661,57 +356,4 @@ impl crate::admin::Reload for Reloader {
             shared.reload_file().await.map_err(|e| e.to_string())
         })
     }
-}
-
-fn build_site(
-    config: &Config,
-    site: &crate::config::Site,
-    format: LogFormat,
-    published: &Published,
-    metrics: &MetricsRegistry,
-) -> Result<SiteRuntime, StartError> {
-    let name = site
-        .addresses
-        .iter()
-        .map(|a| a.value.to_string())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let access_log = match &site.access_log {
-        Some(target) => Some(
-            AccessLog::open(target, &config.base_dir, format)
-                .map_err(|e| StartError::Build(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let mut routes = Vec::new();
-    for route in &site.routes {
-        let route_key = crate::counters::RouteKey {
-            site: name.clone(),
-            route: route.matcher.path.to_string(),
-        };
-        let cx = BuildContext {
-            route: format!("{name} {}", route.matcher.path),
-            base_dir: config.base_dir.clone(),
-            published: published.clone(),
-            route_key: route_key.clone(),
-            metrics: metrics.clone(),
-        };
-        let fail = |e: crate::handlers::BuildError| StartError::Build(format!("{}: {e}", cx.route));
-        let middleware = route
-            .middleware
-            .iter()
-            .map(|m| m.config.build(&cx).map_err(fail))
-            .collect::<Result<Vec<_>, _>>()?;
-        let terminal = route.terminal.config.build(&cx).map_err(fail)?;
-        routes.push(RouteRuntime {
-            matcher: route.matcher.clone(),
-            chain: Chain::new(middleware, terminal),
-            stats: metrics.route(&route_key),
-        });
-    }
-    Ok(SiteRuntime {
-        hosts: site.hosts.iter().map(|h| h.value.clone()).collect(),
-        routes,
-        access_log,
-    })
 }
