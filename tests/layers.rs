@@ -22,9 +22,9 @@ use std::path::Path;
 const LAYERS: &[(u8, &str, &[&str])] = &[
     (0, "base", &[
         "message", "certs", "workers", "accept_backoff", "bounded_read", "safe_write", "fnv",
-        "lines", "counters", "chain", "passwords", "state_file", "allocator", "diff", "values",
+        "lines", "counters", "chain", "passwords", "allocator", "diff", "suggest",
     ]),
-    (1, "engines", &["upstream", "mirror"]),
+    (1, "engines", &["upstream", "mirror", "state_file"]),
     (2, "config", &["config"]),
     (3, "handlers", &["handlers"]),
     (4, "admin", &["admin"]),
