@@ -19,7 +19,8 @@ use regex::bytes::{NoExpand, Regex};
 use crate::config::reader::{arguments, name_span, properties, Reader};
 use crate::config::value;
 use crate::config::Problem;
-use crate::handlers::rewrite::{decode_rewrite, Rewrite};
+use crate::handlers::rewrite::decode_rewrite;
+use crate::message::path_rewrite::Rewrite;
 
 #[derive(Debug, Clone)]
 enum QueryOp {
