@@ -12,8 +12,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body::{Frame, SizeHint};
 
 use super::compare::Comparison;
+use super::copy_edits::CopyRewrite;
 use super::grpc::Protocol;
-use super::rewrite::CopyRewrite;
 use crate::message::header_ops::HeaderOps;
 use crate::message::placeholders::RequestVars;
 

@@ -11,10 +11,10 @@
 pub mod breaker;
 pub mod compare;
 pub mod copy;
+pub mod copy_edits;
 pub mod gate;
 pub mod grpc;
 pub mod policy;
-pub mod rewrite;
 pub mod runtime;
 pub mod stats;
 pub mod target;
@@ -47,7 +47,7 @@ pub struct MirrorOptions {
     pub alert_interval: Duration,
     pub header_up: HeaderOps,
     /// Path, query and body edits made to copies only.
-    pub rewrite: Arc<rewrite::CopyRewrite>,
+    pub rewrite: Arc<copy_edits::CopyRewrite>,
     /// `compare { … }`: targets' responses against the primary's.
     pub compare: Option<compare::CompareConfig>,
     /// `methods` and `marker`: which requests are copied at all.

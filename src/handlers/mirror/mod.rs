@@ -21,7 +21,7 @@ use crate::upstream::hop_by_hop;
 use crate::mirror::breaker::BreakerConfig;
 use crate::mirror::compare::CompareConfig;
 use crate::mirror::policy::{Policy, SampleKey, StatusFilter};
-use crate::mirror::rewrite::CopyRewrite;
+use crate::mirror::copy_edits::CopyRewrite;
 use crate::mirror::target::{TargetSettings, TargetSpec};
 use crate::mirror::tee::{Abandon, Capture, Tee};
 use crate::mirror::{Mirror, MirrorOptions};
