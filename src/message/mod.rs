@@ -1,10 +1,11 @@
 //! HTTP pieces shared by the server and the handlers: the body type every
-//! handler speaks, per-connection facts, and header treatment.
+//! handler speaks, per-connection facts, header treatment, and path rewrites.
 
 pub mod body;
 pub mod conn;
 pub mod header_ops;
 pub mod json;
+pub mod path_rewrite;
 pub mod placeholders;
 
 pub use body::{Body, BoxError};

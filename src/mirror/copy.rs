@@ -12,8 +12,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body::{Frame, SizeHint};
 
 use super::compare::Comparison;
+use super::copy_edits::CopyEdits;
 use super::grpc::Protocol;
-use super::rewrite::CopyRewrite;
 use crate::message::header_ops::HeaderOps;
 use crate::message::placeholders::RequestVars;
 
@@ -123,7 +123,7 @@ impl CopyRequest {
 pub struct CopyExtras {
     /// The mirror's `replace_body` rules, applied once, by the first worker
     /// that sends the copy.
-    pub body_rewrite: Option<Arc<CopyRewrite>>,
+    pub body_rewrite: Option<Arc<CopyEdits>>,
     pub comparison: Option<Arc<Comparison>>,
     pub protocol: Protocol,
     pub suffixed_host: Option<HeaderValue>,

@@ -11,10 +11,10 @@
 pub mod breaker;
 pub mod compare;
 pub mod copy;
+pub mod copy_edits;
 pub mod gate;
 pub mod grpc;
 pub mod policy;
-pub mod rewrite;
 pub mod runtime;
 pub mod stats;
 pub mod target;
@@ -47,7 +47,7 @@ pub struct MirrorOptions {
     pub alert_interval: Duration,
     pub header_up: HeaderOps,
     /// Path, query and body edits made to copies only.
-    pub rewrite: Arc<rewrite::CopyRewrite>,
+    pub edits: Arc<copy_edits::CopyEdits>,
     /// `compare { … }`: targets' responses against the primary's.
     pub compare: Option<compare::CompareConfig>,
     /// `methods` and `marker`: which requests are copied at all.
@@ -410,7 +410,7 @@ impl Mirror {
             .path_and_query()
             .and_then(|pq| Uri::try_from(pq.as_str()).ok())
             .unwrap_or_else(|| Uri::from_static("/"));
-        let Some(uri) = self.options.rewrite.uri(&origin) else {
+        let Some(uri) = self.options.edits.uri(&origin) else {
             // Counted as failed, so the alert line reports it; no line per request.
             tracing::debug!(mirror = %self.label, uri = %origin, "the mirror's rewrite made an invalid URI; not copied");
             for target in targets.iter() {
@@ -504,14 +504,14 @@ impl PendingCopy {
     /// a queued copy would pin whole), in an allocation of its size.
     pub fn dispatch(self, body: Bytes, trailers: Option<HeaderMap>) {
         tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = body.len(), "copy complete");
-        let rewrite = self.mirror.options.rewrite.clone();
+        let edits = self.mirror.options.edits.clone();
         // `replace_body` would break a gRPC message's length prefix (and
         // protobuf's own), and a compressed body's bytes are no text to
         // edit: such copies are sent as they came.
-        let body_rewrite = (rewrite.rewrites_body()
+        let body_rewrite = (edits.rewrites_body()
             && self.protocol == grpc::Protocol::Http
             && !encoded(&self.headers))
-        .then_some(rewrite);
+        .then_some(edits);
         let copy = Arc::new(CopyRequest::new(
             self.method,
             self.uri,

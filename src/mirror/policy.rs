@@ -7,13 +7,9 @@
 //! [`super::gate`].
 
 use std::hash::Hasher;
+use std::ops::RangeInclusive;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use kdl::{KdlEntry, KdlNode};
-
-use crate::config::reader::{arguments, Reader};
-use crate::config::value::{self, Parsed};
-use crate::config::Problem;
 
 /// The header every copy carries unless `marker #false`.
 pub const DEFAULT_MARKER: HeaderName = crate::message::SHADOW_MARKER;
@@ -43,44 +39,10 @@ pub enum Skip {
 }
 
 impl Policy {
-    pub fn decode(
-        methods: Option<&KdlNode>,
-        marker: Option<&KdlNode>,
-        r: &mut Reader,
-    ) -> Option<Policy> {
-        let methods = match methods {
-            None => Some(None),
-            Some(node) => {
-                r.no_children(node);
-                r.no_properties(node);
-                let args = arguments(node);
-                if args.is_empty() {
-                    r.push(
-                        Problem::error(node.name().span(), "`methods` needs one or more methods")
-                            .label("missing argument")
-                            .help("write methods \"GET\" \"HEAD\""),
-                    );
-                    None
-                } else {
-                    r.each(&args, value::method).map(Some)
-                }
-            }
-        };
-        let marker = match marker {
-            None => Some(Some(DEFAULT_MARKER)),
-            Some(node) => r.value(
-                node,
-                "a header name, or #false for none",
-                |entry| match entry.value() {
-                    kdl::KdlValue::Bool(false) => Ok(None),
-                    _ => value::header_name(entry).map(Some),
-                },
-            ),
-        };
-        Some(Policy {
-            methods: methods?,
-            marker: marker?,
-        })
+    /// `methods`: `None` for every method. `marker`: the header copies
+    /// carry and copied requests are known by; `None` for none.
+    pub fn new(methods: Option<Vec<Method>>, marker: Option<HeaderName>) -> Policy {
+        Policy { methods, marker }
     }
 
     /// Whether the request is left uncopied, and why.
@@ -118,30 +80,7 @@ pub enum SampleKey {
     ClientIp,
 }
 
-const SAMPLE_BY_USAGE: &str =
-    "write sample_by \"header:X-User-Id\", \"cookie:session\", \"query:user\" or \"client_ip\"";
-
 impl SampleKey {
-    pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<SampleKey> {
-        r.value(node, "where the sampling key is", |entry| {
-            let text = value::non_empty_string(entry)?;
-            let bad = |why: &str| {
-                Problem::error(value::value_span(entry), why.to_string())
-                    .label("not a sampling key")
-                    .help(SAMPLE_BY_USAGE)
-            };
-            match text.split_once(':') {
-                None if text == "client_ip" => Ok(SampleKey::ClientIp),
-                Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
-                    .map(SampleKey::Header)
-                    .map_err(|_| bad("not a header name after `header:`")),
-                Some(("cookie", name)) if !name.is_empty() => Ok(SampleKey::Cookie(name.into())),
-                Some(("query", name)) if !name.is_empty() => Ok(SampleKey::Query(name.into())),
-                _ => Err(bad("unknown sampling key")),
-            }
-        })
-    }
-
     /// The key's value in this request, if the request has one.
     pub fn value(
         &self,
@@ -221,76 +160,32 @@ pub struct StatusFilter {
     bits: [u64; 8],
 }
 
-const STATUS_USAGE: &str =
-    "write a class such as \"2xx\" (1xx to 5xx) or a status such as \"304\" (100 to 599)";
-
 impl StatusFilter {
-    fn empty() -> Self {
-        StatusFilter { bits: [0; 8] }
-    }
-
-    fn add(&mut self, code: u16) {
-        let i = usize::from(code - 100);
-        self.bits[i / 64] |= 1 << (i % 64);
+    /// The statuses in `ranges`; any outside 100 to 599 are left out, as no
+    /// response has them.
+    pub fn new(ranges: impl IntoIterator<Item = RangeInclusive<u16>>) -> StatusFilter {
+        let mut filter = StatusFilter { bits: [0; 8] };
+        for range in ranges {
+            for code in range.filter(|c| STATUSES.contains(c)) {
+                let i = usize::from(code - 100);
+                filter.bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        filter
     }
 
     pub fn matches(&self, status: http::StatusCode) -> bool {
         let code = status.as_u16();
-        if !(100..600).contains(&code) {
+        if !STATUSES.contains(&code) {
             return false;
         }
         let i = usize::from(code - 100);
         self.bits[i / 64] & (1 << (i % 64)) != 0
     }
-
-    pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<StatusFilter> {
-        r.no_children(node);
-        r.no_properties(node);
-        let args = r.some_args(node, "one or more statuses, such as \"2xx\" \"304\"")?;
-        let ranges = r.each(&args, status_range)?;
-        let mut filter = StatusFilter::empty();
-        for range in ranges {
-            range.for_each(|code| filter.add(code));
-        }
-        Some(filter)
-    }
 }
 
-/// One `primary_status` argument: a class (`"2xx"`) or one status
-/// (`"304"`, or the integer `304`), as the codes it stands for.
-fn status_range(entry: &KdlEntry) -> Parsed<std::ops::RangeInclusive<u16>> {
-    let bad = |why: &str| {
-        Problem::error(value::value_span(entry), why.to_string())
-            .label("not a status or class")
-            .help(STATUS_USAGE)
-    };
-    let text = match entry.value() {
-        kdl::KdlValue::Integer(n) => n.to_string(),
-        kdl::KdlValue::String(s) => s.clone(),
-        _ => return Err(bad("expected a status or a status class")),
-    };
-    let bytes = text.as_bytes();
-    let class = match bytes {
-        [c @ b'1'..=b'5', rest @ ..] if rest.eq_ignore_ascii_case(b"xx") => Some(c - b'0'),
-        _ => None,
-    };
-    if let Some(class) = class {
-        let first = u16::from(class) * 100;
-        return Ok(first..=first + 99);
-    }
-    if let [_, rest @ ..] = bytes {
-        if rest.eq_ignore_ascii_case(b"xx") {
-            return Err(bad("status classes go from 1xx to 5xx"));
-        }
-    }
-    match text.parse::<u16>() {
-        Ok(code) if bytes.len() == 3 && (100..600).contains(&code) => Ok(code..=code),
-        Ok(_) if bytes.len() == 3 && bytes.iter().all(u8::is_ascii_digit) => {
-            Err(bad("statuses go from 100 to 599"))
-        }
-        _ => Err(bad("not an HTTP status or status class")),
-    }
-}
+/// What a filter can hold.
+const STATUSES: std::ops::Range<u16> = 100..600;
 
 impl std::fmt::Debug for StatusFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -382,26 +277,14 @@ mod tests {
         assert!(sticky_in(b"anyone", 1.0));
     }
 
-    fn filter(args: &str) -> Option<StatusFilter> {
-        let doc: kdl::KdlDocument = format!("primary_status {args}").parse().unwrap();
-        let mut problems = crate::config::diag::Problems::default();
-        let mut r = Reader::new(&mut problems, std::env::temp_dir());
-        StatusFilter::decode(&doc.nodes()[0], &mut r)
-    }
-
     #[test]
-    fn status_filter_takes_classes_and_codes() {
-        let f = filter("\"2xx\" \"304\" 418").expect("valid");
+    fn status_filter_holds_what_it_is_given_within_100_to_599() {
+        let f = StatusFilter::new([200..=299, 304..=304, 418..=418, 0..=99, 600..=u16::MAX]);
         let ok = |c: u16| f.matches(http::StatusCode::from_u16(c).unwrap());
         assert!(ok(200) && ok(204) && ok(299) && ok(304) && ok(418));
-        assert!(!ok(199) && !ok(300) && !ok(305) && !ok(404) && !ok(500));
-        assert!(filter("\"5XX\"").is_some());
-        for bad in [
-            "\"6xx\"", "\"2x\"", "\"600\"", "\"20\"", "99", "\"abc\"", "#true", "\"0200\"",
-        ] {
-            assert!(filter(bad).is_none(), "{bad}");
-        }
-        assert!(filter("").is_none());
+        assert!(!ok(100) && !ok(199) && !ok(300) && !ok(305) && !ok(404) && !ok(599));
+        let all = StatusFilter::new([100..=599]);
+        assert!((100..600).all(|c| all.matches(http::StatusCode::from_u16(c).unwrap())));
     }
 
     #[test]

@@ -13,16 +13,12 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::Uri;
-use kdl::KdlNode;
 use regex::bytes::{NoExpand, Regex};
 
-use crate::config::reader::{arguments, name_span, properties, Reader};
-use crate::config::value;
-use crate::config::Problem;
-use crate::handlers::rewrite::{decode_rewrite, Rewrite};
+use crate::message::path_rewrite::Rewrite;
 
 #[derive(Debug, Clone)]
-enum QueryOp {
+pub enum QueryOp {
     /// Replace the parameter's value (every occurrence), or add it.
     Set(String, String),
     Remove(String),
@@ -31,59 +27,45 @@ enum QueryOp {
 /// `replace_body "from" "to"` (literal) or
 /// `replace_body regex=#"..."# replace="..."` (`$1` for captures).
 #[derive(Debug, Clone)]
-struct BodyReplace {
+pub struct BodyReplace {
     regex: Regex,
     replace: Vec<u8>,
     literal: bool,
 }
 
+impl BodyReplace {
+    /// Every `from`, as written, becomes `to`, as written.
+    pub fn literal(from: &str, to: String) -> Result<BodyReplace, regex::Error> {
+        Ok(BodyReplace {
+            regex: Regex::new(&regex::escape(from))?,
+            replace: to.into_bytes(),
+            literal: true,
+        })
+    }
+
+    /// Every match of `regex` becomes `replace`, where `$1` stands for the
+    /// first capture.
+    pub fn regex(regex: Regex, replace: String) -> BodyReplace {
+        BodyReplace {
+            regex,
+            replace: replace.into_bytes(),
+            literal: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
-pub struct CopyRewrite {
+pub struct CopyEdits {
     paths: Vec<Rewrite>,
     query: Vec<QueryOp>,
     body: Vec<BodyReplace>,
 }
 
-const QUERY_SET_USAGE: &str = "write query_set \"name\" \"value\"";
-const REPLACE_BODY_USAGE: &str =
-    "write replace_body \"old\" \"new\", or replace_body regex=#\"\"id\":(\\d+)\"# replace=#\"\"id\":\"s-$1\"\"#";
-
-impl CopyRewrite {
-    /// Reads the mirror's `rewrite`, `query_set`, `query_remove` and
-    /// `replace_body` lines, in file order within each kind.
-    pub fn decode(
-        r: &mut Reader,
-        rewrites: &[&KdlNode],
-        query_sets: &[&KdlNode],
-        query_removes: &[&KdlNode],
-        replace_bodies: &[&KdlNode],
-    ) -> Option<CopyRewrite> {
-        let paths: Vec<Option<Rewrite>> = rewrites.iter().map(|n| decode_rewrite(n, r)).collect();
-        let mut query = Vec::new();
-        let mut ok = true;
-        // Kinds apply in a fixed order (path, query, body), so within the
-        // query edits only file order matters: sets and removes are merged
-        // back by their place in the file.
-        let mut query_nodes: Vec<&KdlNode> =
-            query_sets.iter().chain(query_removes).copied().collect();
-        query_nodes.sort_by_key(|n| n.span().offset());
-        for node in query_nodes {
-            match decode_query_op(node, r) {
-                Some(mut ops) => query.append(&mut ops),
-                None => ok = false,
-            }
-        }
-        let body: Vec<Option<BodyReplace>> = replace_bodies
-            .iter()
-            .map(|n| decode_replace_body(n, r))
-            .collect();
-        let paths: Option<Vec<Rewrite>> = paths.into_iter().collect();
-        let body: Option<Vec<BodyReplace>> = body.into_iter().collect();
-        ok.then_some(CopyRewrite {
-            paths: paths?,
-            query,
-            body: body?,
-        })
+impl CopyEdits {
+    /// Applied a kind at a time: the paths, then the query, then the
+    /// body; within a kind, in the order given.
+    pub fn new(paths: Vec<Rewrite>, query: Vec<QueryOp>, body: Vec<BodyReplace>) -> CopyEdits {
+        CopyEdits { paths, query, body }
     }
 
     /// Whether copies need their body rewritten.
@@ -111,7 +93,7 @@ impl CopyRewrite {
         Uri::from_parts(parts).ok()
     }
 
-    /// The copy's body after every `replace_body`, in file order.
+    /// The copy's body after every `replace_body`, in order.
     pub fn body(&self, body: &Bytes) -> Bytes {
         let mut out = Cow::Borrowed(body.as_ref());
         for rule in &self.body {
@@ -126,85 +108,6 @@ impl CopyRewrite {
         match out {
             Cow::Borrowed(_) => body.clone(),
             Cow::Owned(new) => Bytes::from(new),
-        }
-    }
-}
-
-fn decode_query_op(node: &KdlNode, r: &mut Reader) -> Option<Vec<QueryOp>> {
-    r.no_children(node);
-    r.no_properties(node);
-    let args = arguments(node);
-    match node.name().value() {
-        "query_set" => match args.as_slice() {
-            [name, value] => {
-                let name = r.check(value::non_empty_string(name));
-                let value = r.check(value::string(value));
-                Some(vec![QueryOp::Set(name?, value?)])
-            }
-            _ => {
-                r.push(
-                    Problem::error(name_span(node), "`query_set` takes a name and a value")
-                        .label(format!("{} argument(s) given", args.len()))
-                        .help(QUERY_SET_USAGE),
-                );
-                None
-            }
-        },
-        _ => {
-            if args.is_empty() {
-                r.push(
-                    Problem::error(name_span(node), "`query_remove` needs a parameter name")
-                        .label("missing argument")
-                        .help("write query_remove \"token\" (several names may follow)"),
-                );
-                return None;
-            }
-            let names: Vec<Option<String>> = args
-                .iter()
-                .map(|a| r.check(value::non_empty_string(a)))
-                .collect();
-            names.into_iter().map(|n| n.map(QueryOp::Remove)).collect()
-        }
-    }
-}
-
-fn decode_replace_body(node: &KdlNode, r: &mut Reader) -> Option<BodyReplace> {
-    r.no_children(node);
-    r.known_properties(node, &["regex", "replace"]);
-    let args = arguments(node);
-    match (args.as_slice(), node.entry("regex"), node.entry("replace")) {
-        ([from, to], None, None) => {
-            let from = r.check(value::non_empty_string(from));
-            let to = r.check(value::string(to));
-            Some(BodyReplace {
-                regex: Regex::new(&regex::escape(&from?)).ok()?,
-                replace: to?.into_bytes(),
-                literal: true,
-            })
-        }
-        ([], Some(re), Some(replace)) => {
-            let regex = r.check(value::regex(re, Regex::new));
-            let replace = r.check(value::string(replace));
-            Some(BodyReplace {
-                regex: regex?,
-                replace: replace?.into_bytes(),
-                literal: false,
-            })
-        }
-        _ => {
-            let span = properties(node)
-                .first()
-                .map(|e| e.span())
-                .unwrap_or_else(|| name_span(node));
-            r.push(
-                Problem::error(
-                    span,
-                    "`replace_body` takes two strings (literal), or regex= and replace=",
-                )
-                .label("incomplete or mixed")
-                .help(REPLACE_BODY_USAGE),
-            );
-            None
         }
     }
 }
@@ -281,7 +184,7 @@ mod tests {
 
     #[test]
     fn body_rules_apply_in_order() {
-        let rewrite = CopyRewrite {
+        let edits = CopyEdits {
             body: vec![
                 BodyReplace {
                     regex: Regex::new(r#""id":(\d+)"#).unwrap(),
@@ -298,10 +201,10 @@ mod tests {
         };
         let body = Bytes::from_static(br#"{"id":7,"price":"$1","ids":[{"id":8}]}"#);
         assert_eq!(
-            rewrite.body(&body),
+            edits.body(&body),
             Bytes::from_static(br#"{"id":"s-7","price":"$2","ids":[{"id":"s-8"}]}"#)
         );
         let untouched = Bytes::from_static(b"no ids here");
-        assert_eq!(rewrite.body(&untouched), untouched);
+        assert_eq!(edits.body(&untouched), untouched);
     }
 }

@@ -1,6 +1,8 @@
 //! `mirror "http://staging:8080" ... { options }`: sends a copy of each
 //! sampled request to every target, and passes the request on untouched.
-//! The engine (backlogs, workers, breaker) is in `crate::mirror`.
+//! The engine (backlogs, workers, breaker) is in `crate::mirror`; this
+//! handler reads the node into the engine's settings (the copy edits, the
+//! policy and `compare` each in a file of their own) and runs it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,9 +24,6 @@ use crate::message::header_ops::HeaderOps;
 use crate::message::{body, Request, Response};
 use crate::upstream::hop_by_hop;
 use crate::mirror::breaker::BreakerConfig;
-use crate::mirror::compare::CompareConfig;
-use crate::mirror::policy::{Policy, SampleKey, StatusFilter};
-use crate::mirror::rewrite::CopyRewrite;
 use crate::mirror::target::{TargetSettings, TargetSpec};
 use crate::mirror::tee::{Abandon, Capture, Tee};
 use crate::mirror::{Mirror, MirrorOptions};
@@ -33,6 +32,10 @@ pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "mirror",
     decode,
 };
+
+mod compare;
+mod copy_edits;
+mod policy;
 
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
@@ -137,25 +140,25 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     };
     let header_up = r.header_ops(&opts.all("header_up"));
     let tls = crate::upstream::tls_connector::UpstreamTls::decode(&opts, r);
-    let rewrite = CopyRewrite::decode(
+    let edits = copy_edits::decode(
         r,
         &opts.all("rewrite"),
         &opts.all("query_set"),
         &opts.all("query_remove"),
         &opts.all("replace_body"),
     );
-    let policy = Policy::decode(opts.one("methods"), opts.one("marker"), r);
+    let policy = policy::methods_and_marker(opts.one("methods"), opts.one("marker"), r);
     let host_suffix = host_suffix(&opts, r);
     let sample_by = match opts.one("sample_by") {
-        Some(n) => SampleKey::decode(n, r).map(Some),
+        Some(n) => policy::sample_by(n, r).map(Some),
         None => Some(None),
     };
     let primary_status = match opts.one("primary_status") {
-        Some(n) => StatusFilter::decode(n, r).map(|f| Some(Arc::new(f))),
+        Some(n) => policy::primary_status(n, r).map(|f| Some(Arc::new(f))),
         None => Some(None),
     };
     let compare = match opts.one("compare") {
-        Some(n) => CompareConfig::decode(n, r).map(Some),
+        Some(n) => compare::decode(n, r).map(Some),
         None => Some(None),
     };
     let mut written = Vec::new();
@@ -179,7 +182,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             max_body: max_body?,
             alert_interval: alert_interval?,
             header_up,
-            rewrite: Arc::new(rewrite?),
+            edits: Arc::new(edits?),
             compare: compare?,
             policy: policy?,
             sample_by: sample_by?,

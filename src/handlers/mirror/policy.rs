@@ -1,0 +1,148 @@
+//! The mirror's `methods`, `marker`, `sample_by` and `primary_status`:
+//! which requests it copies, read into [`crate::mirror::policy`]'s
+//! settings.
+
+use std::ops::RangeInclusive;
+
+use http::HeaderName;
+use kdl::{KdlEntry, KdlNode};
+
+use crate::config::reader::{arguments, Reader};
+use crate::config::value::{self, Parsed};
+use crate::config::Problem;
+use crate::mirror::policy::{Policy, SampleKey, StatusFilter, DEFAULT_MARKER};
+
+/// `methods` and `marker`, either or both absent.
+pub fn methods_and_marker(
+    methods: Option<&KdlNode>,
+    marker: Option<&KdlNode>,
+    r: &mut Reader,
+) -> Option<Policy> {
+    let methods = match methods {
+        None => Some(None),
+        Some(node) => {
+            r.no_children(node);
+            r.no_properties(node);
+            let args = arguments(node);
+            if args.is_empty() {
+                r.push(
+                    Problem::error(node.name().span(), "`methods` needs one or more methods")
+                        .label("missing argument")
+                        .help("write methods \"GET\" \"HEAD\""),
+                );
+                None
+            } else {
+                r.each(&args, value::method).map(Some)
+            }
+        }
+    };
+    let marker = match marker {
+        None => Some(Some(DEFAULT_MARKER)),
+        Some(node) => r.value(
+            node,
+            "a header name, or #false for none",
+            |entry| match entry.value() {
+                kdl::KdlValue::Bool(false) => Ok(None),
+                _ => value::header_name(entry).map(Some),
+            },
+        ),
+    };
+    Some(Policy::new(methods?, marker?))
+}
+
+const SAMPLE_BY_USAGE: &str =
+    "write sample_by \"header:X-User-Id\", \"cookie:session\", \"query:user\" or \"client_ip\"";
+
+pub fn sample_by(node: &KdlNode, r: &mut Reader) -> Option<SampleKey> {
+    r.value(node, "where the sampling key is", |entry| {
+        let text = value::non_empty_string(entry)?;
+        let bad = |why: &str| {
+            Problem::error(value::value_span(entry), why.to_string())
+                .label("not a sampling key")
+                .help(SAMPLE_BY_USAGE)
+        };
+        match text.split_once(':') {
+            None if text == "client_ip" => Ok(SampleKey::ClientIp),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .map(SampleKey::Header)
+                .map_err(|_| bad("not a header name after `header:`")),
+            Some(("cookie", name)) if !name.is_empty() => Ok(SampleKey::Cookie(name.into())),
+            Some(("query", name)) if !name.is_empty() => Ok(SampleKey::Query(name.into())),
+            _ => Err(bad("unknown sampling key")),
+        }
+    })
+}
+
+const STATUS_USAGE: &str =
+    "write a class such as \"2xx\" (1xx to 5xx) or a status such as \"304\" (100 to 599)";
+
+pub fn primary_status(node: &KdlNode, r: &mut Reader) -> Option<StatusFilter> {
+    r.no_children(node);
+    r.no_properties(node);
+    let args = r.some_args(node, "one or more statuses, such as \"2xx\" \"304\"")?;
+    let ranges = r.each(&args, status_range)?;
+    Some(StatusFilter::new(ranges))
+}
+
+/// One `primary_status` argument: a class (`"2xx"`) or one status
+/// (`"304"`, or the integer `304`), as the codes it stands for.
+fn status_range(entry: &KdlEntry) -> Parsed<RangeInclusive<u16>> {
+    let bad = |why: &str| {
+        Problem::error(value::value_span(entry), why.to_string())
+            .label("not a status or class")
+            .help(STATUS_USAGE)
+    };
+    let text = match entry.value() {
+        kdl::KdlValue::Integer(n) => n.to_string(),
+        kdl::KdlValue::String(s) => s.clone(),
+        _ => return Err(bad("expected a status or a status class")),
+    };
+    let bytes = text.as_bytes();
+    let class = match bytes {
+        [c @ b'1'..=b'5', rest @ ..] if rest.eq_ignore_ascii_case(b"xx") => Some(c - b'0'),
+        _ => None,
+    };
+    if let Some(class) = class {
+        let first = u16::from(class) * 100;
+        return Ok(first..=first + 99);
+    }
+    if let [_, rest @ ..] = bytes {
+        if rest.eq_ignore_ascii_case(b"xx") {
+            return Err(bad("status classes go from 1xx to 5xx"));
+        }
+    }
+    match text.parse::<u16>() {
+        Ok(code) if bytes.len() == 3 && (100..600).contains(&code) => Ok(code..=code),
+        Ok(_) if bytes.len() == 3 && bytes.iter().all(u8::is_ascii_digit) => {
+            Err(bad("statuses go from 100 to 599"))
+        }
+        _ => Err(bad("not an HTTP status or status class")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(args: &str) -> Option<StatusFilter> {
+        let doc: kdl::KdlDocument = format!("primary_status {args}").parse().unwrap();
+        let mut problems = crate::config::diag::Problems::default();
+        let mut r = Reader::new(&mut problems, std::env::temp_dir());
+        primary_status(&doc.nodes()[0], &mut r)
+    }
+
+    #[test]
+    fn status_filter_takes_classes_and_codes() {
+        let f = filter("\"2xx\" \"304\" 418").expect("valid");
+        let ok = |c: u16| f.matches(http::StatusCode::from_u16(c).unwrap());
+        assert!(ok(200) && ok(204) && ok(299) && ok(304) && ok(418));
+        assert!(!ok(199) && !ok(300) && !ok(305) && !ok(404) && !ok(500));
+        assert!(filter("\"5XX\"").is_some());
+        for bad in [
+            "\"6xx\"", "\"2x\"", "\"600\"", "\"20\"", "99", "\"abc\"", "#true", "\"0200\"",
+        ] {
+            assert!(filter(bad).is_none(), "{bad}");
+        }
+        assert!(filter("").is_none());
+    }
+}
