@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use kdl::KdlNode;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next, HandlerConfig};
+use super::{
+    BoxFuture, BuildContext, BuildError, HandlerConfig, HandlerKind, Middleware, MiddlewareConfig,
+    Next,
+};
 use crate::config::reader::{arguments, children, name_span, Reader};
 use crate::config::Problem;
 use crate::message::header_ops::HeaderOps;
@@ -27,14 +30,23 @@ pub struct Header {
 
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     r.no_properties(node);
-    r.args_only(node, 0, "a block of header edits, e.g. header { \"-Server\" }")?;
+    r.args_only(
+        node,
+        0,
+        "a block of header edits, e.g. header { \"-Server\" }",
+    )?;
     let mut ops = Vec::new();
     let mut ok = true;
     for child in children(node) {
         r.no_children(child);
         r.no_properties(child);
         let usage = "inside `header`, write \"Name\" \"value\" to set, \"+Name\" \"value\" to add, \"-Name\" to remove".to_string();
-        match r.header_op_from(child.name().value(), name_span(child), &arguments(child), usage) {
+        match r.header_op_from(
+            child.name().value(),
+            name_span(child),
+            &arguments(child),
+            usage,
+        ) {
             Some(op) => ops.push(op),
             None => ok = false,
         }
@@ -47,7 +59,11 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         );
         return None;
     }
-    ok.then(|| Box::new(Header { ops: HeaderOps::new(ops) }) as Box<dyn MiddlewareConfig>)
+    ok.then(|| {
+        Box::new(Header {
+            ops: HeaderOps::new(ops),
+        }) as Box<dyn MiddlewareConfig>
+    })
 }
 
 impl HandlerConfig for Header {}

@@ -7,8 +7,9 @@
 //! The runtime implements [`Middleware`] or [`Terminal`] from
 //! [`crate::chain`].
 //!
-//! Adding a handler: write its file here with a `KIND`, then add its name
-//! to the `handlers!` list below. Nothing else in the crate names it.
+//! Adding a handler: write its file here with a `KIND`, declare the module
+//! and add its `KIND` to [`REGISTRY`] below. Nothing else in the crate
+//! names it.
 
 pub use crate::chain::{BoxFuture, Chain, Middleware, Next, Terminal};
 pub use crate::config::handler::{
@@ -16,20 +17,22 @@ pub use crate::config::handler::{
     MiddlewareConfig, Published, Registry, TerminalConfig,
 };
 
-macro_rules! handlers {
-    ($($module:ident),* $(,)?) => {
-        $(pub mod $module;)*
-        /// Every handler the site file knows, by node name.
-        pub static REGISTRY: Registry = Registry::new(&[$(&$module::KIND),*]);
-    };
-}
+// Declared one by one, not by a macro, so that rustfmt sees their files.
+pub mod header;
+pub mod mirror;
+pub mod record;
+pub mod request_body;
+pub mod respond;
+pub mod reverse_proxy;
+pub mod rewrite;
 
-handlers![
-    respond,
-    reverse_proxy,
-    header,
-    rewrite,
-    mirror,
-    record,
-    request_body
-];
+/// Every handler the site file knows: its registration line.
+pub static REGISTRY: Registry = Registry::new(&[
+    &respond::KIND,
+    &reverse_proxy::KIND,
+    &header::KIND,
+    &rewrite::KIND,
+    &mirror::KIND,
+    &record::KIND,
+    &request_body::KIND,
+]);

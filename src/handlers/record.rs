@@ -16,13 +16,16 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use kdl::KdlNode;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next, HandlerConfig};
+use super::{
+    BoxFuture, BuildContext, BuildError, HandlerConfig, HandlerKind, Middleware, MiddlewareConfig,
+    Next,
+};
 use crate::config::reader::{Reader, Repeat};
 use crate::config::value;
+use crate::lines::{Destination, LineSink, Roll};
 use crate::message::json;
 use crate::message::placeholders::RequestVars;
 use crate::message::{body, Request, Response};
-use crate::lines::{Destination, LineSink, Roll};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "record",
@@ -68,7 +71,9 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         None => Some(100 << 20),
     };
     let roll_keep = match opts.one("roll_keep") {
-        Some(n) => r.value(n, "a whole number from 0 to 1000", |e| value::integer(e, 0, 1000)),
+        Some(n) => r.value(n, "a whole number from 0 to 1000", |e| {
+            value::integer(e, 0, 1000)
+        }),
         None => Some(5),
     };
     Some(Box::new(RecordConfig {

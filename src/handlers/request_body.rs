@@ -55,7 +55,11 @@ impl HandlerConfig for RequestBody {
     /// works, as a refused request is not copied, but the body is read and
     /// buffered before the limit is checked; a second limit is one too many.
     fn check(&self, file: &FileView<'_>, problems: &mut Vec<Problem>) {
-        if let Some((_, first, _)) = file.earlier.iter().find(|(name, _, _)| *name == KIND.name()) {
+        if let Some((_, first, _)) = file
+            .earlier
+            .iter()
+            .find(|(name, _, _)| *name == KIND.name())
+        {
             problems.push(
                 Problem::warning(file.at, "a second `request_body` in this route")
                     .label("another limit")
@@ -64,7 +68,8 @@ impl HandlerConfig for RequestBody {
             );
             return;
         }
-        if let Some((reader, span, _)) = file.earlier.iter().find(|(_, _, h)| h.reads_body_ahead()) {
+        if let Some((reader, span, _)) = file.earlier.iter().find(|(_, _, h)| h.reads_body_ahead())
+        {
             problems.push(
                 Problem::warning(file.at, format!("`request_body` comes after `{reader}`"))
                     .label(format!("checked after the {reader} has started copying the body"))

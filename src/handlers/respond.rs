@@ -6,7 +6,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use kdl::KdlNode;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig, HandlerConfig};
+use super::{
+    BoxFuture, BuildContext, BuildError, HandlerConfig, HandlerKind, Terminal, TerminalConfig,
+};
 use crate::config::reader::{arguments, Reader};
 use crate::config::value;
 use crate::message::{body, ConnInfo, Request, Response};

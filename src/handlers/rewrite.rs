@@ -18,7 +18,10 @@ use http::StatusCode;
 use kdl::KdlNode;
 use regex::Regex;
 
-use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next, HandlerConfig};
+use super::{
+    BoxFuture, BuildContext, BuildError, HandlerConfig, HandlerKind, Middleware, MiddlewareConfig,
+    Next,
+};
 use crate::config::reader::{arguments, name_span, properties, Reader};
 use crate::config::value::{self, value_span};
 use crate::config::Problem;

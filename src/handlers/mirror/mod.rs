@@ -11,22 +11,22 @@ use http_body::SizeHint;
 use kdl::{KdlEntry, KdlNode};
 use miette::SourceSpan;
 
-use crate::message::body::BodyRefusal;
 use super::{
     BoxFuture, BuildContext, BuildError, FileView, HandlerConfig, HandlerKind, HandlerState,
     Middleware, MiddlewareConfig, Next, Published,
 };
 use crate::config::reader::{arguments, name_span, Options, Reader, Repeat};
 use crate::config::value;
-use crate::upstream::url::UpstreamUrl;
 use crate::config::Problem;
+use crate::message::body::BodyRefusal;
 use crate::message::header_ops::HeaderOps;
 use crate::message::{body, Request, Response};
-use crate::upstream::hop_by_hop;
 use crate::mirror::breaker::BreakerConfig;
 use crate::mirror::target::{TargetSettings, TargetSpec};
 use crate::mirror::tee::{Abandon, Capture, Tee};
 use crate::mirror::{Mirror, MirrorOptions};
+use crate::upstream::hop_by_hop;
+use crate::upstream::url::UpstreamUrl;
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "mirror",
@@ -108,8 +108,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     let args = arguments(node);
     let urls = r.urls(&args);
     let mut ok = urls.is_some();
-    let known: Vec<(&'static str, Repeat)> =
-        [MIRROR_OPTIONS, TARGET_OPTIONS].concat();
+    let known: Vec<(&'static str, Repeat)> = [MIRROR_OPTIONS, TARGET_OPTIONS].concat();
     let opts = r.options(node, &known);
     let name = match opts.one("name") {
         Some(n) => r
@@ -198,7 +197,11 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
 /// else from `base` (the built-in defaults for a mirror, the mirror's
 /// settings for a `target` node). `header_up` is left to the caller: the
 /// mirror's goes on every copy, a target's only on its own.
-fn target_settings(opts: &Options, r: &mut Reader, base: &TargetSettings) -> Option<TargetSettings> {
+fn target_settings(
+    opts: &Options,
+    r: &mut Reader,
+    base: &TargetSettings,
+) -> Option<TargetSettings> {
     let duration = |r: &mut Reader, key: &str, default: Duration| match opts.one(key) {
         Some(n) => r.value(n, "a duration such as \"2s\"", value::positive_duration),
         None => Some(default),
@@ -217,7 +220,12 @@ fn target_settings(opts: &Options, r: &mut Reader, base: &TargetSettings) -> Opt
     };
     let concurrency = int(r, "concurrency", 1024, base.concurrency);
     let backlog = int(r, "backlog", 1_000_000, base.backlog);
-    let max_failures = int(r, "max_failures", 1_000_000, base.breaker.max_failures as usize);
+    let max_failures = int(
+        r,
+        "max_failures",
+        1_000_000,
+        base.breaker.max_failures as usize,
+    );
     let timeout = duration(r, "timeout", base.timeout);
     let retry_after = duration(r, "retry_after", base.breaker.retry_after);
     let fail_after = duration(r, "fail_after", base.breaker.fail_after);
@@ -233,9 +241,11 @@ fn target_settings(opts: &Options, r: &mut Reader, base: &TargetSettings) -> Opt
     };
     let max_rps = match opts.one("max_rps") {
         Some(n) => r
-            .value(n, "a whole number of copies a second, from 1 to 1000000", |e| {
-                value::integer(e, 1, 1_000_000)
-            })
+            .value(
+                n,
+                "a whole number of copies a second, from 1 to 1000000",
+                |e| value::integer(e, 1, 1_000_000),
+            )
             .map(|n| Some(n as u32)),
         None => Some(base.max_rps),
     };
@@ -265,19 +275,28 @@ fn host_suffix(opts: &Options, r: &mut Reader) -> Option<Option<String>> {
     match (opts.one("host_suffix"), opts.one("host")) {
         (Some(n), Some(host)) => {
             r.push(
-                Problem::error(name_span(n), "`host_suffix` and `host` both set the copies' Host")
-                    .label("give one")
-                    .also(name_span(host), "also sets it"),
+                Problem::error(
+                    name_span(n),
+                    "`host_suffix` and `host` both set the copies' Host",
+                )
+                .label("give one")
+                .also(name_span(host), "also sets it"),
             );
             None
         }
         (Some(n), None) => r
             .value(n, "a suffix such as \"-shadow\"", |e| {
                 let suffix = value::non_empty_string(e)?;
-                match suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+                match suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
                     true => Ok(suffix),
-                    false => Err(Problem::error(value::value_span(e), "a host suffix holds letters, digits, `-` and `.` only")
-                        .label("not part of a host name")),
+                    false => Err(Problem::error(
+                        value::value_span(e),
+                        "a host suffix holds letters, digits, `-` and `.` only",
+                    )
+                    .label("not part of a host name")),
                 }
             })
             .map(Some),
@@ -367,15 +386,16 @@ fn target_node(
     };
     let mut settings = settings.filter(|_| sample_fits)?;
     settings.header_up = header_up;
-    Some(TargetSpec { url: url?, settings })
+    Some(TargetSpec {
+        url: url?,
+        settings,
+    })
 }
 
 /// A `target` node's options. One of the mirror's own options there gets
 /// its own message: it is known, just not per target.
 fn target_options<'n>(node: &'n KdlNode, r: &mut Reader) -> Options<'n> {
-    let mirror_only = MIRROR_OPTIONS
-        .iter()
-        .map(|(name, _)| (*name, Repeat::Many));
+    let mirror_only = MIRROR_OPTIONS.iter().map(|(name, _)| (*name, Repeat::Many));
     let known: Vec<(&'static str, Repeat)> =
         TARGET_OPTIONS.iter().copied().chain(mirror_only).collect();
     let opts = r.options(node, &known);
@@ -464,7 +484,14 @@ impl MiddlewareConfig for MirrorConfig {
             .name
             .clone()
             .unwrap_or_else(|| cx.route.clone());
-        let mirror = Mirror::start(self.options.clone(), &self.targets, label, &cx.base_dir, &cx.metrics).map_err(BuildError)?;
+        let mirror = Mirror::start(
+            self.options.clone(),
+            &self.targets,
+            label,
+            &cx.base_dir,
+            &cx.metrics,
+        )
+        .map_err(BuildError)?;
         cx.published.publish(Arc::new(MirrorState(mirror.clone())));
         Ok(Arc::new(MirrorHandler { mirror }))
     }
