@@ -16,12 +16,13 @@ use bytes::Bytes;
 
 use super::policy::RateLimit;
 use super::stats::bump;
-use super::target::TargetState;
+use super::stats::TargetStats;
 use crate::diff::{BodyCollector, CompareRules, Observed};
 use crate::lines::{Destination, LineSink};
 use crate::message::json;
 use crate::message::placeholders::RequestVars;
 use crate::message::{body, Response};
+use crate::upstream::url::UpstreamUrl;
 
 /// What a mirror's `compare` block says.
 #[derive(Debug, Clone)]
@@ -98,7 +99,7 @@ impl Comparer {
         })
     }
 
-    fn judge(&self, request: &str, target: &TargetState, primary: &Observed, shadow: &Observed) {
+    fn judge(&self, request: &str, target: &Shadow, primary: &Observed, shadow: &Observed) {
         let verdict = self.rules.compare(primary, shadow);
         let stats = &target.stats;
         if verdict.matches() {
@@ -151,6 +152,13 @@ fn push_observed(out: &mut String, observed: &Observed) {
     out.push('}');
 }
 
+/// The target a response came from, as a comparison counts and logs it.
+#[derive(Clone)]
+pub struct Shadow {
+    pub url: UpstreamUrl,
+    pub stats: Arc<TargetStats>,
+}
+
 /// One request's responses meeting: the primary's, and each target's.
 pub struct Comparison {
     comparer: Arc<Comparer>,
@@ -163,7 +171,7 @@ pub struct Comparison {
 struct State {
     primary: Primary,
     /// Targets that answered before the primary's response was complete.
-    waiting: Vec<(Arc<TargetState>, Observed)>,
+    waiting: Vec<(Shadow, Observed)>,
 }
 
 #[derive(Default)]
@@ -200,7 +208,7 @@ impl Comparison {
     }
 
     /// A target's complete response.
-    pub fn shadow_done(&self, target: &Arc<TargetState>, observed: Observed) {
+    pub fn shadow_done(&self, target: &Shadow, observed: Observed) {
         let primary = {
             let mut state = self.lock();
             match &state.primary {
@@ -222,8 +230,8 @@ impl Comparison {
 
     /// A target's response that cannot be compared (its body was longer
     /// than a shadow's response may be read).
-    pub fn shadow_unreadable(&self, target: &TargetState) {
-        bump(&target.stats.compare_skipped);
+    pub fn shadow_unreadable(&self, stats: &TargetStats) {
+        bump(&stats.compare_skipped);
     }
 
     fn primary_done(self: &Arc<Self>, primary: Option<Observed>) {

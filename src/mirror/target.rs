@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::task::AbortHandle;
 
 use super::breaker::{Admit, Breaker, BreakerConfig, Transition};
+use super::compare::Shadow;
 use super::copy::{CopyBody, CopyRequest};
 use super::grpc::Protocol;
 use super::policy::RateLimit;
@@ -438,10 +439,14 @@ impl Worker {
         }
         if let (Some(comparison), Some(collector)) = (comparison, collector) {
             match whole {
-                true => {
-                    comparison.shadow_done(&self.state, collector.finish(status, parts.headers))
-                }
-                false => comparison.shadow_unreadable(&self.state),
+                true => comparison.shadow_done(
+                    &Shadow {
+                        url: self.state.url.clone(),
+                        stats: self.state.stats.clone(),
+                    },
+                    collector.finish(status, parts.headers),
+                ),
+                false => comparison.shadow_unreadable(&self.state.stats),
             }
         }
         if status.is_server_error() {
