@@ -5,15 +5,26 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{base_url, client, start, Backend, Client, Resp};
+use common::site::kdl_string;
+use common::{
+    base_url, client, metrics, start, Admin, Backend, Chain, Client, Mirror, Proxy, Resp, Site,
+};
 use teebox::server::Running;
 
-/// A site file with an admin block (`admin_body` inside it) and one route
-/// whose chain is `chain`.
-fn admin_site(admin_body: &str, chain: &str) -> String {
-    format!(
-        "global {{\n  admin \"127.0.0.1:0\" {{\n{admin_body}\n  }}\n}}\nsite \"127.0.0.1:0\" {{\n  route \"/*\" {{\n{chain}\n  }}\n}}\n"
-    )
+/// A site file with the admin endpoint `admin` and one route, `/*`, whose
+/// chain is `chain`.
+fn admin_site(admin: Admin, chain: Chain) -> String {
+    Site::new().admin(admin).route("/*", chain).to_kdl()
+}
+
+/// A mirror without targets, named `name`, then `respond 200`.
+fn named_mirror(name: &str) -> Chain {
+    Chain::new().mirror(Mirror::named(name)).respond(200)
+}
+
+/// `respond 200`.
+fn ok() -> Chain {
+    Chain::new().respond(200)
 }
 
 fn admin_url(running: &Running, path_and_query: &str) -> String {
@@ -50,7 +61,7 @@ async fn put(running: &Running, query: &str) -> Resp {
 
 #[tokio::test]
 async fn targets_are_added_listed_and_removed() {
-    let running = start(&admin_site("", "mirror { name \"staging\"; }\nrespond 200")).await;
+    let running = start(&admin_site(Admin::open(), named_mirror("staging"))).await;
     let resp = put(
         &running,
         "url=http://127.0.0.1:9001&url=http://127.0.0.1:9002",
@@ -96,8 +107,10 @@ async fn targets_are_added_listed_and_removed() {
 async fn a_runtime_target_receives_copies() {
     let shadow = Backend::ok().await;
     let running = start(&admin_site(
-        "",
-        "mirror { name \"staging\"; }\nrespond 200 \"primary\"",
+        Admin::open(),
+        Chain::new()
+            .mirror(Mirror::named("staging"))
+            .respond_with(200, "primary"),
     ))
     .await;
     assert_eq!(
@@ -121,8 +134,11 @@ async fn a_runtime_target_receives_copies() {
 #[tokio::test]
 async fn bad_calls_get_a_reason_and_change_nothing() {
     let site = admin_site(
-        "allow_target \"http://127.0.0.1:*\"",
-        "mirror \"http://127.0.0.1:9001\" { name \"staging\"; }\nmirror { name \"canary\"; }\nrespond 200",
+        Admin::open().allow_target(&["http://127.0.0.1:*"]),
+        Chain::new()
+            .mirror(Mirror::to("http://127.0.0.1:9001").name("staging"))
+            .mirror(Mirror::named("canary"))
+            .respond(200),
     );
     let running = start(&site).await;
     let cases: &[(&str, &str, u16, &str)] = &[
@@ -208,8 +224,10 @@ async fn bad_calls_get_a_reason_and_change_nothing() {
 #[tokio::test]
 async fn a_target_spelled_otherwise_is_already_there() {
     let site = admin_site(
-        "allow_target \"http://127.0.0.1:*\" \"http://localhost:*\"",
-        "mirror \"http://127.0.0.1\" \"http://LocalHost:9001\" { name \"staging\"; }\nrespond 200",
+        Admin::open().allow_target(&["http://127.0.0.1:*", "http://localhost:*"]),
+        Chain::new()
+            .mirror(Mirror::to_all(&["http://127.0.0.1", "http://LocalHost:9001"]).name("staging"))
+            .respond(200),
     );
     let running = start(&site).await;
     for url in [
@@ -246,8 +264,8 @@ async fn with_users_every_request_needs_credentials() {
     // Cost 4 keeps the test quick; real hashes use 12.
     let hash = bcrypt::hash("s3cret", 4).unwrap();
     let site = admin_site(
-        &format!("user \"ops\" \"{hash}\"\nhealthz_public #false"),
-        "mirror { name \"m\"; }\nrespond 200",
+        Admin::open().user("ops", &hash).healthz_public(false),
+        named_mirror("m"),
     );
     let running = start(&site).await;
     for path in ["/targets", "/metrics", "/healthz"] {
@@ -299,8 +317,10 @@ async fn users_file_holds_htpasswd_bcrypt_lines() {
     )
     .unwrap();
     let site = admin_site(
-        "users_file \"admin.htpasswd\"\nhealthz_public #false",
-        "respond 200",
+        Admin::open()
+            .users_file("admin.htpasswd")
+            .healthz_public(false),
+        ok(),
     );
     let running = common::start_in(&site, dir.path()).await;
     assert_eq!(
@@ -317,7 +337,7 @@ async fn users_file_holds_htpasswd_bcrypt_lines() {
 
 #[tokio::test]
 async fn without_users_a_loopback_endpoint_is_open() {
-    let running = start(&admin_site("", "respond 200")).await;
+    let running = start(&admin_site(Admin::open(), ok())).await;
     let health = call(&running, "GET", "/healthz", None, false).await;
     assert_eq!(health.status, 200);
     assert_eq!(health.text(), "ok\n");
@@ -344,11 +364,10 @@ fn validate_refuses_an_open_endpoint_on_other_interfaces() {
 async fn metrics_parse_as_prometheus_text() {
     let shadow = Backend::ok().await;
     let site = admin_site(
-        "",
-        &format!(
-            "mirror {:?} {{ name \"staging\"; }}\nrespond 200",
-            shadow.url()
-        ),
+        Admin::open(),
+        Chain::new()
+            .mirror(Mirror::to(&shadow).name("staging"))
+            .respond(200),
     );
     let running = start(&site).await;
     let client = Client::http1();
@@ -356,13 +375,8 @@ async fn metrics_parse_as_prometheus_text() {
         client.get(&format!("{}/m/{i}", base_url(&running))).await;
     }
     shadow.wait_for(3).await;
-    common::eventually("three copies counted", || {
-        running.mirrors()[0].targets()[0]
-            .state()
-            .stats
-            .counts()
-            .succeeded
-            == 3
+    metrics::target_until(&running, &shadow.url(), "three copies counted", |c| {
+        c.succeeded == 3
     })
     .await;
     let resp = call(&running, "GET", "/metrics", None, false).await;
@@ -409,8 +423,10 @@ async fn metrics_parse_as_prometheus_text() {
 async fn runtime_changes_survive_a_restart_through_the_state_file() {
     let dir = common::TempDir::new("admin-state");
     let site = admin_site(
-        "state_file \"targets.json\"",
-        "mirror \"http://127.0.0.1:9001\" { name \"staging\"; }\nrespond 200",
+        Admin::open().state_file("targets.json"),
+        Chain::new()
+            .mirror(Mirror::to("http://127.0.0.1:9001").name("staging"))
+            .respond(200),
     );
     let first = common::start_in(&site, dir.path()).await;
     assert_eq!(put(&first, "url=http://127.0.0.1:9002").await.status, 200);
@@ -450,8 +466,8 @@ async fn a_corrupt_state_file_stops_the_start() {
     )
     .unwrap();
     let site = admin_site(
-        "state_file \"targets.json\"",
-        "mirror { name \"staging\"; }\nrespond 200",
+        Admin::open().state_file("targets.json"),
+        named_mirror("staging"),
     );
     // Refused where the file is read, so `teebox validate` refuses it too
     // and `run` stops before it binds anything.
@@ -471,13 +487,24 @@ async fn a_corrupt_state_file_stops_the_start() {
 /// A site file whose every answer carries its version twice: in a header
 /// added by one handler and in the body from another, so a response from a
 /// half-applied config would show two versions.
-fn versioned_site(version: &str, extra_route: &str) -> String {
-    admin_site(
-        "",
-        &format!(
-            "mirror {{ name \"staging\"; }}\nheader {{ \"X-Version\" \"{version}\" }}\nrespond 200 \"{version}\"\n  }}\n{extra_route}\n  route \"/unused\" {{\n respond 404"
-        ),
-    )
+/// A site at `version`: its mirror named `staging`, every answer and
+/// header saying which version it is, and a second route.
+fn versioned(version: &str) -> Site {
+    let chain = Chain::new()
+        .mirror(Mirror::named("staging"))
+        .handler(&format!(
+            "header {{ \"X-Version\" {} }}",
+            kdl_string(version)
+        ))
+        .respond_with(200, version);
+    Site::new()
+        .admin(Admin::open())
+        .route("/*", chain)
+        .route("/unused", Chain::new().respond(404))
+}
+
+fn versioned_site(version: &str) -> String {
+    versioned(version).to_kdl()
 }
 
 /// teebox started from `versioned_site("1")` in a file of its own (so that
@@ -486,7 +513,7 @@ fn versioned_site(version: &str, extra_route: &str) -> String {
 async fn reloadable(name: &str) -> (common::TempDir, std::path::PathBuf, Running, Backend) {
     let dir = common::TempDir::new(name);
     let file = dir.join("site.kdl");
-    std::fs::write(&file, versioned_site("1", "")).unwrap();
+    std::fs::write(&file, versioned_site("1")).unwrap();
     let loaded = teebox::config::load(&file, teebox::handlers::REGISTRY).unwrap();
     let running = teebox::server::start(&loaded.config).await.unwrap();
     let shadow = Backend::ok().await;
@@ -536,7 +563,7 @@ async fn reload_swaps_the_config_under_load_without_failing_a_request() {
         refused.text()
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    std::fs::write(&file, versioned_site("2", "")).unwrap();
+    std::fs::write(&file, versioned_site("2")).unwrap();
     let reloaded = call(&running, "POST", "/reload", None, false).await;
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -567,25 +594,22 @@ async fn reload_swaps_the_config_under_load_without_failing_a_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_the_mirror_counters() {
-    let (_dir, file, running, _shadow) = reloadable("admin-reload-counters").await;
+    let (_dir, file, running, shadow) = reloadable("admin-reload-counters").await;
     let base = base_url(&running);
     for i in 0..3 {
         Client::http1().get(&format!("{base}/before/{i}")).await;
     }
-    let sent = |running: &teebox::server::Running| {
-        running.mirrors()[0].targets()[0]
-            .state()
-            .stats
-            .counts()
-            .succeeded
-    };
-    common::eventually("three copies", || sent(&running) == 3).await;
+    let shadow = shadow.url();
+    metrics::target_until(&running, &shadow, "three copies", |c| c.succeeded == 3).await;
 
-    std::fs::write(&file, versioned_site("2", "")).unwrap();
+    std::fs::write(&file, versioned_site("2")).unwrap();
     let reloaded = call(&running, "POST", "/reload", None, false).await;
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     Client::http1().get(&format!("{base}/after")).await;
-    common::eventually("four copies, counted on", || sent(&running) == 4).await;
+    metrics::target_until(&running, &shadow, "four copies, counted on", |c| {
+        c.succeeded == 4
+    })
+    .await;
     let metrics = call(&running, "GET", "/metrics", None, false).await.text();
     assert!(
         metrics
@@ -599,7 +623,7 @@ async fn a_reload_keeps_the_mirror_counters() {
 
 #[tokio::test]
 async fn reload_without_a_file_is_refused() {
-    let running = start(&admin_site("", "respond 200")).await;
+    let running = start(&admin_site(Admin::open(), ok())).await;
     let resp = call(&running, "POST", "/reload", None, false).await;
     assert_eq!(resp.status, 422);
     assert!(
@@ -702,8 +726,8 @@ async fn a_request_in_flight_during_a_reload_finishes_on_the_old_config() {
     let file = dir.join("site.kdl");
     let site = |backend: &Backend| {
         admin_site(
-            "",
-            &format!("reverse_proxy {:?} {{ timeout \"30s\" }}", backend.url()),
+            Admin::open(),
+            Chain::new().proxy(Proxy::to(backend).opt(r#"timeout "30s""#)),
         )
     };
     std::fs::write(&file, site(&old_backend)).unwrap();
@@ -752,20 +776,17 @@ async fn compare_results_are_published() {
     })
     .await;
     let site = admin_site(
-        "",
-        &format!(
-            "mirror {:?} {{ name \"cmp\"; compare; }}\nreverse_proxy {:?}",
-            shadow.url(),
-            primary.url()
-        ),
+        Admin::open(),
+        Chain::new()
+            .mirror(Mirror::to(&shadow).name("cmp").opt("compare"))
+            .proxy(&primary),
     );
     let running = start(&site).await;
     let client = Client::http1();
     for path in ["/same", "/differs", "/same"] {
         client.get(&format!("{}{path}", base_url(&running))).await;
     }
-    common::eventually("three comparisons", || {
-        let c = running.mirrors()[0].targets()[0].state().stats.counts();
+    metrics::target_until(&running, &shadow.url(), "three comparisons", |c| {
         c.compare_match + c.compare_body == 3
     })
     .await;
@@ -797,7 +818,7 @@ async fn compare_results_are_published() {
 async fn runtime_targets_cannot_point_at_internal_or_odd_addresses() {
     // No allow_target: any http(s) URL passes the patterns, so only the
     // destination guard stands between a caller and these addresses.
-    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let site = admin_site(Admin::open(), named_mirror("m"));
     let running = start(&site).await;
     let cases: &[(&str, u16, &str)] = &[
         ("http://2130706433:80", 400, "numeric host"),
@@ -823,7 +844,7 @@ async fn runtime_targets_cannot_point_at_internal_or_odd_addresses() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    assert!(running.mirrors()[0].targets().is_empty());
+    assert!(metrics::targets(&running, Some("m")).await.is_empty());
     // A plain address still works.
     assert_eq!(
         put(&running, "mirror=m&url=http://127.0.0.1:9")
@@ -835,7 +856,7 @@ async fn runtime_targets_cannot_point_at_internal_or_odd_addresses() {
 
 #[tokio::test]
 async fn runtime_target_ports_outside_1_to_65535_are_refused() {
-    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let site = admin_site(Admin::open(), named_mirror("m"));
     let running = start(&site).await;
     for (url, written) in [
         ("http://127.0.0.1:84631", "84631"),
@@ -851,14 +872,14 @@ async fn runtime_target_ports_outside_1_to_65535_are_refused() {
             )
         );
     }
-    assert!(running.mirrors()[0].targets().is_empty());
+    assert!(metrics::targets(&running, Some("m")).await.is_empty());
     let resp = put(&running, "mirror=m&url=http://127.0.0.1:65535").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
 
 #[tokio::test]
 async fn runtime_targets_carrying_a_refused_ipv4_address_are_refused() {
-    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let site = admin_site(Admin::open(), named_mirror("m"));
     let running = start(&site).await;
     let cases = [
         (
@@ -906,7 +927,7 @@ async fn runtime_targets_carrying_a_refused_ipv4_address_are_refused() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    assert!(running.mirrors()[0].targets().is_empty());
+    assert!(metrics::targets(&running, Some("m")).await.is_empty());
     // An IPv4 address that is allowed is allowed inside IPv6 too.
     let resp = put(&running, "mirror=m&url=http://%5B2002:a0a:a0a::1%5D:80").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -915,8 +936,8 @@ async fn runtime_targets_carrying_a_refused_ipv4_address_are_refused() {
 #[tokio::test]
 async fn an_allow_target_naming_the_address_lets_it_through() {
     let site = admin_site(
-        "allow_target \"http://169.254.169.254:*\" \"http://127.0.0.1:*\"",
-        "mirror { name \"m\"; }\nrespond 200",
+        Admin::open().allow_target(&["http://169.254.169.254:*", "http://127.0.0.1:*"]),
+        named_mirror("m"),
     );
     let running = start(&site).await;
     assert_eq!(
@@ -935,7 +956,7 @@ async fn an_allow_target_naming_the_address_lets_it_through() {
 
 #[tokio::test]
 async fn a_mirror_takes_at_most_1000_targets() {
-    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let site = admin_site(Admin::open(), named_mirror("m"));
     let running = start(&site).await;
     let query: String = (0..1001)
         .map(|i| format!("&url=http://127.0.0.1:{}", 10_000 + i))
@@ -943,12 +964,12 @@ async fn a_mirror_takes_at_most_1000_targets() {
     let resp = put(&running, &format!("mirror=m{query}")).await;
     assert_eq!(resp.status, 409, "{}", resp.text());
     assert!(resp.text().contains("at most 1000"));
-    assert!(running.mirrors()[0].targets().is_empty());
+    assert!(metrics::targets(&running, Some("m")).await.is_empty());
 }
 
 #[tokio::test]
 async fn foreign_hosts_origins_and_bodies_are_refused() {
-    let site = admin_site("", "mirror { name \"m\"; }\nrespond 200");
+    let site = admin_site(Admin::open(), named_mirror("m"));
     let running = start(&site).await;
     let client = Client::http1();
     let send = |method: &str, headers: &[(&str, &str)], body: Vec<u8>| {
@@ -971,11 +992,11 @@ async fn foreign_hosts_origins_and_bodies_are_refused() {
         .await
         .unwrap();
     assert_eq!(resp.status, 403);
-    assert!(running.mirrors()[0].targets().is_empty());
+    assert!(metrics::targets(&running, Some("m")).await.is_empty());
     // A body the endpoint never needs.
     let resp = send("PUT", &[], vec![b'x'; 100 * 1024]).await.unwrap();
     assert_eq!(resp.status, 413);
-    assert!(running.mirrors()[0].targets().is_empty());
+    assert!(metrics::targets(&running, Some("m")).await.is_empty());
     // The same call, properly made, works.
     let resp = send("PUT", &[], Vec::new()).await.unwrap();
     assert_eq!(resp.status, 200);
@@ -999,7 +1020,7 @@ async fn raw_admin(running: &Running, request: &[u8]) -> common::raw::RawOutcome
 async fn a_chunked_body_over_the_limit_is_refused_before_anything_runs() {
     let (_dir, file, running, _shadow) = reloadable("admin-chunked-body").await;
     // Were the reload to run, the next answer would say 2.
-    std::fs::write(&file, versioned_site("2", "")).unwrap();
+    std::fs::write(&file, versioned_site("2")).unwrap();
     let chunk = vec![b'x'; 8 * 1024];
     let mut request =
         b"POST /reload HTTP/1.1\r\nHost: HOST\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
@@ -1023,7 +1044,7 @@ async fn a_chunked_body_over_the_limit_is_refused_before_anything_runs() {
 
 #[tokio::test]
 async fn a_body_within_the_limit_is_read_and_the_call_runs() {
-    let running = start(&admin_site("", "mirror { name \"m\"; }\nrespond 200")).await;
+    let running = start(&admin_site(Admin::open(), named_mirror("m"))).await;
     let request = format!(
         "PUT /targets?url=http://127.0.0.1:9 HTTP/1.1\r\nHost: HOST\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n400\r\n{}\r\n0\r\n\r\n",
         "y".repeat(1024)
@@ -1039,7 +1060,7 @@ async fn a_body_within_the_limit_is_read_and_the_call_runs() {
 
 #[tokio::test]
 async fn a_uri_over_60_kib_gets_414() {
-    let running = start(&admin_site("", "mirror { name \"m\"; }\nrespond 200")).await;
+    let running = start(&admin_site(Admin::open(), named_mirror("m"))).await;
     let request = |len: usize| {
         format!(
             "GET /targets?x={} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
@@ -1113,8 +1134,8 @@ async fn scrape_until(running: &Running, what: &str, done: impl Fn(&str) -> bool
 
 #[tokio::test]
 async fn healthz_answers_probes_without_credentials_unless_told_not_to() {
-    let users = format!("user \"ops\" \"{}\"", hash("s3cret"));
-    let open = start(&admin_site(&users, "respond 200")).await;
+    let users = Admin::open().user("ops", &hash("s3cret"));
+    let open = start(&admin_site(users.clone(), ok())).await;
     let health = call(&open, "GET", "/healthz", None, false).await;
     assert_eq!(health.status, 200);
     assert_eq!(health.text(), "ok\n");
@@ -1129,11 +1150,7 @@ async fn healthz_answers_probes_without_credentials_unless_told_not_to() {
         401
     );
 
-    let closed = start(&admin_site(
-        &format!("{users}\nhealthz_public #false"),
-        "respond 200",
-    ))
-    .await;
+    let closed = start(&admin_site(users.clone().healthz_public(false), ok())).await;
     let health = call(&closed, "GET", "/healthz", None, false).await;
     assert_eq!(health.status, 401);
     assert_eq!(health.text(), "credentials required\n");
@@ -1143,8 +1160,8 @@ async fn healthz_answers_probes_without_credentials_unless_told_not_to() {
 
 #[tokio::test]
 async fn repeated_calls_with_the_same_credentials_are_checked_once() {
-    let users = format!("user \"ops\" \"{}\"", hash("s3cret"));
-    let running = start(&admin_site(&users, "respond 200")).await;
+    let users = Admin::open().user("ops", &hash("s3cret"));
+    let running = start(&admin_site(users.clone(), ok())).await;
     for _ in 0..3 {
         let resp = call(&running, "GET", "/metrics", Some(("ops", "s3cret")), false).await;
         assert_eq!(resp.status, 200);
@@ -1162,8 +1179,8 @@ async fn repeated_calls_with_the_same_credentials_are_checked_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_wrong_logins_wait_their_turn_and_a_full_queue_gets_429() {
-    let users = format!("user \"ops\" \"{}\"", hash("s3cret"));
-    let running = std::sync::Arc::new(start(&admin_site(&users, "respond 200")).await);
+    let users = Admin::open().user("ops", &hash("s3cret"));
+    let running = std::sync::Arc::new(start(&admin_site(users.clone(), ok())).await);
     scrape_until(&running, "the scraper's login", |_| true).await;
     // Eight failures one after another: from now on every try of this
     // address waits 4 s and more.
@@ -1222,8 +1239,11 @@ async fn start_file(name: &str, text: &str) -> (common::TempDir, std::path::Path
 async fn a_reload_applies_the_admin_users_and_clears_remembered_logins() {
     let (ops, dev) = (hash("s3cret"), hash("devpw"));
     let with_dev = admin_site(
-        &format!("user \"ops\" \"{ops}\"\nuser \"dev\" \"{dev}\"\nhealthz_public #false"),
-        "respond 200",
+        Admin::open()
+            .user("ops", &ops)
+            .user("dev", &dev)
+            .healthz_public(false),
+        ok(),
     );
     let (_dir, file, running) = start_file("admin-reload-users", &with_dev).await;
     // dev's login is remembered from here on.
@@ -1231,11 +1251,7 @@ async fn a_reload_applies_the_admin_users_and_clears_remembered_logins() {
         let resp = call(&running, "GET", "/healthz", Some(("dev", "devpw")), false).await;
         assert_eq!(resp.status, 200);
     }
-    std::fs::write(
-        &file,
-        admin_site(&format!("user \"ops\" \"{ops}\""), "respond 200"),
-    )
-    .unwrap();
+    std::fs::write(&file, admin_site(Admin::open().user("ops", &ops), ok())).unwrap();
     let reloaded = call(&running, "POST", "/reload", Some(("ops", "s3cret")), false).await;
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     assert_eq!(reloaded.text(), "reloaded\n");
@@ -1254,12 +1270,8 @@ async fn a_reload_applies_the_admin_users_and_clears_remembered_logins() {
 
 #[tokio::test]
 async fn a_reload_applies_allow_target() {
-    let site = |pattern: &str| {
-        admin_site(
-            &format!("allow_target \"{pattern}\""),
-            "mirror { name \"m\"; }\nrespond 200",
-        )
-    };
+    let site =
+        |pattern: &str| admin_site(Admin::open().allow_target(&[pattern]), named_mirror("m"));
     let (_dir, file, running) =
         start_file("admin-reload-allow", &site("http://127.0.0.1:1*")).await;
     let refused = put(&running, "url=http://127.0.0.1:2000").await;
@@ -1278,10 +1290,10 @@ async fn a_reload_applies_allow_target() {
 async fn a_reload_names_the_admin_settings_it_cannot_apply() {
     let (_dir, file, running) = start_file(
         "admin-reload-fixed",
-        &admin_site("state_file \"a.json\"", "respond 200"),
+        &admin_site(Admin::open().state_file("a.json"), ok()),
     )
     .await;
-    let moved = "global {\n  admin \"127.0.0.1:1\" {\n    state_file \"b.json\"\n  }\n}\nsite \"127.0.0.1:0\" {\n  route \"/*\" {\n    respond 200\n  }\n}\n";
+    let moved = admin_site(Admin::at("127.0.0.1:1").state_file("b.json"), ok());
     std::fs::write(&file, moved).unwrap();
     let reloaded = call(&running, "POST", "/reload", None, false).await;
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
@@ -1301,14 +1313,11 @@ async fn a_reload_names_the_admin_settings_it_cannot_apply() {
 
 #[tokio::test]
 async fn a_reload_whose_users_file_cannot_be_read_changes_nothing() {
-    let (_dir, file, running) =
-        start_file("admin-reload-unreadable", &versioned_site("1", "")).await;
-    let broken = versioned_site("2", "").replacen(
-        "admin \"127.0.0.1:0\" {",
-        "admin \"127.0.0.1:0\" {\n    users_file \"missing.htpasswd\"",
-        1,
-    );
-    assert_ne!(broken, versioned_site("2", ""));
+    let (_dir, file, running) = start_file("admin-reload-unreadable", &versioned_site("1")).await;
+    let broken = versioned("2")
+        .admin(Admin::open().users_file("missing.htpasswd"))
+        .to_kdl();
+    assert_ne!(broken, versioned_site("2"));
     std::fs::write(&file, broken).unwrap();
     let refused = call(&running, "POST", "/reload", None, false).await;
     assert_eq!(refused.status, 422, "{}", refused.text());
@@ -1329,7 +1338,7 @@ async fn a_reload_whose_users_file_cannot_be_read_changes_nothing() {
 #[tokio::test]
 async fn half_a_body_to_the_admin_endpoint_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let running = start(&admin_site("", "respond 200")).await;
+    let running = start(&admin_site(Admin::open(), ok())).await;
     let admin = running.admin_addr().unwrap();
     let mut body = tokio::net::TcpStream::connect(admin).await.unwrap();
     let host = format!("Host: {admin}\r\n");
@@ -1364,7 +1373,7 @@ async fn half_a_body_to_the_admin_endpoint_gets_408() {
 #[tokio::test]
 async fn an_admin_client_that_never_sends_a_whole_head_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let running = start(&admin_site("", "respond 200")).await;
+    let running = start(&admin_site(Admin::open(), ok())).await;
     let admin = running.admin_addr().expect("admin endpoint");
     let mut partial = tokio::net::TcpStream::connect(admin).await.unwrap();
     partial
@@ -1389,7 +1398,7 @@ async fn an_admin_client_that_never_sends_a_whole_head_is_closed() {
 #[tokio::test]
 async fn the_admin_endpoint_serves_at_most_64_connections_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let running = start(&admin_site("", "respond 200")).await;
+    let running = start(&admin_site(Admin::open(), ok())).await;
     let admin = running.admin_addr().expect("admin endpoint");
     let probe = format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n\r\n");
     let probe = probe.as_bytes();
@@ -1419,15 +1428,11 @@ async fn the_admin_endpoint_serves_at_most_64_connections_at_once() {
 /// 169.254.169.254 included once the pattern naming it was gone.
 #[tokio::test]
 async fn a_reload_drops_runtime_targets_the_new_allow_target_refuses() {
-    let site = |patterns: &str| {
-        admin_site(
-            &format!("allow_target {patterns}"),
-            "mirror { name \"m\"; }\nrespond 200",
-        )
-    };
+    let site =
+        |patterns: &[&str]| admin_site(Admin::open().allow_target(patterns), named_mirror("m"));
     let (_dir, file, running) = start_file(
         "admin-reload-drops",
-        &site("\"http://127.0.0.1:*\" \"http://169.254.169.254:80\""),
+        &site(&["http://127.0.0.1:*", "http://169.254.169.254:80"]),
     )
     .await;
     for url in [
@@ -1438,7 +1443,7 @@ async fn a_reload_drops_runtime_targets_the_new_allow_target_refuses() {
         let added = put(&running, &format!("url={url}")).await;
         assert_eq!(added.status, 200, "{}", added.text());
     }
-    std::fs::write(&file, site("\"http://127.0.0.1:2*\"")).unwrap();
+    std::fs::write(&file, site(&["http://127.0.0.1:2*"])).unwrap();
     let reloaded = call(&running, "POST", "/reload", None, false).await;
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     assert_eq!(
@@ -1452,11 +1457,11 @@ async fn a_reload_drops_runtime_targets_the_new_allow_target_refuses() {
 
     // A pattern with a wildcard lets the address match, but only a pattern
     // naming it lets copies go to an address the guard refuses.
-    std::fs::write(&file, site("\"http://169.254.169.254:80\" \"http://*\"")).unwrap();
+    std::fs::write(&file, site(&["http://169.254.169.254:80", "http://*"])).unwrap();
     call(&running, "POST", "/reload", None, false).await;
     let added = put(&running, "url=http://169.254.169.254:80").await;
     assert_eq!(added.status, 200, "{}", added.text());
-    std::fs::write(&file, site("\"http://*\"")).unwrap();
+    std::fs::write(&file, site(&["http://*"])).unwrap();
     let reloaded = call(&running, "POST", "/reload", None, false).await;
     assert_eq!(
         reloaded.text(),
@@ -1472,8 +1477,10 @@ async fn a_restart_drops_saved_targets_the_new_allow_target_refuses() {
     let dir = common::TempDir::new("admin-state-narrowed");
     let site = |pattern: &str| {
         admin_site(
-            &format!("state_file \"targets.json\"\nallow_target \"{pattern}\""),
-            "mirror { name \"staging\"; }\nrespond 200",
+            Admin::open()
+                .state_file("targets.json")
+                .allow_target(&[pattern]),
+            named_mirror("staging"),
         )
     };
     let first = common::start_in(&site("http://127.0.0.1:*"), dir.path()).await;

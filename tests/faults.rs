@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::fault::{refused_url, FaultServer};
-use common::{base_url, client, eventually, start, within, Backend, Client, Reply};
+use common::{
+    base_url, client, metrics, start, within, Admin, Backend, Chain, Client, Mirror, Reply, Site,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -105,12 +107,16 @@ async fn an_endless_upstream_response_streams_and_costs_nothing_after_the_client
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
 
-/// A site mirroring to `shadow` and proxying to a healthy primary.
+/// A site mirroring to `shadow` and proxying to a healthy primary, with an
+/// admin endpoint for the mirror's counters.
 fn mirror_site(shadow: &str, primary: &Backend) -> String {
-    format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {shadow:?} {{ timeout \"300ms\"; max_failures 1000; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        primary.url()
-    )
+    let mirror = Mirror::to(shadow)
+        .opt(r#"timeout "300ms""#)
+        .opt("max_failures 1000");
+    Site::new()
+        .admin(Admin::open())
+        .route("/*", Chain::new().mirror(mirror).proxy(primary))
+        .to_kdl()
 }
 
 #[tokio::test]
@@ -132,16 +138,13 @@ async fn a_faulty_shadow_only_moves_counters() {
             assert_eq!(resp.status, 200, "shadow that {kind}");
             assert_eq!(resp.body.as_ref(), b"ok");
         }
-        let counts = || running.mirrors()[0].targets()[0].state().stats.counts();
-        eventually(
-            &format!("three failed copies to a shadow that {kind}"),
-            || {
-                let c = counts();
-                c.failed + c.timed_out == 3
-            },
-        )
-        .await;
-        assert_eq!(counts().succeeded, 0, "shadow that {kind}");
+        let what = format!("three failed copies to a shadow that {kind}");
+        metrics::target_until(&running, &shadow, &what, |c| c.failed + c.timed_out == 3).await;
+        assert_eq!(
+            metrics::target(&running, &shadow).await.succeeded,
+            0,
+            "shadow that {kind}"
+        );
     }
 }
 
@@ -157,13 +160,11 @@ async fn an_endless_shadow_response_is_drained_to_a_cap_and_dropped() {
     }
     // Each copy ends (drained to its cap, or timed out) and frees its
     // worker; none is stuck on the endless body.
-    let counts = || running.mirrors()[0].targets()[0].state().stats.counts();
-    eventually("three copies finished", || {
-        let c = counts();
+    metrics::target_until(&running, &shadow.url(), "three copies finished", |c| {
         c.succeeded + c.failed + c.timed_out == 3
     })
     .await;
-    assert_eq!(running.mirrors()[0].targets()[0].in_flight(), 0);
+    assert_eq!(metrics::target(&running, &shadow.url()).await.in_flight, 0);
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{client, Client};
+use common::{client, Admin, Chain, Client, Mirror, Site};
 
 /// Valid KDL that `fmt` re-indents.
 const MESSY: &str =
@@ -157,10 +157,16 @@ fn fmt_overwrite_formats_a_symlinked_file_and_keeps_the_link() {
 
 // ---- state_file -----------------------------------------------------------------------------
 
+/// An admin endpoint saving to `state_file`, and a mirror, `staging`, for
+/// runtime targets.
 fn state_site(state_file: &str) -> String {
-    format!(
-        "global {{\n  admin \"127.0.0.1:0\" {{\n    state_file {state_file:?}\n  }}\n}}\nsite \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {{ name \"staging\"; }}\n    respond 200\n  }}\n}}\n"
-    )
+    Site::new()
+        .admin(Admin::open().state_file(state_file))
+        .route(
+            "/*",
+            Chain::new().mirror(Mirror::named("staging")).respond(200),
+        )
+        .to_kdl()
 }
 
 /// Adds a target at runtime, which makes teebox save its state file.

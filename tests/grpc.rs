@@ -15,13 +15,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{base_url, eventually, within, Backend, Client, TempDir, TIMEOUT};
+use common::{
+    base_url, metrics, within, Admin, Backend, Chain, Client, Mirror, Proxy, Site, Target, TempDir,
+    TIMEOUT,
+};
 use http::{HeaderMap, HeaderValue, Request, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use teebox::mirror::stats::Counts;
-use teebox::server::Running;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -251,18 +252,23 @@ async fn call(
     }
 }
 
-fn counts(running: &Running) -> Counts {
-    running.mirrors()[0].targets()[0].state().stats.counts()
+/// `mirror` in front of `reverse_proxy PRIMARY { h2c #true }`, with an
+/// admin endpoint.
+fn site(mirror: Mirror, primary: &GrpcServer) -> String {
+    Site::new()
+        .admin(Admin::open())
+        .route(
+            "/*",
+            Chain::new()
+                .mirror(mirror)
+                .proxy(Proxy::to(primary.url("http")).opt("h2c #true")),
+        )
+        .to_kdl()
 }
 
-/// `mirror SHADOW { OPTIONS }` in front of `reverse_proxy PRIMARY { h2c }`.
-fn site(shadow: &str, options: &str, primary: &GrpcServer) -> String {
-    format!(
-        "global {{\n  admin \"127.0.0.1:0\"\n}}\n\
-         site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {shadow:?} {{\n{options}\n    }}\n    \
-         reverse_proxy {:?} {{\n      h2c #true\n    }}\n  }}\n}}\n",
-        primary.url("http")
-    )
+/// A mirror to `url` over h2c.
+fn h2c(url: String) -> Mirror {
+    Mirror::to(url).opt("h2c #true")
 }
 
 fn assert_grpc_ok(reply: &Reply, from: &str, sent: usize) {
@@ -284,7 +290,7 @@ fn assert_grpc_ok(reply: &Reply, from: &str, sent: usize) {
 async fn a_unary_call_is_proxied_and_mirrored_over_h2c_with_its_trailers() {
     let primary = GrpcServer::h2c("primary").await;
     let shadow = GrpcServer::h2c("shadow").await;
-    let running = common::start(&site(&shadow.url("http"), "      h2c #true", &primary)).await;
+    let running = common::start(&site(h2c(shadow.url("http")), &primary)).await;
     let body = message(b"\x0a\x05hello");
     let sent_trailers = trailers(&[("x-checksum", "c0ffee")]);
 
@@ -327,9 +333,12 @@ async fn a_unary_call_is_proxied_and_mirrored_over_h2c_with_its_trailers() {
             "{name} on the copy: {copy:?}"
         );
     }
-    eventually("the copy counted as succeeded", || {
-        counts(&running).succeeded == 1
-    })
+    metrics::target_until(
+        &running,
+        &shadow.url("http"),
+        "the copy counted as succeeded",
+        |c| c.succeeded == 1,
+    )
     .await;
 }
 
@@ -337,7 +346,7 @@ async fn a_unary_call_is_proxied_and_mirrored_over_h2c_with_its_trailers() {
 async fn a_unary_call_without_trailers_is_mirrored_without_any() {
     let primary = GrpcServer::h2c("primary").await;
     let shadow = GrpcServer::h2c("shadow").await;
-    let running = common::start(&site(&shadow.url("http"), "      h2c #true", &primary)).await;
+    let running = common::start(&site(h2c(shadow.url("http")), &primary)).await;
     let body = message(&common::random_bytes(40_000, 7));
     let reply = call(running.addr(), "/big.Svc/Put", vec![body.clone()], None).await;
     assert_grpc_ok(&reply, "primary", body.len());
@@ -350,7 +359,7 @@ async fn a_unary_call_without_trailers_is_mirrored_without_any() {
 async fn a_client_streaming_call_is_proxied_but_not_mirrored() {
     let primary = GrpcServer::h2c("primary").await;
     let shadow = GrpcServer::h2c("shadow").await;
-    let running = common::start(&site(&shadow.url("http"), "      h2c #true", &primary)).await;
+    let running = common::start(&site(h2c(shadow.url("http")), &primary)).await;
     let stream: Vec<Bytes> = ["one", "two", "three"]
         .iter()
         .map(|m| message(m.as_bytes()))
@@ -359,9 +368,12 @@ async fn a_client_streaming_call_is_proxied_but_not_mirrored() {
     let reply = call(running.addr(), "/up.Load/Stream", stream.clone(), None).await;
     assert_grpc_ok(&reply, "primary", sent);
     assert_eq!(primary.wait_for(1).await[0].body, stream.concat());
-    eventually("the streaming call counted", || {
-        counts(&running).skipped_streaming == 1
-    })
+    metrics::target_until(
+        &running,
+        &shadow.url("http"),
+        "the streaming call counted",
+        |c| c.skipped_streaming == 1,
+    )
     .await;
 
     // A unary call after it is copied, and is the only copy.
@@ -394,13 +406,16 @@ async fn a_client_streaming_call_is_proxied_but_not_mirrored() {
 async fn a_grpc_body_that_is_not_one_whole_message_is_not_mirrored() {
     let primary = GrpcServer::h2c("primary").await;
     let shadow = GrpcServer::h2c("shadow").await;
-    let running = common::start(&site(&shadow.url("http"), "      h2c #true", &primary)).await;
+    let running = common::start(&site(h2c(shadow.url("http")), &primary)).await;
     // The prefix says 100 bytes; 3 follow. The primary sees what was sent.
     let broken = Bytes::from_static(&[0, 0, 0, 0, 100, 1, 2, 3]);
     call(running.addr(), "/x.Y/Broken", vec![broken], None).await;
     // No messages at all.
     call(running.addr(), "/x.Y/Empty", Vec::new(), None).await;
-    eventually("both counted", || counts(&running).skipped_streaming == 2).await;
+    metrics::target_until(&running, &shadow.url("http"), "both counted", |c| {
+        c.skipped_streaming == 2
+    })
+    .await;
     call(running.addr(), "/x.Y/Fine", vec![message(b"ok")], None).await;
     let copies = shadow.wait_for(1).await;
     assert_eq!(copies.len(), 1, "{copies:#?}");
@@ -412,10 +427,13 @@ async fn a_grpc_call_is_not_copied_to_a_target_that_only_speaks_http1() {
     let primary = GrpcServer::h2c("primary").await;
     let shadow = Backend::ok().await;
     // No h2c: an http:// target is HTTP/1.1, where gRPC cannot work.
-    let running = common::start(&site(&shadow.url(), "", &primary)).await;
+    let running = common::start(&site(Mirror::to(&shadow), &primary)).await;
     let reply = call(running.addr(), "/echo.Echo/Say", vec![message(b"hi")], None).await;
     assert_grpc_ok(&reply, "primary", 7);
-    eventually("counted", || counts(&running).skipped_no_http2 == 1).await;
+    metrics::target_until(&running, &shadow.url(), "counted", |c| {
+        c.skipped_no_http2 == 1
+    })
+    .await;
     // Other requests still reach it: the first request it sees is this one.
     let resp = Client::http1()
         .get(&format!("{}/plain", base_url(&running)))
@@ -424,7 +442,12 @@ async fn a_grpc_call_is_not_copied_to_a_target_that_only_speaks_http1() {
     let got = shadow.wait_for(1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].path_and_query(), "/plain");
-    assert_eq!(counts(&running).skipped_no_http2, 1);
+    assert_eq!(
+        metrics::target(&running, &shadow.url())
+            .await
+            .skipped_no_http2,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,11 +456,8 @@ async fn h2c_on_one_target_sends_it_grpc_while_an_http1_target_skips_it() {
     let plain = Backend::ok().await;
     let grpc_shadow = GrpcServer::h2c("shadow").await;
     // The mirror's own target speaks HTTP/1.1; the `target` node alone has h2c.
-    let options = format!(
-        "      target {:?} {{\n        h2c #true\n      }}",
-        grpc_shadow.url("http")
-    );
-    let running = common::start(&site(&plain.url(), &options, &primary)).await;
+    let mirror = Mirror::to(&plain).target(Target::new(grpc_shadow.url("http")).opt("h2c #true"));
+    let running = common::start(&site(mirror, &primary)).await;
     let body = message(b"to the h2c target");
     let reply = call(running.addr(), "/echo.Echo/Say", vec![body.clone()], None).await;
     assert_grpc_ok(&reply, "primary", body.len());
@@ -446,15 +466,21 @@ async fn h2c_on_one_target_sends_it_grpc_while_an_http1_target_skips_it() {
     assert_eq!(copy.version, Version::HTTP_2);
     assert_eq!(copy.path, "/echo.Echo/Say");
     assert_eq!(copy.body, body);
-    let targets = running.mirrors()[0].targets();
-    assert_eq!(targets[0].url().to_string(), plain.url());
-    eventually("the HTTP/1.1 target counted the skip", || {
-        targets[0].state().stats.counts().skipped_no_http2 == 1
-    })
+    let targets = metrics::targets(&running, None).await;
+    assert_eq!(targets, [plain.url(), grpc_shadow.url("http")]);
+    metrics::target_until(
+        &running,
+        &plain.url(),
+        "the HTTP/1.1 target counted the skip",
+        |c| c.skipped_no_http2 == 1,
+    )
     .await;
-    eventually("the h2c target counted the copy", || {
-        targets[1].state().stats.counts().succeeded == 1
-    })
+    metrics::target_until(
+        &running,
+        &grpc_shadow.url("http"),
+        "the h2c target counted the copy",
+        |c| c.succeeded == 1,
+    )
     .await;
 
     // A plain request still reaches the HTTP/1.1 target, over HTTP/1.1.
@@ -465,7 +491,12 @@ async fn h2c_on_one_target_sends_it_grpc_while_an_http1_target_skips_it() {
     let got = plain.wait_for(1).await;
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0].path_and_query(), "/plain");
-    assert_eq!(targets[0].state().stats.counts().skipped_no_http2, 1);
+    assert_eq!(
+        metrics::target(&running, &plain.url())
+            .await
+            .skipped_no_http2,
+        1
+    );
 }
 
 /// A self-signed certificate for `shadow.test` in `dir/ca.pem`, and a
@@ -474,14 +505,19 @@ fn tls_config(dir: &TempDir, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
     common::tls::self_signed_server(dir.path(), "shadow.test", alpn)
 }
 
-const TLS_OPTIONS: &str = "      tls_ca \"ca.pem\"\n      tls_server_name \"shadow.test\"";
+/// A mirror to `url` trusting `tls_config`'s certificate.
+fn over_tls(url: String) -> Mirror {
+    Mirror::to(url)
+        .opt(r#"tls_ca "ca.pem""#)
+        .opt(r#"tls_server_name "shadow.test""#)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unary_call_is_mirrored_to_an_https_target_over_h2_by_alpn() {
     let dir = TempDir::new("grpc-alpn");
     let primary = GrpcServer::h2c("primary").await;
     let shadow = GrpcServer::start("shadow", Some(tls_config(&dir, &[b"h2", b"http/1.1"]))).await;
-    let site = site(&shadow.url("https"), TLS_OPTIONS, &primary);
+    let site = site(over_tls(shadow.url("https")), &primary);
     let running = common::start_in(&site, dir.path()).await;
     let body = message(b"over tls");
     let sent_trailers = trailers(&[("x-checksum", "1")]);
@@ -529,12 +565,13 @@ async fn a_grpc_copy_fails_rather_than_go_over_http1_when_alpn_picks_it() {
         }
     });
     let primary = GrpcServer::h2c("primary").await;
-    let site = site(&format!("https://{addr}"), TLS_OPTIONS, &primary);
+    let target = format!("https://{addr}");
+    let site = site(over_tls(target.clone()), &primary);
     let running = common::start_in(&site, dir.path()).await;
     let reply = call(running.addr(), "/t.T/Call", vec![message(b"x")], None).await;
     assert_grpc_ok(&reply, "primary", 6);
-    eventually("the copy counted as failed", || {
-        counts(&running).failed == 1
+    metrics::target_until(&running, &target, "the copy counted as failed", |c| {
+        c.failed == 1
     })
     .await;
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
@@ -544,7 +581,7 @@ async fn a_grpc_copy_fails_rather_than_go_over_http1_when_alpn_picks_it() {
 async fn a_tonic_client_call_is_answered_by_the_primary_and_copied() {
     let primary = GrpcServer::h2c("primary").await;
     let shadow = GrpcServer::h2c("shadow").await;
-    let running = common::start(&site(&shadow.url("http"), "      h2c #true", &primary)).await;
+    let running = common::start(&site(h2c(shadow.url("http")), &primary)).await;
     let channel = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<tonic::body::Body>();
@@ -583,10 +620,9 @@ async fn a_tonic_client_call_is_answered_by_the_primary_and_copied() {
 async fn a_grpc_call_to_a_plain_http1_upstream_fails_with_a_hint_to_use_h2c() {
     let logs = common::LogCapture::global();
     let primary = GrpcServer::h2c("primary").await;
-    let site = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    reverse_proxy {:?}\n  }}\n}}\n",
-        primary.url("http")
-    );
+    let site = Site::new()
+        .route("/*", Chain::new().proxy(primary.url("http")))
+        .to_kdl();
     let running = common::start(&site).await;
     let reply = call(running.addr(), "/echo.Echo/Say", vec![message(b"hi")], None).await;
     assert_eq!(reply.status, 502, "{reply:?}");

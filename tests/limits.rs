@@ -7,7 +7,7 @@ use std::future::Future as _;
 use std::time::Duration;
 
 use common::ws::EchoServer;
-use common::{base_url, raw, start, within, Backend, Client, Reply};
+use common::{base_url, raw, start, within, Backend, Chain, Client, Mirror, Reply, Site};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -15,9 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// A site proxying to `upstream`, with `limits` inside `global { limits }`.
 fn site(limits: &str, upstream: &str) -> String {
-    format!(
-        "global {{\n  limits {{\n{limits}\n  }}\n}}\nsite \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    reverse_proxy {upstream:?}\n  }}\n}}\n"
-    )
+    Site::new()
+        .limits(limits)
+        .route("/*", Chain::new().proxy(upstream))
+        .to_kdl()
 }
 
 /// Sends one request on an open connection and reads its whole response
@@ -388,11 +389,11 @@ async fn max_header_size_sets_the_431_threshold() {
 
 /// A site whose route caps the body, then mirrors, then proxies.
 fn capped_site(max_size: &str, shadow: &Backend, primary: &Backend) -> String {
-    format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    request_body max_size={max_size:?}\n    mirror {:?}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        shadow.url(),
-        primary.url()
-    )
+    let chain = Chain::new()
+        .request_body(max_size)
+        .mirror(Mirror::to(shadow))
+        .proxy(primary);
+    Site::new().route("/*", chain).to_kdl()
 }
 
 #[tokio::test]
@@ -438,11 +439,8 @@ async fn a_chunked_body_passing_max_size_gets_413_and_no_copy() {
 
 /// A site that mirrors to `shadow`, then proxies to `primary`.
 fn mirrored_site(limits: &str, shadow: &Backend, primary: &Backend) -> String {
-    format!(
-        "global {{\n  limits {{\n{limits}\n  }}\n}}\nsite \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        shadow.url(),
-        primary.url()
-    )
+    let chain = Chain::new().mirror(Mirror::to(shadow)).proxy(primary);
+    Site::new().limits(limits).route("/*", chain).to_kdl()
 }
 
 /// A complete head, part of its body, then nothing (slowloris on the body):

@@ -7,33 +7,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fault::{refused_url, FaultServer};
+use common::metrics::{self, Metrics};
 use common::{
-    base_url, client, eventually, random_bytes, start, within, Backend, Client, Gate, Reply,
+    base_url, client, random_bytes, start, within, Admin, Backend, Chain, Client, Gate, Mirror,
+    Reply, Site, Target,
 };
 use http::Method;
-use teebox::mirror::stats::Counts;
 use teebox::server::Running;
 
-/// A site whose only route mirrors to `targets` (with `options` inside the
-/// mirror block) and then runs `terminal`.
-fn mirror_site(targets: &[String], options: &str, terminal: &str) -> String {
-    let targets = targets
-        .iter()
-        .map(|t| format!("{t:?}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {targets} {{\n{options}\n    }}\n    {terminal}\n  }}\n}}\n"
-    )
-}
-
-fn proxy_to(backend: &Backend) -> String {
-    format!("reverse_proxy {:?}", backend.url())
-}
-
-/// Counters of the `index`th target of the server's first mirror.
-fn counts(running: &Running, index: usize) -> Counts {
-    running.mirrors()[0].targets()[index].state().stats.counts()
+/// teebox with one route, `/*`, running `chain`, and an admin endpoint to
+/// read the mirror's counters from.
+async fn start_route(chain: Chain) -> Running {
+    start(&Site::new().admin(Admin::open()).route("/*", chain).to_kdl()).await
 }
 
 /// Headers as the backend saw them, without those that differ by design
@@ -49,7 +34,7 @@ fn comparable_headers(rec: &common::Recorded) -> Vec<(String, String)> {
 async fn shadow_receives_what_the_primary_receives() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let running = start(&mirror_site(&[shadow.url()], "", &proxy_to(&primary))).await;
+    let running = start_route(Chain::new().mirror(Mirror::to(&shadow)).proxy(&primary)).await;
     let client = Client::http1();
     let base = base_url(&running);
 
@@ -103,7 +88,7 @@ async fn shadow_receives_what_the_primary_receives() {
 async fn chunked_body_is_copied_whole_and_stays_chunked() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let running = start(&mirror_site(&[shadow.url()], "", &proxy_to(&primary))).await;
+    let running = start_route(Chain::new().mirror(Mirror::to(&shadow)).proxy(&primary)).await;
     let pieces: Vec<Bytes> = (0..20)
         .map(|i| Bytes::from(random_bytes(3000 + i, i as u64)))
         .collect();
@@ -125,9 +110,11 @@ async fn chunked_body_is_copied_whole_and_stays_chunked() {
 async fn header_up_and_host_apply_to_copies_only() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let options =
-        "header_up \"X-Shadow\" \"1\"\nheader_up \"-X-Secret\"\nhost \"staging.internal\"";
-    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let mirror = Mirror::to(&shadow)
+        .opt(r#"header_up "X-Shadow" "1""#)
+        .opt(r#"header_up "-X-Secret""#)
+        .opt(r#"host "staging.internal""#);
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     let req = client::req("GET", &format!("{}/x", base_url(&running)))
         .header("x-secret", "s3cret")
         .header("host", "example.com")
@@ -152,8 +139,10 @@ async fn header_up_fills_in_environment_variables() {
     let name = std::env::var("CARGO_PKG_NAME").expect("CARGO_PKG_NAME");
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let options = "header_up \"X-Env\" \"{env.CARGO_PKG_NAME}\"\nheader_up \"X-Both\" \"{env.CARGO_PKG_NAME}@{client.ip}\"";
-    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let mirror = Mirror::to(&shadow)
+        .opt(r#"header_up "X-Env" "{env.CARGO_PKG_NAME}""#)
+        .opt(r#"header_up "X-Both" "{env.CARGO_PKG_NAME}@{client.ip}""#);
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     let req = client::req("GET", &format!("{}/env", base_url(&running)))
         .body(client::full(""))
         .unwrap();
@@ -172,8 +161,8 @@ async fn header_up_fills_in_environment_variables() {
 async fn placeholders_are_filled_in_beside_non_ascii_text() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let options = "header_up \"X-Accent\" \"café {client.ip}\"";
-    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let mirror = Mirror::to(&shadow).opt(r#"header_up "X-Accent" "café {client.ip}""#);
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     Client::http1()
         .get(&format!("{}/accent", base_url(&running)))
         .await;
@@ -188,11 +177,11 @@ async fn placeholders_are_filled_in_beside_non_ascii_text() {
 async fn a_mirror_header_up_host_is_kept() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let running = start(&mirror_site(
-        &[shadow.url()],
-        "header_up \"Host\" \"shadow.internal\"",
-        &proxy_to(&primary),
-    ))
+    let running = start_route(
+        Chain::new()
+            .mirror(Mirror::to(&shadow).opt(r#"header_up "Host" "shadow.internal""#))
+            .proxy(&primary),
+    )
     .await;
     Client::http1()
         .get(&format!("{}/h", base_url(&running)))
@@ -207,7 +196,7 @@ async fn a_mirror_header_up_host_is_kept() {
 async fn trailers_are_copied() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let running = start(&mirror_site(&[shadow.url()], "", &proxy_to(&primary))).await;
+    let running = start_route(Chain::new().mirror(Mirror::to(&shadow)).proxy(&primary)).await;
     let request = "POST /t HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
         5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\n\r\n";
     let outcome = common::raw::exchange(running.addr(), request.as_bytes()).await;
@@ -228,12 +217,7 @@ async fn trailers_are_copied() {
 async fn upgrade_requests_are_not_mirrored() {
     let echo = common::ws::EchoServer::start().await;
     let shadow = Backend::ok().await;
-    let site = mirror_site(
-        &[shadow.url()],
-        "",
-        &format!("reverse_proxy {:?}", echo.url()),
-    );
-    let running = start(&site).await;
+    let running = start_route(Chain::new().mirror(Mirror::to(&shadow)).proxy(echo.url())).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", running.addr()))
         .await
         .expect("websocket handshake through teebox");
@@ -243,8 +227,9 @@ async fn upgrade_requests_are_not_mirrored() {
         .unwrap();
     let echoed = within("the echo", ws.next()).await.unwrap().unwrap();
     assert_eq!(echoed.into_text().unwrap().as_str(), "hi");
-    assert_eq!(running.mirrors()[0].skipped_upgrade(), 1);
-    assert_eq!(counts(&running, 0).sampled_out, 0);
+    let metrics = metrics::scrape(&running).await;
+    assert_eq!(metrics.skipped_upgrade("127.0.0.1:0 /*"), 1);
+    assert_eq!(metrics.target(&shadow.url()).sampled_out, 0);
     shadow.assert_stays_at(0, Duration::from_millis(100)).await;
 }
 
@@ -271,24 +256,25 @@ async fn all_answered_by_primary(running: &Running, n: usize) {
 async fn blackhole_shadow_changes_nothing_for_the_client() {
     let primary = Backend::start(Reply::ok("primary")).await;
     let blackhole = FaultServer::silent().await;
-    let options = "concurrency 2\nbacklog 4\ntimeout \"30s\"";
-    let running = start(&mirror_site(
-        &[blackhole.url()],
-        options,
-        &proxy_to(&primary),
-    ))
-    .await;
+    let mirror = Mirror::to(blackhole.url())
+        .opt("concurrency 2")
+        .opt("backlog 4")
+        .opt(r#"timeout "30s""#);
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     all_answered_by_primary(&running, 40).await;
     assert_eq!(primary.count(), 40);
     // The backlog holds four copies, the two hanging in the workers
     // included: two are in flight, two wait, the rest were dropped and
     // counted.
-    let target = running.mirrors()[0].targets()[0].clone();
-    eventually("two copies in flight", || target.in_flight() == 2).await;
-    let c = counts(&running, 0);
+    let target = blackhole.url();
+    metrics::target_until(&running, &target, "two copies in flight", |c| {
+        c.in_flight == 2
+    })
+    .await;
+    let c = metrics::target(&running, &target).await;
     assert_eq!(c.sent, 2, "{c:?}");
     assert_eq!(c.dropped, 40 - 4, "{c:?}");
-    assert_eq!(target.backlog_depth(), 2);
+    assert_eq!(c.backlog, 2);
 }
 
 #[tokio::test]
@@ -297,48 +283,54 @@ async fn a_request_arriving_at_a_full_backlog_is_not_collected() {
     let blackhole = FaultServer::silent().await;
     // One place in the backlog, taken by the first copy while it hangs in
     // the worker.
-    let options = "concurrency 1\nbacklog 1\ntimeout \"30s\"\nmax_body \"1KiB\"";
-    let running = start(&mirror_site(
-        &[blackhole.url()],
-        options,
-        &proxy_to(&primary),
-    ))
-    .await;
-    let target = running.mirrors()[0].targets()[0].clone();
+    let mirror = Mirror::to(blackhole.url())
+        .opt("concurrency 1")
+        .opt("backlog 1")
+        .opt(r#"timeout "30s""#)
+        .opt(r#"max_body "1KiB""#);
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
+    let target = blackhole.url();
     let client = Client::http1();
     client.get(&format!("{}/first", base_url(&running))).await;
-    eventually("the first copy in flight", || target.in_flight() == 1).await;
+    metrics::target_until(&running, &target, "the first copy in flight", |c| {
+        c.in_flight == 1
+    })
+    .await;
     // Over `max_body`: had its body been teed, it would count as too large.
     let req = client::req("POST", &format!("{}/big", base_url(&running)))
         .body(client::full(random_bytes(4096, 1)))
         .unwrap();
     let resp = client.send(req).await.expect("request");
     assert_eq!(resp.text(), "primary");
-    let c = counts(&running, 0);
+    let c = metrics::target(&running, &target).await;
     assert_eq!(c.dropped, 1, "{c:?}");
     assert_eq!(c.skipped_too_large, 0, "{c:?}");
-    assert_eq!(target.backlog_depth(), 0);
+    assert_eq!(c.backlog, 0);
 }
 
 #[tokio::test]
 async fn refusing_shadow_changes_nothing_for_the_client() {
     let primary = Backend::start(Reply::ok("primary")).await;
-    let running = start(&mirror_site(
-        &[refused_url()],
-        "max_failures 1000",
-        &proxy_to(&primary),
-    ))
+    let refused = refused_url();
+    let running = start_route(
+        Chain::new()
+            .mirror(Mirror::to(&refused).opt("max_failures 1000"))
+            .proxy(&primary),
+    )
     .await;
     all_answered_by_primary(&running, 30).await;
-    eventually("30 failed copies", || counts(&running, 0).failed == 30).await;
+    metrics::target_until(&running, &refused, "30 failed copies", |c| c.failed == 30).await;
 }
 
 #[tokio::test]
 async fn slow_shadow_changes_nothing_for_the_client() {
     let primary = Backend::start(Reply::ok("primary")).await;
     let slow = Backend::start(Reply::ok("slow").delay(Duration::from_secs(2))).await;
-    let options = "concurrency 1\nbacklog 100\ntimeout \"10s\"";
-    let running = start(&mirror_site(&[slow.url()], options, &proxy_to(&primary))).await;
+    let mirror = Mirror::to(&slow)
+        .opt("concurrency 1")
+        .opt("backlog 100")
+        .opt(r#"timeout "10s""#);
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     // 20 copies at 2 s each would take 40 s if the client waited for them.
     all_answered_by_primary(&running, 20).await;
     assert_eq!(primary.count(), 20);
@@ -353,20 +345,17 @@ async fn one_slow_target_does_not_starve_another() {
     // healthy target, with its own worker and backlog, gets every copy.
     // Its backlog holds them all: the copies need not keep pace with the
     // client for none to be dropped.
-    let options = format!(
-        "concurrency 1\nbacklog 50\ntimeout \"30s\"\ntarget {:?} {{ backlog 100; }}",
-        healthy.url()
-    );
-    let running = start(&mirror_site(
-        &[blackhole.url()],
-        &options,
-        &proxy_to(&primary),
-    ))
-    .await;
+    let mirror = Mirror::to(blackhole.url())
+        .opt("concurrency 1")
+        .opt("backlog 50")
+        .opt(r#"timeout "30s""#)
+        .target(Target::new(&healthy).opt("backlog 100"));
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     all_answered_by_primary(&running, 80).await;
     healthy.wait_for(80).await;
-    assert_eq!(counts(&running, 1).dropped, 0);
-    assert!(counts(&running, 0).dropped > 0);
+    let metrics = metrics::scrape(&running).await;
+    assert_eq!(metrics.target(&healthy.url()).dropped, 0);
+    assert!(metrics.target(&blackhole.url()).dropped > 0);
 }
 
 #[tokio::test]
@@ -374,13 +363,13 @@ async fn several_mirrors_in_one_chain_each_copy() {
     let primary = Backend::ok().await;
     let a = Backend::ok().await;
     let b = Backend::ok().await;
-    let site = format!(
-        "site \"127.0.0.1:0\" {{ route \"/*\" {{ mirror {:?}; mirror {:?} {{ header_up \"X-Second\" \"1\" }}; reverse_proxy {:?} }} }}",
-        a.url(),
-        b.url(),
-        primary.url()
-    );
-    let running = start(&site).await;
+    let running = start_route(
+        Chain::new()
+            .mirror(Mirror::to(&a))
+            .mirror(Mirror::to(&b).opt(r#"header_up "X-Second" "1""#))
+            .proxy(&primary),
+    )
+    .await;
     let body = random_bytes(5000, 9);
     let req = client::req("PUT", &format!("{}/both", base_url(&running)))
         .body(client::full(body.clone()))
@@ -397,11 +386,11 @@ async fn several_mirrors_in_one_chain_each_copy() {
 #[tokio::test]
 async fn respond_and_relay_answers_at_once_and_relays_the_whole_body() {
     let backend = Backend::ok().await;
-    let running = start(&mirror_site(
-        &[backend.url()],
-        "",
-        "respond 202 \"accepted\\n\"",
-    ))
+    let running = start_route(
+        Chain::new()
+            .mirror(Mirror::to(&backend))
+            .respond_with(202, "accepted\n"),
+    )
     .await;
     let body = random_bytes(1 << 20, 3);
     let req = client::req("POST", &format!("{}/events?x=1", base_url(&running)))
@@ -420,11 +409,11 @@ async fn respond_and_relay_answers_at_once_and_relays_the_whole_body() {
 async fn body_over_max_body_is_not_copied_and_is_counted() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let running = start(&mirror_site(
-        &[shadow.url()],
-        "max_body \"1KiB\"",
-        &proxy_to(&primary),
-    ))
+    let running = start_route(
+        Chain::new()
+            .mirror(Mirror::to(&shadow).opt(r#"max_body "1KiB""#))
+            .proxy(&primary),
+    )
     .await;
     let client = Client::http1();
     let base = base_url(&running);
@@ -449,7 +438,12 @@ async fn body_over_max_body_is_not_copied_and_is_counted() {
         big.as_slice(),
         "the primary gets the big body whole"
     );
-    assert_eq!(counts(&running, 0).skipped_too_large, 1);
+    assert_eq!(
+        metrics::target(&running, &shadow.url())
+            .await
+            .skipped_too_large,
+        1
+    );
     shadow.assert_stays_at(1, Duration::from_millis(200)).await;
 }
 
@@ -457,11 +451,15 @@ async fn body_over_max_body_is_not_copied_and_is_counted() {
 async fn a_declared_length_over_max_body_does_not_hold_up_a_respond() {
     use tokio::io::AsyncWriteExt;
     let shadow = Backend::ok().await;
-    let running = start(&mirror_site(
-        &[shadow.url()],
-        "max_body \"1KiB\"\ntimeout \"60s\"",
-        "respond 202",
-    ))
+    let running = start_route(
+        Chain::new()
+            .mirror(
+                Mirror::to(&shadow)
+                    .opt(r#"max_body "1KiB""#)
+                    .opt(r#"timeout "60s""#),
+            )
+            .respond(202),
+    )
     .await;
     // The head says a megabyte is coming; a few bytes come, then nothing.
     // No copy can be made of it, so nothing waits to read it for one.
@@ -484,7 +482,12 @@ async fn a_declared_length_over_max_body_does_not_hold_up_a_respond() {
     })
     .await;
     assert!(head.starts_with(b"HTTP/1.1 202"), "{head:?}");
-    assert_eq!(counts(&running, 0).skipped_too_large, 1);
+    assert_eq!(
+        metrics::target(&running, &shadow.url())
+            .await
+            .skipped_too_large,
+        1
+    );
     shadow.assert_stays_at(0, Duration::from_millis(100)).await;
 }
 
@@ -495,8 +498,13 @@ async fn a_declared_length_over_max_body_does_not_hold_up_a_respond() {
 async fn a_body_refused_by_a_later_request_body_is_not_copied() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let terminal = format!("request_body max_size=\"1KiB\"\n    {}", proxy_to(&primary));
-    let running = start(&mirror_site(&[shadow.url()], "", &terminal)).await;
+    let running = start_route(
+        Chain::new()
+            .mirror(Mirror::to(&shadow))
+            .request_body("1KiB")
+            .proxy(&primary),
+    )
+    .await;
     let base = base_url(&running);
     let big = random_bytes(5 * 1024, 21);
     let req = client::req("POST", &format!("{base}/declared"))
@@ -519,7 +527,12 @@ async fn a_body_refused_by_a_later_request_body_is_not_copied() {
     assert_eq!(copies[0].path_and_query(), "/small");
     assert_eq!(copies[0].body.as_ref(), small.as_slice());
     shadow.assert_stays_at(1, Duration::from_millis(200)).await;
-    assert_eq!(counts(&running, 0).skipped_too_large, 2);
+    assert_eq!(
+        metrics::target(&running, &shadow.url())
+            .await
+            .skipped_too_large,
+        2
+    );
 }
 
 #[test]
@@ -567,7 +580,7 @@ async fn client_abort_mid_body_sends_no_truncated_copy() {
     use tokio::io::AsyncWriteExt;
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let running = start(&mirror_site(&[shadow.url()], "", &proxy_to(&primary))).await;
+    let running = start_route(Chain::new().mirror(Mirror::to(&shadow)).proxy(&primary)).await;
     let mut stream = tokio::net::TcpStream::connect(running.addr())
         .await
         .unwrap();
@@ -578,14 +591,17 @@ async fn client_abort_mid_body_sends_no_truncated_copy() {
         .await
         .unwrap();
     // Wait until the primary has started receiving, then vanish.
-    eventually("the primary to see the request", || {
+    common::eventually("the primary to see the request", || {
         primary.count() == 1 || primary.in_flight() == 1
     })
     .await;
     drop(stream);
-    eventually("the copy to be counted incomplete", || {
-        counts(&running, 0).incomplete == 1
-    })
+    metrics::target_until(
+        &running,
+        &shadow.url(),
+        "the copy to be counted incomplete",
+        |c| c.incomplete == 1,
+    )
     .await;
     shadow.assert_stays_at(0, Duration::from_millis(200)).await;
 }
@@ -594,17 +610,17 @@ async fn client_abort_mid_body_sends_no_truncated_copy() {
 async fn copies_reuse_pooled_connections() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let running = start(&mirror_site(
-        &[shadow.url()],
-        "concurrency 2",
-        &proxy_to(&primary),
-    ))
+    let running = start_route(
+        Chain::new()
+            .mirror(Mirror::to(&shadow).opt("concurrency 2"))
+            .proxy(&primary),
+    )
     .await;
     let client = Client::http1();
     for i in 0..30 {
         client.get(&format!("{}/n/{i}", base_url(&running))).await;
-        eventually("the copy to complete", || {
-            counts(&running, 0).succeeded == i as u64 + 1
+        metrics::target_until(&running, &shadow.url(), "the copy to complete", |c| {
+            c.succeeded == i as u64 + 1
         })
         .await;
     }
@@ -622,12 +638,11 @@ async fn copies_reuse_pooled_connections() {
 async fn sampling_copies_the_configured_fraction() {
     const N: usize = 10_000;
     let shadow = Backend::ok().await;
-    let running = start(&mirror_site(
-        &[shadow.url()],
-        "sample 0.25\nbacklog 100000\nconcurrency 8",
-        "respond 200",
-    ))
-    .await;
+    let mirror = Mirror::to(&shadow)
+        .opt("sample 0.25")
+        .opt("backlog 100000")
+        .opt("concurrency 8");
+    let running = start_route(Chain::new().mirror(mirror).respond(200)).await;
     let base = base_url(&running);
     let client = Client::http1();
     within("10,000 requests", async {
@@ -645,7 +660,7 @@ async fn sampling_copies_the_configured_fraction() {
         }
     })
     .await;
-    let sampled_out = counts(&running, 0).sampled_out as usize;
+    let sampled_out = metrics::target(&running, &shadow.url()).await.sampled_out as usize;
     let copied = N - sampled_out;
     shadow.wait_for(copied).await;
     // Binomial(10,000, 0.25) has a standard deviation of 43.3 copies; a
@@ -662,30 +677,35 @@ async fn sampling_copies_the_configured_fraction() {
 async fn breaker_pauses_probes_and_resumes() {
     let primary = Backend::ok().await;
     let shadow = Backend::start(Reply::ok("down").status(503)).await;
-    let options = "max_failures 3\nretry_after \"300ms\"\nfail_after \"1h\"\nconcurrency 1";
-    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let mirror = Mirror::to(&shadow)
+        .opt("max_failures 3")
+        .opt(r#"retry_after "300ms""#)
+        .opt(r#"fail_after "1h""#)
+        .opt("concurrency 1");
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     let client = Client::http1();
     let base = base_url(&running);
+    let url = shadow.url();
     for i in 0..3 {
         client.get(&format!("{base}/fail/{i}")).await;
-        eventually("the failure to be counted", || {
-            counts(&running, 0).failed == i + 1
+        metrics::target_until(&running, &url, "the failure to be counted", |c| {
+            c.failed == i + 1
         })
         .await;
     }
-    assert_eq!(counts(&running, 0).paused, 1);
+    assert_eq!(metrics::target(&running, &url).await.pauses, 1);
     // Paused: copies are skipped, not sent.
     for i in 0..5 {
         client.get(&format!("{base}/skipped/{i}")).await;
     }
-    assert_eq!(counts(&running, 0).skipped_paused, 5);
+    assert_eq!(metrics::target(&running, &url).await.skipped_paused, 5);
     assert_eq!(shadow.count(), 3);
     // The target recovers; after retry_after one probe goes through and
     // resumes it.
     shadow.set_reply(Reply::ok("up"));
     let mut probes = 0;
     within("a probe to resume the target", async {
-        while counts(&running, 0).succeeded == 0 {
+        while metrics::target(&running, &url).await.succeeded == 0 {
             client.get(&format!("{base}/probe/{probes}")).await;
             probes += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -697,23 +717,23 @@ async fn breaker_pauses_probes_and_resumes() {
     client.get(&format!("{base}/after")).await;
     let after = shadow.wait_for(5).await.remove(4);
     assert_eq!(after.path_and_query(), "/after");
-    assert!(!running.mirrors()[0].targets()[0]
-        .state()
-        .breaker
-        .is_paused());
+    assert!(!metrics::target(&running, &url).await.paused_now);
 }
 
 #[tokio::test]
 async fn failing_target_is_removed_after_fail_after() {
     let primary = Backend::ok().await;
     let shadow = Backend::start(Reply::ok("down").status(500)).await;
-    let options = "max_failures 1\nretry_after \"50ms\"\nfail_after \"400ms\"";
-    let running = start(&mirror_site(&[shadow.url()], options, &proxy_to(&primary))).await;
+    let mirror = Mirror::to(&shadow)
+        .opt("max_failures 1")
+        .opt(r#"retry_after "50ms""#)
+        .opt(r#"fail_after "400ms""#);
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     let client = Client::http1();
     let base = base_url(&running);
     within("the failing target to be removed", async {
         let mut i = 0;
-        while !running.mirrors()[0].targets().is_empty() {
+        while !metrics::targets(&running, None).await.is_empty() {
             let resp = client.get(&format!("{base}/r/{i}")).await;
             assert_eq!(resp.status, 200, "production is unaffected");
             i += 1;
@@ -736,13 +756,12 @@ async fn alerts_summarise_at_most_once_per_interval() {
 
     let primary = Backend::ok().await;
     let dead = refused_url();
-    let options = "alert_interval \"300ms\"\nmax_failures 100000\nbacklog 100000\nconcurrency 16";
-    let running = start(&mirror_site(
-        std::slice::from_ref(&dead),
-        options,
-        &proxy_to(&primary),
-    ))
-    .await;
+    let mirror = Mirror::to(&dead)
+        .opt(r#"alert_interval "300ms""#)
+        .opt("max_failures 100000")
+        .opt("backlog 100000")
+        .opt("concurrency 16");
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     let client = Client::http1();
     let started = Instant::now();
     let mut sent = 0;
@@ -752,8 +771,8 @@ async fn alerts_summarise_at_most_once_per_interval() {
             .await;
         sent += 1;
     }
-    eventually("the last failures to be counted", || {
-        counts(&running, 0).failed == sent
+    metrics::target_until(&running, &dead, "the last failures to be counted", |c| {
+        c.failed == sent
     })
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -796,24 +815,27 @@ async fn alerts_summarise_at_most_once_per_interval() {
 async fn shutdown_drains_queued_copies() {
     let primary = Backend::ok().await;
     let shadow = Backend::start(Reply::ok("slow").delay(Duration::from_millis(100))).await;
-    let running = start(&mirror_site(
-        &[shadow.url()],
-        "concurrency 1\nbacklog 100",
-        &proxy_to(&primary),
-    ))
+    let running = start_route(
+        Chain::new()
+            .mirror(Mirror::to(&shadow).opt("concurrency 1").opt("backlog 100"))
+            .proxy(&primary),
+    )
     .await;
     let client = Client::http1();
     for i in 0..8 {
         client.get(&format!("{}/q/{i}", base_url(&running))).await;
     }
-    let mirror = running.mirrors()[0].clone();
+    // The admin endpoint stops with the server: what shutdown counted is
+    // read from the metrics renderer, which outlives it.
+    let metrics_after = running.metrics_renderer();
     within("shutdown", running.shutdown(Duration::from_secs(5))).await;
     assert_eq!(
         shadow.count(),
         8,
         "every queued copy was sent before shutdown ended"
     );
-    assert_eq!(mirror.targets()[0].state().stats.counts().dropped, 0);
+    let after = Metrics::parse(&metrics_after());
+    assert_eq!(after.target(&shadow.url()).dropped, 0);
 }
 
 #[tokio::test]
@@ -821,19 +843,19 @@ async fn shutdown_drops_and_counts_what_cannot_drain() {
     let primary = Backend::ok().await;
     let gate = Gate::new();
     let shadow = Backend::start(Reply::ok("held").hold(&gate)).await;
-    let running = start(&mirror_site(
-        &[shadow.url()],
-        "concurrency 1\nbacklog 100\ntimeout \"1h\"",
-        &proxy_to(&primary),
-    ))
-    .await;
+    let mirror = Mirror::to(&shadow)
+        .opt("concurrency 1")
+        .opt("backlog 100")
+        .opt(r#"timeout "1h""#);
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
     let client = Client::http1();
     for i in 0..5 {
         client.get(&format!("{}/q/{i}", base_url(&running))).await;
     }
-    let mirror = running.mirrors()[0].clone();
+    let metrics_after = running.metrics_renderer();
     within("shutdown", running.shutdown(Duration::from_millis(300))).await;
     // One copy was in flight and four queued: all five counted dropped.
-    assert_eq!(mirror.targets()[0].state().stats.counts().dropped, 5);
+    let after = Metrics::parse(&metrics_after());
+    assert_eq!(after.target(&shadow.url()).dropped, 5);
     gate.open();
 }

@@ -7,31 +7,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{base_url, client, eventually, fault, random_bytes, start, Backend, Client, Reply};
-use teebox::mirror::stats::Counts;
+use common::metrics::{self, TargetCounts};
+use common::{
+    base_url, client, fault, random_bytes, start, Admin, Backend, Chain, Client, Mirror, Reply,
+    Site, Target,
+};
 use teebox::server::Running;
 
-fn counts(running: &Running) -> Counts {
-    running.mirrors()[0].targets()[0].state().stats.counts()
+/// The counters of the mirror target at `url`, scraped now.
+async fn counts(running: &Running, url: &str) -> TargetCounts {
+    metrics::target(running, url).await
 }
 
-/// The counters of the target at `url` in the first mirror.
-fn counts_of(running: &Running, url: &str) -> Counts {
-    running.mirrors()[0]
-        .targets()
-        .iter()
-        .find(|t| t.url().to_string() == url)
-        .unwrap_or_else(|| panic!("no target {url}"))
-        .state()
-        .stats
-        .counts()
-}
-
-/// A file with an admin endpoint and one route whose chain is `chain`.
-fn admin_site(chain: &str) -> String {
-    format!(
-        "global {{\n  admin \"127.0.0.1:0\"\n}}\nsite \"127.0.0.1:0\" {{\n  route \"/*\" {{\n{chain}\n  }}\n}}\n"
-    )
+/// A file with an admin endpoint and one route, `/*`, whose chain is `chain`.
+fn admin_site(chain: Chain) -> String {
+    Site::new().admin(Admin::open()).route("/*", chain).to_kdl()
 }
 
 async fn admin_get(running: &Running, path: &str, json: bool) -> String {
@@ -58,17 +48,15 @@ async fn send(client: &Client, method: &str, url: &str, body: &[u8]) -> u16 {
     client.send(req).await.expect("request").status.as_u16()
 }
 
-fn site(shadow: &Backend, options: &str) -> String {
-    format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?} {{\n{options}\n    }}\n    respond 200 \"ok\"\n  }}\n}}\n",
-        shadow.url()
-    )
+/// `mirror` (to `shadow`, its options set by the test) then `respond 200 "ok"`.
+fn site(mirror: Mirror) -> String {
+    admin_site(Chain::new().mirror(mirror).respond_with(200, "ok"))
 }
 
 #[tokio::test]
 async fn methods_limits_what_is_copied() {
     let shadow = Backend::ok().await;
-    let running = start(&site(&shadow, "methods \"GET\" \"HEAD\"")).await;
+    let running = start(&site(Mirror::to(&shadow).opt(r#"methods "GET" "HEAD""#))).await;
     let base = base_url(&running);
     let client = Client::http1();
     for method in ["GET", "POST", "HEAD", "DELETE", "GET"] {
@@ -81,9 +69,12 @@ async fn methods_limits_what_is_copied() {
     let mut methods: Vec<&str> = got.iter().map(|r| r.method.as_str()).collect();
     methods.sort();
     assert_eq!(methods, ["GET", "GET", "HEAD"]);
-    eventually("two requests counted as skipped", || {
-        counts(&running).skipped_method == 2
-    })
+    metrics::target_until(
+        &running,
+        &shadow.url(),
+        "two requests counted as skipped",
+        |c| c.skipped_method == 2,
+    )
     .await;
     shadow.assert_stays_at(3, Duration::from_millis(100)).await;
 }
@@ -91,15 +82,12 @@ async fn methods_limits_what_is_copied() {
 #[tokio::test]
 async fn the_marker_stops_teebox_from_mirroring_to_itself() {
     // One teebox whose mirror's only target, added at runtime, is itself.
-    let kdl = "global {\n  admin \"127.0.0.1:0\"\n}\nsite \"127.0.0.1:0\" {\n  route \"/*\" {\n    mirror { name \"self\"; }\n    respond 200 \"ok\"\n  }\n}\n";
-    let running = start(kdl).await;
+    let running = start(&site(Mirror::named("self"))).await;
     let admin = running.admin_addr().expect("admin endpoint");
+    let itself = format!("http://{}", running.addr());
     let put = client::req(
         "PUT",
-        &format!(
-            "http://{admin}/targets?mirror=self&url=http://{}",
-            running.addr()
-        ),
+        &format!("http://{admin}/targets?mirror=self&url={itself}"),
     )
     .body(client::full(""))
     .unwrap();
@@ -109,27 +97,29 @@ async fn the_marker_stops_teebox_from_mirroring_to_itself() {
         .await;
     assert_eq!(resp.status, 200);
     // The copy arrives marked, is answered, and is not copied again.
-    eventually("the copy arrives and is not copied again", || {
-        let c = counts(&running);
-        c.succeeded == 1 && c.skipped_loop == 1
-    })
+    metrics::target_until(
+        &running,
+        &itself,
+        "the copy arrives and is not copied again",
+        |c| c.succeeded == 1 && c.skipped_loop == 1,
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let c = counts(&running);
+    let c = counts(&running, &itself).await;
     assert_eq!((c.sent, c.skipped_loop), (1, 1), "{c:?}");
 }
 
 #[tokio::test]
 async fn marker_false_sends_unmarked_copies_and_a_custom_marker_is_used() {
     let shadow = Backend::ok().await;
-    let running = start(&site(&shadow, "marker #false")).await;
+    let running = start(&site(Mirror::to(&shadow).opt("marker #false"))).await;
     Client::http1()
         .get(&format!("{}/a", base_url(&running)))
         .await;
     assert_eq!(shadow.wait_for(1).await[0].header("teebox-shadow"), None);
 
     let shadow = Backend::ok().await;
-    let running = start(&site(&shadow, "marker \"X-Is-Copy\"")).await;
+    let running = start(&site(Mirror::to(&shadow).opt(r#"marker "X-Is-Copy""#))).await;
     let client = Client::http1();
     client.get(&format!("{}/b", base_url(&running))).await;
     assert_eq!(shadow.wait_for(1).await[0].header("x-is-copy"), Some("1"));
@@ -139,8 +129,8 @@ async fn marker_false_sends_unmarked_copies_and_a_custom_marker_is_used() {
         .body(client::full(""))
         .unwrap();
     assert_eq!(client.send(req).await.unwrap().status, 200);
-    eventually("the marked request counted", || {
-        counts(&running).skipped_loop == 1
+    metrics::target_until(&running, &shadow.url(), "the marked request counted", |c| {
+        c.skipped_loop == 1
     })
     .await;
     assert_eq!(shadow.count(), 1);
@@ -149,7 +139,11 @@ async fn marker_false_sends_unmarked_copies_and_a_custom_marker_is_used() {
 #[tokio::test]
 async fn max_rps_drops_and_counts_what_is_over_the_rate() {
     let shadow = Backend::ok().await;
-    let running = start(&site(&shadow, "max_rps 50\nbacklog 10000\nconcurrency 16")).await;
+    let mirror = Mirror::to(&shadow)
+        .opt("max_rps 50")
+        .opt("backlog 10000")
+        .opt("concurrency 16");
+    let running = start(&site(mirror)).await;
     let base = base_url(&running);
     let client = Client::http1();
     // 1000 requests spread over about two seconds.
@@ -160,12 +154,11 @@ async fn max_rps_drops_and_counts_what_is_over_the_rate() {
         client.get(&format!("{base}/r/{i}")).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    eventually("every copy accounted for", || {
-        let c = counts(&running);
+    metrics::target_until(&running, &shadow.url(), "every copy accounted for", |c| {
         c.succeeded + c.rate_limited == 1000
     })
     .await;
-    let c = counts(&running);
+    let c = counts(&running, &shadow.url()).await;
     // A burst of a tenth of a second's worth, then 50 a second.
     let most = 5.0 + 50.0 * seconds + 1.0;
     assert!(
@@ -212,13 +205,16 @@ fn users_in(shadow: &Backend) -> std::collections::BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sample_by_keeps_each_user_all_in_or_all_out_on_every_instance() {
-    let options = "sample 0.2\nsample_by \"header:X-User-Id\"\nbacklog 20000";
+    let mirror = |shadow: &Backend| {
+        Mirror::to(shadow)
+            .opt("sample 0.2")
+            .opt(r#"sample_by "header:X-User-Id""#)
+            .opt("backlog 20000")
+    };
     let shadow_a = Backend::ok().await;
-    let a = start(&site(&shadow_a, options)).await;
+    let a = start(&site(mirror(&shadow_a))).await;
     send_users(&a, 1000, 10).await;
-    let copies = || counts(&a);
-    eventually("every copy delivered", || {
-        let c = copies();
+    metrics::target_until(&a, &shadow_a.url(), "every copy delivered", |c| {
         c.succeeded + c.sampled_out == 10_000
     })
     .await;
@@ -231,10 +227,9 @@ async fn sample_by_keeps_each_user_all_in_or_all_out_on_every_instance() {
 
     // A second instance, fed each user once, agrees user by user.
     let shadow_b = Backend::ok().await;
-    let b = start(&site(&shadow_b, options)).await;
+    let b = start(&site(mirror(&shadow_b))).await;
     send_users(&b, 1000, 1).await;
-    eventually("every copy delivered", || {
-        let c = counts(&b);
+    metrics::target_until(&b, &shadow_b.url(), "every copy delivered", |c| {
         c.succeeded + c.sampled_out == 1000
     })
     .await;
@@ -246,29 +241,32 @@ async fn sample_by_keeps_each_user_all_in_or_all_out_on_every_instance() {
 #[tokio::test]
 async fn without_the_key_sampling_falls_back_to_random() {
     let shadow = Backend::ok().await;
-    let running = start(&site(&shadow, "sample 0.5\nsample_by \"cookie:session\"")).await;
+    let mirror = Mirror::to(&shadow)
+        .opt("sample 0.5")
+        .opt(r#"sample_by "cookie:session""#);
+    let running = start(&site(mirror)).await;
+    let url = shadow.url();
     let client = Client::http1();
     for i in 0..400 {
         client.get(&format!("{}/n/{i}", base_url(&running))).await;
     }
-    eventually("all decided", || {
-        let c = counts(&running);
+    metrics::target_until(&running, &url, "all decided", |c| {
         c.succeeded + c.sampled_out == 400
     })
     .await;
     // Random at 0.5: sd = 10; both outcomes happen.
-    let c = counts(&running);
+    let c = counts(&running, &url).await;
     assert!((120..=280).contains(&c.succeeded), "{c:?}");
     // With the cookie, one session is all in or all out.
     let mut decided = Vec::new();
     for _ in 0..20 {
-        let before = counts(&running).sampled_out;
+        let before = counts(&running, &url).await.sampled_out;
         let req = client::req("GET", &format!("{}/s", base_url(&running)))
             .header("cookie", "theme=dark; session=abc123")
             .body(client::full(""))
             .unwrap();
         client.send(req).await.unwrap();
-        decided.push(counts(&running).sampled_out == before);
+        decided.push(counts(&running, &url).await.sampled_out == before);
     }
     assert!(decided.iter().all(|d| *d == decided[0]), "{decided:?}");
 }
@@ -276,7 +274,7 @@ async fn without_the_key_sampling_falls_back_to_random() {
 #[tokio::test]
 async fn host_suffix_names_the_copies_after_the_client_host() {
     let shadow = Backend::ok().await;
-    let running = start(&site(&shadow, "host_suffix \"-shadow\"")).await;
+    let running = start(&site(Mirror::to(&shadow).opt(r#"host_suffix "-shadow""#))).await;
     let client = Client::http1();
     for host in ["api.example.com:8080", "plain.test"] {
         let req = client::req("GET", &format!("{}/h", base_url(&running)))
@@ -325,12 +323,10 @@ async fn primary_by_path() -> Backend {
 async fn primary_status_sends_copies_of_wanted_answers_only() {
     let primary = primary_by_path().await;
     let shadow = Backend::ok().await;
-    let chain = format!(
-        "mirror {:?} {{\n  primary_status \"2xx\"\n}}\nreverse_proxy {:?}",
-        shadow.url(),
-        primary.url()
-    );
-    let running = start(&admin_site(&chain)).await;
+    let chain = Chain::new()
+        .mirror(Mirror::to(&shadow).opt(r#"primary_status "2xx""#))
+        .proxy(&primary);
+    let running = start(&admin_site(chain)).await;
     let base = base_url(&running);
     let client = Client::http1();
     let upload = random_bytes(64 * 1024, 9);
@@ -350,8 +346,8 @@ async fn primary_status_sends_copies_of_wanted_answers_only() {
     }
     // Every request reached the primary, whatever became of its copy.
     assert_eq!(primary.count(), 6);
-    eventually("three copies withheld", || {
-        counts(&running).primary_filtered == 3
+    metrics::target_until(&running, &shadow.url(), "three copies withheld", |c| {
+        c.primary_filtered == 3
     })
     .await;
     let mut got = shadow.wait_for(3).await;
@@ -361,7 +357,7 @@ async fn primary_status_sends_copies_of_wanted_answers_only() {
     assert_eq!(got[1].method, "POST");
     assert_eq!(got[1].body, upload, "the held copy's body, byte for byte");
     shadow.assert_stays_at(3, Duration::from_millis(100)).await;
-    let c = counts(&running);
+    let c = counts(&running, &shadow.url()).await;
     assert_eq!(
         (c.succeeded, c.primary_filtered, c.dropped),
         (3, 3, 0),
@@ -384,12 +380,10 @@ async fn primary_status_withholds_the_copy_of_a_primary_that_never_answered() {
     let shadow = Backend::ok().await;
     // "5xx" would take teebox's own 502 for an answer if it could: the
     // primary gave none, so the copy is still withheld.
-    let chain = format!(
-        "mirror {:?} {{\n  primary_status \"5xx\"\n}}\nreverse_proxy {:?}",
-        shadow.url(),
-        fault::refused_url()
-    );
-    let running = start(&admin_site(&chain)).await;
+    let chain = Chain::new()
+        .mirror(Mirror::to(&shadow).opt(r#"primary_status "5xx""#))
+        .proxy(fault::refused_url());
+    let running = start(&admin_site(chain)).await;
     let client = Client::http1();
     let base = base_url(&running);
     assert_eq!(
@@ -400,8 +394,8 @@ async fn primary_status_withholds_the_copy_of_a_primary_that_never_answered() {
         send(&client, "POST", &format!("{base}/down"), b"body").await,
         502
     );
-    eventually("both copies withheld", || {
-        counts(&running).primary_filtered == 2
+    metrics::target_until(&running, &shadow.url(), "both copies withheld", |c| {
+        c.primary_filtered == 2
     })
     .await;
     shadow.assert_stays_at(0, Duration::from_millis(100)).await;
@@ -412,10 +406,21 @@ async fn primary_status_matches_exact_codes_and_answers_given_before_the_body_en
     // `respond` answers without reading the body: the verdict comes first
     // and the copy follows once the tee has the whole body.
     let shadow = Backend::ok().await;
-    let kdl = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/accepted/*\" {{\n    mirror {url:?} {{ primary_status \"202\"; }}\n    respond 202 \"queued\"\n  }}\n  route \"/*\" {{\n    mirror {url:?} {{ primary_status 202 \"3xx\"; }}\n    respond 201 \"made\"\n  }}\n}}\n",
-        url = shadow.url()
-    );
+    let kdl = Site::new()
+        .admin(Admin::open())
+        .route(
+            "/accepted/*",
+            Chain::new()
+                .mirror(Mirror::to(&shadow).opt(r#"primary_status "202""#))
+                .respond_with(202, "queued"),
+        )
+        .route(
+            "/*",
+            Chain::new()
+                .mirror(Mirror::to(&shadow).opt(r#"primary_status 202 "3xx""#))
+                .respond_with(201, "made"),
+        )
+        .to_kdl();
     let running = start(&kdl).await;
     let base = base_url(&running);
     let client = Client::http1();
@@ -431,9 +436,14 @@ async fn primary_status_matches_exact_codes_and_answers_given_before_the_body_en
     let got = shadow.wait_for(1).await;
     assert_eq!(got[0].uri.path(), "/accepted/1");
     assert_eq!(got[0].body, upload, "byte for byte");
-    let other = || running.mirrors()[1].targets()[0].state().stats.counts();
-    eventually("the 201 withheld", || other().primary_filtered == 1).await;
-    assert_eq!(other().sent, 0, "{:?}", other());
+    // The second route's mirror, labelled by its site and route.
+    let (other, url) = ("127.0.0.1:0 /*", shadow.url());
+    metrics::until(&running, "the 201 withheld", |m| {
+        m.target_of(other, &url).primary_filtered == 1
+    })
+    .await;
+    let c = metrics::scrape(&running).await.target_of(other, &url);
+    assert_eq!(c.sent, 0, "{c:?}");
     shadow.assert_stays_at(1, Duration::from_millis(100)).await;
 }
 
@@ -442,12 +452,16 @@ async fn a_target_node_has_its_own_headers_and_host_and_runtime_targets_do_not()
     let plain = Backend::ok().await;
     let canary = Backend::ok().await;
     let runtime = Backend::ok().await;
-    let chain = format!(
-        "mirror {:?} {{\n  name \"m\"\n  header_up \"X-Shadow\" \"1\"\n  target {:?} {{\n    header_up \"X-Canary\" \"{{request.id}}\"\n    header_up \"-Teebox-Shadow\"\n    host \"canary.internal\"\n  }}\n}}\nrespond 200 \"ok\"",
-        plain.url(),
-        canary.url()
-    );
-    let running = start(&admin_site(&chain)).await;
+    let mirror = Mirror::to(&plain)
+        .name("m")
+        .opt(r#"header_up "X-Shadow" "1""#)
+        .target(
+            Target::new(&canary)
+                .opt(r#"header_up "X-Canary" "{request.id}""#)
+                .opt(r#"header_up "-Teebox-Shadow""#)
+                .opt(r#"host "canary.internal""#),
+        );
+    let running = start(&site(mirror)).await;
     let admin = running.admin_addr().expect("admin endpoint");
     let put = client::req(
         "PUT",
@@ -496,19 +510,22 @@ async fn a_target_node_has_its_own_headers_and_host_and_runtime_targets_do_not()
 async fn a_target_node_with_sample_zero_gets_nothing_while_the_other_gets_everything() {
     let all = Backend::ok().await;
     let none = Backend::ok().await;
-    let options = format!("target {:?} {{ sample 0; }}", none.url());
-    let running = start(&site(&all, &options)).await;
+    let mirror = Mirror::to(&all).target(Target::new(&none).opt("sample 0"));
+    let running = start(&site(mirror)).await;
     let client = Client::http1();
     for i in 0..50 {
         client.get(&format!("{}/s/{i}", base_url(&running))).await;
     }
     all.wait_for(50).await;
-    eventually("every request left out of the sample-0 target", || {
-        counts_of(&running, &none.url()).sampled_out == 50
-    })
+    metrics::target_until(
+        &running,
+        &none.url(),
+        "every request left out of the sample-0 target",
+        |c| c.sampled_out == 50,
+    )
     .await;
     none.assert_stays_at(0, Duration::from_millis(100)).await;
-    let c = counts_of(&running, &all.url());
+    let c = counts(&running, &all.url()).await;
     assert_eq!((c.sampled_out, c.succeeded), (0, 50), "{c:?}");
 }
 
@@ -516,17 +533,15 @@ async fn a_target_node_with_sample_zero_gets_nothing_while_the_other_gets_everyt
 async fn a_target_sample_is_a_cohort_inside_the_mirror_cohort() {
     let staging = Backend::ok().await;
     let canary = Backend::ok().await;
-    let options = format!(
-        "sample 0.5\nsample_by \"header:X-User-Id\"\nbacklog 4000\ntarget {:?} {{\n  sample 0.1\n  backlog 4000\n}}",
-        canary.url()
-    );
-    let running = start(&site(&staging, &options)).await;
+    let mirror = Mirror::to(&staging)
+        .opt("sample 0.5")
+        .opt(r#"sample_by "header:X-User-Id""#)
+        .opt("backlog 4000")
+        .target(Target::new(&canary).opt("sample 0.1").opt("backlog 4000"));
+    let running = start(&site(mirror)).await;
     send_users(&running, 500, 4).await;
-    eventually("every request decided for both targets", || {
-        let (s, c) = (
-            counts_of(&running, &staging.url()),
-            counts_of(&running, &canary.url()),
-        );
+    metrics::until(&running, "every request decided for both targets", |m| {
+        let (s, c) = (m.target(&staging.url()), m.target(&canary.url()));
         s.succeeded + s.sampled_out == 2000 && c.succeeded + c.sampled_out == 2000
     })
     .await;
@@ -556,24 +571,28 @@ async fn a_target_node_has_its_own_breaker_and_the_others_keep_the_mirror_s() {
     // Both refuse connections; only the target node pauses after one failure.
     let lenient = fault::refused_url();
     let strict = format!("http://127.0.0.1:{}", fault::refused_addr().port());
-    let shadow_site = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {lenient:?} {{\n      max_failures 100\n      target {strict:?} {{ max_failures 1; }}\n    }}\n    respond 200 \"ok\"\n  }}\n}}\n"
-    );
-    let running = start(&shadow_site).await;
+    let mirror = Mirror::to(&lenient)
+        .opt("max_failures 100")
+        .target(Target::new(&strict).opt("max_failures 1"));
+    let running = start(&site(mirror)).await;
     let client = Client::http1();
     client.get(&format!("{}/1", base_url(&running))).await;
-    eventually("the first copies failed", || {
-        counts_of(&running, &strict).failed == 1 && counts_of(&running, &lenient).failed == 1
+    metrics::until(&running, "the first copies failed", |m| {
+        m.target(&strict).failed == 1 && m.target(&lenient).failed == 1
     })
     .await;
     client.get(&format!("{}/2", base_url(&running))).await;
-    eventually("the second copy tried on the lenient target", || {
-        counts_of(&running, &lenient).failed == 2
-    })
+    metrics::target_until(
+        &running,
+        &lenient,
+        "the second copy tried on the lenient target",
+        |c| c.failed == 2,
+    )
     .await;
-    let (s, l) = (counts_of(&running, &strict), counts_of(&running, &lenient));
-    assert_eq!((s.paused, s.skipped_paused, s.sent), (1, 1, 1), "{s:?}");
-    assert_eq!((l.paused, l.skipped_paused, l.sent), (0, 0, 2), "{l:?}");
+    let m = metrics::scrape(&running).await;
+    let (s, l) = (m.target(&strict), m.target(&lenient));
+    assert_eq!((s.pauses, s.skipped_paused, s.sent), (1, 1, 1), "{s:?}");
+    assert_eq!((l.pauses, l.skipped_paused, l.sent), (0, 0, 2), "{l:?}");
 }
 
 #[test]
@@ -589,19 +608,17 @@ async fn primary_status_withholds_the_copy_when_the_client_leaves_before_the_ans
     let held = common::Gate::new();
     let primary = Backend::start(Reply::ok("late").hold(&held)).await;
     let shadow = Backend::ok().await;
-    let chain = format!(
-        "mirror {:?} {{\n  primary_status \"2xx\"\n}}\nreverse_proxy {:?}",
-        shadow.url(),
-        primary.url()
-    );
-    let running = start(&admin_site(&chain)).await;
+    let chain = Chain::new()
+        .mirror(Mirror::to(&shadow).opt(r#"primary_status "2xx""#))
+        .proxy(&primary);
+    let running = start(&admin_site(chain)).await;
     let url = format!("{}/gone", base_url(&running));
     let client = tokio::spawn(async move { Client::http1().get(&url).await });
     primary.wait_for(1).await;
     // The client hangs up while the primary is still working on it.
     client.abort();
-    eventually("the copy withheld", || {
-        counts(&running).primary_filtered == 1
+    metrics::target_until(&running, &shadow.url(), "the copy withheld", |c| {
+        c.primary_filtered == 1
     })
     .await;
     held.open();

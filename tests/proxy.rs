@@ -979,10 +979,16 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> raw::RawResponse {
 
 /// A site where `/admin` is refused by a route and everything else goes to
 /// `upstream`.
-fn guarded_site(upstream: &str, options: &str) -> String {
-    format!(
-        "site \"127.0.0.1:0\" {{\n    route \"/admin\" {{\n        respond 403 \"forbidden\\n\"\n    }}\n    route \"/*\" {{\n        reverse_proxy {upstream:?} {{\n{options}\n        }}\n    }}\n}}\n"
-    )
+/// `option`, unless empty, goes inside the `reverse_proxy` block.
+fn guarded_site(upstream: &str, option: &str) -> String {
+    let proxy = match option {
+        "" => Proxy::to(upstream),
+        option => Proxy::to(upstream).opt(option),
+    };
+    Site::new()
+        .route("/admin", Chain::new().respond_with(403, "forbidden\n"))
+        .route("/*", Chain::new().proxy(proxy))
+        .to_kdl()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -990,7 +996,7 @@ async fn an_h2c_upgrade_is_sent_as_a_plain_request_and_the_routes_still_see_what
     use tokio::io::AsyncWriteExt;
     let (upstream, heads) = switching_upstream(None).await;
     // Even with every other protocol allowed by name.
-    for options in ["", "upgrades \"websocket\" \"foo\""] {
+    for options in ["", r#"upgrades "websocket" "foo""#] {
         heads.lock().unwrap().clear();
         let teebox = start(&guarded_site(&upstream.url(), options)).await;
         let mut client = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();
@@ -1046,7 +1052,7 @@ async fn only_websocket_is_tunnelled_unless_upgrades_names_more() {
     // Named, it is, and only it is offered.
     let teebox = start(&guarded_site(
         &upstream.url(),
-        "upgrades \"websocket\" \"foo\"",
+        r#"upgrades "websocket" "foo""#,
     ))
     .await;
     let mut client = tokio::net::TcpStream::connect(teebox.addr()).await.unwrap();

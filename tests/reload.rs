@@ -9,13 +9,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{within, within_for, TempDir};
+use common::site::kdl_string;
+use common::{within, within_for, Admin, Chain, Site, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn site(extra_global: &str, body: &str) -> String {
-    format!(
-        "global {{\n    {extra_global}\n}}\nsite \"127.0.0.1:0\" {{\n    route \"/*\" {{\n        respond 200 \"{body}\"\n    }}\n}}\n"
-    )
+/// A site whose every request is answered `200 BODY`.
+fn answering(body: &str) -> Site {
+    Site::new().route("/*", Chain::new().respond_with(200, body))
+}
+
+/// [`answering`]'s text.
+fn site(body: &str) -> String {
+    answering(body).to_kdl()
 }
 
 async fn start_from(file: &Path) -> teebox::server::Running {
@@ -33,7 +38,7 @@ async fn start_from(file: &Path) -> teebox::server::Running {
 async fn requests_are_served_while_a_reload_reads_and_builds() {
     let dir = TempDir::new("reload-off-thread");
     let file = dir.join("site.kdl");
-    std::fs::write(&file, site("", "one")).unwrap();
+    std::fs::write(&file, site("one")).unwrap();
     let running = Arc::new(start_from(&file).await);
     let url = common::base_url(&running);
 
@@ -56,7 +61,7 @@ async fn requests_are_served_while_a_reload_reads_and_builds() {
 
     let writer = std::thread::spawn({
         let file = file.clone();
-        move || std::fs::write(file, site("", "two"))
+        move || std::fs::write(file, site("two"))
     });
     let reloaded = within("the reload", reload).await.unwrap();
     assert_eq!(reloaded.map_err(|e| e.to_string()), Ok(0));
@@ -88,7 +93,7 @@ async fn refused_and_kept(
 async fn a_reload_of_a_deep_file_plain_or_disguised_is_refused_and_the_server_stays() {
     let dir = TempDir::new("reload-deep-disguised");
     let file = dir.join("site.kdl");
-    std::fs::write(&file, site("", "kept")).unwrap();
+    std::fs::write(&file, site("kept")).unwrap();
     let running = start_from(&file).await;
     let deep = format!("x {}{}\n", "{ a ".repeat(1500), "}".repeat(1500));
     for (tail, refusal) in [
@@ -109,7 +114,7 @@ async fn a_reload_of_a_deep_file_plain_or_disguised_is_refused_and_the_server_st
             "more than 16 slashdashes (`/-`) in a row",
         ),
     ] {
-        let text = format!("{}{tail}", site("", "never"));
+        let text = format!("{}{tail}", site("never"));
         refused_and_kept(&running, &file, &text, refusal).await;
     }
 }
@@ -121,15 +126,15 @@ async fn a_reload_of_a_deep_file_plain_or_disguised_is_refused_and_the_server_st
 async fn a_reload_survives_thousands_of_errors_and_a_long_comment() {
     let dir = TempDir::new("reload-parser-recursion");
     let file = dir.join("site.kdl");
-    std::fs::write(&file, site("", "kept")).unwrap();
+    std::fs::write(&file, site("kept")).unwrap();
     let running = start_from(&file).await;
     let url = common::base_url(&running);
     for junk in ["}", "a=", ")"] {
         let tail = format!("x {}\n", junk.repeat(20_000));
-        let text = format!("{}{tail}", site("", "never"));
+        let text = format!("{}{tail}", site("never"));
         refused_and_kept(&running, &file, &text, "1 error").await;
     }
-    let banner = format!("/* {} */\n{}", "*".repeat(20_000), site("", "banner"));
+    let banner = format!("/* {} */\n{}", "*".repeat(20_000), site("banner"));
     std::fs::write(&file, banner).unwrap();
     let reloaded = running.reload().await.map(|r| r.warnings);
     assert_eq!(reloaded.map_err(|e| e.to_string()), Ok(0));
@@ -143,20 +148,20 @@ async fn a_reload_survives_thousands_of_errors_and_a_long_comment() {
 async fn a_reload_applies_limits_and_grace_period() {
     let dir = TempDir::new("reload-globals");
     let file = dir.join("site.kdl");
-    let limits = |timeout: &str| {
-        format!(
-            "grace_period \"7s\"\n    limits {{\n        read_header_timeout \"{timeout}\"\n    }}"
-        )
+    let globals = |grace_period: &str, read_header_timeout: &str| {
+        answering("ok")
+            .global(&format!("grace_period {}", kdl_string(grace_period)))
+            .limits(&format!(
+                "read_header_timeout {}",
+                kdl_string(read_header_timeout)
+            ))
+            .to_kdl()
     };
-    std::fs::write(&file, site(&limits("1h"), "ok")).unwrap();
+    std::fs::write(&file, globals("7s", "1h")).unwrap();
     let running = start_from(&file).await;
     assert_eq!(running.grace_period(), Duration::from_secs(7));
 
-    std::fs::write(
-        &file,
-        site(&limits("200ms").replace("\"7s\"", "\"3s\""), "ok"),
-    )
-    .unwrap();
+    std::fs::write(&file, globals("3s", "200ms")).unwrap();
     running.reload().await.expect("reloaded");
     assert_eq!(running.grace_period(), Duration::from_secs(3));
 
@@ -253,7 +258,7 @@ fn a_stop_signal_does_not_wait_for_a_reload() {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = TempDir::new("reload-then-stop");
     let file = dir.join("site.kdl");
-    std::fs::write(&file, site("", "one")).unwrap();
+    std::fs::write(&file, site("one")).unwrap();
     let mut teebox = Teebox::start(&file);
     teebox.until("teebox serving");
     std::fs::remove_file(&file).unwrap();
@@ -362,7 +367,7 @@ fn an_invalid_file_at_start_is_reported_in_the_format_it_asks_for() {
     let file = dir.join("site.kdl");
     std::fs::write(
         &file,
-        site("log format=\"json\"", "ok") + "bogus 1\nbogus 2\n",
+        answering("ok").global(r#"log format="json""#).to_kdl() + "bogus 1\nbogus 2\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_teebox"))
@@ -400,10 +405,9 @@ fn named_files_that_are_fifos_or_devices_are_refused_not_waited_for() {
     ] {
         std::fs::write(
             &file,
-            site(
-                &format!("admin \"127.0.0.1:0\" {{\n        {node} \"{named}\"\n    }}"),
-                "ok",
-            ),
+            answering("ok")
+                .admin(Admin::open().opt(&format!("{node} {}", kdl_string(&named))))
+                .to_kdl(),
         )
         .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_teebox"))

@@ -4,27 +4,29 @@
 
 mod common;
 
-use common::{base_url, client, start, Backend, Client};
+use common::{
+    base_url, client, metrics, start, Admin, Backend, Chain, Client, Mirror, Proxy, Site,
+};
 
-/// A site whose only route mirrors to `shadow` (with `options` in the
-/// mirror block) and proxies to `primary`.
-fn site(shadow: &Backend, options: &str, primary: &Backend) -> String {
-    format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?} {{\n{options}\n    }}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        shadow.url(),
-        primary.url()
-    )
+/// A site whose only route runs `mirror` and proxies to `primary`, with an
+/// admin endpoint for the mirror's counters.
+fn site(mirror: Mirror, primary: &Backend) -> String {
+    one_route(Chain::new().mirror(mirror).proxy(primary))
+}
+
+/// A site whose only route, `/*`, runs `chain`, with an admin endpoint.
+fn one_route(chain: Chain) -> String {
+    Site::new().admin(Admin::open()).route("/*", chain).to_kdl()
 }
 
 #[tokio::test]
 async fn path_rewrites_apply_to_copies_only() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let options = r##"
-        rewrite strip_prefix="/v1" add_prefix="/v2"
-        rewrite regex=#"^/v2/users/(\d+)"# replace="/v2/people/$1"
-    "##;
-    let running = start(&site(&shadow, options, &primary)).await;
+    let mirror = Mirror::to(&shadow)
+        .opt(r#"rewrite strip_prefix="/v1" add_prefix="/v2""#)
+        .opt(r##"rewrite regex=#"^/v2/users/(\d+)"# replace="/v2/people/$1""##);
+    let running = start(&site(mirror, &primary)).await;
     let base = base_url(&running);
     let client = Client::http1();
     client
@@ -58,12 +60,11 @@ async fn path_rewrites_apply_to_copies_only() {
 async fn query_edits_apply_to_copies_only() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let options = r#"
-        query_set "debug" "1"
-        query_remove "token" "session"
-        query_set "who" "shadow copy"
-    "#;
-    let running = start(&site(&shadow, options, &primary)).await;
+    let mirror = Mirror::to(&shadow)
+        .opt(r#"query_set "debug" "1""#)
+        .opt(r#"query_remove "token" "session""#)
+        .opt(r#"query_set "who" "shadow copy""#);
+    let running = start(&site(mirror, &primary)).await;
     let path = "/search?q=a%20b&token=s3cret&debug=0&session=9&keep=%E2%9C%93";
     Client::http1()
         .get(&format!("{}{path}", base_url(&running)))
@@ -79,14 +80,13 @@ async fn query_edits_apply_to_copies_only() {
 async fn header_placeholders_fill_in_per_request() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let options = r#"
-        header_up "X-Request-Id" "{request.id}"
-        header_up "X-Client" "ip={client.ip}"
-        header_up "X-Original-Host" "{request.host}"
-        header_up "X-Sent-At" "{time.unix_ms}"
-        header_up "X-Json" "{\"literal\":true}"
-    "#;
-    let running = start(&site(&shadow, options, &primary)).await;
+    let mirror = Mirror::to(&shadow)
+        .opt(r#"header_up "X-Request-Id" "{request.id}""#)
+        .opt(r#"header_up "X-Client" "ip={client.ip}""#)
+        .opt(r#"header_up "X-Original-Host" "{request.host}""#)
+        .opt(r#"header_up "X-Sent-At" "{time.unix_ms}""#)
+        .opt(r#"header_up "X-Json" "{\"literal\":true}""#);
+    let running = start(&site(mirror, &primary)).await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -121,12 +121,14 @@ async fn header_placeholders_fill_in_per_request() {
 async fn primary_and_copy_share_the_request_id() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let kdl = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?} {{ header_up \"X-Request-Id\" \"{{request.id}}\"; }}\n    reverse_proxy {:?} {{ header_up \"X-Request-Id\" \"{{request.id}}\"; header_down \"X-Request-Id\" \"{{request.id}}\"; }}\n  }}\n}}\n",
-        shadow.url(),
-        primary.url()
-    );
-    let running = start(&kdl).await;
+    let chain = Chain::new()
+        .mirror(Mirror::to(&shadow).opt(r#"header_up "X-Request-Id" "{request.id}""#))
+        .proxy(
+            Proxy::to(&primary)
+                .opt(r#"header_up "X-Request-Id" "{request.id}""#)
+                .opt(r#"header_down "X-Request-Id" "{request.id}""#),
+        );
+    let running = start(&one_route(chain)).await;
     let resp = Client::http1()
         .get(&format!("{}/same", base_url(&running)))
         .await;
@@ -144,11 +146,10 @@ async fn primary_and_copy_share_the_request_id() {
 async fn replace_body_rewrites_copies_and_fixes_their_length() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let options = r##"
-        replace_body regex=#""id":(\d+)"# replace=#""id":"staging-$1""#
-        replace_body "prod-db" "staging-db"
-    "##;
-    let running = start(&site(&shadow, options, &primary)).await;
+    let mirror = Mirror::to(&shadow)
+        .opt(r##"replace_body regex=#""id":(\d+)"# replace=#""id":"staging-$1""#"##)
+        .opt(r#"replace_body "prod-db" "staging-db""#);
+    let running = start(&site(mirror, &primary)).await;
     let base = base_url(&running);
     let client = Client::http1();
     let original = r#"{"id":7,"db":"prod-db","items":[{"id":8}]}"#;
@@ -189,7 +190,11 @@ async fn replace_body_rewrites_copies_and_fixes_their_length() {
 async fn replace_body_leaves_a_compressed_body_as_it_came() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let running = start(&site(&shadow, r#"replace_body "a" "b""#, &primary)).await;
+    let running = start(&site(
+        Mirror::to(&shadow).opt(r#"replace_body "a" "b""#),
+        &primary,
+    ))
+    .await;
     // Bytes that hold the pattern, as any gzip stream may.
     let gzipped: &[u8] = b"\x1f\x8b\x08\x00abc\x00\xffa";
     let req = client::req("POST", &format!("{}/gz", base_url(&running)))
@@ -211,13 +216,10 @@ async fn several_targets_get_the_same_rewritten_copy() {
     let primary = Backend::ok().await;
     let one = Backend::ok().await;
     let two = Backend::ok().await;
-    let kdl = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?} {:?} {{ replace_body \"a\" \"b\"; rewrite add_prefix=\"/shadow\"; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        one.url(),
-        two.url(),
-        primary.url()
-    );
-    let running = start(&kdl).await;
+    let mirror = Mirror::to_all(&[&one, &two])
+        .opt(r#"replace_body "a" "b""#)
+        .opt(r#"rewrite add_prefix="/shadow""#);
+    let running = start(&site(mirror, &primary)).await;
     let req = client::req("PUT", &format!("{}/x", base_url(&running)))
         .body(client::full("banana"))
         .unwrap();
@@ -273,9 +275,10 @@ async fn record_round_trips_requests_and_responses_byte_exact() {
         common::Reply::ok(format!("answer to {}", rec.path_and_query())).header("x-answer", "yes")
     })
     .await;
-    let kdl = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    record \"traffic.jsonl\" {{ responses #true; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        primary.url()
+    let kdl = one_route(
+        Chain::new()
+            .handler(r#"record "traffic.jsonl" { responses #true; }"#)
+            .proxy(&primary),
     );
     let running = common::start_in(&kdl, dir.path()).await;
     let base = base_url(&running);
@@ -326,9 +329,10 @@ async fn record_round_trips_requests_and_responses_byte_exact() {
 async fn record_cuts_bodies_at_max_body_and_says_so() {
     let dir = common::TempDir::new("record-cut");
     let primary = Backend::ok().await;
-    let kdl = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    record \"t.jsonl\" {{ max_body 10; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        primary.url()
+    let kdl = one_route(
+        Chain::new()
+            .handler(r#"record "t.jsonl" { max_body 10; }"#)
+            .proxy(&primary),
     );
     let running = common::start_in(&kdl, dir.path()).await;
     let req = client::req("POST", &format!("{}/up", base_url(&running)))
@@ -352,8 +356,12 @@ async fn record_cuts_bodies_at_max_body_and_says_so() {
 #[tokio::test]
 async fn record_rolls_over_at_roll_size_keeping_roll_keep_files() {
     let dir = common::TempDir::new("record-roll");
-    let kdl = "site \"127.0.0.1:0\" {\n  route \"/*\" {\n    record \"r.jsonl\" { roll_size 600; roll_keep 2; }\n    respond 200 \"ok\"\n  }\n}\n";
-    let running = common::start_in(kdl, dir.path()).await;
+    let kdl = one_route(
+        Chain::new()
+            .handler(r#"record "r.jsonl" { roll_size 600; roll_keep 2; }"#)
+            .respond_with(200, "ok"),
+    );
+    let running = common::start_in(&kdl, dir.path()).await;
     let base = base_url(&running);
     let client = Client::http1();
     for i in 0..30 {
@@ -404,9 +412,10 @@ async fn record_traffic(
     cases: &[(&str, &str, Vec<u8>)],
 ) -> std::path::PathBuf {
     let recorded_primary = Backend::with(answer).await;
-    let kdl = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    record \"traffic.jsonl\" {{ responses #true; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        recorded_primary.url()
+    let kdl = one_route(
+        Chain::new()
+            .handler(r#"record "traffic.jsonl" { responses #true; }"#)
+            .proxy(&recorded_primary),
     );
     let running = common::start_in(&kdl, dir.path()).await;
     let base = base_url(&running);
@@ -605,8 +614,12 @@ async fn replay_command_prints_a_summary_and_fails_on_mismatch() {
 #[tokio::test]
 async fn record_and_replay_keep_header_bytes_that_are_not_utf8() {
     let dir = common::TempDir::new("replay-obs-text");
-    let kdl = "site \"127.0.0.1:0\" {\n  route \"/*\" {\n    record \"traffic.jsonl\"\n    respond 200 \"ok\"\n  }\n}\n";
-    let running = common::start_in(kdl, dir.path()).await;
+    let kdl = one_route(
+        Chain::new()
+            .handler(r#"record "traffic.jsonl""#)
+            .respond_with(200, "ok"),
+    );
+    let running = common::start_in(&kdl, dir.path()).await;
     // obs-text: every byte from 0x80 to 0xff, which is not UTF-8; and a
     // value that is UTF-8 but not ASCII.
     let obs_text: Vec<u8> = (0x80..=0xff).collect();
@@ -762,24 +775,13 @@ async fn compare_counts_each_kind_of_difference_and_logs_it() {
         }
     })
     .await;
-    let kdl = format!(
-        r#"site "127.0.0.1:0" {{
-  route "/*" {{
-    mirror {:?} {{
-      compare {{
-        headers "X-Version"
-        ignore "$.ts" "$.items[*].id"
-        diff_log "diffs.jsonl"
-        log_rate 100
-      }}
-    }}
-    reverse_proxy {:?}
-  }}
-}}
-"#,
-        shadow.url(),
-        primary.url()
-    );
+    let compare = r#"compare {
+    headers "X-Version"
+    ignore "$.ts" "$.items[*].id"
+    diff_log "diffs.jsonl"
+    log_rate 100
+}"#;
+    let kdl = site(Mirror::to(&shadow).opt(compare), &primary);
     let running = common::start_in(&kdl, dir.path()).await;
     let base = base_url(&running);
     let client = Client::http1();
@@ -790,13 +792,11 @@ async fn compare_counts_each_kind_of_difference_and_logs_it() {
             "the client always gets the primary's answer"
         );
     }
-    let stats = || running.mirrors()[0].targets()[0].state().stats.counts();
-    common::eventually("five comparisons", || {
-        let c = stats();
+    metrics::target_until(&running, &shadow.url(), "five comparisons", |c| {
         c.compare_match + c.compare_status + c.compare_headers + c.compare_body >= 5
     })
     .await;
-    let c = stats();
+    let c = metrics::target(&running, &shadow.url()).await;
     assert_eq!(c.compare_match, 2, "ts and item ids are ignored: {c:?}");
     assert_eq!(
         (c.compare_status, c.compare_headers, c.compare_body),
@@ -839,20 +839,18 @@ async fn compare_on_bytes_when_not_json_and_respects_log_rate() {
     let dir = common::TempDir::new("compare-rate");
     let primary = Backend::with(|_| common::Reply::ok("plain text")).await;
     let shadow = Backend::with(|_| common::Reply::ok("plain text!")).await;
-    let kdl = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?} {{ compare {{ diff_log \"d.jsonl\"; log_rate 1; }} }}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        shadow.url(),
-        primary.url()
-    );
-    let running = common::start_in(&kdl, dir.path()).await;
+    let mirror = Mirror::to(&shadow).opt(r#"compare { diff_log "d.jsonl"; log_rate 1; }"#);
+    let running = common::start_in(&site(mirror, &primary), dir.path()).await;
     let base = base_url(&running);
     let client = Client::http1();
     let started = std::time::Instant::now();
     for i in 0..20 {
         client.get(&format!("{base}/r/{i}")).await;
     }
-    let stats = || running.mirrors()[0].targets()[0].state().stats.counts();
-    common::eventually("twenty comparisons", || stats().compare_body >= 20).await;
+    metrics::target_until(&running, &shadow.url(), "twenty comparisons", |c| {
+        c.compare_body >= 20
+    })
+    .await;
     let seconds = started.elapsed().as_secs() + 1;
     let lines = record_lines(&dir.join("d.jsonl"), 1).await;
     assert!(
@@ -860,7 +858,10 @@ async fn compare_on_bytes_when_not_json_and_respects_log_rate() {
         "{} diff lines in about {seconds}s at log_rate 1",
         lines.len()
     );
-    assert_eq!(stats().compare_match, 0);
+    assert_eq!(
+        metrics::target(&running, &shadow.url()).await.compare_match,
+        0
+    );
 }
 
 #[tokio::test]
@@ -870,12 +871,8 @@ async fn compare_never_holds_the_client() {
     let gate = common::Gate::new();
     let primary = Backend::ok().await;
     let shadow = Backend::start(common::Reply::ok("ok").hold(&gate)).await;
-    let kdl = format!(
-        "site \"127.0.0.1:0\" {{\n  route \"/*\" {{\n    mirror {:?} {{ compare; timeout \"10s\"; }}\n    reverse_proxy {:?}\n  }}\n}}\n",
-        shadow.url(),
-        primary.url()
-    );
-    let running = start(&kdl).await;
+    let mirror = Mirror::to(&shadow).opt("compare").opt(r#"timeout "10s""#);
+    let running = start(&site(mirror, &primary)).await;
     let base = base_url(&running);
     let client = Client::http1();
     for i in 0..3 {
@@ -883,12 +880,14 @@ async fn compare_never_holds_the_client() {
             common::within("the primary's answer", client.get(&format!("{base}/g/{i}"))).await;
         assert_eq!(resp.status, 200);
     }
-    let stats = || running.mirrors()[0].targets()[0].state().stats.counts();
     assert_eq!(
-        stats().compare_match,
+        metrics::target(&running, &shadow.url()).await.compare_match,
         0,
         "nothing compared while the shadow is held"
     );
     gate.open();
-    common::eventually("the held copies compared", || stats().compare_match == 3).await;
+    metrics::target_until(&running, &shadow.url(), "the held copies compared", |c| {
+        c.compare_match == 3
+    })
+    .await;
 }

@@ -449,3 +449,94 @@ fn diff_marks_changed_lines() {
     let d = diff("a\nb\nc\n", "a\nx\nc\n");
     assert_eq!(d, "  a\n- b\n+ x\n  c\n");
 }
+
+// ---- the tests' own site files ------------------------------------------------------------------
+
+/// The builder the other tests write their site files with writes what its
+/// calls say, in KDL that teebox takes.
+#[test]
+fn the_site_builder_writes_the_file_its_calls_describe() {
+    use common::{Admin, Chain, Mirror, Proxy, Site, Target};
+    let kdl = Site::new()
+        .limits("max_connections 4\nidle_timeout \"1m\"")
+        .admin(Admin::open().allow_target(&["http://127.0.0.1:*"]))
+        .route(
+            "/api/*",
+            Chain::new()
+                .mirror(
+                    Mirror::to("http://127.0.0.1:9001")
+                        .name("staging")
+                        .opt("sample 0.5")
+                        .target(Target::new("http://127.0.0.1:9002").opt("sample 0.1")),
+                )
+                .proxy(Proxy::to("http://127.0.0.1:9000").opt("h2c #true")),
+        )
+        .route("/*", Chain::new().respond_with(404, "no \"such\" page\n"))
+        .another_site_at("127.0.0.1:0")
+        .host("b.test")
+        .route("/*", Chain::new().proxy("http://127.0.0.1:9003"))
+        .to_kdl();
+    let want = r#"global {
+    limits {
+        max_connections 4
+        idle_timeout "1m"
+    }
+    admin "127.0.0.1:0" {
+        allow_target "http://127.0.0.1:*"
+    }
+}
+site "127.0.0.1:0" {
+    route "/api/*" {
+        mirror "http://127.0.0.1:9001" {
+            name "staging"
+            sample 0.5
+            target "http://127.0.0.1:9002" {
+                sample 0.1
+            }
+        }
+        reverse_proxy "http://127.0.0.1:9000" {
+            h2c #true
+        }
+    }
+    route "/*" {
+        respond 404 "no \"such\" page\n"
+    }
+}
+site "127.0.0.1:0" {
+    host "b.test"
+    route "/*" {
+        reverse_proxy "http://127.0.0.1:9003"
+    }
+}
+"#;
+    assert_eq!(kdl, want);
+    if let Err(err) = teebox::config::parse(
+        "built.kdl",
+        &kdl,
+        std::env::temp_dir(),
+        teebox::handlers::REGISTRY,
+    ) {
+        panic!("{}", err.render(teebox::config::Style::Plain));
+    }
+}
+
+/// Whatever a test names, the builder's strings read back as it.
+#[test]
+fn the_site_builder_escapes_every_string_it_writes() {
+    for text in [
+        "plain",
+        "quote \" and backslash \\ and {env.HOME}",
+        "line\nbreak\r\ttab",
+        "control \u{0} \u{7} \u{8} \u{c} \u{1b} \u{7f}",
+        "separators \u{85} \u{2028} \u{2029}",
+        "marks \u{200e}\u{202e}\u{2066} bom \u{feff}",
+        "café ✓ #\"raw\"# /* not a comment */ // nor this",
+    ] {
+        let quoted = common::site::kdl_string(text);
+        let doc: kdl::KdlDocument = format!("node {quoted}\n")
+            .parse()
+            .unwrap_or_else(|e| panic!("{quoted} is not KDL: {e:?}"));
+        let value = doc.nodes()[0].entries()[0].value();
+        assert_eq!(value.as_string(), Some(text), "{quoted}");
+    }
+}

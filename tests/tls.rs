@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{Backend, TempDir};
+use common::{metrics, Admin, Backend, Chain, Mirror, Site, TempDir};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -97,11 +97,23 @@ async fn request(
     (status, version, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn two_sites(extra_a: &str) -> String {
-    format!(
-        "site \"127.0.0.1:0\" {{\n  host \"a.test\"\n  tls cert=\"a.test.pem\" key=\"a.test-key.pem\" {extra_a}\n  route \"/*\" {{ respond 200 \"site a\" }}\n}}\n\
-         site \"127.0.0.1:0\" {{\n  host \"b.test\"\n  tls cert=\"b.test.pem\" key=\"b.test-key.pem\"\n  route \"/*\" {{ respond 200 \"site b\" }}\n}}\n"
-    )
+/// Two TLS sites on one address, `a.test` and `b.test`, each answering
+/// with its name; `a.test` is the default site for other names if
+/// `a_is_default`.
+fn two_sites(a_is_default: bool) -> String {
+    let tls_a = match a_is_default {
+        true => r#"tls cert="a.test.pem" key="a.test-key.pem" default=#true"#,
+        false => r#"tls cert="a.test.pem" key="a.test-key.pem""#,
+    };
+    Site::new()
+        .host("a.test")
+        .line(tls_a)
+        .route("/*", Chain::new().respond_with(200, "site a"))
+        .another_site()
+        .host("b.test")
+        .line(r#"tls cert="b.test.pem" key="b.test-key.pem""#)
+        .route("/*", Chain::new().respond_with(200, "site b"))
+        .to_kdl()
 }
 
 async fn start_in(dir: &TempDir, site: &str) -> Running {
@@ -113,7 +125,7 @@ async fn http1_and_http2_over_tls() {
     let dir = TempDir::new("tls-basic");
     let a = make_cert(dir.path(), "a.test");
     make_cert(dir.path(), "b.test");
-    let running = start_in(&dir, &two_sites("")).await;
+    let running = start_in(&dir, &two_sites(false)).await;
     let h1 = connect(
         running.addr(),
         "a.test",
@@ -147,7 +159,7 @@ async fn shutdown_does_not_wait_for_a_silent_client_of_a_tls_site() {
     let dir = TempDir::new("tls-silent");
     let a = make_cert(dir.path(), "a.test");
     make_cert(dir.path(), "b.test");
-    let running = start_in(&dir, &two_sites("")).await;
+    let running = start_in(&dir, &two_sites(false)).await;
     // Connected, but not a byte sent: the server waits to see a handshake.
     let mut silent = TcpStream::connect(running.addr()).await.unwrap();
     // Another connection's answer shows the first has been accepted too.
@@ -183,7 +195,7 @@ async fn sni_picks_each_sites_certificate() {
     let dir = TempDir::new("tls-sni");
     let a = make_cert(dir.path(), "a.test");
     let b = make_cert(dir.path(), "b.test");
-    let running = start_in(&dir, &two_sites("")).await;
+    let running = start_in(&dir, &two_sites(false)).await;
     for (name, cert, answer) in [("a.test", &a, "site a"), ("b.test", &b, "site b")] {
         let tls = connect(
             running.addr(),
@@ -204,7 +216,7 @@ async fn an_unknown_name_gets_the_default_site_or_no_handshake() {
     let dir = TempDir::new("tls-default");
     let a = make_cert(dir.path(), "a.test");
     let b = make_cert(dir.path(), "b.test");
-    let without_default = start_in(&dir, &two_sites("")).await;
+    let without_default = start_in(&dir, &two_sites(false)).await;
     let refused = connect(
         without_default.addr(),
         "c.test",
@@ -213,7 +225,7 @@ async fn an_unknown_name_gets_the_default_site_or_no_handshake() {
     .await;
     assert!(refused.is_err(), "no default site: the handshake fails");
 
-    let with_default = start_in(&dir, &two_sites("default=#true")).await;
+    let with_default = start_in(&dir, &two_sites(true)).await;
     // The client trusts a.test's certificate for c.test only if the server
     // sends it; check what it sent instead of trusting it.
     let mut config = (*client_config(&[&a, &b], &[])).clone();
@@ -231,7 +243,7 @@ async fn plain_http_on_a_tls_port_gets_a_400_with_a_hint() {
     let dir = TempDir::new("tls-plain");
     make_cert(dir.path(), "a.test");
     make_cert(dir.path(), "b.test");
-    let running = start_in(&dir, &two_sites("")).await;
+    let running = start_in(&dir, &two_sites(false)).await;
     let outcome =
         common::raw::exchange(running.addr(), b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
     let response = outcome.response();
@@ -517,9 +529,17 @@ async fn an_https_upstream_with_a_private_ca_needs_tls_ca() {
 async fn an_https_mirror_target_gets_copies() {
     let dir = TempDir::new("tls-mirror-target");
     let (addr, served) = https_backend(dir.path()).await;
-    let site = format!(
-        "site \"127.0.0.1:0\" {{ route \"/*\" {{ mirror \"https://{addr}\" {{ tls_ca \"ca.pem\"; tls_server_name \"upstream.test\"; }}\n respond 200 \"primary\" }} }}"
-    );
+    let target = format!("https://{addr}");
+    let mirror = Mirror::to(&target)
+        .opt(r#"tls_ca "ca.pem""#)
+        .opt(r#"tls_server_name "upstream.test""#);
+    let site = Site::new()
+        .admin(Admin::open())
+        .route(
+            "/*",
+            Chain::new().mirror(mirror).respond_with(200, "primary"),
+        )
+        .to_kdl();
     let running = common::start_in(&site, dir.path()).await;
     let resp = common::Client::http1()
         .get(&format!("{}/copied", common::base_url(&running)))
@@ -529,13 +549,8 @@ async fn an_https_mirror_target_gets_copies() {
         served.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
-    common::eventually("the copy to count as succeeded", || {
-        running.mirrors()[0].targets()[0]
-            .state()
-            .stats
-            .counts()
-            .succeeded
-            == 1
+    metrics::target_until(&running, &target, "the copy to count as succeeded", |c| {
+        c.succeeded == 1
     })
     .await;
 }

@@ -33,7 +33,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::AdminConfig;
-use crate::handlers::mirror::mirrors as running_mirrors;
 use crate::handlers::Published;
 use auth::Login;
 pub use control::{AdminControl, Applied, Prepared, Settings};
@@ -325,7 +324,7 @@ impl Admin {
         match (req.uri.path(), &req.method) {
             ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
             ("/metrics", &Method::GET | &Method::HEAD) => {
-                let mut body = prometheus::render(&running_mirrors(&self.mirrors), &self.metrics);
+                let mut body = prometheus::render(&self.mirrors, &self.metrics);
                 self.logins.render(&mut body, self.throttle.waiting());
                 let mut response = text(StatusCode::OK, body);
                 response.headers_mut().insert(

@@ -16,7 +16,11 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn render(mirrors: &[std::sync::Arc<Mirror>], registry: &MetricsRegistry) -> String {
+/// The route, upstream and mirror lines of `/metrics` (the admin login
+/// lines are the endpoint's own), for what `published` holds.
+pub fn render(published: &crate::handlers::Published, registry: &MetricsRegistry) -> String {
+    let mirrors = crate::handlers::mirror::mirrors(published);
+    let mirrors = mirrors.as_slice();
     let mut out = String::new();
     render_routes(&mut out, registry);
     let targets: Vec<_> = mirrors

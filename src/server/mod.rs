@@ -142,6 +142,15 @@ impl Running {
             .sum()
     }
 
+    /// Renders, on each call, the route and handler metrics of the admin
+    /// endpoint's `GET /metrics` (without its admin login lines), whether
+    /// or not the file has an admin block. It keeps working after
+    /// [`Running::shutdown`], so what a shutdown counted can be read.
+    pub fn metrics_renderer(&self) -> impl Fn() -> String + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || crate::admin::prometheus::render(&shared.published, &shared.metrics)
+    }
+
     /// How long shutdown waits for open connections: `grace_period` as
     /// the site file last said (a reload changes it).
     pub fn grace_period(&self) -> Duration {

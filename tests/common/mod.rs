@@ -11,7 +11,9 @@
 pub mod backend;
 pub mod client;
 pub mod fault;
+pub mod metrics;
 pub mod raw;
+pub mod site;
 pub mod tls;
 pub mod ws;
 
@@ -24,6 +26,8 @@ use std::time::{Duration, Instant};
 pub use backend::{Backend, Gate, Recorded, Reply};
 #[allow(unused_imports)]
 pub use client::{Client, Resp};
+#[allow(unused_imports)]
+pub use site::{Admin, Chain, Mirror, Proxy, Site, Target};
 pub use teebox::server::Running;
 
 /// The bound on every wait in the harness.
@@ -61,14 +65,11 @@ pub async fn start_in(kdl: &str, base_dir: &Path) -> Running {
 /// A one-site file on 127.0.0.1:0 whose only route proxies everything to
 /// `upstreams`, with `options` (KDL lines) inside the `reverse_proxy` block.
 pub fn proxy_site(upstreams: &[String], options: &str) -> String {
-    let upstreams = upstreams
-        .iter()
-        .map(|u| format!("{u:?}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    format!(
-        "site \"127.0.0.1:0\" {{\n    route \"/*\" {{\n        reverse_proxy {upstreams} {{\n{options}\n        }}\n    }}\n}}\n"
-    )
+    let mut proxy = Proxy::to_all(upstreams);
+    if !options.trim().is_empty() {
+        proxy = proxy.opt(options);
+    }
+    Site::new().route("/*", Chain::new().proxy(proxy)).to_kdl()
 }
 
 /// Starts teebox proxying everything to `upstreams` (see [`proxy_site`]).
@@ -76,7 +77,6 @@ pub async fn start_proxy(upstreams: &[String], options: &str) -> Running {
     start(&proxy_site(upstreams, options)).await
 }
 
-/// `http://ADDR` for teebox's first address.
 /// The warnings `validate` gives a valid site file named `file`: how many,
 /// and as they are printed (without colour).
 pub fn warnings(file: &str, kdl: &str) -> (usize, String) {
@@ -86,6 +86,7 @@ pub fn warnings(file: &str, kdl: &str) -> (usize, String) {
     (loaded.warnings.len(), rendered)
 }
 
+/// `http://ADDR` for teebox's first address.
 pub fn base_url(running: &Running) -> String {
     format!("http://{}", running.addr())
 }
