@@ -1,10 +1,11 @@
 //! teebox: a Caddy-style HTTP server whose handler chains make traffic
 //! mirroring first-class.
 //!
-//! The pieces, in the order a request meets them: [`config`] turns the site
-//! file into typed structs; [`server`] listens, picks a site and a route, and
-//! runs the route's chain of [`handlers`]; [`http`] holds what the handlers
-//! share.
+//! The layers, from the bottom (see README's Architecture, checked by
+//! `tests/layers.rs`): base ([`message`], [`chain`], [`counters`], ...),
+//! engines ([`mirror`], [`upstream`]), [`config`] (the site file and the
+//! handler lifecycle), [`handlers`], [`admin`], [`server`]. Each uses only
+//! the layers below it.
 
 pub mod accept_backoff;
 pub mod admin;
