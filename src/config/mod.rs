@@ -9,6 +9,7 @@ mod habits;
 pub mod matchers;
 pub mod model;
 mod nesting;
+pub mod options;
 pub mod reader;
 pub mod value;
 

@@ -10,6 +10,7 @@ use kdl::{KdlEntry, KdlNode};
 use miette::SourceSpan;
 
 use crate::message::body::BodyRefusal;
+use super::upstream_options as up;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
 use crate::config::reader::{arguments, name_span, Options, Reader, Repeat};
 use crate::config::value;
@@ -29,6 +30,7 @@ use crate::mirror::{Mirror, MirrorOptions};
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "mirror",
     decode,
+    options: None,
 };
 
 #[derive(Debug, Clone)]
@@ -49,10 +51,10 @@ const TARGET_OPTIONS: &[(&str, Repeat)] = &[
     ("max_failures", Repeat::Once),
     ("retry_after", Repeat::Once),
     ("fail_after", Repeat::Once),
-    ("header_up", Repeat::Many),
+    up::HEADER_UP.key(),
     ("host", Repeat::Once),
     ("max_rps", Repeat::Once),
-    ("h2c", Repeat::Once),
+    up::H2C.key(),
 ];
 
 /// Options of the mirror as a whole.
@@ -60,9 +62,9 @@ const MIRROR_OPTIONS: &[(&str, Repeat)] = &[
     ("name", Repeat::Once),
     ("alert_interval", Repeat::Once),
     ("max_body", Repeat::Once),
-    ("tls_ca", Repeat::Once),
-    ("tls_server_name", Repeat::Once),
-    ("tls_insecure_skip_verify", Repeat::Once),
+    up::TLS_CA.key(),
+    up::TLS_SERVER_NAME.key(),
+    up::TLS_INSECURE_SKIP_VERIFY.key(),
     ("rewrite", Repeat::Many),
     ("query_set", Repeat::Many),
     ("query_remove", Repeat::Many),
@@ -131,7 +133,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         None => Some(1 << 20),
     };
     let header_up = r.header_ops(&opts.all("header_up"));
-    let tls = crate::upstream::tls_connector::UpstreamTls::decode(&opts, r);
+    let tls = up::tls(&opts, r);
     let rewrite = CopyRewrite::decode(
         r,
         &opts.all("rewrite"),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use kdl::KdlNode;
 
 pub use crate::chain::{BoxFuture, Chain, Middleware, Next, Terminal};
+use crate::config::options::Table;
 use crate::config::reader::Reader;
 
 macro_rules! handlers {
@@ -25,6 +26,8 @@ macro_rules! handlers {
         pub static REGISTRY: &[&HandlerKind] = &[$(&$module::KIND),*];
     };
 }
+
+pub mod upstream_options;
 
 handlers![
     respond,
@@ -69,15 +72,19 @@ pub trait TerminalConfig: Debug + Send + Sync {
 
 pub type Decode<T> = fn(&KdlNode, &mut Reader) -> Option<Box<T>>;
 
-/// A handler's name, role and decoder, as registered above.
+/// A handler's name, role, decoder and declared options, as registered
+/// above. `options` is `None` for a handler whose options are not declared
+/// yet (`mirror`): `validate --explain` then points to the README.
 pub enum HandlerKind {
     Middleware {
         name: &'static str,
         decode: Decode<dyn MiddlewareConfig>,
+        options: Option<&'static Table>,
     },
     Terminal {
         name: &'static str,
         decode: Decode<dyn TerminalConfig>,
+        options: Option<&'static Table>,
     },
 }
 
@@ -85,6 +92,15 @@ impl HandlerKind {
     pub fn name(&self) -> &'static str {
         match self {
             HandlerKind::Middleware { name, .. } | HandlerKind::Terminal { name, .. } => name,
+        }
+    }
+
+    /// What the handler takes, when declared (see [`crate::config::options`]).
+    pub fn options(&self) -> Option<&'static Table> {
+        match self {
+            HandlerKind::Middleware { options, .. } | HandlerKind::Terminal { options, .. } => {
+                *options
+            }
         }
     }
 
