@@ -729,7 +729,7 @@ pub struct OneOf(pub &'static [&'static str]);
 impl Value for OneOf {
     type Out = &'static str;
     fn describe(&self) -> Cow<'static, str> {
-        self.0.join(" ").into()
+        self.0.join(", ").into()
     }
     fn expects(&self) -> Cow<'static, str> {
         format!("one of: {}", self.0.join(", ")).into()
@@ -766,7 +766,7 @@ pub struct Url {
 impl Value for Url {
     type Out = value::UpstreamUrl;
     fn describe(&self) -> Cow<'static, str> {
-        "URL, each once".into()
+        "URLs, each listed once".into()
     }
     fn expects(&self) -> Cow<'static, str> {
         self.expects.into()
