@@ -6,6 +6,7 @@
 mod decode;
 pub mod diag;
 mod habits;
+mod limits;
 pub mod matchers;
 pub mod model;
 mod nesting;
