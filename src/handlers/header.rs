@@ -66,7 +66,11 @@ pub struct Header {
 
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     r.no_properties(node);
-    r.args_only(node, 0, "a block of header edits, e.g. header { \"-Server\" }")?;
+    r.args_only(
+        node,
+        0,
+        "a block of header edits, e.g. header { \"-Server\" }",
+    )?;
     let mut ops = Vec::new();
     let mut ok = true;
     for child in children(node) {
@@ -83,7 +87,11 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         );
         return None;
     }
-    ok.then(|| Box::new(Header { ops: HeaderOps::new(ops) }) as Box<dyn MiddlewareConfig>)
+    ok.then(|| {
+        Box::new(Header {
+            ops: HeaderOps::new(ops),
+        }) as Box<dyn MiddlewareConfig>
+    })
 }
 
 impl MiddlewareConfig for Header {

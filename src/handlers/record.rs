@@ -19,10 +19,10 @@ use kdl::KdlNode;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Middleware, MiddlewareConfig, Next};
 use crate::config::options::{self as o, Spec, Table, Unset};
 use crate::config::reader::Reader;
+use crate::lines::{Destination, LineSink, Roll};
 use crate::message::json;
 use crate::message::placeholders::RequestVars;
 use crate::message::{body, Request, Response};
-use crate::lines::{Destination, LineSink, Roll};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "record",

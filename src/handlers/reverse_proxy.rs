@@ -21,17 +21,17 @@ use super::upstream_options as up;
 use super::{BoxFuture, BuildContext, BuildError, HandlerKind, Terminal, TerminalConfig};
 use crate::config::options::{self as o, Spec, Table, Unset};
 use crate::config::reader::Reader;
-use crate::upstream::url::UpstreamUrl;
 use crate::message::body::{self, Guarded};
 use crate::message::header_ops::HeaderOps;
 use crate::message::placeholders::RequestVars;
-use crate::upstream::pool::{
-    self, PoolSettings, PooledBody, SendError, Upload, UpstreamPool, Uploading,
-};
-use crate::upstream::upgrades::Upgrades;
-use crate::upstream::tls_connector::UpstreamTls;
 use crate::message::{ConnInfo, Request, Response};
 use crate::upstream::hop_by_hop;
+use crate::upstream::pool::{
+    self, PoolSettings, PooledBody, SendError, Upload, Uploading, UpstreamPool,
+};
+use crate::upstream::tls_connector::UpstreamTls;
+use crate::upstream::upgrades::Upgrades;
+use crate::upstream::url::UpstreamUrl;
 
 pub static KIND: HandlerKind = HandlerKind::Terminal {
     name: "reverse_proxy",
@@ -362,7 +362,10 @@ impl ReverseProxy {
     /// it needs across the wait: an `async` block that uses `prepared` in
     /// place (an `async fn` would hold a second copy), and each attempt's
     /// request made in a block of its own.
-    #[allow(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its arguments twice"
+    )]
     fn forward(
         &self,
         mut prepared: Prepared,
@@ -449,8 +452,12 @@ impl ReverseProxy {
                         match prepared.accepts_trailers && self.speaks_http1_to(upstream) {
                             // What an HTTP/2-only server (gRPC) does to an
                             // HTTP/1.1 request rarely says so itself.
-                            true => tracing::warn!(route = %self.route, upstream = %upstream.url, %error, hint = "the request takes trailers (gRPC?): if the upstream speaks only HTTP/2, set `h2c #true`", "upstream failed before answering"),
-                            false => tracing::warn!(route = %self.route, upstream = %upstream.url, %error, "upstream failed before answering"),
+                            true => {
+                                tracing::warn!(route = %self.route, upstream = %upstream.url, %error, hint = "the request takes trailers (gRPC?): if the upstream speaks only HTTP/2, set `h2c #true`", "upstream failed before answering")
+                            }
+                            false => {
+                                tracing::warn!(route = %self.route, upstream = %upstream.url, %error, "upstream failed before answering")
+                            }
                         }
                         failure = Failure::BadGateway;
                         break;
@@ -506,7 +513,9 @@ impl ReverseProxy {
         // name, unless header_up set one.
         if let Some(host) = &upstream.host {
             if !upstream_req.headers().contains_key(header::HOST) {
-                upstream_req.headers_mut().insert(header::HOST, host.clone());
+                upstream_req
+                    .headers_mut()
+                    .insert(header::HOST, host.clone());
             }
         }
         Some(Ok(upstream_req))
