@@ -1,5 +1,5 @@
 //! Which `Upgrade` protocols `reverse_proxy` tunnels (its `upgrades`
-//! option): WebSocket unless told otherwise, and never `h2c`.
+//! option, WebSocket by default): those listed, and never `h2c`.
 //!
 //! Once the upstream answers 101, every later byte of the client's
 //! connection goes to it unseen: no route, matcher or handler looks at it
@@ -14,12 +14,6 @@ use http::HeaderValue;
 /// The protocol names allowed, lower-cased, without versions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrades(Box<[Protocol]>);
-
-impl Default for Upgrades {
-    fn default() -> Self {
-        Upgrades(Box::new([Protocol("websocket".into())]))
-    }
-}
 
 /// One protocol name `upgrades` may allow: a token (RFC 9110 §7.8), and
 /// never `h2c`, whoever builds the list.
@@ -102,7 +96,7 @@ mod tests {
 
     #[test]
     fn offers_only_what_is_allowed() {
-        let upgrades = Upgrades::default();
+        let upgrades = allowing(&["websocket"]);
         let offer = |v: &'static str| upgrades.offer(&HeaderValue::from_static(v));
         assert_eq!(offer("websocket").unwrap(), "websocket");
         assert_eq!(offer("WebSocket").unwrap(), "WebSocket");
@@ -130,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_switch_must_be_to_allowed_protocols_only() {
-        let upgrades = Upgrades::default();
+        let upgrades = allowing(&["websocket"]);
         let allows = |v: &'static str| upgrades.allows(&HeaderValue::from_static(v));
         assert!(allows("websocket"));
         assert!(allows("websocket/13"));
