@@ -35,8 +35,23 @@ enum Command {
     },
     /// Check a site file and report every mistake in it.
     ///
-    /// Exit status: 0 valid, 1 invalid, 2 unreadable.
-    Validate { file: PathBuf },
+    /// Exit status: 0 valid, 1 invalid, 2 unreadable (or, with --explain,
+    /// an unknown handler).
+    Validate {
+        /// The site file.
+        #[arg(required_unless_present = "explain")]
+        file: Option<PathBuf>,
+        /// Print the options HANDLER takes instead (without a name: list
+        /// the handlers).
+        #[arg(
+            long,
+            value_name = "HANDLER",
+            num_args = 0..=1,
+            default_missing_value = "",
+            conflicts_with = "file"
+        )]
+        explain: Option<String>,
+    },
     /// Read a password (prompt, or one line of standard input) and print
     /// its bcrypt hash, for `user` in the admin block or a users_file.
     HashPassword,
@@ -94,7 +109,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { file } => run(&file),
-        Command::Validate { file } => validate(&file),
+        Command::Validate {
+            explain: Some(handler),
+            ..
+        } => explain(&handler),
+        Command::Validate {
+            file: Some(file), ..
+        } => validate(&file),
+        // clap asks for one or the other.
+        Command::Validate { .. } => ExitCode::from(UNREADABLE),
         Command::Fmt { file, overwrite } => fmt(&file, overwrite),
         Command::HashPassword => hash_password(),
         Command::Replay {
@@ -279,6 +302,46 @@ fn validate(file: &Path) -> ExitCode {
         }
         Err(status) => ExitCode::from(status),
     }
+}
+
+/// `validate --explain [HANDLER]`: the handlers, or the options of one as
+/// its declaration gives them.
+fn explain(name: &str) -> ExitCode {
+    use teebox::handlers::{self, REGISTRY};
+    let role = |kind: &handlers::HandlerKind| match kind.is_terminal() {
+        true => "terminal",
+        false => "middleware",
+    };
+    if name.is_empty() {
+        println!("handlers (teebox validate --explain HANDLER prints one's options):");
+        for kind in REGISTRY {
+            println!("  {:<14} {}", kind.name(), role(kind));
+        }
+        return ExitCode::SUCCESS;
+    }
+    let Some(kind) = REGISTRY.find(name) else {
+        eprintln!("teebox validate: unknown handler `{name}`");
+        let names = REGISTRY.iter().map(|k| k.name());
+        match teebox::suggest::suggest(name, names.clone()) {
+            Some(near) => eprintln!("  help: did you mean `{near}`?"),
+            None => eprintln!(
+                "  help: the handlers are: {}",
+                names.collect::<Vec<_>>().join(", ")
+            ),
+        }
+        return ExitCode::from(UNREADABLE);
+    };
+    match kind.options() {
+        Some(table) => {
+            println!("{name} ({})\n", role(kind));
+            print!("{}", config::options::reference(table));
+        }
+        None => println!(
+            "{name} ({}): its options are not declared for --explain yet; see the README's `{name}` section",
+            role(kind)
+        ),
+    }
+    ExitCode::SUCCESS
 }
 
 fn fmt(file: &Path, overwrite: bool) -> ExitCode {

@@ -9,7 +9,9 @@
 //! - every option a block takes is in that block's README table, and every
 //!   option a table lists is taken. What a block takes is read from the
 //!   diagnostic an unknown option gets (``"`mirror` takes: …"``), so these
-//!   tests check the lists users are shown, not a copy of them;
+//!   tests check the lists users are shown, not a copy of them; a handler
+//!   whose options are declared (`config::options`) has a table that lists
+//!   exactly its declarations, with their defaults;
 //! - every handler has its section, every metric family `/metrics` prints
 //!   (and every `outcome`/`result` label value) is in the metrics table,
 //!   every counter of `GET /targets` in the counters table, every command
@@ -19,11 +21,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{base_url, client, Backend, Client, Reply, TempDir};
+use teebox::config::options::{self, Unset};
 use teebox::config::Style;
 use teebox::handlers::{HandlerKind, REGISTRY};
 
@@ -633,6 +636,87 @@ fn handler_options_are_documented() {
             "compare",
             &mirror_with(&format!("compare {{ {PROBE} 1; }}")),
         ),
+    );
+}
+
+/// How a README table names an option, as the reference does: the
+/// leading name of the first code span (with its `=` for a property:
+/// `` `max_size=` ``), or the cell itself without one ("upstreams
+/// (arguments)").
+fn row_name(cell: &str) -> String {
+    match code_spans(cell).first() {
+        Some(span) => match leading_name(span) {
+            Some(name) if span[name.len()..].starts_with('=') => format!("{name}="),
+            Some(name) => name.to_string(),
+            None => span.to_string(),
+        },
+        None => cell.to_string(),
+    }
+}
+
+/// A declared default as a README table shows it: a value as code
+/// (`` `60s` ``), what no value means as words ("system roots").
+fn shown_default(unset: Unset) -> String {
+    match unset {
+        Unset::Default(text) => format!("`{text}`"),
+        other => other.shown().to_string(),
+    }
+}
+
+/// Every handler whose options are declared has a table in its README
+/// section that lists exactly those options, each with the declared
+/// default: the declaration (printed by `validate --explain`) is the
+/// source, the README follows it.
+#[test]
+fn handler_tables_are_their_declarations() {
+    let readme = readme();
+    let mut declared_handlers = 0;
+    for kind in REGISTRY {
+        let Some(declared) = kind.options() else {
+            continue;
+        };
+        declared_handlers += 1;
+        let role = match kind.is_terminal() {
+            true => "terminal",
+            false => "middleware",
+        };
+        let heading = format!("### `{}` ({role})", kind.name());
+        let rows = table(section(&readme, &heading), "option");
+        let in_readme: BTreeMap<String, String> = rows
+            .iter()
+            .map(|row| (row_name(&row[0]), row[2].clone()))
+            .collect();
+        let in_code: BTreeMap<String, String> = declared
+            .iter()
+            .map(|d| (options::shown_name(*d), shown_default(d.unset())))
+            .collect();
+        assert_eq!(
+            in_readme.len(),
+            rows.len(),
+            "{heading}: an option has two rows"
+        );
+        let mut differences = Vec::new();
+        for (name, default) in &in_code {
+            match in_readme.get(name) {
+                None => differences.push(format!("{name}: declared, but has no row")),
+                Some(shown) if shown != default => differences.push(format!(
+                    "{name}: the README's default is {shown:?}, the declared one {default:?}"
+                )),
+                Some(_) => {}
+            }
+        }
+        for name in in_readme.keys().filter(|n| !in_code.contains_key(*n)) {
+            differences.push(format!("{name}: has a row, but is not declared"));
+        }
+        assert!(
+            differences.is_empty(),
+            "{heading}: the README's table and the declaration differ:\n  {}",
+            differences.join("\n  ")
+        );
+    }
+    assert!(
+        declared_handlers >= 6,
+        "only {declared_handlers} handlers are declared"
     );
 }
 

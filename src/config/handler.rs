@@ -29,6 +29,7 @@ use std::time::Instant;
 use kdl::KdlNode;
 
 use super::diag::Problem;
+use super::options::Table;
 use super::reader::Reader;
 use super::value::Spanned;
 use crate::chain::{BoxFuture, Middleware, Terminal};
@@ -37,15 +38,19 @@ use crate::counters::{MetricsRegistry, RouteKey};
 /// Decodes a handler's node; `None` when it has errors (already pushed).
 pub type Decode<T> = fn(&KdlNode, &mut Reader) -> Option<Box<T>>;
 
-/// A handler's name, role and decoder: one registration line each.
+/// A handler's name, role, decoder and declared options: one
+/// registration line each. `options` is `None` for a handler whose options
+/// are not declared yet: `validate --explain` then points to the README.
 pub enum HandlerKind {
     Middleware {
         name: &'static str,
         decode: Decode<dyn MiddlewareConfig>,
+        options: Option<&'static Table>,
     },
     Terminal {
         name: &'static str,
         decode: Decode<dyn TerminalConfig>,
+        options: Option<&'static Table>,
     },
 }
 
@@ -53,6 +58,15 @@ impl HandlerKind {
     pub fn name(&self) -> &'static str {
         match self {
             HandlerKind::Middleware { name, .. } | HandlerKind::Terminal { name, .. } => name,
+        }
+    }
+
+    /// What the handler takes, when declared (see [`super::options`]).
+    pub fn options(&self) -> Option<&'static Table> {
+        match self {
+            HandlerKind::Middleware { options, .. } | HandlerKind::Terminal { options, .. } => {
+                *options
+            }
         }
     }
 

@@ -7,9 +7,11 @@ mod decode;
 pub mod diag;
 mod habits;
 pub mod handler;
+mod limits;
 pub mod matchers;
 pub mod model;
 mod nesting;
+pub mod options;
 pub mod reader;
 pub mod value;
 

@@ -484,7 +484,7 @@ impl<'p> Reader<'p> {
             }
             found.push((key, child));
         }
-        Options { found }
+        Options { node, found }
     }
 
     /// Decodes every `header_up`-style node of an option block.
@@ -495,10 +495,26 @@ impl<'p> Reader<'p> {
 
 /// The options of a block, by name, in file order.
 pub struct Options<'n> {
+    /// The node whose block they are.
+    node: &'n KdlNode,
     found: Vec<(&'static str, &'n KdlNode)>,
 }
 
 impl<'n> Options<'n> {
+    /// None of `node`'s children: for a node whose block holds no named
+    /// options, when its properties are looked up (`config::options`).
+    pub fn none(node: &'n KdlNode) -> Self {
+        Options {
+            node,
+            found: Vec::new(),
+        }
+    }
+
+    /// The node whose options these are.
+    pub fn node(&self) -> &'n KdlNode {
+        self.node
+    }
+
     /// The node for an option given at most once.
     pub fn one(&self, name: &str) -> Option<&'n KdlNode> {
         self.found.iter().find(|(k, _)| *k == name).map(|(_, n)| *n)

@@ -4,6 +4,7 @@
 //! Written with a block so that it cannot be mistaken for the `header`
 //! request matcher (`header "X-Canary" "1"`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use kdl::KdlNode;
@@ -12,16 +13,54 @@ use super::{
     BoxFuture, BuildContext, BuildError, HandlerConfig, HandlerKind, Middleware, MiddlewareConfig,
     Next,
 };
+use crate::config::options::{Spec, Table, Unset, Value};
 use crate::config::reader::{arguments, children, name_span, Reader};
 use crate::config::Problem;
-use crate::message::header_ops::HeaderOps;
+use crate::message::header_ops::{HeaderOp, HeaderOps};
 use crate::message::placeholders::RequestVars;
 use crate::message::{Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "header",
     decode,
+    options: Some(OPTIONS),
 };
+
+/// What `header` takes: a block of edits, each named by its header.
+pub static OPTIONS: &Table = &[&EDITS];
+
+static EDITS: Spec<Edit> = Spec::children(
+    "edits",
+    Edit,
+    Unset::Required,
+    "Edits of the response's headers, applied in file order.",
+);
+
+/// One edit in the block: `"Name" "value"`, `"+Name" "value"`, `"-Name"`.
+#[derive(Debug)]
+struct Edit;
+
+impl Value for Edit {
+    type Out = HeaderOp;
+    fn describe(&self) -> Cow<'static, str> {
+        "\"Name\" \"v\" set, \"+Name\" \"v\" add, \"-Name\" remove".into()
+    }
+    fn expects(&self) -> Cow<'static, str> {
+        "a header name".into()
+    }
+    fn node(&self, _: &'static str, child: &KdlNode, r: &mut Reader) -> Option<HeaderOp> {
+        r.no_children(child);
+        r.no_properties(child);
+        r.header_op_from(
+            child.name().value(),
+            name_span(child),
+            &arguments(child),
+            USAGE.to_string(),
+        )
+    }
+}
+
+const USAGE: &str = "inside `header`, write \"Name\" \"value\" to set, \"+Name\" \"value\" to add, \"-Name\" to remove";
 
 #[derive(Debug, Clone)]
 pub struct Header {
@@ -38,15 +77,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     let mut ops = Vec::new();
     let mut ok = true;
     for child in children(node) {
-        r.no_children(child);
-        r.no_properties(child);
-        let usage = "inside `header`, write \"Name\" \"value\" to set, \"+Name\" \"value\" to add, \"-Name\" to remove".to_string();
-        match r.header_op_from(
-            child.name().value(),
-            name_span(child),
-            &arguments(child),
-            usage,
-        ) {
+        match EDITS.read_node(child, r) {
             Some(op) => ops.push(op),
             None => ok = false,
         }

@@ -25,6 +25,8 @@ pub mod request_body;
 pub mod respond;
 pub mod reverse_proxy;
 pub mod rewrite;
+/// The options `reverse_proxy` and `mirror` share, declared once.
+pub mod upstream_options;
 
 /// Every handler the site file knows: its registration line.
 pub static REGISTRY: Registry = Registry::new(&[

@@ -20,8 +20,8 @@ use super::{
     BoxFuture, BuildContext, BuildError, HandlerConfig, HandlerKind, Middleware, MiddlewareConfig,
     Next,
 };
-use crate::config::reader::{Reader, Repeat};
-use crate::config::value;
+use crate::config::options::{self as o, Spec, Table, Unset};
+use crate::config::reader::Reader;
 use crate::lines::{Destination, LineSink, Roll};
 use crate::message::json;
 use crate::message::placeholders::RequestVars;
@@ -30,7 +30,48 @@ use crate::message::{body, Request, Response};
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "record",
     decode,
+    options: Some(OPTIONS),
 };
+
+/// What `record` takes, in the order its diagnostics list it.
+pub static OPTIONS: &Table = &[&PATH, &RESPONSES, &MAX_BODY, &ROLL_SIZE, &ROLL_KEEP];
+
+static PATH: Spec<o::FileToWrite> = Spec::argument(
+    "path",
+    o::FileToWrite {
+        what: "record file",
+    },
+    Unset::Required,
+    "Where the lines go (appended to; its directory must exist).",
+);
+
+static RESPONSES: Spec<o::Flag> = Spec::once(
+    "responses",
+    o::Flag,
+    Unset::Default("#false"),
+    "Also record the response.",
+);
+
+static MAX_BODY: Spec<o::Size> = Spec::once(
+    "max_body",
+    o::Size,
+    Unset::Default("1MiB"),
+    "Bodies are kept up to this size; longer ones are cut and marked.",
+);
+
+static ROLL_SIZE: Spec<o::Size> = Spec::once(
+    "roll_size",
+    o::Size,
+    Unset::Default("100MiB"),
+    "Past this size the file is rolled to path.1, path.2, ...",
+);
+
+static ROLL_KEEP: Spec<o::Int> = Spec::once(
+    "roll_keep",
+    o::Int { min: 0, max: 1000 },
+    Unset::Default("5"),
+    "Rolled files kept; the oldest is removed.",
+);
 
 #[derive(Debug, Clone)]
 pub struct RecordConfig {
@@ -48,34 +89,12 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     r.no_properties(node);
     let path = r
         .args_only(node, 1, "a file path, such as \"traffic.jsonl\"")
-        .and_then(|args| r.file_to_write(args[0], "record file"));
-    let opts = r.options(
-        node,
-        &[
-            ("responses", Repeat::Once),
-            ("max_body", Repeat::Once),
-            ("roll_size", Repeat::Once),
-            ("roll_keep", Repeat::Once),
-        ],
-    );
-    let responses = match opts.one("responses") {
-        Some(n) => r.value(n, "#true or #false", value::boolean),
-        None => Some(false),
-    };
-    let max_body = match opts.one("max_body") {
-        Some(n) => r.value(n, "a size such as \"1MiB\"", value::size),
-        None => Some(1 << 20),
-    };
-    let roll_size = match opts.one("roll_size") {
-        Some(n) => r.value(n, "a size such as \"100MiB\"", value::size),
-        None => Some(100 << 20),
-    };
-    let roll_keep = match opts.one("roll_keep") {
-        Some(n) => r.value(n, "a whole number from 0 to 1000", |e| {
-            value::integer(e, 0, 1000)
-        }),
-        None => Some(5),
-    };
+        .and_then(|args| PATH.read_entry(args[0], r));
+    let opts = o::read(node, OPTIONS, r);
+    let responses = opts.get(r, &RESPONSES);
+    let max_body = opts.get(r, &MAX_BODY);
+    let roll_size = opts.get(r, &ROLL_SIZE);
+    let roll_keep = opts.get(r, &ROLL_KEEP);
     Some(Box::new(RecordConfig {
         path: path?,
         responses: responses?,

@@ -18,8 +18,8 @@ use super::{
     BoxFuture, BuildContext, BuildError, FileView, HandlerConfig, HandlerKind, Middleware,
     MiddlewareConfig, Next,
 };
+use crate::config::options::{self as o, Spec, Table, Unset};
 use crate::config::reader::{name_span, Reader};
-use crate::config::value;
 use crate::config::Problem;
 use crate::message::body::BodyTooLarge;
 use crate::message::{body, BoxError, Request, Response};
@@ -27,7 +27,18 @@ use crate::message::{body, BoxError, Request, Response};
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "request_body",
     decode,
+    options: Some(OPTIONS),
 };
+
+/// What `request_body` takes: its one property.
+pub static OPTIONS: &Table = &[&MAX_SIZE];
+
+static MAX_SIZE: Spec<o::Size> = Spec::property(
+    "max_size",
+    o::Size,
+    Unset::Required,
+    "The largest request body: over it, 413.",
+);
 
 #[derive(Debug, Clone)]
 pub struct RequestBody {
@@ -36,9 +47,9 @@ pub struct RequestBody {
 
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     r.no_children(node);
-    r.known_properties(node, &["max_size"]);
+    o::check_properties(node, OPTIONS, r);
     r.args_only(node, 0, "max_size=, as in request_body max_size=\"10MiB\"")?;
-    let Some(entry) = node.entry("max_size") else {
+    let Some(max_size) = o::on(node, OPTIONS).maybe(r, &MAX_SIZE)? else {
         r.push(
             Problem::error(name_span(node), "`request_body` needs max_size=")
                 .label("no limit given")
@@ -46,8 +57,9 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         );
         return None;
     };
-    let max_size = r.check(value::size(entry))?;
-    Some(Box::new(RequestBody { max_size }))
+    Some(Box::new(RequestBody {
+        max_size: max_size.value,
+    }))
 }
 
 impl HandlerConfig for RequestBody {

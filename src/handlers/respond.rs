@@ -9,14 +9,32 @@ use kdl::KdlNode;
 use super::{
     BoxFuture, BuildContext, BuildError, HandlerConfig, HandlerKind, Terminal, TerminalConfig,
 };
+use crate::config::options::{self as o, Spec, Table, Unset};
 use crate::config::reader::{arguments, Reader};
-use crate::config::value;
 use crate::message::{body, ConnInfo, Request, Response};
 
 pub static KIND: HandlerKind = HandlerKind::Terminal {
     name: "respond",
     decode,
+    options: Some(OPTIONS),
 };
+
+/// What `respond` takes: its two arguments.
+pub static OPTIONS: &Table = &[&STATUS, &BODY];
+
+static STATUS: Spec<o::Status> = Spec::argument(
+    "status",
+    o::Status,
+    Unset::Required,
+    "The final status answered (a 1xx is not an answer).",
+);
+
+static BODY: Spec<o::Text> = Spec::argument(
+    "body",
+    o::Text::ANY,
+    Unset::Means("empty"),
+    "The body; a non-empty one goes as text/plain; charset=utf-8.",
+);
 
 #[derive(Debug, Clone)]
 pub struct Respond {
@@ -49,9 +67,9 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
             return None;
         }
     };
-    let status = r.check(value::final_status(status));
+    let status = STATUS.read_entry(status, r);
     let body = match body {
-        Some(b) => r.check(value::string(b)).map(Bytes::from),
+        Some(b) => BODY.read_entry(b, r).map(Bytes::from),
         None => Some(Bytes::new()),
     };
     Some(Box::new(Respond {

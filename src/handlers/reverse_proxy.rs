@@ -17,11 +17,12 @@ use http::{StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use kdl::KdlNode;
 
+use super::upstream_options as up;
 use super::{
     BoxFuture, BuildContext, BuildError, HandlerConfig, HandlerKind, Terminal, TerminalConfig,
 };
-use crate::config::reader::{Reader, Repeat};
-use crate::config::value;
+use crate::config::options::{self as o, Spec, Table, Unset};
+use crate::config::reader::Reader;
 use crate::message::body::{self, Guarded};
 use crate::message::header_ops::HeaderOps;
 use crate::message::placeholders::RequestVars;
@@ -37,9 +38,84 @@ use crate::upstream::url::UpstreamUrl;
 pub static KIND: HandlerKind = HandlerKind::Terminal {
     name: "reverse_proxy",
     decode,
+    options: Some(OPTIONS),
 };
 
-const LB_POLICIES: [&str; 4] = ["round_robin", "random", "least_conn", "first"];
+/// What `reverse_proxy` takes, in the order its diagnostics list it.
+pub static OPTIONS: &Table = &[
+    &UPSTREAMS,
+    &LB_POLICY,
+    &CONNECT_TIMEOUT,
+    &TIMEOUT,
+    &up::HEADER_UP,
+    &HEADER_DOWN,
+    &PRESERVE_HOST,
+    &FORWARDED,
+    &KEEPALIVE,
+    &up::TLS_CA,
+    &up::TLS_SERVER_NAME,
+    &up::TLS_INSECURE_SKIP_VERIFY,
+    &up::H2C,
+    &up::UPGRADES,
+];
+
+static UPSTREAMS: Spec<o::Url> = Spec::arguments(
+    "upstreams",
+    o::Url {
+        expects: "one or more upstream URLs, such as \"http://127.0.0.1:9000\"",
+    },
+    Unset::Required,
+    "Where requests go; the policy picks one per request.",
+);
+
+static LB_POLICY: Spec<o::OneOf> = Spec::once(
+    "lb_policy",
+    o::OneOf(&["round_robin", "random", "least_conn", "first"]),
+    Unset::Default("round_robin"),
+    "Which upstream is tried first.",
+);
+
+static CONNECT_TIMEOUT: Spec<o::Duration> = Spec::once(
+    "connect_timeout",
+    o::Duration::POSITIVE,
+    Unset::Default("5s"),
+    "Could not connect in time: 502.",
+);
+
+static TIMEOUT: Spec<o::Duration> = Spec::once(
+    "timeout",
+    o::Duration::POSITIVE,
+    Unset::Default("60s"),
+    "No response head in time (connecting included): 504.",
+);
+
+static HEADER_DOWN: Spec<o::HeaderEdit> = Spec::many(
+    "header_down",
+    o::HeaderEdit,
+    Unset::Means("none"),
+    "Edits the response sent to the client, in file order.",
+);
+
+static PRESERVE_HOST: Spec<o::Flag> = Spec::once(
+    "preserve_host",
+    o::Flag,
+    Unset::Default("#true"),
+    "Send the client's Host; #false sends the upstream URL's.",
+);
+
+static FORWARDED: Spec<o::Flag> = Spec::once(
+    "forwarded",
+    o::Flag,
+    Unset::Default("#true"),
+    "Add X-Forwarded-For, -Proto, -Host and Forwarded.",
+);
+
+static KEEPALIVE: Spec<o::Flag> = Spec::once(
+    "keepalive",
+    o::Flag,
+    Unset::Default("#true"),
+    "Pool and reuse upstream connections.",
+);
 
 /// How long an upstream that refused a connection is passed over, as
 /// nginx's `max_fails=1 fail_timeout=10s`.
@@ -75,57 +151,25 @@ pub struct ReverseProxyConfig {
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
     r.no_properties(node);
     let upstreams = r
-        .some_args(
-            node,
-            "one or more upstream URLs, such as \"http://127.0.0.1:9000\"",
-        )
-        .and_then(|args| r.urls(&args));
-    let opts = r.options(
-        node,
-        &[
-            ("lb_policy", Repeat::Once),
-            ("connect_timeout", Repeat::Once),
-            ("timeout", Repeat::Once),
-            ("header_up", Repeat::Many),
-            ("header_down", Repeat::Many),
-            ("preserve_host", Repeat::Once),
-            ("forwarded", Repeat::Once),
-            ("keepalive", Repeat::Once),
-            ("tls_ca", Repeat::Once),
-            ("tls_server_name", Repeat::Once),
-            ("tls_insecure_skip_verify", Repeat::Once),
-            ("h2c", Repeat::Once),
-            ("upgrades", Repeat::Once),
-        ],
-    );
-    let duration = |r: &mut Reader, name: &str, default: u64| match opts.one(name) {
-        Some(n) => r.value(n, "a duration such as \"5s\"", value::positive_duration),
-        None => Some(Duration::from_secs(default)),
-    };
-    let flag = |r: &mut Reader, name: &str, default: bool| match opts.one(name) {
-        Some(n) => r.value(n, "#true or #false", value::boolean),
-        None => Some(default),
-    };
-    let lb_policy = match opts.one("lb_policy") {
-        Some(n) => r.value(n, "a policy name", |e| value::one_of(e, &LB_POLICIES)),
-        None => Some("round_robin"),
-    }
-    .map(|name| match name {
+        .some_args(node, &UPSTREAMS.expects())
+        .and_then(|args| UPSTREAMS.read_list(&args, r));
+    let opts = o::read(node, OPTIONS, r);
+    let lb_policy = opts.get(r, &LB_POLICY).map(|name| match name {
         "random" => LbPolicy::Random,
         "least_conn" => LbPolicy::LeastConn,
         "first" => LbPolicy::First,
         _ => LbPolicy::RoundRobin,
     });
-    let connect_timeout = duration(r, "connect_timeout", 5);
-    let timeout = duration(r, "timeout", 60);
-    let header_up = r.header_ops(&opts.all("header_up"));
-    let header_down = r.header_ops(&opts.all("header_down"));
-    let preserve_host = flag(r, "preserve_host", true);
-    let forwarded = flag(r, "forwarded", true);
-    let keepalive = flag(r, "keepalive", true);
-    let tls = UpstreamTls::decode(&opts, r);
-    let h2c = flag(r, "h2c", false);
-    let upgrades = Upgrades::decode(opts.one("upgrades"), r);
+    let connect_timeout = opts.get(r, &CONNECT_TIMEOUT);
+    let timeout = opts.get(r, &TIMEOUT);
+    let header_up = HeaderOps::new(opts.every(r, &up::HEADER_UP));
+    let header_down = HeaderOps::new(opts.every(r, &HEADER_DOWN));
+    let preserve_host = opts.get(r, &PRESERVE_HOST);
+    let forwarded = opts.get(r, &FORWARDED);
+    let keepalive = opts.get(r, &KEEPALIVE);
+    let tls = up::tls(opts.options(), r);
+    let h2c = opts.get(r, &up::H2C);
+    let upgrades = opts.get(r, &up::UPGRADES);
     Some(Box::new(ReverseProxyConfig {
         upstreams: upstreams?,
         lb_policy: lb_policy?,

@@ -1,7 +1,10 @@
 //! Connections to `https://` upstreams and mirror targets: verified against
 //! the system's roots, or a private CA (`tls_ca`), with an optional
 //! `tls_server_name`, or, for tests and emergencies only, not verified at
-//! all (`tls_insecure_skip_verify`, which `validate` warns about).
+//! all (`tls_insecure_skip_verify`, which `validate` warns about). The
+//! settings come decoded from the site file by the handlers that take them;
+//! the CA bundle is read with the site file, by [`read_ca`], so that
+//! `validate` refuses one `run` could not use.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,11 +18,10 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 
 use super::target_guard::Resolver;
-use crate::config::reader::{Options, Reader};
-use crate::config::{value, Problem};
 
 pub type Connector = HttpsConnector<HttpConnector<Resolver>>;
 
+/// How `https://` upstreams are verified.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamTls {
     /// `tls_ca`, read with the site file: the roots trusted instead of
@@ -30,66 +32,6 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// The TLS options of a block; `tls_ca` is read and parsed here, so
-    /// that `teebox validate` refuses a bundle `run` could not use.
-    pub fn decode(opts: &Options, r: &mut Reader) -> Option<UpstreamTls> {
-        let ca = match opts.one("tls_ca") {
-            Some(n) => r
-                .args(n, 1, "a PEM file of CA certificates")
-                .and_then(|args| {
-                    let entry = args[0];
-                    let written = r.check(value::non_empty_string(entry))?;
-                    let path = r.resolve(Path::new(&written));
-                    match read_ca(&path) {
-                        Ok(roots) => Some(Some(Arc::new(roots))),
-                        Err(why) => {
-                            r.push(
-                                Problem::error(value::value_span(entry), why)
-                                    .label("unusable CA bundle")
-                                    .help("give a PEM file of the CA certificates that signed the upstream's certificate"),
-                            );
-                            None
-                        }
-                    }
-                }),
-            None => Some(None),
-        };
-        let server_name = match opts.one("tls_server_name") {
-            Some(n) => r
-                .value(n, "a host name", |entry| {
-                    let name = value::non_empty_string(entry)?;
-                    ServerName::try_from(name.clone()).map_err(|_| {
-                        Problem::error(
-                            value::value_span(entry),
-                            format!("tls_server_name `{name}` is not a DNS name or IP address"),
-                        )
-                        .label("not a server name")
-                    })
-                })
-                .map(Some),
-            None => Some(None),
-        };
-        let insecure = match opts.one("tls_insecure_skip_verify") {
-            Some(n) => {
-                let on = r.value(n, "#true or #false", value::boolean);
-                if on == Some(true) {
-                    r.push(
-                        Problem::warning(n.span(), "upstream certificates are not verified")
-                            .label("anyone on the path can pose as the upstream")
-                            .help("give the upstream's CA with tls_ca instead"),
-                    );
-                }
-                on
-            }
-            None => Some(false),
-        };
-        Some(UpstreamTls {
-            ca: ca?,
-            server_name: server_name?,
-            insecure: insecure?,
-        })
-    }
-
     /// A connector that speaks plain HTTP to `http://` and TLS to
     /// `https://` URLs; over TLS it offers HTTP/2 and HTTP/1.1 by ALPN and
     /// the client follows the upstream's choice.

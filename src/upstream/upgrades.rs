@@ -1,5 +1,5 @@
 //! Which `Upgrade` protocols `reverse_proxy` tunnels (its `upgrades`
-//! option): WebSocket unless told otherwise, and never `h2c`.
+//! option, WebSocket by default): those listed, and never `h2c`.
 //!
 //! Once the upstream answers 101, every later byte of the client's
 //! connection goes to it unseen: no route, matcher or handler looks at it
@@ -10,42 +10,41 @@
 //! (as nginx does), and the connection stays teebox's.
 
 use http::HeaderValue;
-use kdl::{KdlEntry, KdlNode, KdlValue};
-
-use crate::config::reader::Reader;
-use crate::config::value::{self, Parsed};
-use crate::config::Problem;
 
 /// The protocol names allowed, lower-cased, without versions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upgrades(Box<[Box<str>]>);
+pub struct Upgrades(Box<[Protocol]>);
 
-impl Default for Upgrades {
-    fn default() -> Self {
-        Upgrades(Box::new(["websocket".into()]))
+/// One protocol name `upgrades` may allow: a token (RFC 9110 §7.8), and
+/// never `h2c`, whoever builds the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protocol(Box<str>);
+
+/// Why a name cannot be a [`Protocol`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadProtocol {
+    /// `h2c`: a tunnel would carry later requests past the routes.
+    H2c,
+    /// Not a token, or a name with its version.
+    NotAToken,
+}
+
+impl Protocol {
+    pub fn new(name: &str) -> Result<Protocol, BadProtocol> {
+        if name.eq_ignore_ascii_case("h2c") {
+            return Err(BadProtocol::H2c);
+        }
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(BadProtocol::NotAToken);
+        }
+        Ok(Protocol(name.to_ascii_lowercase().into()))
     }
 }
 
 impl Upgrades {
-    /// `upgrades "websocket" "foo"`, or `upgrades #false` for none; absent,
-    /// WebSocket alone.
-    pub fn decode(node: Option<&KdlNode>, r: &mut Reader) -> Option<Upgrades> {
-        let Some(node) = node else {
-            return Some(Upgrades::default());
-        };
-        r.no_children(node);
-        r.no_properties(node);
-        let args = r.some_args(
-            node,
-            "one or more protocol names, such as \"websocket\", or #false for none",
-        )?;
-        if let [only] = args.as_slice() {
-            if matches!(only.value(), KdlValue::Bool(false)) {
-                return Some(Upgrades(Box::new([])));
-            }
-        }
-        r.each(&args, protocol_name)
-            .map(|names| Upgrades(names.into()))
+    /// Exactly these protocols (none: no upgrade is tunnelled).
+    pub fn allowing(protocols: Vec<Protocol>) -> Upgrades {
+        Upgrades(protocols.into())
     }
 
     /// What to offer upstream of the protocols an `Upgrade` value lists:
@@ -73,38 +72,13 @@ impl Upgrades {
         let name = protocol.split(|&b| b == b'/').next().unwrap_or_default();
         self.0
             .iter()
-            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            .any(|n| name.eq_ignore_ascii_case(n.0.as_bytes()))
     }
 }
 
 /// The protocols of an `Upgrade` value (a comma-separated list).
 fn protocols(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     super::hop_by_hop::list(value.as_bytes())
-}
-
-/// One name in `upgrades`: a token (RFC 9110 §7.8), and not `h2c`.
-fn protocol_name(entry: &KdlEntry) -> Parsed<Box<str>> {
-    let name = value::non_empty_string(entry)?;
-    if name.eq_ignore_ascii_case("h2c") {
-        return Err(Problem::error(
-            value::value_span(entry),
-            "`h2c` upgrades are never tunnelled",
-        )
-        .label("not allowed")
-        .help(
-            "an h2c tunnel would carry later requests past the routes; \
-             for HTTP/2 upstream, set `h2c #true`",
-        ));
-    }
-    if !name.bytes().all(is_tchar) {
-        return Err(Problem::error(
-            value::value_span(entry),
-            format!("`{name}` is not a protocol name"),
-        )
-        .label("not a protocol name")
-        .help("write the name alone, such as \"websocket\": a token, without a version"));
-    }
-    Ok(name.to_ascii_lowercase().into())
 }
 
 /// RFC 9110 §5.6.2.
@@ -117,12 +91,12 @@ mod tests {
     use super::*;
 
     fn allowing(names: &[&str]) -> Upgrades {
-        Upgrades(names.iter().map(|&n| n.into()).collect())
+        Upgrades::allowing(names.iter().map(|n| Protocol::new(n).unwrap()).collect())
     }
 
     #[test]
     fn offers_only_what_is_allowed() {
-        let upgrades = Upgrades::default();
+        let upgrades = allowing(&["websocket"]);
         let offer = |v: &'static str| upgrades.offer(&HeaderValue::from_static(v));
         assert_eq!(offer("websocket").unwrap(), "websocket");
         assert_eq!(offer("WebSocket").unwrap(), "WebSocket");
@@ -141,8 +115,16 @@ mod tests {
     }
 
     #[test]
+    fn h2c_and_names_with_versions_are_never_protocols() {
+        assert_eq!(Protocol::new("H2C"), Err(BadProtocol::H2c));
+        assert_eq!(Protocol::new("websocket/13"), Err(BadProtocol::NotAToken));
+        assert_eq!(Protocol::new(""), Err(BadProtocol::NotAToken));
+        assert_eq!(Protocol::new("WebSocket").unwrap().0.as_ref(), "websocket");
+    }
+
+    #[test]
     fn a_switch_must_be_to_allowed_protocols_only() {
-        let upgrades = Upgrades::default();
+        let upgrades = allowing(&["websocket"]);
         let allows = |v: &'static str| upgrades.allows(&HeaderValue::from_static(v));
         assert!(allows("websocket"));
         assert!(allows("websocket/13"));

@@ -1,7 +1,6 @@
 //! `global { … }`: log, grace period, limits and the admin endpoint.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use kdl::KdlNode;
 use miette::SourceSpan;
@@ -39,7 +38,7 @@ pub(super) fn global(node: &KdlNode, r: &mut Reader) -> Option<Global> {
     let admin = opts.one("admin").map(|n| admin(n, r));
     let limits = opts
         .one("limits")
-        .map(|n| limits(n, r))
+        .map(|n| crate::config::limits::decode(n, r))
         .unwrap_or(Some(Limits::default()));
     Some(Global {
         log: log?,
@@ -49,70 +48,6 @@ pub(super) fn global(node: &KdlNode, r: &mut Reader) -> Option<Global> {
             Some(a) => Some(a?),
             None => None,
         },
-    })
-}
-
-fn limits(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
-    r.no_properties(node);
-    r.args_only(
-        node,
-        0,
-        "options go inside the block: limits { max_connections 10000 }",
-    );
-    let opts = r.options(
-        node,
-        &[
-            ("max_header_size", Repeat::Once),
-            ("read_header_timeout", Repeat::Once),
-            ("read_body_timeout", Repeat::Once),
-            ("idle_timeout", Repeat::Once),
-            ("max_connections", Repeat::Once),
-            ("h2_max_concurrent_streams", Repeat::Once),
-        ],
-    );
-    let defaults = Limits::default();
-    // hyper needs room for at least 8 KiB of head.
-    let max_header_size = match opts.one("max_header_size") {
-        Some(n) => r.value(n, "a size from \"8KiB\" to \"16MiB\"", |e| {
-            let size = value::size(e)?;
-            if !(8 * 1024..=16 << 20).contains(&size) {
-                return Err(Problem::error(
-                    value::value_span(e),
-                    format!("{size} bytes is out of range"),
-                )
-                .label("expected 8KiB to 16MiB")
-                .help("request heads are rarely over 8 KiB; the default is \"64KiB\""));
-            }
-            Ok(size as usize)
-        }),
-        None => Some(defaults.max_header_size),
-    };
-    let duration = |r: &mut Reader, key: &str, default: Duration| match opts.one(key) {
-        Some(n) => r.value(n, "a duration such as \"10s\"", value::positive_duration),
-        None => Some(default),
-    };
-    let read_header_timeout = duration(r, "read_header_timeout", defaults.read_header_timeout);
-    let read_body_timeout = duration(r, "read_body_timeout", defaults.read_body_timeout);
-    let idle_timeout = duration(r, "idle_timeout", defaults.idle_timeout);
-    let max_connections = match opts.one("max_connections") {
-        Some(n) => r.value(n, "a whole number from 1 to 1000000", |e| {
-            value::integer(e, 1, 1_000_000)
-        }),
-        None => Some(defaults.max_connections as i128),
-    };
-    let streams = match opts.one("h2_max_concurrent_streams") {
-        Some(n) => r.value(n, "a whole number from 1 to 10000", |e| {
-            value::integer(e, 1, 10_000)
-        }),
-        None => Some(i128::from(defaults.h2_max_concurrent_streams)),
-    };
-    Some(Limits {
-        max_header_size: max_header_size?,
-        read_header_timeout: read_header_timeout?,
-        read_body_timeout: read_body_timeout?,
-        idle_timeout: idle_timeout?,
-        max_connections: max_connections? as usize,
-        h2_max_concurrent_streams: streams? as u32,
     })
 }
 

@@ -11,6 +11,7 @@ use http_body::SizeHint;
 use kdl::{KdlEntry, KdlNode};
 use miette::SourceSpan;
 
+use super::upstream_options as up;
 use super::{
     BoxFuture, BuildContext, BuildError, FileView, HandlerConfig, HandlerKind, HandlerState,
     Middleware, MiddlewareConfig, Next, Published,
@@ -31,6 +32,7 @@ use crate::upstream::url::UpstreamUrl;
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "mirror",
     decode,
+    options: None,
 };
 
 mod compare;
@@ -57,10 +59,10 @@ const TARGET_OPTIONS: &[(&str, Repeat)] = &[
     ("max_failures", Repeat::Once),
     ("retry_after", Repeat::Once),
     ("fail_after", Repeat::Once),
-    ("header_up", Repeat::Many),
+    up::HEADER_UP.key(),
     ("host", Repeat::Once),
     ("max_rps", Repeat::Once),
-    ("h2c", Repeat::Once),
+    up::H2C.key(),
 ];
 
 /// Options of the mirror as a whole.
@@ -68,9 +70,9 @@ const MIRROR_OPTIONS: &[(&str, Repeat)] = &[
     ("name", Repeat::Once),
     ("alert_interval", Repeat::Once),
     ("max_body", Repeat::Once),
-    ("tls_ca", Repeat::Once),
-    ("tls_server_name", Repeat::Once),
-    ("tls_insecure_skip_verify", Repeat::Once),
+    up::TLS_CA.key(),
+    up::TLS_SERVER_NAME.key(),
+    up::TLS_INSECURE_SKIP_VERIFY.key(),
     ("rewrite", Repeat::Many),
     ("query_set", Repeat::Many),
     ("query_remove", Repeat::Many),
@@ -138,7 +140,7 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         None => Some(1 << 20),
     };
     let header_up = r.header_ops(&opts.all("header_up"));
-    let tls = crate::upstream::tls_connector::UpstreamTls::decode(&opts, r);
+    let tls = up::tls(&opts, r);
     let edits = copy_edits::decode(
         r,
         &opts.all("rewrite"),

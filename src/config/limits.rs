@@ -1,0 +1,158 @@
+//! `global { limits { … } }`: the connection and request limits of every
+//! listener, declared once (see [`super::options`]).
+
+use std::borrow::Cow;
+
+use kdl::{KdlEntry, KdlNode};
+
+use super::diag::Problem;
+use super::model::Limits;
+use super::options::{self as o, Spec, Table, Unset, Value};
+use super::reader::Reader;
+use super::value;
+
+/// What `limits` takes, in the order its diagnostics list it.
+pub static OPTIONS: &Table = &[
+    &MAX_HEADER_SIZE,
+    &READ_HEADER_TIMEOUT,
+    &READ_BODY_TIMEOUT,
+    &IDLE_TIMEOUT,
+    &MAX_CONNECTIONS,
+    &H2_MAX_CONCURRENT_STREAMS,
+];
+
+static MAX_HEADER_SIZE: Spec<HeaderSize> = Spec::once(
+    "max_header_size",
+    HeaderSize,
+    Unset::Default("64KiB"),
+    "Request line plus headers (HTTP/2: the header list); larger: 431.",
+);
+
+static READ_HEADER_TIMEOUT: Spec<o::Duration> = Spec::once(
+    "read_header_timeout",
+    o::Duration::POSITIVE,
+    Unset::Default("10s"),
+    "From a request head's first byte to its end; over it: 408, closed.",
+);
+
+static READ_BODY_TIMEOUT: Spec<o::Duration> = Spec::once(
+    "read_body_timeout",
+    o::Duration::POSITIVE,
+    Unset::Default("1m"),
+    "The longest wait for the client between two reads of a request body.",
+);
+
+static IDLE_TIMEOUT: Spec<o::Duration> = Spec::once(
+    "idle_timeout",
+    o::Duration::POSITIVE,
+    Unset::Default("2m"),
+    "A keep-alive connection idle this long is closed.",
+);
+
+static MAX_CONNECTIONS: Spec<o::Int> = Spec::once(
+    "max_connections",
+    o::Int {
+        min: 1,
+        max: 1_000_000,
+    },
+    Unset::Default("10000"),
+    "Connections served at once; at the limit, accepting waits.",
+);
+
+static H2_MAX_CONCURRENT_STREAMS: Spec<o::Int> = Spec::once(
+    "h2_max_concurrent_streams",
+    o::Int {
+        min: 1,
+        max: 10_000,
+    },
+    Unset::Default("256"),
+    "Streams per HTTP/2 connection.",
+);
+
+/// A `limits` block.
+pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
+    r.no_properties(node);
+    r.args_only(
+        node,
+        0,
+        "options go inside the block: limits { max_connections 10000 }",
+    );
+    let opts = o::read(node, OPTIONS, r);
+    let max_header_size = opts.get(r, &MAX_HEADER_SIZE);
+    let read_header_timeout = opts.get(r, &READ_HEADER_TIMEOUT);
+    let read_body_timeout = opts.get(r, &READ_BODY_TIMEOUT);
+    let idle_timeout = opts.get(r, &IDLE_TIMEOUT);
+    let max_connections = opts.get(r, &MAX_CONNECTIONS);
+    let streams = opts.get(r, &H2_MAX_CONCURRENT_STREAMS);
+    Some(Limits {
+        max_header_size: max_header_size?,
+        read_header_timeout: read_header_timeout?,
+        read_body_timeout: read_body_timeout?,
+        idle_timeout: idle_timeout?,
+        max_connections: max_connections? as usize,
+        h2_max_concurrent_streams: streams? as u32,
+    })
+}
+
+/// A request head's size: hyper needs room for at least 8 KiB of it.
+#[derive(Debug)]
+struct HeaderSize;
+
+impl Value for HeaderSize {
+    type Out = usize;
+    fn describe(&self) -> Cow<'static, str> {
+        "size, 8KiB–16MiB".into()
+    }
+    fn expects(&self) -> Cow<'static, str> {
+        "a size from \"8KiB\" to \"16MiB\"".into()
+    }
+    fn entry(&self, _: &'static str, entry: &KdlEntry, r: &mut Reader) -> Option<usize> {
+        let size = r.check(value::size(entry))?;
+        if !(8 * 1024..=16 << 20).contains(&size) {
+            r.push(
+                Problem::error(
+                    value::value_span(entry),
+                    format!("{size} bytes is out of range"),
+                )
+                .label("expected 8KiB to 16MiB")
+                .help("request heads are rarely over 8 KiB; the default is \"64KiB\""),
+            );
+            return None;
+        }
+        Some(size as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::diag::Problems;
+
+    #[test]
+    fn the_table_is_sound() {
+        o::check_table(OPTIONS).unwrap();
+    }
+
+    /// A file without `limits` gets `Limits::default()`, one with an empty
+    /// block the declared defaults: they must be the same.
+    #[test]
+    fn the_declared_defaults_are_limits_default() {
+        let node: KdlNode = "limits { }".parse().unwrap();
+        let mut problems = Problems::default();
+        let limits = decode(&node, &mut Reader::new(&mut problems, PathBuf::from(".")));
+        assert!(!problems.has_errors(), "{:?}", problems.into_vec());
+        let limits = limits.unwrap();
+        let default = Limits::default();
+        assert_eq!(limits.max_header_size, default.max_header_size);
+        assert_eq!(limits.read_header_timeout, default.read_header_timeout);
+        assert_eq!(limits.read_body_timeout, default.read_body_timeout);
+        assert_eq!(limits.idle_timeout, default.idle_timeout);
+        assert_eq!(limits.max_connections, default.max_connections);
+        assert_eq!(
+            limits.h2_max_concurrent_streams,
+            default.h2_max_concurrent_streams
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Each handler's options are declared once (`teebox::config::options`):
+//! the declarations are sound, every declared option is read by its
+//! handler's decoder, and `teebox validate --explain` prints them.
+
+use std::process::Command;
+
+use teebox::config::options::{self, Place};
+use teebox::handlers::{HandlerKind, REGISTRY};
+
+/// The handlers whose options are declared.
+fn declared() -> Vec<(&'static HandlerKind, &'static options::Table)> {
+    REGISTRY
+        .iter()
+        .filter_map(|k| Some((k, k.options()?)))
+        .collect()
+}
+
+/// A route holding `handler` (and a terminal handler when it is not one).
+fn site(handler: &str, terminal: bool) -> String {
+    let end = if terminal {
+        ""
+    } else {
+        "\n        respond 200"
+    };
+    format!("site \"127.0.0.1:0\" {{\n    route \"/*\" {{\n        {handler}{end}\n    }}\n}}\n")
+}
+
+/// The handler as the smallest valid node, with `option` (a child option
+/// or a property, as written) added.
+fn sample(name: &str, option: Option<(&str, Place)>) -> String {
+    let child = |head: &str| match option {
+        Some((o, Place::Child)) => format!("{head} {{ {o}; }}"),
+        _ => head.to_string(),
+    };
+    let property = match option {
+        Some((o, Place::Property)) => format!(" {o}"),
+        _ => String::new(),
+    };
+    match name {
+        "respond" => "respond 200".to_string(),
+        "header" => "header { \"-Server\"; }".to_string(),
+        "rewrite" if property.is_empty() => "rewrite \"/x\"".to_string(),
+        "rewrite" => format!("rewrite{property}"),
+        "request_body" if property.is_empty() => "request_body max_size=\"1MiB\"".to_string(),
+        "request_body" => format!("request_body{property}"),
+        "record" => child("record \"teebox-options-test.jsonl\""),
+        "reverse_proxy" => child("reverse_proxy \"http://127.0.0.1:1\""),
+        other => panic!("tests/options.rs has no sample of `{other}`: add one"),
+    }
+}
+
+#[test]
+fn every_declaration_is_sound() {
+    let declared = declared();
+    assert!(declared.len() >= 6, "only {} declared", declared.len());
+    for (kind, table) in declared {
+        if let Err(why) = options::check_table(table) {
+            panic!("`{}`: {why}", kind.name());
+        }
+    }
+}
+
+/// The smallest use of each handler is valid: every option its decoder
+/// reads is in its table (reading one that is not is an error).
+#[test]
+fn every_option_read_is_declared() {
+    for (kind, _) in declared() {
+        let text = site(&sample(kind.name(), None), kind.is_terminal());
+        if let Err(err) = teebox::config::parse("probe.kdl", &text, std::env::temp_dir(), teebox::handlers::REGISTRY) {
+            panic!("{}", err.render(teebox::config::Style::Plain));
+        }
+    }
+}
+
+/// An option written with a value no type takes (`#null`) is reported at
+/// that option: every declared option is read by its handler.
+#[test]
+fn every_option_declared_is_read() {
+    for (kind, table) in declared() {
+        for d in table.iter() {
+            let written = match d.place() {
+                Place::Child => format!("{} #null", d.name()),
+                Place::Property => format!("{}=#null", d.name()),
+                Place::Argument | Place::Children => continue,
+            };
+            let node = sample(kind.name(), Some((&written, d.place())));
+            let text = site(&node, kind.is_terminal());
+            let at = text.find(&written).expect("the option is in the file");
+            let problems = match teebox::config::parse("probe.kdl", &text, std::env::temp_dir(), teebox::handlers::REGISTRY) {
+                Ok(_) => panic!("`{written}` was taken by `{}`:\n{text}", kind.name()),
+                Err(err) => err.problems,
+            };
+            assert!(
+                problems.iter().any(|p| {
+                    let offset = p.span().offset();
+                    p.is_error() && (at..at + written.len()).contains(&offset)
+                }),
+                "`{written}` in `{}` is not reported where it is written: {problems:#?}",
+                kind.name()
+            );
+        }
+    }
+}
+
+fn teebox(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_teebox"))
+        .args(args)
+        .output()
+        .expect("teebox runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_prints_every_declared_option_with_its_default() {
+    for (kind, table) in declared() {
+        let (code, out, err) = teebox(&["validate", "--explain", kind.name()]);
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with(kind.name()), "{out}");
+        for d in table.iter() {
+            let name = options::shown_name(*d);
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("{name}  ")))
+                .unwrap_or_else(|| panic!("no line for `{name}`:\n{out}"));
+            assert!(line.contains(d.unset().shown()), "{line}");
+            assert!(line.ends_with(d.about()), "{line}");
+        }
+    }
+}
+
+#[test]
+fn explain_without_a_name_lists_the_handlers() {
+    let (code, out, _) = teebox(&["validate", "--explain"]);
+    assert_eq!(code, 0);
+    for kind in REGISTRY {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().next() == Some(kind.name())),
+            "`{}` is not listed:\n{out}",
+            kind.name()
+        );
+    }
+}
+
+#[test]
+fn explain_an_unknown_handler_suggests_the_nearest_and_exits_2() {
+    let (code, out, err) = teebox(&["validate", "--explain", "revers_proxy"]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("unknown handler `revers_proxy`"), "{err}");
+    assert!(err.contains("did you mean `reverse_proxy`?"), "{err}");
+    let (code, _, err) = teebox(&["validate", "--explain", "zzzz"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("the handlers are: respond, reverse_proxy"),
+        "{err}"
+    );
+}
