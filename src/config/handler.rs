@@ -127,8 +127,18 @@ pub struct FileView<'a> {
     pub listen: &'a [Spanned<SocketAddr>],
     /// This handler's node name in the file.
     pub at: miette::SourceSpan,
-    /// The handlers before this one in its route: node name and span.
-    pub earlier: &'a [(&'a str, miette::SourceSpan, &'a dyn HandlerConfig)],
+    /// The handlers before this one in its route, in file order.
+    pub earlier: &'a [Earlier<'a>],
+}
+
+/// A handler before the one being checked, in the same route.
+#[derive(Clone, Copy)]
+pub struct Earlier<'a> {
+    /// Its node name, as written.
+    pub name: &'a str,
+    /// Where that name is in the file.
+    pub span: miette::SourceSpan,
+    pub config: &'a dyn HandlerConfig,
 }
 
 /// What every decoded handler can do before it is built.

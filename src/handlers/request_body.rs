@@ -67,26 +67,22 @@ impl HandlerConfig for RequestBody {
     /// works, as a refused request is not copied, but the body is read and
     /// buffered before the limit is checked; a second limit is one too many.
     fn check(&self, file: &FileView<'_>, problems: &mut Vec<Problem>) {
-        if let Some((_, first, _)) = file
-            .earlier
-            .iter()
-            .find(|(name, _, _)| *name == KIND.name())
-        {
+        if let Some(first) = file.earlier.iter().find(|h| h.name == KIND.name()) {
             problems.push(
                 Problem::warning(file.at, "a second `request_body` in this route")
                     .label("another limit")
-                    .also(*first, "the first")
+                    .also(first.span, "the first")
                     .help("keep one: the smaller max_size is the one that holds"),
             );
             return;
         }
-        if let Some((reader, span, _)) = file.earlier.iter().find(|(_, _, h)| h.reads_body_ahead())
-        {
+        if let Some(reader) = file.earlier.iter().find(|h| h.config.reads_body_ahead()) {
+            let name = reader.name;
             problems.push(
-                Problem::warning(file.at, format!("`request_body` comes after `{reader}`"))
-                    .label(format!("checked after the {reader} has started copying the body"))
-                    .also(*span, format!("the {reader}"))
-                    .help(format!("move `request_body` before `{reader}`: a body over the limit is then refused before any of it is read for a copy")),
+                Problem::warning(file.at, format!("`request_body` comes after `{name}`"))
+                    .label(format!("checked after the {name} has started copying the body"))
+                    .also(reader.span, format!("the {name}"))
+                    .help(format!("move `request_body` before `{name}`: a body over the limit is then refused before any of it is read for a copy")),
             );
         }
     }

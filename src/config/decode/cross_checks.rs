@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use miette::SourceSpan;
 
 use crate::config::diag::Problem;
-use crate::config::handler::{FileView, HandlerConfig};
+use crate::config::handler::{Earlier, FileView};
 use crate::config::matchers::HostPattern;
 use crate::config::model::*;
 use crate::config::reader::Reader;
@@ -22,24 +22,28 @@ pub(super) fn handler_checks(sites: &[Site], r: &mut Reader) {
         .collect();
     let mut found = Vec::new();
     for route in sites.iter().flat_map(|s| &s.routes) {
-        let mut earlier: Vec<(&str, SourceSpan, &dyn HandlerConfig)> = Vec::new();
+        let mut earlier: Vec<Earlier> = Vec::new();
         let handlers = route
             .middleware
             .iter()
-            .map(|m| (m.name.as_str(), m.span, &*m.config as &dyn HandlerConfig))
-            .chain(std::iter::once((
-                route.terminal.name.as_str(),
-                route.terminal.span,
-                &*route.terminal.config as &dyn HandlerConfig,
-            )));
-        for (name, span, config) in handlers {
+            .map(|m| Earlier {
+                name: &m.name,
+                span: m.span,
+                config: &*m.config,
+            })
+            .chain(std::iter::once(Earlier {
+                name: &route.terminal.name,
+                span: route.terminal.span,
+                config: &*route.terminal.config,
+            }));
+        for handler in handlers {
             let file = FileView {
-                at: span,
+                at: handler.span,
                 listen: &listen,
                 earlier: &earlier,
             };
-            config.check(&file, &mut found);
-            earlier.push((name, span, config));
+            handler.config.check(&file, &mut found);
+            earlier.push(handler);
         }
     }
     found.into_iter().for_each(|p| r.push(p));
