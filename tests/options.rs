@@ -45,6 +45,7 @@ fn sample(name: &str, option: Option<(&str, Place)>) -> String {
         "request_body" => format!("request_body{property}"),
         "record" => child("record \"teebox-options-test.jsonl\""),
         "reverse_proxy" => child("reverse_proxy \"http://127.0.0.1:1\""),
+        "mirror" => child("mirror \"http://127.0.0.1:1\""),
         other => panic!("tests/options.rs has no sample of `{other}`: add one"),
     }
 }
@@ -66,7 +67,12 @@ fn every_declaration_is_sound() {
 fn every_option_read_is_declared() {
     for (kind, _) in declared() {
         let text = site(&sample(kind.name(), None), kind.is_terminal());
-        if let Err(err) = teebox::config::parse("probe.kdl", &text, std::env::temp_dir(), teebox::handlers::REGISTRY) {
+        if let Err(err) = teebox::config::parse(
+            "probe.kdl",
+            &text,
+            std::env::temp_dir(),
+            teebox::handlers::REGISTRY,
+        ) {
             panic!("{}", err.render(teebox::config::Style::Plain));
         }
     }
@@ -86,7 +92,12 @@ fn every_option_declared_is_read() {
             let node = sample(kind.name(), Some((&written, d.place())));
             let text = site(&node, kind.is_terminal());
             let at = text.find(&written).expect("the option is in the file");
-            let problems = match teebox::config::parse("probe.kdl", &text, std::env::temp_dir(), teebox::handlers::REGISTRY) {
+            let problems = match teebox::config::parse(
+                "probe.kdl",
+                &text,
+                std::env::temp_dir(),
+                teebox::handlers::REGISTRY,
+            ) {
                 Ok(_) => panic!("`{written}` was taken by `{}`:\n{text}", kind.name()),
                 Err(err) => err.problems,
             };
