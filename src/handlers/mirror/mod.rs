@@ -28,7 +28,6 @@ use crate::config::reader::{arguments, name_span, Reader};
 use crate::config::value;
 use crate::config::Problem;
 use crate::message::body::BodyRefusal;
-use crate::message::header_ops::HeaderOps;
 use crate::message::{body, Request, Response};
 use crate::mirror::target::TargetSpec;
 use crate::mirror::tee::{Abandon, Capture, Tee};
@@ -165,8 +164,8 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     let settings = targets::settings(&opts, r, None);
     let alert_interval = opts.get(r, &ALERT_INTERVAL);
     let max_body = opts.get(r, &MAX_BODY);
-    let header_up = HeaderOps::new(opts.every(r, &up::HEADER_UP));
-    let tls = up::tls(opts.options(), r);
+    let header_up = up::header_up(&opts, r);
+    let tls = up::tls(&opts, r);
     let edits = copy_edits::decode(&opts, r);
     let policy = policy::methods_and_marker(&opts, r);
     let host_suffix = host_suffix(&opts, r);

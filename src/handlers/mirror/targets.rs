@@ -288,7 +288,7 @@ fn target_node(
         r.push(not_per_target(option));
     }
     let settings = settings(&opts, r, Some(base));
-    let header_up = HeaderOps::new(opts.every(r, &up::HEADER_UP));
+    let header_up = up::header_up(&opts, r);
     let sample_fits = match (opts.node(&SAMPLE), &settings) {
         (Some(own), Some(settings)) if settings.sample > base.sample => {
             r.push(sample_over_mirror(own, mirror_sample, base.sample));
