@@ -663,14 +663,63 @@ fn shown_default(unset: Unset) -> String {
     }
 }
 
+/// How `rows` (a README table) and `declared` (a declared table) differ:
+/// an option with no row, a row with no option, or another default.
+fn table_differences(rows: &[Vec<String>], declared: &options::Table) -> Vec<String> {
+    let in_readme: BTreeMap<String, String> = rows
+        .iter()
+        .map(|row| (row_name(&row[0]), row[2].clone()))
+        .collect();
+    let in_code: BTreeMap<String, String> = declared
+        .iter()
+        .map(|d| (options::shown_name(*d), shown_default(d.unset())))
+        .collect();
+    let mut differences = Vec::new();
+    if in_readme.len() != rows.len() {
+        differences.push("an option has two rows".to_string());
+    }
+    for (name, default) in &in_code {
+        match in_readme.get(name) {
+            None => differences.push(format!("{name}: declared, but has no row")),
+            Some(shown) if shown != default => differences.push(format!(
+                "{name}: the README's default is {shown:?}, the declared one {default:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in in_readme.keys().filter(|n| !in_code.contains_key(*n)) {
+        differences.push(format!("{name}: has a row, but is not declared"));
+    }
+    differences
+}
+
+/// The heading (outside code blocks) that names a block in code between
+/// parentheses, as "### Comparing responses (`compare`)" does.
+fn heading_naming(markdown: &str, block: &str) -> Option<String> {
+    let needle = format!("(`{block}`)");
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') && line.contains(&needle) {
+            return Some(line.to_string());
+        }
+    }
+    None
+}
+
 /// Every handler whose options are declared has a table in its README
 /// section that lists exactly those options, each with the declared
 /// default: the declaration (printed by `validate --explain`) is the
-/// source, the README follows it.
+/// source, the README follows it. So does a nested block's table (in the
+/// section whose heading names the block: "Comparing responses
+/// (`compare`)"), unless the block takes only its parent's options over
+/// (a mirror's `target`): the parent's rows are then its documentation.
 #[test]
 fn handler_tables_are_their_declarations() {
     let readme = readme();
     let mut declared_handlers = 0;
+    let mut nested_tables = 0;
     for kind in REGISTRY {
         let Some(declared) = kind.options() else {
             continue;
@@ -682,41 +731,53 @@ fn handler_tables_are_their_declarations() {
         };
         let heading = format!("### `{}` ({role})", kind.name());
         let rows = table(section(&readme, &heading), "option");
-        let in_readme: BTreeMap<String, String> = rows
-            .iter()
-            .map(|row| (row_name(&row[0]), row[2].clone()))
-            .collect();
-        let in_code: BTreeMap<String, String> = declared
-            .iter()
-            .map(|d| (options::shown_name(*d), shown_default(d.unset())))
-            .collect();
-        assert_eq!(
-            in_readme.len(),
-            rows.len(),
-            "{heading}: an option has two rows"
-        );
-        let mut differences = Vec::new();
-        for (name, default) in &in_code {
-            match in_readme.get(name) {
-                None => differences.push(format!("{name}: declared, but has no row")),
-                Some(shown) if shown != default => differences.push(format!(
-                    "{name}: the README's default is {shown:?}, the declared one {default:?}"
-                )),
-                Some(_) => {}
-            }
-        }
-        for name in in_readme.keys().filter(|n| !in_code.contains_key(*n)) {
-            differences.push(format!("{name}: has a row, but is not declared"));
-        }
+        let differences = table_differences(&rows, declared);
         assert!(
             differences.is_empty(),
             "{heading}: the README's table and the declaration differ:\n  {}",
             differences.join("\n  ")
         );
+        for block in declared.iter() {
+            let Some(inner) = block.nested() else {
+                continue;
+            };
+            let of_parent = |d: &dyn options::Declaration| {
+                declared
+                    .iter()
+                    .any(|p| p.name() == d.name() && p.place() == d.place())
+            };
+            let takes_over = inner
+                .iter()
+                .filter(|d| d.place() == options::Place::Child)
+                .all(|d| of_parent(*d));
+            if takes_over {
+                continue;
+            }
+            nested_tables += 1;
+            let heading = heading_naming(&readme, block.name()).unwrap_or_else(|| {
+                panic!(
+                    "`{}`'s `{}` block has no README section naming it (`{}`)",
+                    kind.name(),
+                    block.name(),
+                    block.name()
+                )
+            });
+            let rows = table(section(&readme, &heading), "option");
+            let differences = table_differences(&rows, inner);
+            assert!(
+                differences.is_empty(),
+                "{heading}: the README's table and the declaration differ:\n  {}",
+                differences.join("\n  ")
+            );
+        }
     }
     assert!(
-        declared_handlers >= 6,
+        declared_handlers >= 7,
         "only {declared_handlers} handlers are declared"
+    );
+    assert!(
+        nested_tables >= 1,
+        "no nested block's table was checked (`compare`'s should be)"
     );
 }
 

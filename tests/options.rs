@@ -45,6 +45,7 @@ fn sample(name: &str, option: Option<(&str, Place)>) -> String {
         "request_body" => format!("request_body{property}"),
         "record" => child("record \"teebox-options-test.jsonl\""),
         "reverse_proxy" => child("reverse_proxy \"http://127.0.0.1:1\""),
+        "mirror" => child("mirror \"http://127.0.0.1:1\""),
         other => panic!("tests/options.rs has no sample of `{other}`: add one"),
     }
 }

@@ -201,12 +201,6 @@ impl<V> Spec<V> {
     pub const fn children(name: &'static str, value: V, unset: Unset, about: &'static str) -> Self {
         Spec::new(name, Place::Children, Repeat::Many, value, unset, about)
     }
-
-    /// The name and repeat, as [`Reader::options`] takes them: for blocks
-    /// whose decoding does not go through a [`Table`] yet.
-    pub const fn key(&self) -> (&'static str, Repeat) {
-        (self.name, self.repeat)
-    }
 }
 
 impl<V: Value> Spec<V> {
@@ -423,12 +417,6 @@ pub struct Block<'n> {
 }
 
 impl<'n> Block<'n> {
-    /// The options sorted by name, for code shared with blocks that are
-    /// not declared yet (the upstream options a `mirror` takes too).
-    pub fn options(&self) -> &Options<'n> {
-        &self.opts
-    }
-
     /// `spec` is in this node's table; otherwise teebox reads an option it
     /// never accepted, which is reported as its own mistake.
     fn declared<V: Value>(&self, spec: &Spec<V>, r: &mut Reader) -> bool {
@@ -491,9 +479,8 @@ impl<'n> Block<'n> {
     }
 }
 
-/// Typed lookups by declaration. [`Block`] checks each against the node's
-/// table first; these serve code that sorts a block with a key list made
-/// of [`Spec::key`]s.
+/// Typed lookups by declaration, for [`Block`], which checks each against
+/// the node's table first.
 impl<'n> Options<'n> {
     /// The option's value as written, with its span (the option node's, or
     /// the property's value): `Some(None)` when it is not written, `None`

@@ -162,12 +162,12 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn TerminalConfig>> {
     });
     let connect_timeout = opts.get(r, &CONNECT_TIMEOUT);
     let timeout = opts.get(r, &TIMEOUT);
-    let header_up = HeaderOps::new(opts.every(r, &up::HEADER_UP));
+    let header_up = up::header_up(&opts, r);
     let header_down = HeaderOps::new(opts.every(r, &HEADER_DOWN));
     let preserve_host = opts.get(r, &PRESERVE_HOST);
     let forwarded = opts.get(r, &FORWARDED);
     let keepalive = opts.get(r, &KEEPALIVE);
-    let tls = up::tls(opts.options(), r);
+    let tls = up::tls(&opts, r);
     let h2c = opts.get(r, &up::H2C);
     let upgrades = opts.get(r, &up::UPGRADES);
     Some(Box::new(ReverseProxyConfig {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use kdl::{KdlEntry, KdlNode, KdlValue};
 use rustls::pki_types::ServerName;
 
-use crate::config::options::{Flag, HeaderEdit, Spec, Unset, Value};
-use crate::config::reader::{Options, Reader};
+use crate::config::options::{Block, Flag, HeaderEdit, Spec, Unset, Value};
+use crate::config::reader::Reader;
 use crate::config::{value, Problem};
 use crate::message::header_ops::HeaderOps;
 use crate::upstream::tls_connector::{self, UpstreamTls};
@@ -67,7 +67,7 @@ pub static UPGRADES: Spec<UpgradeList> = Spec::once(
 
 /// The TLS options of a block; `tls_ca` is read and parsed here, so that
 /// `teebox validate` refuses a bundle `run` could not use.
-pub fn tls(opts: &Options, r: &mut Reader) -> Option<UpstreamTls> {
+pub fn tls(opts: &Block, r: &mut Reader) -> Option<UpstreamTls> {
     let ca = opts.maybe(r, &TLS_CA);
     let server_name = opts.maybe(r, &TLS_SERVER_NAME);
     let insecure = opts.maybe(r, &TLS_INSECURE_SKIP_VERIFY);
@@ -92,7 +92,7 @@ pub fn tls(opts: &Options, r: &mut Reader) -> Option<UpstreamTls> {
 }
 
 /// Every `header_up` of a block, in file order.
-pub fn header_up(opts: &Options, r: &mut Reader) -> HeaderOps {
+pub fn header_up(opts: &Block, r: &mut Reader) -> HeaderOps {
     HeaderOps::new(opts.every(r, &HEADER_UP))
 }
 

@@ -1,11 +1,16 @@
 //! `mirror "http://staging:8080" ... { options }`: sends a copy of each
 //! sampled request to every target, and passes the request on untouched.
 //! The engine (backlogs, workers, breaker) is in `crate::mirror`; this
-//! handler reads the node into the engine's settings (the copy edits, the
-//! policy and `compare` each in a file of their own) and runs it.
+//! handler reads the node into the engine's settings and runs it. Every
+//! option is declared once: the mirror's own here, the ones a `target`
+//! node may set over the mirror's in `targets` (with the reading of the
+//! targets), the copy edits, the policy and `compare` each in a file of
+//! their own, and those shared with `reverse_proxy` in
+//! `handlers::upstream_options`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body::SizeHint;
 use kdl::{KdlEntry, KdlNode};
@@ -16,14 +21,15 @@ use super::{
     BoxFuture, BuildContext, BuildError, FileView, HandlerConfig, HandlerKind, HandlerState,
     Middleware, MiddlewareConfig, Next, Published,
 };
-use crate::config::reader::{arguments, name_span, Options, Reader, Repeat};
+use crate::config::options::{
+    self as o, Block, Duration, Nested, Size, Spec, Table, Text, Unset, Url, Value,
+};
+use crate::config::reader::{arguments, name_span, Reader};
 use crate::config::value;
 use crate::config::Problem;
 use crate::message::body::BodyRefusal;
-use crate::message::header_ops::HeaderOps;
 use crate::message::{body, Request, Response};
-use crate::mirror::breaker::BreakerConfig;
-use crate::mirror::target::{TargetSettings, TargetSpec};
+use crate::mirror::target::TargetSpec;
 use crate::mirror::tee::{Abandon, Capture, Tee};
 use crate::mirror::{Mirror, MirrorOptions};
 use crate::upstream::hop_by_hop;
@@ -32,12 +38,99 @@ use crate::upstream::url::UpstreamUrl;
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "mirror",
     decode,
-    options: None,
+    options: Some(OPTIONS),
 };
 
 mod compare;
 mod copy_edits;
 mod policy;
+mod targets;
+
+/// What `mirror` takes, in the order its diagnostics list it: its target
+/// URLs, the options of the mirror as a whole, then those a `target` node
+/// may set over the mirror's (for which the mirror's are every target's).
+pub static OPTIONS: &Table = &[
+    &TARGETS,
+    &NAME,
+    &ALERT_INTERVAL,
+    &MAX_BODY,
+    &up::TLS_CA,
+    &up::TLS_SERVER_NAME,
+    &up::TLS_INSECURE_SKIP_VERIFY,
+    &copy_edits::REWRITE,
+    &copy_edits::QUERY_SET,
+    &copy_edits::QUERY_REMOVE,
+    &copy_edits::REPLACE_BODY,
+    &COMPARE,
+    &policy::METHODS,
+    &policy::MARKER,
+    &policy::SAMPLE_BY,
+    &HOST_SUFFIX,
+    &policy::PRIMARY_STATUS,
+    &TARGET,
+    &targets::SAMPLE,
+    &targets::CONCURRENCY,
+    &targets::BACKLOG,
+    &targets::TIMEOUT,
+    &targets::MAX_FAILURES,
+    &targets::RETRY_AFTER,
+    &targets::FAIL_AFTER,
+    &up::HEADER_UP,
+    &targets::HOST,
+    &targets::MAX_RPS,
+    &up::H2C,
+];
+
+static TARGETS: Spec<Url> = Spec::arguments(
+    "targets",
+    Url {
+        expects: "target URLs, such as \"http://staging:8080\"",
+    },
+    Unset::Means("none"),
+    "Where copies go; without any, a name takes them from the admin endpoint.",
+);
+
+static NAME: Spec<Text> = Spec::once(
+    "name",
+    Text::NON_EMPTY,
+    Unset::Means("the route"),
+    "Names the mirror in logs and for the admin endpoint; unique in the file.",
+);
+
+static ALERT_INTERVAL: Spec<Duration> = Spec::once(
+    "alert_interval",
+    Duration::POSITIVE,
+    Unset::Default("60s"),
+    "At most one warning per target per interval.",
+);
+
+static MAX_BODY: Spec<Size> = Spec::once(
+    "max_body",
+    Size,
+    Unset::Default("1MiB"),
+    "Larger request bodies are not copied (counted); 0 copies bodyless requests only.",
+);
+
+static HOST_SUFFIX: Spec<HostSuffix> = Spec::once(
+    "host_suffix",
+    HostSuffix,
+    Unset::Means("none"),
+    "The Host of copies is the client's host name plus this, port kept; not with host.",
+);
+
+static COMPARE: Spec<Nested> = Spec::once(
+    "compare",
+    Nested(compare::OPTIONS),
+    Unset::Means("none"),
+    "Compares each target's response with the primary's; mismatches go to a diff log.",
+);
+
+static TARGET: Spec<Nested> = Spec::many(
+    "target",
+    Nested(targets::OPTIONS),
+    Unset::Means("none"),
+    "A further target with options of its own; what it leaves out is the mirror's.",
+);
 
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
@@ -49,77 +142,15 @@ pub struct MirrorConfig {
     pub options: MirrorOptions,
 }
 
-/// Options a `target` node may set over its mirror's; the mirror takes
-/// them too, as every target's defaults.
-const TARGET_OPTIONS: &[(&str, Repeat)] = &[
-    ("sample", Repeat::Once),
-    ("concurrency", Repeat::Once),
-    ("backlog", Repeat::Once),
-    ("timeout", Repeat::Once),
-    ("max_failures", Repeat::Once),
-    ("retry_after", Repeat::Once),
-    ("fail_after", Repeat::Once),
-    up::HEADER_UP.key(),
-    ("host", Repeat::Once),
-    ("max_rps", Repeat::Once),
-    up::H2C.key(),
-];
-
-/// Options of the mirror as a whole.
-const MIRROR_OPTIONS: &[(&str, Repeat)] = &[
-    ("name", Repeat::Once),
-    ("alert_interval", Repeat::Once),
-    ("max_body", Repeat::Once),
-    up::TLS_CA.key(),
-    up::TLS_SERVER_NAME.key(),
-    up::TLS_INSECURE_SKIP_VERIFY.key(),
-    ("rewrite", Repeat::Many),
-    ("query_set", Repeat::Many),
-    ("query_remove", Repeat::Many),
-    ("replace_body", Repeat::Many),
-    ("compare", Repeat::Once),
-    ("methods", Repeat::Once),
-    ("marker", Repeat::Once),
-    ("sample_by", Repeat::Once),
-    ("host_suffix", Repeat::Once),
-    ("primary_status", Repeat::Once),
-    ("target", Repeat::Many),
-];
-
-/// What a target gets when neither its mirror nor its `target` node says.
-fn default_settings() -> TargetSettings {
-    TargetSettings {
-        sample: 1.0,
-        concurrency: 4,
-        backlog: 1024,
-        timeout: Duration::from_secs(5),
-        breaker: BreakerConfig {
-            max_failures: 5,
-            retry_after: Duration::from_secs(60),
-            fail_after: Duration::from_secs(30 * 60),
-        },
-        host: None,
-        max_rps: None,
-        h2c: false,
-        header_up: HeaderOps::default(),
-    }
-}
-
 fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
     r.no_properties(node);
     let args = arguments(node);
-    let urls = r.urls(&args);
+    let urls = TARGETS.read_list(&args, r);
     let mut ok = urls.is_some();
-    let known: Vec<(&'static str, Repeat)> = [MIRROR_OPTIONS, TARGET_OPTIONS].concat();
-    let opts = r.options(node, &known);
-    let name = match opts.one("name") {
-        Some(n) => r
-            .value(n, "a name", value::non_empty_string)
-            .filter(|name| r.claim_name("mirror", name, arguments(n)[0].span()))
-            .map(Some),
-        None => Some(None),
-    };
-    if args.is_empty() && opts.one("name").is_none() && opts.all("target").is_empty() {
+    let opts = o::read(node, OPTIONS, r);
+    let name = name(&opts, r);
+    let target_nodes = opts.nodes(&TARGET);
+    if args.is_empty() && opts.node(&NAME).is_none() && target_nodes.is_empty() {
         r.push(
             Problem::error(
                 name_span(node),
@@ -130,48 +161,31 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
         );
         ok = false;
     }
-    let settings = target_settings(&opts, r, &default_settings());
-    let alert_interval = match opts.one("alert_interval") {
-        Some(n) => r.value(n, "a duration such as \"2s\"", value::positive_duration),
-        None => Some(Duration::from_secs(60)),
-    };
-    let max_body = match opts.one("max_body") {
-        Some(n) => r.value(n, "a size such as \"1MiB\"", value::size),
-        None => Some(1 << 20),
-    };
-    let header_up = r.header_ops(&opts.all("header_up"));
+    let settings = targets::settings(&opts, r, None);
+    let alert_interval = opts.get(r, &ALERT_INTERVAL);
+    let max_body = opts.get(r, &MAX_BODY);
+    let header_up = up::header_up(&opts, r);
     let tls = up::tls(&opts, r);
-    let edits = copy_edits::decode(
-        r,
-        &opts.all("rewrite"),
-        &opts.all("query_set"),
-        &opts.all("query_remove"),
-        &opts.all("replace_body"),
-    );
-    let policy = policy::methods_and_marker(opts.one("methods"), opts.one("marker"), r);
+    let edits = copy_edits::decode(&opts, r);
+    let policy = policy::methods_and_marker(&opts, r);
     let host_suffix = host_suffix(&opts, r);
-    let sample_by = match opts.one("sample_by") {
-        Some(n) => policy::sample_by(n, r).map(Some),
-        None => Some(None),
-    };
-    let primary_status = match opts.one("primary_status") {
-        Some(n) => policy::primary_status(n, r).map(|f| Some(Arc::new(f))),
-        None => Some(None),
-    };
-    let compare = match opts.one("compare") {
+    let sample_by = opts.maybe(r, &policy::SAMPLE_BY);
+    let primary_status = opts.maybe(r, &policy::PRIMARY_STATUS);
+    let compare = match opts.node(&COMPARE) {
         Some(n) => compare::decode(n, r).map(Some),
         None => Some(None),
     };
     let mut written = Vec::new();
-    let targets = target_specs(
-        &args,
+    let listed = targets::Listed {
+        node,
+        opts: &opts,
+        table: OPTIONS,
+        args: &args,
         urls,
-        &opts.all("target"),
-        settings.as_ref(),
-        opts.one("sample"),
-        &mut written,
-        r,
-    );
+        settings: settings.as_ref(),
+        nodes: target_nodes,
+    };
+    let targets = targets::specs(listed, &mut written, r);
     if !ok {
         return None;
     }
@@ -186,259 +200,81 @@ fn decode(node: &KdlNode, r: &mut Reader) -> Option<Box<dyn MiddlewareConfig>> {
             edits: Arc::new(edits?),
             compare: compare?,
             policy: policy?,
-            sample_by: sample_by?,
+            sample_by: sample_by?.map(|key| key.value),
             host_suffix: host_suffix?,
-            primary_status: primary_status?,
+            primary_status: primary_status?.map(|filter| Arc::new(filter.value)),
             targets: settings?,
             tls: tls?,
         },
     }))
 }
 
-/// The options a target is run with, each from `opts` if given there,
-/// else from `base` (the built-in defaults for a mirror, the mirror's
-/// settings for a `target` node). `header_up` is left to the caller: the
-/// mirror's goes on every copy, a target's only on its own.
-fn target_settings(
-    opts: &Options,
-    r: &mut Reader,
-    base: &TargetSettings,
-) -> Option<TargetSettings> {
-    let duration = |r: &mut Reader, key: &str, default: Duration| match opts.one(key) {
-        Some(n) => r.value(n, "a duration such as \"2s\"", value::positive_duration),
-        None => Some(default),
+/// `name`, claimed for this mirror: the admin endpoint finds a mirror by
+/// it, so no two may share one.
+fn name(opts: &Block, r: &mut Reader) -> Option<Option<String>> {
+    let Some(given) = opts.maybe(r, &NAME)? else {
+        return Some(None);
     };
-    let int = |r: &mut Reader, key: &str, max: i128, default: usize| match opts.one(key) {
-        Some(n) => r
-            .value(n, &format!("a whole number from 1 to {max}"), |e| {
-                value::integer(e, 1, max)
-            })
-            .map(|n| n as usize),
-        None => Some(default),
-    };
-    let sample = match opts.one("sample") {
-        Some(n) => r.value(n, "a fraction from 0 to 1", value::fraction),
-        None => Some(base.sample),
-    };
-    let concurrency = int(r, "concurrency", 1024, base.concurrency);
-    let backlog = int(r, "backlog", 1_000_000, base.backlog);
-    let max_failures = int(
-        r,
-        "max_failures",
-        1_000_000,
-        base.breaker.max_failures as usize,
-    );
-    let timeout = duration(r, "timeout", base.timeout);
-    let retry_after = duration(r, "retry_after", base.breaker.retry_after);
-    let fail_after = duration(r, "fail_after", base.breaker.fail_after);
-    let host = match opts.one("host") {
-        Some(n) => r
-            .value(
-                n,
-                "a host name, such as \"staging.internal\"",
-                value::host_header,
-            )
-            .map(Some),
-        None => Some(base.host.clone()),
-    };
-    let max_rps = match opts.one("max_rps") {
-        Some(n) => r
-            .value(
-                n,
-                "a whole number of copies a second, from 1 to 1000000",
-                |e| value::integer(e, 1, 1_000_000),
-            )
-            .map(|n| Some(n as u32)),
-        None => Some(base.max_rps),
-    };
-    let h2c = match opts.one("h2c") {
-        Some(n) => r.value(n, "#true or #false", value::boolean),
-        None => Some(base.h2c),
-    };
-    Some(TargetSettings {
-        sample: sample?,
-        concurrency: concurrency?,
-        backlog: backlog?,
-        timeout: timeout?,
-        breaker: BreakerConfig {
-            max_failures: max_failures? as u32,
-            retry_after: retry_after?,
-            fail_after: fail_after?,
-        },
-        host: host?,
-        max_rps: max_rps?,
-        h2c: h2c?,
-        header_up: base.header_up.clone(),
-    })
+    let at = opts
+        .node(&NAME)
+        .and_then(|n| arguments(n).first().map(|a| a.span()))
+        .unwrap_or(given.span);
+    r.claim_name("mirror", &given.value, at)
+        .then_some(Some(given.value))
 }
 
 /// `host_suffix`, which may not come with the mirror's `host`.
-fn host_suffix(opts: &Options, r: &mut Reader) -> Option<Option<String>> {
-    match (opts.one("host_suffix"), opts.one("host")) {
-        (Some(n), Some(host)) => {
+fn host_suffix(opts: &Block, r: &mut Reader) -> Option<Option<String>> {
+    if let (Some(n), Some(host)) = (opts.node(&HOST_SUFFIX), opts.node(&targets::HOST)) {
+        r.push(
+            Problem::error(
+                name_span(n),
+                "`host_suffix` and `host` both set the copies' Host",
+            )
+            .label("give one")
+            .also(name_span(host), "also sets it"),
+        );
+        return None;
+    }
+    Some(opts.maybe(r, &HOST_SUFFIX)?.map(|suffix| suffix.value))
+}
+
+/// Every value of a repeatable option; `None` when one could not be read
+/// (each is reported), so that a block with a broken line decodes to
+/// nothing, as any other broken option makes it.
+fn every<V: Value>(opts: &Block, r: &mut Reader, spec: &Spec<V>) -> Option<Vec<V::Out>> {
+    let values = opts.every(r, spec);
+    (values.len() == opts.nodes(spec).len()).then_some(values)
+}
+
+/// `host_suffix "-shadow"`: letters, digits, `-` and `.`.
+#[derive(Debug)]
+struct HostSuffix;
+
+impl Value for HostSuffix {
+    type Out = String;
+    fn describe(&self) -> Cow<'static, str> {
+        "letters, digits, -, .".into()
+    }
+    fn expects(&self) -> Cow<'static, str> {
+        "a suffix such as \"-shadow\"".into()
+    }
+    fn entry(&self, _: &'static str, entry: &KdlEntry, r: &mut Reader) -> Option<String> {
+        let suffix = r.check(value::non_empty_string(entry))?;
+        let host_like = suffix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !host_like {
             r.push(
                 Problem::error(
-                    name_span(n),
-                    "`host_suffix` and `host` both set the copies' Host",
+                    value::value_span(entry),
+                    "a host suffix holds letters, digits, `-` and `.` only",
                 )
-                .label("give one")
-                .also(name_span(host), "also sets it"),
+                .label("not part of a host name"),
             );
-            None
+            return None;
         }
-        (Some(n), None) => r
-            .value(n, "a suffix such as \"-shadow\"", |e| {
-                let suffix = value::non_empty_string(e)?;
-                match suffix
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                {
-                    true => Ok(suffix),
-                    false => Err(Problem::error(
-                        value::value_span(e),
-                        "a host suffix holds letters, digits, `-` and `.` only",
-                    )
-                    .label("not part of a host name")),
-                }
-            })
-            .map(Some),
-        (None, _) => Some(None),
-    }
-}
-
-/// Every target the mirror lists: its arguments, run with the mirror's
-/// settings, then its `target` nodes. A URL may be listed once, whichever
-/// way; the second listing is the one reported.
-fn target_specs(
-    args: &[&KdlEntry],
-    urls: Option<Vec<UpstreamUrl>>,
-    nodes: &[&KdlNode],
-    mirror: Option<&TargetSettings>,
-    mirror_sample: Option<&KdlNode>,
-    seen: &mut Vec<(UpstreamUrl, SourceSpan)>,
-    r: &mut Reader,
-) -> Option<Vec<TargetSpec>> {
-    // Broken mirror settings are reported already; the defaults stand in
-    // so the `target` nodes are still checked.
-    let fallback = default_settings();
-    let base = mirror.unwrap_or(&fallback);
-    *seen = match &urls {
-        // `urls` is every argument, in order, when it is `Some`.
-        Some(urls) => urls
-            .iter()
-            .cloned()
-            .zip(args.iter().map(|a| value::value_span(a)))
-            .collect(),
-        None => Vec::new(),
-    };
-    let mut specs: Option<Vec<TargetSpec>> = urls.map(|urls| {
-        urls.into_iter()
-            .map(|url| TargetSpec {
-                url,
-                settings: base.clone(),
-            })
-            .collect()
-    });
-    for node in nodes {
-        let spec = target_node(node, base, mirror_sample, seen, r);
-        match (spec, specs.as_mut()) {
-            (Some(spec), Some(specs)) => specs.push(spec),
-            _ => specs = None,
-        }
-    }
-    mirror.and(specs)
-}
-
-/// One `target "URL" { … }` node.
-fn target_node(
-    node: &KdlNode,
-    mirror: &TargetSettings,
-    mirror_sample: Option<&KdlNode>,
-    seen: &mut Vec<(UpstreamUrl, SourceSpan)>,
-    r: &mut Reader,
-) -> Option<TargetSpec> {
-    r.no_properties(node);
-    let url = r
-        .args_only(node, 1, "one target URL, such as \"http://canary:9000\"")
-        .and_then(|args| {
-            let url = r.check(value::upstream_url(args[0]))?;
-            let span = value::value_span(args[0]);
-            if let Some((first, first_span)) = seen.iter().find(|(u, _)| *u == url) {
-                r.push(value::listed_twice(
-                    &url,
-                    span,
-                    first,
-                    *first_span,
-                    "list each URL once: in the mirror's arguments or as a `target`",
-                ));
-                return None;
-            }
-            seen.push((url.clone(), span));
-            Some(url)
-        });
-    let opts = target_options(node, r);
-    let settings = target_settings(&opts, r, mirror);
-    let header_up = r.header_ops(&opts.all("header_up"));
-    let sample_fits = match (opts.one("sample"), &settings) {
-        (Some(own), Some(settings)) if settings.sample > mirror.sample => {
-            r.push(sample_over_mirror(own, mirror_sample, mirror.sample));
-            false
-        }
-        _ => true,
-    };
-    let mut settings = settings.filter(|_| sample_fits)?;
-    settings.header_up = header_up;
-    Some(TargetSpec {
-        url: url?,
-        settings,
-    })
-}
-
-/// A `target` node's options. One of the mirror's own options there gets
-/// its own message: it is known, just not per target.
-fn target_options<'n>(node: &'n KdlNode, r: &mut Reader) -> Options<'n> {
-    let mirror_only = MIRROR_OPTIONS.iter().map(|(name, _)| (*name, Repeat::Many));
-    let known: Vec<(&'static str, Repeat)> =
-        TARGET_OPTIONS.iter().copied().chain(mirror_only).collect();
-    let opts = r.options(node, &known);
-    for (name, _) in MIRROR_OPTIONS {
-        for misplaced in opts.all(name) {
-            r.push(
-                Problem::error(
-                    name_span(misplaced),
-                    format!("`{name}` is an option of the whole mirror, not of one target"),
-                )
-                .label("not per target")
-                .help(format!(
-                    "move it into `mirror`; a `target` takes: {}",
-                    TARGET_OPTIONS
-                        .iter()
-                        .map(|(k, _)| *k)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-            );
-        }
-    }
-    opts
-}
-
-/// A target is only offered what its mirror sampled, so its own `sample`
-/// (a share of all requests, like the mirror's) cannot be larger.
-fn sample_over_mirror(own: &KdlNode, mirror_sample: Option<&KdlNode>, mirror: f64) -> Problem {
-    let own_span = arguments(own).first().map_or(name_span(own), |a| a.span());
-    let p = Problem::error(
-        own_span,
-        format!("a target cannot sample more than its mirror ({mirror})"),
-    )
-    .label("more than the mirror's")
-    .help("a target's `sample` is a share of all requests, taken from those the mirror sampled: raise the mirror's `sample` and give the other targets theirs");
-    match mirror_sample {
-        Some(n) => p.also(
-            arguments(n).first().map_or(name_span(n), |a| a.span()),
-            "the mirror's",
-        ),
-        None => p,
+        Some(suffix)
     }
 }
 
