@@ -331,16 +331,8 @@ fn explain(name: &str) -> ExitCode {
         }
         return ExitCode::from(UNREADABLE);
     };
-    match kind.options() {
-        Some(table) => {
-            println!("{name} ({})\n", role(kind));
-            print!("{}", config::options::reference(table));
-        }
-        None => println!(
-            "{name} ({}): its options are not declared for --explain yet; see the README's `{name}` section",
-            role(kind)
-        ),
-    }
+    println!("{name} ({})\n", role(kind));
+    print!("{}", config::options::reference(kind.options()));
     ExitCode::SUCCESS
 }
 

@@ -7,12 +7,9 @@ use std::process::Command;
 use teebox::config::options::{self, Place};
 use teebox::handlers::{HandlerKind, REGISTRY};
 
-/// The handlers whose options are declared.
+/// Every handler, with its declared options.
 fn declared() -> Vec<(&'static HandlerKind, &'static options::Table)> {
-    REGISTRY
-        .iter()
-        .filter_map(|k| Some((k, k.options()?)))
-        .collect()
+    REGISTRY.iter().map(|k| (k, k.options())).collect()
 }
 
 /// A route holding `handler` (and a terminal handler when it is not one).

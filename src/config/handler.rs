@@ -38,19 +38,18 @@ use crate::counters::{MetricsRegistry, RouteKey};
 /// Decodes a handler's node; `None` when it has errors (already pushed).
 pub type Decode<T> = fn(&KdlNode, &mut Reader) -> Option<Box<T>>;
 
-/// A handler's name, role, decoder and declared options: one
-/// registration line each. `options` is `None` for a handler whose options
-/// are not declared yet: `validate --explain` then points to the README.
+/// A handler's name, role, decoder and declared options (see
+/// [`super::options`]): one registration line each.
 pub enum HandlerKind {
     Middleware {
         name: &'static str,
         decode: Decode<dyn MiddlewareConfig>,
-        options: Option<&'static Table>,
+        options: &'static Table,
     },
     Terminal {
         name: &'static str,
         decode: Decode<dyn TerminalConfig>,
-        options: Option<&'static Table>,
+        options: &'static Table,
     },
 }
 
@@ -61,11 +60,11 @@ impl HandlerKind {
         }
     }
 
-    /// What the handler takes, when declared (see [`super::options`]).
-    pub fn options(&self) -> Option<&'static Table> {
+    /// What the handler takes (see [`super::options`]).
+    pub fn options(&self) -> &'static Table {
         match self {
             HandlerKind::Middleware { options, .. } | HandlerKind::Terminal { options, .. } => {
-                *options
+                options
             }
         }
     }

@@ -23,7 +23,7 @@ use crate::message::{Request, Response};
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "header",
     decode,
-    options: Some(OPTIONS),
+    options: OPTIONS,
 };
 
 /// What `header` takes: a block of edits, each named by its header.

@@ -30,7 +30,7 @@ use crate::message::{body, Request, Response};
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "record",
     decode,
-    options: Some(OPTIONS),
+    options: OPTIONS,
 };
 
 /// What `record` takes, in the order its diagnostics list it.

@@ -27,7 +27,7 @@ use crate::message::{body, BoxError, Request, Response};
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "request_body",
     decode,
-    options: Some(OPTIONS),
+    options: OPTIONS,
 };
 
 /// What `request_body` takes: its one property.

@@ -16,7 +16,7 @@ use crate::message::{body, ConnInfo, Request, Response};
 pub static KIND: HandlerKind = HandlerKind::Terminal {
     name: "respond",
     decode,
-    options: Some(OPTIONS),
+    options: OPTIONS,
 };
 
 /// What `respond` takes: its two arguments.

@@ -38,7 +38,7 @@ use crate::upstream::url::UpstreamUrl;
 pub static KIND: HandlerKind = HandlerKind::Terminal {
     name: "reverse_proxy",
     decode,
-    options: Some(OPTIONS),
+    options: OPTIONS,
 };
 
 /// What `reverse_proxy` takes, in the order its diagnostics list it.

@@ -32,7 +32,7 @@ use crate::message::{body, Request, Response};
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "rewrite",
     decode,
-    options: Some(OPTIONS),
+    options: OPTIONS,
 };
 
 /// What `rewrite` takes: one new path, or edit properties.

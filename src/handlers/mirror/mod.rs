@@ -38,7 +38,7 @@ use crate::upstream::url::UpstreamUrl;
 pub static KIND: HandlerKind = HandlerKind::Middleware {
     name: "mirror",
     decode,
-    options: Some(OPTIONS),
+    options: OPTIONS,
 };
 
 mod compare;
