@@ -25,8 +25,8 @@
 //! A block with nested blocks declares them with [`Nested`] (whose value is
 //! the inner block's own table, printed after the outer one), reads the
 //! inner node with [`Block::node`] and then [`read`]s it against that
-//! table. Options a nested node takes over from its parent (a mirror
-//! `target`'s `timeout`) are the same `Spec`s in the inner table, read with
+//! table. Options a nested node takes over from its parent (a
+//! `target` node's `timeout`) are the same `Spec`s in the inner table, read with
 //! [`Block::get_or`] and the parent's value; the parent's own options
 //! written in the nested node are set aside by [`read_among`], for the
 //! caller to say where they belong. The value types most options use are in
@@ -357,7 +357,7 @@ pub fn read<'n>(node: &'n KdlNode, table: &'static Table, r: &mut Reader) -> Blo
     }
 }
 
-/// [`read`], for a node inside another (a mirror's `target`): children
+/// [`read`], for a node inside another (a `target` inside its block): children
 /// named by `elsewhere`'s child options (the enclosing block's) are not
 /// unknown, nor read; they come back, in file order, for the caller to
 /// say where they belong.

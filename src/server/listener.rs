@@ -289,7 +289,7 @@ async fn serve_http<I>(
                 false => {
                     router
                         .handle(
-                            req.map(|b| request_body(b, *read_body_timeout, state)),
+                            req.map(|b| timed_request_body(b, *read_body_timeout, state)),
                             conn,
                         )
                         .await
@@ -346,7 +346,7 @@ struct PerConnection {
 /// The client's request body as handlers see it; one that is not over
 /// before it starts is timed between reads (`read_body_timeout`), and
 /// counts as in flight on its connection until it is finished.
-fn request_body(
+fn timed_request_body(
     incoming: Incoming,
     read_body_timeout: Duration,
     state: &Arc<ConnState>,
