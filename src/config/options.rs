@@ -571,6 +571,14 @@ pub fn shown_name(d: &dyn Declaration) -> String {
     }
 }
 
+/// Whether a node of `table` takes a block: `log level=…` takes none, its
+/// options being properties of the node.
+pub fn has_block(table: &Table) -> bool {
+    table
+        .iter()
+        .any(|d| matches!(d.place(), Place::Child | Place::Children))
+}
+
 /// `table` as aligned plain text: one line per option (name, value type,
 /// default, how often, description), then each nested block's own table.
 pub fn reference(table: &Table) -> String {
@@ -578,7 +586,8 @@ pub fn reference(table: &Table) -> String {
     reference_into(&mut out, table);
     for d in table {
         if let Some(inner) = d.nested() {
-            out.push_str(&format!("\n{} {{ … }} takes:\n", d.name()));
+            let written = if has_block(inner) { " { … }" } else { "" };
+            out.push_str(&format!("\n{}{written} takes:\n", d.name()));
             out.push_str(&reference(inner));
         }
     }
