@@ -10,8 +10,9 @@
 //!   option a table lists is taken. What a block takes is read from the
 //!   diagnostic an unknown option gets (``"`mirror` takes: …"``), so these
 //!   tests check the lists users are shown, not a copy of them; a handler
-//!   whose options are declared (`config::options`) has a table that lists
-//!   exactly its declarations, with their defaults;
+//!   whose options are declared (`config::options`), and each block of the
+//!   site file (`global`, `site`, `tls`, …), has a table that lists exactly
+//!   its declarations, with their defaults;
 //! - every handler has its section, every metric family `/metrics` prints
 //!   (and every `outcome`/`result` label value) is in the metrics table,
 //!   every counter of `GET /targets` in the counters table, every command
@@ -545,6 +546,38 @@ fn site_options_are_documented() {
     );
 }
 
+/// The README section holding each block's table: the first table in it
+/// whose first column is "option".
+fn block_section(block: &str) -> &'static str {
+    match block {
+        "global" => "### `global`",
+        "log" => "#### Process logs (`log`)",
+        "limits" => "## Security and limits",
+        "admin" => "## The admin endpoint",
+        "site" => "### `site`",
+        "tls" => "## TLS",
+        other => panic!("tests/docs.rs does not know where `{other}`'s table is: add it"),
+    }
+}
+
+/// Each block of the site file has a README table that lists exactly its
+/// declared options, each with the declared default, as a handler's does.
+#[test]
+fn block_tables_are_their_declarations() {
+    let readme = readme();
+    for block in teebox::config::BLOCKS {
+        let heading = block_section(block.name);
+        let rows = table(section(&readme, heading), "option");
+        let differences = table_differences(&rows, block.options);
+        assert!(
+            differences.is_empty(),
+            "{heading}: the README's table of `{}` and its declaration differ:\n  {}",
+            block.name,
+            differences.join("\n  ")
+        );
+    }
+}
+
 #[test]
 fn every_handler_has_its_section() {
     let readme = readme();
@@ -661,6 +694,36 @@ fn shown_default(unset: Unset) -> String {
         Unset::Default(text) => format!("`{text}`"),
         other => other.shown().to_string(),
     }
+}
+
+/// How `rows` (a README table) and `declared` (a declared table) differ:
+/// an option with no row, a row with no option, or another default.
+fn table_differences(rows: &[Vec<String>], declared: &options::Table) -> Vec<String> {
+    let in_readme: BTreeMap<String, String> = rows
+        .iter()
+        .map(|row| (row_name(&row[0]), row[2].clone()))
+        .collect();
+    let in_code: BTreeMap<String, String> = declared
+        .iter()
+        .map(|d| (options::shown_name(*d), shown_default(d.unset())))
+        .collect();
+    let mut differences = Vec::new();
+    if in_readme.len() != rows.len() {
+        differences.push("an option has two rows".to_string());
+    }
+    for (name, default) in &in_code {
+        match in_readme.get(name) {
+            None => differences.push(format!("{name}: declared, but has no row")),
+            Some(shown) if shown != default => differences.push(format!(
+                "{name}: the README's default is {shown:?}, the declared one {default:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in in_readme.keys().filter(|n| !in_code.contains_key(*n)) {
+        differences.push(format!("{name}: has a row, but is not declared"));
+    }
+    differences
 }
 
 /// Every handler whose options are declared has a table in its README

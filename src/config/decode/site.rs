@@ -78,7 +78,7 @@ static KEY: Spec<PemFile> = Spec::property(
     "key",
     PemFile,
     Unset::Required,
-    "The certificate's PEM private key (PKCS#8, RSA or EC).",
+    "The certificate's PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).",
 );
 
 static DEFAULT: Spec<o::Flag> = Spec::property(
