@@ -17,10 +17,13 @@
 //! - [`reference`] prints the table (`teebox validate --explain`), and the
 //!   README's tables are checked against it (tests/docs.rs).
 //!
-//! Handlers read an option through its `Spec` (`opts.get(r, &TIMEOUT)`), not
-//! its name, so a misspelt name cannot compile; reading a `Spec` that is
-//! missing from the block's table is reported as teebox's own mistake, which
-//! any test that decodes the node turns up.
+//! Decoders (each handler's, and those of the site file's own blocks:
+//! `global`, `site`, …) read an option through its `Spec`
+//! (`opts.get(r, &TIMEOUT)`), not its name, so a misspelt name cannot
+//! compile; reading a `Spec` that is missing from the block's table is
+//! reported as teebox's own mistake, which any test that decodes the node
+//! turns up. A block that is not written is decoded as an empty node, so
+//! the defaults it gets are the declared ones.
 //!
 //! A block with nested blocks declares them with [`Nested`] (whose value is
 //! the inner block's own table, printed after the outer one), reads the
