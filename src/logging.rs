@@ -114,7 +114,7 @@ fn set_json(json: bool) {
 /// `debug` and `trace` are for teebox itself: hyper and h2 at those levels
 /// would drown it.
 fn filter_for(log: &LogConfig) -> EnvFilter {
-    let directives = match log.level.unwrap_or("info") {
+    let directives = match log.level {
         verbose @ ("debug" | "trace") => format!("info,teebox={verbose}"),
         level => level.to_string(),
     };

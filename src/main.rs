@@ -36,16 +36,17 @@ enum Command {
     /// Check a site file and report every mistake in it.
     ///
     /// Exit status: 0 valid, 1 invalid, 2 unreadable (or, with --explain,
-    /// an unknown handler).
+    /// an unknown name).
     Validate {
         /// The site file.
         #[arg(required_unless_present = "explain")]
         file: Option<PathBuf>,
-        /// Print the options HANDLER takes instead (without a name: list
-        /// the handlers).
+        /// Print the options NAME takes instead: a handler's, or a block's
+        /// of the site file (global, log, limits, admin, site, tls).
+        /// Without a name: list them.
         #[arg(
             long,
-            value_name = "HANDLER",
+            value_name = "NAME",
             num_args = 0..=1,
             default_missing_value = "",
             conflicts_with = "file"
@@ -110,9 +111,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { file } => run(&file),
         Command::Validate {
-            explain: Some(handler),
+            explain: Some(name),
             ..
-        } => explain(&handler),
+        } => explain(&name),
         Command::Validate {
             file: Some(file), ..
         } => validate(&file),
@@ -210,8 +211,8 @@ fn replay_options(
 fn replay(options: teebox::replay::ReplayOptions) -> ExitCode {
     teebox::logging::init(
         &LogConfig {
-            level: Some("warn"),
-            ..LogConfig::default()
+            level: "warn",
+            format: LogFormat::Text,
         },
         style() == Style::Color,
     );
@@ -304,8 +305,8 @@ fn validate(file: &Path) -> ExitCode {
     }
 }
 
-/// `validate --explain [HANDLER]`: the handlers, or the options of one as
-/// its declaration gives them.
+/// `validate --explain [NAME]`: the declared options of a block of the
+/// site file or of a handler (their names never meet), or the list of both.
 fn explain(name: &str) -> ExitCode {
     use teebox::handlers::{self, REGISTRY};
     let role = |kind: &handlers::HandlerKind| match kind.is_terminal() {
@@ -313,20 +314,33 @@ fn explain(name: &str) -> ExitCode {
         false => "middleware",
     };
     if name.is_empty() {
-        println!("handlers (teebox validate --explain HANDLER prints one's options):");
+        println!("blocks of the site file (teebox validate --explain BLOCK prints one's options):");
+        for block in config::BLOCKS {
+            println!("  {:<14} {}", block.name, block.written);
+        }
+        println!("\nhandlers (teebox validate --explain HANDLER prints one's options):");
         for kind in REGISTRY {
             println!("  {:<14} {}", kind.name(), role(kind));
         }
         return ExitCode::SUCCESS;
     }
+    if let Some(block) = config::block(name) {
+        println!("{name} ({})\n", block.written);
+        print!("{}", config::options::reference(block.options));
+        return ExitCode::SUCCESS;
+    }
     let Some(kind) = REGISTRY.find(name) else {
-        eprintln!("teebox validate: unknown handler `{name}`");
-        let names = REGISTRY.iter().map(|k| k.name());
-        match teebox::suggest::suggest(name, names.clone()) {
+        eprintln!(
+            "teebox validate: unknown handler `{name}`, and no block of the site file is named so"
+        );
+        let blocks = config::BLOCKS.iter().map(|b| b.name);
+        let handlers = REGISTRY.iter().map(|k| k.name());
+        match teebox::suggest::suggest(name, handlers.clone().chain(blocks.clone())) {
             Some(near) => eprintln!("  help: did you mean `{near}`?"),
             None => eprintln!(
-                "  help: the handlers are: {}",
-                names.collect::<Vec<_>>().join(", ")
+                "  help: the handlers are: {}; the blocks: {}",
+                handlers.collect::<Vec<_>>().join(", "),
+                blocks.collect::<Vec<_>>().join(", ")
             ),
         }
         return ExitCode::from(UNREADABLE);
@@ -413,9 +427,10 @@ fn run(file: &Path) -> ExitCode {
         Err(LoadError::Invalid(err)) => {
             match config::log_format_hint(err.file.text()) {
                 Some(LogFormat::Json) => {
+                    // Only the file's errors are logged before exiting.
                     let json = LogConfig {
+                        level: "error",
                         format: LogFormat::Json,
-                        ..LogConfig::default()
                     };
                     teebox::logging::init(&json, false);
                     teebox::logging::problems(

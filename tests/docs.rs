@@ -10,8 +10,9 @@
 //!   option a table lists is taken. What a block takes is read from the
 //!   diagnostic an unknown option gets (``"`mirror` takes: …"``), so these
 //!   tests check the lists users are shown, not a copy of them; a handler
-//!   whose options are declared (`config::options`) has a table that lists
-//!   exactly its declarations, with their defaults;
+//!   whose options are declared (`config::options`), and each block of the
+//!   site file (`global`, `site`, `tls`, …), has a table that lists exactly
+//!   its declarations, with their defaults;
 //! - every handler has its section, every metric family `/metrics` prints
 //!   (and every `outcome`/`result` label value) is in the metrics table,
 //!   every counter of `GET /targets` in the counters table, every command
@@ -543,6 +544,38 @@ fn site_options_are_documented() {
         &properties(&row(&rows, "tls")[0]),
         &properties_of("tls", &site(&format!("tls {PROBE}=1"))),
     );
+}
+
+/// The README section holding each block's table: the first table in it
+/// whose first column is "option".
+fn block_section(block: &str) -> &'static str {
+    match block {
+        "global" => "### `global`",
+        "log" => "#### Process logs (`log`)",
+        "limits" => "## Security and limits",
+        "admin" => "## The admin endpoint",
+        "site" => "### `site`",
+        "tls" => "## TLS",
+        other => panic!("tests/docs.rs does not know where `{other}`'s table is: add it"),
+    }
+}
+
+/// Each block of the site file has a README table that lists exactly its
+/// declared options, each with the declared default, as a handler's does.
+#[test]
+fn block_tables_are_their_declarations() {
+    let readme = readme();
+    for block in teebox::config::BLOCKS {
+        let heading = block_section(block.name);
+        let rows = table(section(&readme, heading), "option");
+        let differences = table_differences(&rows, block.options);
+        assert!(
+            differences.is_empty(),
+            "{heading}: the README's table of `{}` and its declaration differ:\n  {}",
+            block.name,
+            differences.join("\n  ")
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! Each handler's options are declared once (`teebox::config::options`):
+//! Each handler's options, and each block's of the site file itself
+//! (`global`, `site`, …), are declared once (`teebox::config::options`):
 //! the declarations are sound, every declared option is read by its
-//! handler's decoder, and `teebox validate --explain` prints them.
+//! decoder, and `teebox validate --explain` prints them.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use teebox::config::options::{self, Place};
@@ -168,4 +170,150 @@ fn explain_an_unknown_handler_suggests_the_nearest_and_exits_2() {
         err.contains("the handlers are: respond, reverse_proxy"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The site file's own blocks.
+
+/// Where the sample `tls` finds its certificate and key.
+fn valid_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/valid")
+}
+
+fn parse(text: &str) -> Result<(), Vec<teebox::config::Problem>> {
+    teebox::config::parse("probe.kdl", text, valid_dir(), REGISTRY)
+        .map(|_| ())
+        .map_err(|err| err.problems)
+}
+
+/// A site file holding the smallest valid `block`, with `option` (a child
+/// option or a property, as written) added to it.
+fn block_sample(block: &str, option: Option<(&str, Place)>) -> String {
+    let child = match option {
+        Some((o, Place::Child)) => o,
+        _ => "",
+    };
+    let property = match option {
+        Some((o, Place::Property)) => o,
+        _ => "",
+    };
+    let route = "route \"/*\" {\n        respond 200\n    }";
+    let site = format!("site \"127.0.0.1:0\" {{\n    {route}\n}}\n");
+    let global = |inner: String| format!("global {{\n    {inner}\n}}\n{site}");
+    match block {
+        "global" => global(child.to_string()),
+        "log" => global(format!("log {property}")),
+        "limits" => global(format!("limits {{ {child} }}")),
+        "admin" => global(format!("admin \"127.0.0.1:2019\" {{ {child} }}")),
+        "site" => format!("site \"127.0.0.1:0\" {{\n    {child}\n    {route}\n}}\n"),
+        "tls" => {
+            // The property tried stands for the sample's own.
+            let given = property.split('=').next().unwrap_or_default();
+            let mut tls = vec!["tls".to_string()];
+            for (name, path) in [("cert", "certs/site.pem"), ("key", "certs/site-key.pem")] {
+                if name != given {
+                    tls.push(format!("{name}=\"{path}\""));
+                }
+            }
+            tls.push(property.to_string());
+            format!(
+                "site \"127.0.0.1:0\" {{\n    {}\n    {route}\n}}\n",
+                tls.join(" ").trim_end()
+            )
+        }
+        other => panic!("tests/options.rs has no sample of the block `{other}`: add one"),
+    }
+}
+
+#[test]
+fn every_block_declaration_is_sound_and_named_apart_from_the_handlers() {
+    let blocks = teebox::config::BLOCKS;
+    assert!(blocks.len() >= 6, "only {} blocks declared", blocks.len());
+    for block in blocks {
+        if let Err(why) = options::check_table(block.options) {
+            panic!("`{}`: {why}", block.name);
+        }
+        assert!(
+            REGISTRY.find(block.name).is_none(),
+            "`{}` names a block and a handler: --explain could not tell them apart",
+            block.name
+        );
+    }
+}
+
+/// The smallest use of each block is valid: every option its decoder reads
+/// is in its table (reading one that is not is an error).
+#[test]
+fn every_block_option_read_is_declared() {
+    for block in teebox::config::BLOCKS {
+        let text = block_sample(block.name, None);
+        if let Err(problems) = parse(&text) {
+            panic!("`{}`:\n{text}\n{problems:#?}", block.name);
+        }
+    }
+}
+
+/// An option written with a value no type takes (`#null`) is reported at
+/// that option: every declared option of a block is read by its decoder.
+#[test]
+fn every_block_option_declared_is_read() {
+    for block in teebox::config::BLOCKS {
+        for d in block.options.iter() {
+            let written = match d.place() {
+                Place::Child => format!("{} #null", d.name()),
+                Place::Property => format!("{}=#null", d.name()),
+                Place::Argument | Place::Children => continue,
+            };
+            let text = block_sample(block.name, Some((&written, d.place())));
+            let at = text.find(&written).expect("the option is in the file");
+            let problems = match parse(&text) {
+                Ok(()) => panic!("`{written}` was taken by `{}`:\n{text}", block.name),
+                Err(problems) => problems,
+            };
+            assert!(
+                problems.iter().any(|p| {
+                    let offset = p.span().offset();
+                    p.is_error() && (at..at + written.len()).contains(&offset)
+                }),
+                "`{written}` in `{}` is not reported where it is written: {problems:#?}",
+                block.name
+            );
+        }
+    }
+}
+
+#[test]
+fn explain_prints_every_block_s_options_with_their_defaults() {
+    for block in teebox::config::BLOCKS {
+        let (code, out, err) = teebox(&["validate", "--explain", block.name]);
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with(block.name), "{out}");
+        for d in block.options.iter() {
+            let name = options::shown_name(*d);
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("{name}  ")))
+                .unwrap_or_else(|| panic!("no line for `{name}`:\n{out}"));
+            assert!(line.contains(d.unset().shown()), "{line}");
+            assert!(line.ends_with(d.about()), "{line}");
+        }
+    }
+}
+
+#[test]
+fn explain_without_a_name_lists_the_blocks_too() {
+    let (code, out, _) = teebox(&["validate", "--explain"]);
+    assert_eq!(code, 0);
+    for block in teebox::config::BLOCKS {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().next() == Some(block.name)),
+            "`{}` is not listed:\n{out}",
+            block.name
+        );
+    }
+    let (code, _, err) = teebox(&["validate", "--explain", "glbal"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("did you mean `global`?"), "{err}");
 }

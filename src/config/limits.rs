@@ -1,5 +1,6 @@
 //! `global { limits { … } }`: the connection and request limits of every
-//! listener, declared once (see [`super::options`]).
+//! listener, declared once (see [`super::options`]). A file without
+//! `limits` is read as one with an empty block, so it gets these defaults.
 
 use std::borrow::Cow;
 
@@ -123,36 +124,42 @@ impl Value for HeaderSize {
     }
 }
 
+/// The declared defaults, for tests that change one limit
+/// (`Limits { max_connections: 2, ..Limits::default() }`): read as a file
+/// without `limits` reads them.
+#[cfg(test)]
+impl Default for Limits {
+    fn default() -> Self {
+        let mut problems = super::diag::Problems::default();
+        let limits = decode(
+            &KdlNode::new("limits"),
+            &mut Reader::new(&mut problems, std::path::PathBuf::from(".")),
+        );
+        match limits {
+            Some(limits) if !problems.has_errors() => limits,
+            _ => panic!("the declared limits do not read: {:?}", problems.into_vec()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
-    use crate::config::diag::Problems;
 
     #[test]
     fn the_table_is_sound() {
         o::check_table(OPTIONS).unwrap();
     }
 
-    /// A file without `limits` gets `Limits::default()`, one with an empty
-    /// block the declared defaults: they must be the same.
+    /// Each declared default lands in its own field.
     #[test]
-    fn the_declared_defaults_are_limits_default() {
-        let node: KdlNode = "limits { }".parse().unwrap();
-        let mut problems = Problems::default();
-        let limits = decode(&node, &mut Reader::new(&mut problems, PathBuf::from(".")));
-        assert!(!problems.has_errors(), "{:?}", problems.into_vec());
-        let limits = limits.unwrap();
-        let default = Limits::default();
-        assert_eq!(limits.max_header_size, default.max_header_size);
-        assert_eq!(limits.read_header_timeout, default.read_header_timeout);
-        assert_eq!(limits.read_body_timeout, default.read_body_timeout);
-        assert_eq!(limits.idle_timeout, default.idle_timeout);
-        assert_eq!(limits.max_connections, default.max_connections);
-        assert_eq!(
-            limits.h2_max_concurrent_streams,
-            default.h2_max_concurrent_streams
-        );
+    fn an_unwritten_block_gets_the_declared_defaults() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_header_size, 64 * 1024);
+        assert_eq!(limits.read_header_timeout.as_secs(), 10);
+        assert_eq!(limits.read_body_timeout.as_secs(), 60);
+        assert_eq!(limits.idle_timeout.as_secs(), 120);
+        assert_eq!(limits.max_connections, 10_000);
+        assert_eq!(limits.h2_max_concurrent_streams, 256);
     }
 }

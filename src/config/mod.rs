@@ -17,6 +17,7 @@ pub mod value;
 
 use std::path::{Path, PathBuf};
 
+pub use decode::{block, FileBlock, BLOCKS};
 pub use diag::{ConfigError, Problem, Source, Style};
 pub use handler::Registry;
 pub use model::*;

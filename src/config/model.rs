@@ -34,9 +34,8 @@ pub struct Global {
     pub limits: Limits,
 }
 
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
-
-/// `global { limits { … } }`: applied to every listener.
+/// `global { limits { … } }`: applied to every listener. What a file
+/// without `limits` gets is the declared defaults (`config::limits`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Request line plus headers; larger: 431.
@@ -54,29 +53,16 @@ pub struct Limits {
     pub h2_max_concurrent_streams: u32,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_size: 64 * 1024,
-            read_header_timeout: Duration::from_secs(10),
-            read_body_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(120),
-            max_connections: 10_000,
-            h2_max_concurrent_streams: 256,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default)]
+/// `global { log … }`; a file without it gets the declared defaults.
+#[derive(Debug, Clone)]
 pub struct LogConfig {
     /// `RUST_LOG` overrides this.
-    pub level: Option<&'static str>,
+    pub level: &'static str,
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
-    #[default]
     Text,
     Json,
 }

@@ -17,10 +17,13 @@
 //! - [`reference`] prints the table (`teebox validate --explain`), and the
 //!   README's tables are checked against it (tests/docs.rs).
 //!
-//! Handlers read an option through its `Spec` (`opts.get(r, &TIMEOUT)`), not
-//! its name, so a misspelt name cannot compile; reading a `Spec` that is
-//! missing from the block's table is reported as teebox's own mistake, which
-//! any test that decodes the node turns up.
+//! Decoders (each handler's, and those of the site file's own blocks:
+//! `global`, `site`, …) read an option through its `Spec`
+//! (`opts.get(r, &TIMEOUT)`), not its name, so a misspelt name cannot
+//! compile; reading a `Spec` that is missing from the block's table is
+//! reported as teebox's own mistake, which any test that decodes the node
+//! turns up. A block that is not written is decoded as an empty node, so
+//! the defaults it gets are the declared ones.
 //!
 //! A block with nested blocks declares them with [`Nested`] (whose value is
 //! the inner block's own table, printed after the outer one), reads the
@@ -558,6 +561,14 @@ pub fn shown_name(d: &dyn Declaration) -> String {
     }
 }
 
+/// Whether a node of `table` takes a block: `log level=…` takes none, its
+/// options being properties of the node.
+pub fn has_block(table: &Table) -> bool {
+    table
+        .iter()
+        .any(|d| matches!(d.place(), Place::Child | Place::Children))
+}
+
 /// `table` as aligned plain text: one line per option (name, value type,
 /// default, how often, description), then each nested block's own table.
 pub fn reference(table: &Table) -> String {
@@ -565,7 +576,8 @@ pub fn reference(table: &Table) -> String {
     reference_into(&mut out, table);
     for d in table {
         if let Some(inner) = d.nested() {
-            out.push_str(&format!("\n{} {{ … }} takes:\n", d.name()));
+            let written = if has_block(inner) { " { … }" } else { "" };
+            out.push_str(&format!("\n{}{written} takes:\n", d.name()));
             out.push_str(&reference(inner));
         }
     }

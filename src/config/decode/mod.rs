@@ -14,10 +14,62 @@ use miette::SourceSpan;
 use super::diag::{Problem, Problems};
 use super::handler::Registry;
 use super::model::*;
+use super::options::Table;
 use super::reader::{name_span, Reader};
 use super::value;
 
 pub use syntax::syntax_problems;
+
+/// A block of the site file itself, rather than a handler's, with its
+/// declared options.
+#[derive(Debug)]
+pub struct FileBlock {
+    pub name: &'static str,
+    /// Where it is written, for `teebox validate --explain`.
+    pub written: &'static str,
+    pub options: &'static Table,
+}
+
+/// Every block of the site file whose options are declared, outer blocks
+/// first. (`route` is the matchers and the handler chain: see the
+/// handlers' own tables.)
+pub static BLOCKS: &[FileBlock] = &[
+    FileBlock {
+        name: "global",
+        written: "global { … }, at most once",
+        options: global::OPTIONS,
+    },
+    FileBlock {
+        name: "log",
+        written: "global { log level=… format=… }",
+        options: global::LOG_OPTIONS,
+    },
+    FileBlock {
+        name: "limits",
+        written: "global { limits { … } }",
+        options: super::limits::OPTIONS,
+    },
+    FileBlock {
+        name: "admin",
+        written: "global { admin ADDRESS { … } }",
+        options: global::ADMIN_OPTIONS,
+    },
+    FileBlock {
+        name: "site",
+        written: "site ADDRESS… { … }, one or more",
+        options: site::OPTIONS,
+    },
+    FileBlock {
+        name: "tls",
+        written: "site … { tls cert=… key=… }",
+        options: site::TLS_OPTIONS,
+    },
+];
+
+/// The block of the site file named `name`.
+pub fn block(name: &str) -> Option<&'static FileBlock> {
+    BLOCKS.iter().find(|b| b.name == name)
+}
 
 /// Decodes a parsed document. Returns `None` when any error was recorded.
 pub fn document(
@@ -62,15 +114,9 @@ pub fn document(
             }
         }
     }
-    let global = match global_node {
-        Some(node) => global::global(node, &mut r),
-        None => Some(Global {
-            log: LogConfig::default(),
-            grace_period: DEFAULT_GRACE_PERIOD,
-            admin: None,
-            limits: Limits::default(),
-        }),
-    };
+    // A file without `global` reads as one with an empty block: every
+    // option gets its declared default.
+    let global = global::global(global_node.unwrap_or(&KdlNode::new("global")), &mut r);
     if site_count == 0 && !unknown {
         r.push(
             Problem::error(SourceSpan::new(0.into(), 0), "no `site` block: nothing to serve")

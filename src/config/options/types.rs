@@ -1,16 +1,18 @@
 //! The value types options share: flags, durations, sizes, numbers,
-//! words, URLs, files, header edits and nested blocks. A node with a value
+//! words, URLs, listen addresses, files, header edits and nested blocks. A node with a value
 //! of its own (the `upgrades` list, a CA bundle) implements [`Value`]
 //! beside its table.
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use kdl::{KdlEntry, KdlNode};
 
 use super::{Table, Value};
+use crate::config::diag::Problem;
 use crate::config::reader::Reader;
-use crate::config::value;
+use crate::config::value::{self, Spanned};
 use crate::message::header_ops::HeaderOp;
 
 /// `#true` or `#false`.
@@ -204,6 +206,53 @@ impl Value for Url {
     }
 }
 
+/// Listen addresses (`"127.0.0.1:8080"`, `":8080"`), each with the span of
+/// its value; a list names each address once.
+#[derive(Debug)]
+pub struct ListenAddress {
+    /// What a node missing one needs: `one listen address, such as …`.
+    pub expects: &'static str,
+}
+
+impl Value for ListenAddress {
+    type Out = Spanned<SocketAddr>;
+    fn describe(&self) -> Cow<'static, str> {
+        "listen address".into()
+    }
+    fn expects(&self) -> Cow<'static, str> {
+        self.expects.into()
+    }
+    fn entry(&self, _: &'static str, entry: &KdlEntry, r: &mut Reader) -> Option<Self::Out> {
+        r.check(value::listen_address(entry))
+            .map(|addr| Spanned::new(addr, value::value_span(entry)))
+    }
+    /// Every address that can be read, each once: one that cannot, or one
+    /// listed again, is reported and left out.
+    fn list(
+        &self,
+        name: &'static str,
+        entries: &[&KdlEntry],
+        r: &mut Reader,
+    ) -> Option<Vec<Self::Out>> {
+        let mut seen: Vec<Spanned<SocketAddr>> = Vec::new();
+        for entry in entries {
+            let Some(addr) = self.entry(name, entry, r) else {
+                continue;
+            };
+            if let Some(first) = seen.iter().find(|a| a.value == addr.value) {
+                r.push(
+                    Problem::error(addr.span, format!("address {} is listed twice", addr.value))
+                        .label("again")
+                        .also(first.span, "first here"),
+                );
+                continue;
+            }
+            seen.push(addr);
+        }
+        Some(seen)
+    }
+}
+
 /// A file teebox writes: its directory must exist (see
 /// [`Reader::file_to_write`]).
 #[derive(Debug)]
@@ -267,7 +316,10 @@ pub struct Nested(pub &'static Table);
 impl Value for Nested {
     type Out = ();
     fn describe(&self) -> Cow<'static, str> {
-        "block".into()
+        match super::has_block(self.0) {
+            true => "block".into(),
+            false => "properties".into(),
+        }
     }
     fn expects(&self) -> Cow<'static, str> {
         "a block".into()
