@@ -143,6 +143,8 @@ pub struct Earlier<'a> {
 /// What every decoded handler can do before it is built.
 pub trait HandlerConfig: Debug + Send + Sync {
     /// File-wide checks this handler owns; problems go to `problems`.
+    /// Every handler that decoded is checked, also in a route or site that
+    /// has errors elsewhere; a handler whose own node has errors is not.
     fn check(&self, _file: &FileView<'_>, _problems: &mut Vec<Problem>) {}
 
     /// Reads the request body before the rest of the chain runs (copying
@@ -203,7 +205,9 @@ pub trait HandlerState: Send + Sync + 'static {
         Box::pin(async {})
     }
 
-    /// After a reload replaced it and its last request finished.
+    /// After a reload replaced it: once the last request on the old
+    /// config finished, or at the latest a minute after the swap (a request
+    /// still running then may yet use it).
     fn clean_up(&self) {}
 
     /// Connections it may hold open on its own (its workers'), counted

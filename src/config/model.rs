@@ -8,7 +8,7 @@ use std::time::Duration;
 use miette::SourceSpan;
 
 use super::diag::Source;
-use super::handler::{MiddlewareConfig, TerminalConfig};
+use super::handler::{HandlerConfig, MiddlewareConfig, TerminalConfig};
 use super::matchers::{HostPattern, RouteMatch};
 use super::value::Spanned;
 use crate::passwords::BcryptHash;
@@ -133,6 +133,35 @@ pub struct Placed<T: ?Sized> {
     /// The node's name in the file.
     pub span: SourceSpan,
     pub config: Box<T>,
+}
+
+impl Placed<dyn MiddlewareConfig> {
+    pub fn upcast(self) -> Placed<dyn HandlerConfig> {
+        Placed {
+            name: self.name,
+            span: self.span,
+            config: self.config,
+        }
+    }
+}
+
+impl Placed<dyn TerminalConfig> {
+    pub fn upcast(self) -> Placed<dyn HandlerConfig> {
+        Placed {
+            name: self.name,
+            span: self.span,
+            config: self.config,
+        }
+    }
+}
+
+impl Route {
+    /// Its handlers in chain order, as every handler is: for the checks.
+    pub fn into_handlers(self) -> Vec<Placed<dyn HandlerConfig>> {
+        let mut handlers: Vec<_> = self.middleware.into_iter().map(|p| p.upcast()).collect();
+        handlers.push(self.terminal.upcast());
+        handlers
+    }
 }
 
 impl<T: ?Sized> Placed<T> {

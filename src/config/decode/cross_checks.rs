@@ -8,6 +8,8 @@ use miette::SourceSpan;
 
 use crate::config::diag::Problem;
 use crate::config::handler::{Earlier, FileView};
+
+use super::Unfinished;
 use crate::config::matchers::HostPattern;
 use crate::config::model::*;
 use crate::config::reader::Reader;
@@ -15,35 +17,45 @@ use crate::config::value::Spanned;
 
 /// The file-wide checks each handler owns (see [`HandlerConfig::check`]),
 /// in file order, each handler seeing the ones before it in its route.
-pub(super) fn handler_checks(sites: &[Site], r: &mut Reader) {
+pub(super) fn handler_checks(sites: &[Site], unfinished: &[Unfinished], r: &mut Reader) {
     let listen: Vec<Spanned<SocketAddr>> = sites
         .iter()
         .flat_map(|s| s.addresses.iter().cloned())
         .collect();
-    let mut found = Vec::new();
-    for route in sites.iter().flat_map(|s| &s.routes) {
-        let mut earlier: Vec<Earlier> = Vec::new();
-        let handlers = route
-            .middleware
+    let finished = sites.iter().flat_map(|s| &s.routes).map(|route| {
+        let middleware = route.middleware.iter().map(|m| Earlier {
+            name: &m.name,
+            span: m.span,
+            config: &*m.config,
+        });
+        let terminal = Earlier {
+            name: &route.terminal.name,
+            span: route.terminal.span,
+            config: &*route.terminal.config,
+        };
+        middleware
+            .chain(std::iter::once(terminal))
+            .collect::<Vec<_>>()
+    });
+    let unfinished = unfinished.iter().map(|handlers| {
+        handlers
             .iter()
-            .map(|m| Earlier {
-                name: &m.name,
-                span: m.span,
-                config: &*m.config,
+            .map(|h| Earlier {
+                name: &h.name,
+                span: h.span,
+                config: &*h.config,
             })
-            .chain(std::iter::once(Earlier {
-                name: &route.terminal.name,
-                span: route.terminal.span,
-                config: &*route.terminal.config,
-            }));
-        for handler in handlers {
+            .collect::<Vec<_>>()
+    });
+    let mut found = Vec::new();
+    for route in finished.chain(unfinished) {
+        for (i, handler) in route.iter().enumerate() {
             let file = FileView {
                 at: handler.span,
                 listen: &listen,
-                earlier: &earlier,
+                earlier: &route[..i],
             };
             handler.config.check(&file, &mut found);
-            earlier.push(handler);
         }
     }
     found.into_iter().for_each(|p| r.push(p));

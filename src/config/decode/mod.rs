@@ -12,13 +12,18 @@ use kdl::{KdlDocument, KdlNode};
 use miette::SourceSpan;
 
 use super::diag::{Problem, Problems};
-use super::handler::Registry;
+use super::handler::{HandlerConfig, Registry};
 use super::model::*;
 use super::options::Table;
 use super::reader::{name_span, Reader};
 use super::value;
 
 pub use syntax::syntax_problems;
+
+/// The handlers of a route left out of the config because it, or its site,
+/// has errors. They are still checked, so that `validate` shows their
+/// warnings beside those errors.
+type Unfinished = Vec<Placed<dyn HandlerConfig>>;
 
 /// A block of the site file itself, rather than a handler's, with its
 /// declared options.
@@ -82,6 +87,7 @@ pub fn document(
     let mut r = Reader::new(problems, base_dir.clone());
     let mut global_node: Option<&KdlNode> = None;
     let mut sites = Vec::new();
+    let mut unfinished = Vec::new();
     let mut site_count = 0;
     let mut unknown = false;
     for node in doc.nodes() {
@@ -100,7 +106,13 @@ pub fn document(
             }
             "site" => {
                 site_count += 1;
-                sites.extend(site::site(node, &mut r, &base_dir, registry));
+                sites.extend(site::site(
+                    node,
+                    &mut r,
+                    &base_dir,
+                    registry,
+                    &mut unfinished,
+                ));
             }
             other => {
                 unknown = true;
@@ -127,7 +139,7 @@ pub fn document(
     if let Some(admin) = global.as_ref().and_then(|g| g.admin.as_ref()) {
         cross_checks::admin_address(&admin.address, &sites, &mut r);
     }
-    cross_checks::handler_checks(&sites, &mut r);
+    cross_checks::handler_checks(&sites, &unfinished, &mut r);
     super::habits::single_quotes(doc)
         .into_iter()
         .for_each(|p| r.push(p));

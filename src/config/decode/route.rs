@@ -7,6 +7,8 @@ use crate::config::diag::Problem;
 use crate::config::handler::{HandlerKind, MiddlewareConfig, Registry, TerminalConfig};
 use crate::config::matchers::{HeaderMatch, PathPattern, RouteMatch};
 use crate::config::model::*;
+
+use super::Unfinished;
 use crate::config::reader::{arguments, children, name_span, Reader};
 use crate::config::value;
 
@@ -16,7 +18,12 @@ enum Step {
     Terminal(Option<Box<dyn TerminalConfig>>),
 }
 
-pub(super) fn route(node: &KdlNode, r: &mut Reader, registry: Registry) -> Option<Route> {
+pub(super) fn route(
+    node: &KdlNode,
+    r: &mut Reader,
+    registry: Registry,
+    unfinished: &mut Vec<Unfinished>,
+) -> Option<Route> {
     r.no_properties(node);
     let path = r
         .args_only(node, 1, "one path pattern, such as \"/api/*\" or \"/*\"")
@@ -120,19 +127,24 @@ pub(super) fn route(node: &KdlNode, r: &mut Reader, registry: Registry) -> Optio
             None
         }
     };
-    if !ok {
-        return None;
+    match (ok, path, terminal) {
+        (true, Some(path), Some(terminal)) => Some(Route {
+            matcher: RouteMatch {
+                path,
+                methods,
+                headers,
+            },
+            middleware,
+            terminal,
+            span: node.span(),
+        }),
+        (_, _, terminal) => {
+            let mut handlers: Unfinished = middleware.into_iter().map(|p| p.upcast()).collect();
+            handlers.extend(terminal.map(|p| p.upcast()));
+            unfinished.push(handlers);
+            None
+        }
     }
-    Some(Route {
-        matcher: RouteMatch {
-            path: path?,
-            methods,
-            headers,
-        },
-        middleware,
-        terminal: terminal?,
-        span: node.span(),
-    })
 }
 
 /// A matcher written after a handler still decides for the whole route,

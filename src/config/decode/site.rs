@@ -11,6 +11,8 @@ use crate::config::diag::Problem;
 use crate::config::handler::Registry;
 use crate::config::matchers::HostPattern;
 use crate::config::model::*;
+
+use super::Unfinished;
 use crate::config::options::{self as o, Spec, Table, Unset, Value};
 use crate::config::reader::{name_span, Reader};
 use crate::config::value::{self, Spanned};
@@ -93,6 +95,7 @@ pub(super) fn site(
     r: &mut Reader,
     base_dir: &std::path::Path,
     registry: Registry,
+    unfinished: &mut Vec<Unfinished>,
 ) -> Option<Site> {
     r.no_properties(node);
     let addresses = r
@@ -137,8 +140,19 @@ pub(super) fn site(
     }
     let routes: Vec<Option<Route>> = route_nodes
         .iter()
-        .map(|n| super::route::route(n, r, registry))
+        .map(|n| super::route::route(n, r, registry, unfinished))
         .collect();
+    let complete = addresses.is_some()
+        && hosts.is_some()
+        && !matches!(tls, Some(None))
+        && access_log.is_some()
+        && http_redirect.is_some()
+        && routes.iter().all(Option::is_some);
+    if !complete {
+        // Their handlers are still checked (see `Unfinished`).
+        unfinished.extend(routes.into_iter().flatten().map(Route::into_handlers));
+        return None;
+    }
     let routes: Option<Vec<Route>> = routes.into_iter().collect();
     Some(Site {
         addresses: addresses?,
