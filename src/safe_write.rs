@@ -168,6 +168,7 @@ mod tests {
         std::os::unix::fs::lchown(&planted, Some(0), Some(0)).unwrap();
         replace(&planted, b"state").unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "state");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn scratch(label: &str) -> PathBuf {
