@@ -572,19 +572,36 @@ pub fn has_block(table: &Table) -> bool {
 /// `table` as aligned plain text: one line per option (name, value type,
 /// default, how often, description), then each nested block's own table.
 pub fn reference(table: &Table) -> String {
+    reference_within(table, None)
+}
+
+/// `parent`: the table of the block a nested one is written in. An option
+/// both declare (the same static) takes its default from the parent's
+/// value, so its default reads `inherited` rather than the parent's own.
+fn reference_within(table: &Table, parent: Option<&Table>) -> String {
     let mut out = String::new();
-    reference_into(&mut out, table);
+    reference_into(&mut out, table, parent);
     for d in table {
         if let Some(inner) = d.nested() {
             let written = if has_block(inner) { " { … }" } else { "" };
-            out.push_str(&format!("\n{}{written} takes:\n", d.name()));
-            out.push_str(&reference(inner));
+            let inherits = inner.iter().any(|o| declared_in(*o, table));
+            let note = match inherits {
+                true => " (an inherited option takes the enclosing block's value)",
+                false => "",
+            };
+            out.push_str(&format!("\n{}{written} takes{note}:\n", d.name()));
+            out.push_str(&reference_within(inner, Some(table)));
         }
     }
     out
 }
 
-fn reference_into(out: &mut String, table: &Table) {
+/// Whether `table` holds this very declaration (not one of the same name).
+fn declared_in(d: &dyn Declaration, table: &Table) -> bool {
+    table.iter().any(|o| std::ptr::addr_eq(*o, d))
+}
+
+fn reference_into(out: &mut String, table: &Table, parent: Option<&Table>) {
     let header = ["option", "value", "default", "repeats", "description"];
     let rows: Vec<[String; 5]> = table
         .iter()
@@ -596,7 +613,10 @@ fn reference_into(out: &mut String, table: &Table) {
             [
                 shown_name(*d),
                 d.describe().into_owned(),
-                d.unset().shown().to_string(),
+                match parent.is_some_and(|p| declared_in(*d, p)) {
+                    true => "inherited".to_string(),
+                    false => d.unset().shown().to_string(),
+                },
                 repeats.to_string(),
                 d.about().to_string(),
             ]
@@ -825,6 +845,31 @@ mod tests {
             problems[0].help_text(),
             Some("`target` takes: timeout, keepalive, outside")
         );
+    }
+
+    #[test]
+    fn a_nested_block_shows_what_it_inherits() {
+        static INNER: &Table = &[&TIMEOUT, &MAX_SIZE];
+        static NESTED: Spec<Nested> =
+            Spec::many("target", Nested(INNER), Unset::Means("none"), "A target.");
+        static OUTER: &Table = &[&TIMEOUT, &NESTED];
+        let text = reference(OUTER);
+        let (outer, inner) = text.split_once("target { … } takes").expect(&text);
+        assert!(outer.contains("60s"), "{text}");
+        assert!(inner.starts_with(" (an inherited option takes the enclosing block's value):"));
+        let timeout = inner
+            .lines()
+            .find(|l| l.starts_with("timeout"))
+            .expect(&text);
+        assert!(
+            timeout.contains("inherited") && !timeout.contains("60s"),
+            "{text}"
+        );
+        let own = inner
+            .lines()
+            .find(|l| l.starts_with("max_size"))
+            .expect(&text);
+        assert!(own.contains("required"), "{text}");
     }
 
     #[test]
