@@ -27,35 +27,35 @@ pub static TLS_CA: Spec<CaBundle> = Spec::once(
     "tls_ca",
     CaBundle,
     Unset::Means("system roots"),
-    "A PEM file of the CAs trusted for https:// upstreams, instead of the system's roots.",
+    "A PEM file of the CAs trusted for https:// upstreams or targets, instead of the system's roots.",
 );
 
 pub static TLS_SERVER_NAME: Spec<TlsServerName> = Spec::once(
     "tls_server_name",
     TlsServerName,
     Unset::Means("the URL's host"),
-    "The name sent by SNI and checked against an https:// upstream's certificate.",
+    "The name sent by SNI and checked against an https:// upstream's or target's certificate.",
 );
 
 pub static TLS_INSECURE_SKIP_VERIFY: Spec<Flag> = Spec::once(
     "tls_insecure_skip_verify",
     Flag,
     Unset::Default("#false"),
-    "Accept any certificate from https:// upstreams (tests only: validate warns).",
+    "Accept any certificate from https:// upstreams or targets (tests only: validate warns).",
 );
 
 pub static H2C: Spec<Flag> = Spec::once(
     "h2c",
     Flag,
     Unset::Default("#false"),
-    "Speak HTTP/2 with prior knowledge to http:// upstreams (https:// ones choose by ALPN).",
+    "Speak HTTP/2 with prior knowledge to http:// upstreams or targets (https:// ones choose by ALPN).",
 );
 
 pub static HEADER_UP: Spec<HeaderEdit> = Spec::many(
     "header_up",
     HeaderEdit,
     Unset::Means("none"),
-    "Edits the request sent upstream, in file order.",
+    "Edits the request sent upstream (a mirror's: its copies), in file order.",
 );
 
 pub static UPGRADES: Spec<UpgradeList> = Spec::once(
