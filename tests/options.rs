@@ -124,22 +124,28 @@ fn teebox(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `validate --explain NAME` prints each option of `table` on a line of its
+/// own, with its declared default and description.
+fn assert_explains(name: &str, table: &options::Table) {
+    let (code, out, err) = teebox(&["validate", "--explain", name]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with(name), "{out}");
+    for d in table.iter() {
+        let shown = options::shown_name(*d);
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{shown}  ")))
+            .unwrap_or_else(|| panic!("no line for `{shown}`:\n{out}"));
+        assert!(line.contains(d.unset().shown()), "{line}");
+        assert!(line.ends_with(d.about()), "{line}");
+    }
+}
+
 #[test]
 fn explain_prints_every_declared_option_with_its_default() {
     for (kind, table) in declared() {
-        let (code, out, err) = teebox(&["validate", "--explain", kind.name()]);
-        assert_eq!(code, 0, "{err}");
-        let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0].starts_with(kind.name()), "{out}");
-        for d in table.iter() {
-            let name = options::shown_name(*d);
-            let line = lines
-                .iter()
-                .find(|l| l.starts_with(&format!("{name}  ")))
-                .unwrap_or_else(|| panic!("no line for `{name}`:\n{out}"));
-            assert!(line.contains(d.unset().shown()), "{line}");
-            assert!(line.ends_with(d.about()), "{line}");
-        }
+        assert_explains(kind.name(), table);
     }
 }
 
@@ -285,19 +291,7 @@ fn every_block_option_declared_is_read() {
 #[test]
 fn explain_prints_every_block_s_options_with_their_defaults() {
     for block in teebox::config::BLOCKS {
-        let (code, out, err) = teebox(&["validate", "--explain", block.name]);
-        assert_eq!(code, 0, "{err}");
-        let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0].starts_with(block.name), "{out}");
-        for d in block.options.iter() {
-            let name = options::shown_name(*d);
-            let line = lines
-                .iter()
-                .find(|l| l.starts_with(&format!("{name}  ")))
-                .unwrap_or_else(|| panic!("no line for `{name}`:\n{out}"));
-            assert!(line.contains(d.unset().shown()), "{line}");
-            assert!(line.ends_with(d.about()), "{line}");
-        }
+        assert_explains(block.name, block.options);
     }
 }
 
