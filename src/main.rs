@@ -245,7 +245,9 @@ fn replay(options: teebox::replay::ReplayOptions) -> ExitCode {
     bar.finish_and_clear();
     match result {
         Ok(summary) => {
-            print!("{summary}");
+            if !print_out(&summary.to_string()) {
+                return ExitCode::from(UNREADABLE);
+            }
             let mismatches = summary.compare.map_or(0, |c| c.mismatches());
             if summary.errors_total() > 0 || mismatches > 0 {
                 ExitCode::from(INVALID)
@@ -290,16 +292,18 @@ fn load(file: &Path) -> Result<config::Loaded, u8> {
 fn validate(file: &Path) -> ExitCode {
     match load(file) {
         Ok(loaded) => {
-            let warnings = loaded.warnings.len();
-            match warnings {
-                0 => println!("{}: valid", file.display()),
-                n => println!(
-                    "{}: valid, {n} warning{}",
+            let verdict = match loaded.warnings.len() {
+                0 => format!("{}: valid\n", file.display()),
+                n => format!(
+                    "{}: valid, {n} warning{}\n",
                     file.display(),
                     if n == 1 { "" } else { "s" }
                 ),
+            };
+            match print_out(&verdict) {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::from(UNREADABLE),
             }
-            ExitCode::SUCCESS
         }
         Err(status) => ExitCode::from(status),
     }
@@ -313,23 +317,25 @@ fn explain(name: &str) -> ExitCode {
         true => "terminal",
         false => "middleware",
     };
-    if name.is_empty() {
-        println!("blocks of the site file (teebox validate --explain BLOCK prints one's options):");
+    let explained = if name.is_empty() {
+        let mut out = String::from(
+            "blocks of the site file (teebox validate --explain BLOCK prints one's options):\n",
+        );
         for block in config::BLOCKS {
-            println!("  {:<14} {}", block.name, block.written);
+            out.push_str(&format!("  {:<14} {}\n", block.name, block.written));
         }
-        println!("\nhandlers (teebox validate --explain HANDLER prints one's options):");
+        out.push_str("\nhandlers (teebox validate --explain HANDLER prints one's options):\n");
         for kind in REGISTRY {
-            println!("  {:<14} {}", kind.name(), role(kind));
+            out.push_str(&format!("  {:<14} {}\n", kind.name(), role(kind)));
         }
-        return ExitCode::SUCCESS;
-    }
-    if let Some(block) = config::block(name) {
-        println!("{name} ({})\n", block.written);
-        print!("{}", config::options::reference(block.options));
-        return ExitCode::SUCCESS;
-    }
-    let Some(kind) = REGISTRY.find(name) else {
+        out
+    } else if let Some(block) = config::block(name) {
+        let options = config::options::reference(block.options);
+        format!("{name} ({})\n\n{options}", block.written)
+    } else if let Some(kind) = REGISTRY.find(name) {
+        let options = config::options::reference(kind.options());
+        format!("{name} ({})\n\n{options}", role(kind))
+    } else {
         eprintln!(
             "teebox validate: unknown handler `{name}`, and no block of the site file is named so"
         );
@@ -345,9 +351,27 @@ fn explain(name: &str) -> ExitCode {
         }
         return ExitCode::from(UNREADABLE);
     };
-    println!("{name} ({})\n", role(kind));
-    print!("{}", config::options::reference(kind.options()));
-    ExitCode::SUCCESS
+    match print_out(&explained) {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(UNREADABLE),
+    }
+}
+
+/// Writes to standard output. A reader that stopped reading
+/// (`teebox validate --explain | head`) ends the output quietly, where
+/// `print!` would panic; any other failure (a full disk) is said on
+/// standard error, and is `false`.
+fn print_out(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => true,
+        Err(err) => {
+            eprintln!("teebox: cannot write to standard output: {err}");
+            false
+        }
+    }
 }
 
 fn fmt(file: &Path, overwrite: bool) -> ExitCode {
@@ -377,8 +401,10 @@ fn fmt(file: &Path, overwrite: bool) -> ExitCode {
         return ExitCode::from(INVALID);
     }
     if !overwrite {
-        print!("{formatted}");
-        return ExitCode::SUCCESS;
+        return match print_out(&formatted) {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::from(UNREADABLE),
+        };
     }
     match teebox::safe_write::replace(file, formatted.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -410,10 +436,10 @@ fn hash_password() -> ExitCode {
         }
     };
     match bcrypt::hash(password, bcrypt::DEFAULT_COST) {
-        Ok(hash) => {
-            println!("{hash}");
-            ExitCode::SUCCESS
-        }
+        Ok(hash) => match print_out(&format!("{hash}\n")) {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::from(UNREADABLE),
+        },
         Err(err) => {
             eprintln!("teebox: cannot hash the password: {err}");
             ExitCode::FAILURE

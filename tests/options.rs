@@ -149,6 +149,31 @@ fn explain_prints_every_declared_option_with_its_default() {
     }
 }
 
+/// `teebox validate --explain | head` closes the pipe early: the output
+/// stops quietly, with no panic (as `println!` gave) and a success status.
+#[test]
+fn explain_into_a_closed_pipe_stops_quietly() {
+    for args in [
+        &["validate", "--explain"][..],
+        &["validate", "--explain", "mirror"],
+        &[
+            "fmt",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/site.kdl"),
+        ],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader); // every write now fails with a broken pipe
+        let out = Command::new(env!("CARGO_BIN_EXE_teebox"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("teebox runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn explain_without_a_name_lists_the_handlers() {
     let (code, out, _) = teebox(&["validate", "--explain"]);
