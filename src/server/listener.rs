@@ -49,9 +49,16 @@ macro_rules! http1_options {
             // way). Upstream connections keep hyper's queue: request bodies
             // (uploads, copied POSTs) are not copied again.
             .writev(false)
-            .max_buf_size($limits.max_header_size)
     };
 }
+
+/// The most hyper reads from a connection at once, once its reads have
+/// grown (hyper starts at 8 KiB and doubles while reads fill the buffer,
+/// up to this). Room for a 64 KiB body and a head of up to 16 KiB, so such
+/// a request is read and forwarded whole: with 64 KiB, the last hundred
+/// bytes of a 64 KiB upload took a read, a write upstream and a wake-up of
+/// their own. Not more: a connection keeps its buffer while it is open.
+const HTTP1_READ_BUFFER: usize = 80 * 1024;
 
 /// How connections on one address are served.
 pub struct Builders {
@@ -65,12 +72,14 @@ impl Builders {
     pub fn new(limits: &Limits) -> Self {
         let mut http1 = http1::Builder::new();
         http1_options!(http1, limits)
-            // The head's size checked once it is parsed: the buffer limit
-            // alone lets through a head that arrived in one large read.
-            // (hyper-util's auto builder has no such option yet.)
+            // The head's size is checked once it is parsed, so the read
+            // buffer can be larger than a head may be.
+            .max_buf_size(HTTP1_READ_BUFFER.max(limits.max_header_size))
             .max_header_size(limits.max_header_size);
         let mut auto = auto::Builder::new(TokioExecutor::new());
-        http1_options!(auto.http1(), limits);
+        // hyper-util's auto builder cannot check a parsed head's size: its
+        // buffer limit is the head's limit, and it reads no more at once.
+        http1_options!(auto.http1(), limits).max_buf_size(limits.max_header_size);
         auto.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_size as u32)
