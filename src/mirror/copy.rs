@@ -132,6 +132,8 @@ pub struct CopyExtras {
     pub vars: Option<RequestVars>,
     /// The loop marker, put back after a target's own `header_up`.
     pub marker: Option<HeaderName>,
+    /// Held while the body is a slice of a connection's read buffer.
+    pub lent: Option<super::lending::Lent>,
 }
 
 impl std::fmt::Debug for CopyExtras {
@@ -143,6 +145,7 @@ impl std::fmt::Debug for CopyExtras {
             .field("suffixed_host", &self.suffixed_host)
             .field("vars", &self.vars.is_some())
             .field("marker", &self.marker)
+            .field("lent", &self.lent.is_some())
             .finish()
     }
 }

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod copy_edits;
 pub mod gate;
 pub mod grpc;
+pub mod lending;
 pub mod policy;
 pub mod runtime;
 pub mod stats;
@@ -26,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{HeaderMap, Uri};
 
 use crate::message::header_ops::HeaderOps;
@@ -138,6 +138,8 @@ pub struct Mirror {
     /// Upgrade requests (WebSocket) are never copied: a copy could not
     /// take part in the conversation.
     skipped_upgrade: AtomicU64,
+    /// Copies holding a connection's read buffer rather than their own.
+    lending: Arc<lending::Lending>,
 }
 
 impl Mirror {
@@ -209,6 +211,7 @@ impl Mirror {
             targets_edit_headers,
             targets_need_vars,
             skipped_upgrade: AtomicU64::new(0),
+            lending: Arc::default(),
         }))
     }
 
@@ -500,10 +503,15 @@ impl PendingCopy {
         self.mirror.options.max_body
     }
 
-    /// `body`: the copy's own (never a slice of hyper's read buffers, which
-    /// a queued copy would pin whole), in an allocation of its size.
-    pub fn dispatch(self, body: Bytes, trailers: Option<HeaderMap>) {
-        tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = body.len(), "copy complete");
+    /// `body`: the copy's own in an allocation of its size, or the one
+    /// chunk it came in, kept while the mirror may lend one more read buffer.
+    pub fn dispatch(self, body: lending::CollectedBody, trailers: Option<HeaderMap>) {
+        let keeping_up = self
+            .targets
+            .iter()
+            .all(|t| t.held() < lending::SHALLOW_BACKLOG);
+        let (body, lent) = self.mirror.lending.keep(body, keeping_up);
+        tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = body.len(), lent = lent.is_some(), "copy complete");
         let edits = self.mirror.options.edits.clone();
         // `replace_body` would break a gRPC message's length prefix (and
         // protobuf's own), and a compressed body's bytes are no text to
@@ -530,6 +538,7 @@ impl PendingCopy {
                     .targets_edit_headers
                     .then(|| self.mirror.options.policy.marker().cloned())
                     .flatten(),
+                lent,
             },
         ));
         match self.gate {

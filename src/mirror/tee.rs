@@ -1,13 +1,15 @@
 //! The request body as the primary reads it, with a copy kept on the side.
 //!
 //! Frames pass through untouched and in step with the primary: the tee
-//! never waits for the whole body. Data is copied as it passes into the
-//! copy's own buffer (sized from `Content-Length` when there is one), up to
-//! `max_body`; past that the copy is abandoned and the primary goes on
-//! unaffected. Keeping the chunks themselves would pin hyper's read
-//! buffers until the body ends, so that every read needs a fresh one.
-//! This is the one copy a copy's body needs, made as the chunks pass
-//! instead of all at once at the end. If the primary stops reading early (a `respond` that never
+//! never waits for the whole body. A body that comes whole in one chunk is
+//! kept as that chunk (see [`super::lending`] for when it is copied after
+//! all). Otherwise data is copied as it passes into the copy's own buffer
+//! (sized from `Content-Length` when there is one), up to `max_body`; past
+//! that the copy is abandoned and the primary goes on unaffected. Keeping
+//! many chunks would pin as many of hyper's read buffers until the body
+//! ends, so that every read needs a fresh one. This is the one copy such a
+//! body needs, made as the chunks pass instead of all at once at the end.
+//! If the primary stops reading early (a `respond` that never
 //! looks at the body, an upstream that answers before the upload ends), the
 //! tee finishes reading in a task of its own so the copy is still whole.
 
@@ -24,6 +26,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
 use super::grpc::{Framing, NotUnary, Protocol};
+use super::lending::CollectedBody;
 use super::PendingCopy;
 use crate::message::body::BodyRefusal;
 use crate::message::{Body, BoxError};
@@ -47,10 +50,22 @@ pub enum Abandon {
 /// The most a copy's buffer is given before its body has come.
 const PREALLOCATE_AT_MOST: u64 = 8 << 20;
 
+/// What a copy holds of the body so far.
+enum Collected {
+    Nothing,
+    /// The whole body, which came in one chunk.
+    Whole(Bytes),
+    /// Copied chunk by chunk.
+    Copied(BytesMut),
+}
+
 /// The copy being collected.
 pub struct Capture {
     pending: PendingCopy,
-    body: BytesMut,
+    body: Collected,
+    /// What the body says of its length, to keep a whole one as it is or to
+    /// size the copy's buffer.
+    expected: Option<u64>,
     len: u64,
     trailers: Option<HeaderMap>,
     /// For a gRPC call: its message framing, checked as the body goes past.
@@ -63,13 +78,10 @@ impl Capture {
     /// `refusal`: what a later `request_body` sets when it refuses it.
     pub fn new(pending: PendingCopy, size: &SizeHint, refusal: BodyRefusal) -> Self {
         let framing = (pending.protocol() == Protocol::Grpc).then(Framing::default);
-        // A body that says it is over `max_body` never gets here (the
-        // mirror handler gives it up first). A large body's room is made as
-        // it comes, not on the client's word.
-        let expected = size.exact().map(|n| n.min(PREALLOCATE_AT_MOST));
         Capture {
             pending,
-            body: BytesMut::with_capacity(expected.unwrap_or(0) as usize),
+            body: Collected::Nothing,
+            expected: size.exact(),
             len: 0,
             trailers: None,
             framing,
@@ -87,12 +99,39 @@ impl Capture {
             if self.len > self.pending.max_body() {
                 return Err(Abandon::TooLarge);
             }
-            self.body.extend_from_slice(data);
+            self.keep(data);
         } else if let Some(trailers) = frame.trailers_ref() {
             // Like the headers, not slices of the connection's buffers.
             self.trailers = Some(crate::message::detached(trailers, 0));
         }
         Ok(())
+    }
+
+    /// Adds `data` (already counted in `len`) to the copy.
+    fn keep(&mut self, data: &Bytes) {
+        match &mut self.body {
+            Collected::Nothing if self.expected == Some(data.len() as u64) => {
+                self.body = Collected::Whole(data.clone());
+            }
+            Collected::Nothing => {
+                // A body that says it is over `max_body` never gets here
+                // (the mirror handler gives it up first). A large body's
+                // room is made as it comes, not on the client's word.
+                let room = self.expected.unwrap_or(0).min(PREALLOCATE_AT_MOST) as usize;
+                let mut copied = BytesMut::with_capacity(room.max(data.len()));
+                copied.extend_from_slice(data);
+                self.body = Collected::Copied(copied);
+            }
+            // More than the length said: hyper and h2 refuse such a body,
+            // but the copy stays whole if some reader does not.
+            Collected::Whole(whole) => {
+                let mut copied = BytesMut::with_capacity(whole.len() + data.len());
+                copied.extend_from_slice(whole);
+                copied.extend_from_slice(data);
+                self.body = Collected::Copied(copied);
+            }
+            Collected::Copied(copied) => copied.extend_from_slice(data),
+        }
     }
 
     /// The body has ended: the copy is sent, unless it is a gRPC call that
@@ -101,10 +140,15 @@ impl Capture {
         if self.refusal.is_refused() {
             return self.abandon(Abandon::Refused);
         }
-        match self.framing.as_ref().map(Framing::finish) {
-            Some(Err(why)) => self.pending.abandon(Abandon::Streaming(why)),
-            _ => self.pending.dispatch(exact(self.body), self.trailers),
+        if let Some(Err(why)) = self.framing.as_ref().map(Framing::finish) {
+            return self.pending.abandon(Abandon::Streaming(why));
         }
+        let body = match self.body {
+            Collected::Nothing => CollectedBody::Own(Bytes::new()),
+            Collected::Whole(whole) => CollectedBody::Read(whole),
+            Collected::Copied(copied) => CollectedBody::Own(exact(copied)),
+        };
+        self.pending.dispatch(body, self.trailers)
     }
 
     fn abandon(self, why: Abandon) {
