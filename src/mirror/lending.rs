@@ -5,11 +5,12 @@
 //! HTTP/1.1) can go to the targets as it is: no copy on the serving thread.
 //! But that chunk is a slice of the connection's read buffer, which it
 //! keeps whole for as long as the copy lives. So a copy keeps the chunk
-//! only when its targets are keeping up (each holds fewer than
-//! [`SHALLOW_BACKLOG`] copies, so it will be sent soon), and only
-//! [`LENT_AT_ONCE`] copies per mirror hold one at a time. The rest are
-//! copied into an allocation of their size as before: a target that hangs
-//! fills its backlog with copies of their own size only.
+//! only when its targets are keeping up (each answered the last copy it
+//! was sent and holds fewer than [`SHALLOW_BACKLOG`] copies, so this one
+//! will be sent soon), and only [`LENT_AT_ONCE`] copies per mirror hold one
+//! at a time. The rest are copied into an allocation of their size as
+//! before: a target that hangs fills its backlog with copies of their own
+//! size only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -114,6 +114,9 @@ pub struct TargetState {
     in_flight: AtomicU64,
     /// Copies queued or in flight, at most `backlog`.
     held: AtomicUsize,
+    /// Whether the last copy a worker finished was answered: false until
+    /// one is, and again once one fails or times out.
+    answering: AtomicBool,
     backlog: usize,
     /// Whether copies can reach it over HTTP/2: `h2c`, or `https://` (if
     /// the target picks h2 by ALPN; a gRPC copy fails if it picks HTTP/1.1).
@@ -155,6 +158,7 @@ impl Target {
             removed: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             held: AtomicUsize::new(0),
+            answering: AtomicBool::new(false),
             backlog: settings.backlog.max(1),
         });
         // The copy runtime's threads are not serving workers: one idle list.
@@ -212,6 +216,13 @@ impl Target {
     /// sent. Unlike the two above, never misses one between them.
     pub fn held(&self) -> usize {
         self.state.held.load(Ordering::Acquire)
+    }
+
+    /// Whether copies offered now will be sent before long: the target
+    /// answered the last copy it was sent, and holds few.
+    pub fn keeping_up(&self) -> bool {
+        self.state.answering.load(Ordering::Relaxed)
+            && self.held() < super::lending::SHALLOW_BACKLOG
     }
 
     /// Whether a copy offered now could be taken: the target is not paused
@@ -335,22 +346,19 @@ impl Worker {
             };
             stats.latency.record(started.elapsed());
             self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-            let success = match &outcome {
-                Outcome::Succeeded => {
-                    bump(&stats.succeeded);
-                    true
-                }
+            let success = matches!(outcome, Outcome::Succeeded);
+            self.state.answering.store(success, Ordering::Relaxed);
+            match &outcome {
+                Outcome::Succeeded => bump(&stats.succeeded),
                 Outcome::Failed(why) => {
                     bump(&stats.failed);
                     tracing::debug!(target_url = %self.state.url, error = %why, probe = job.probe, "copy failed");
-                    false
                 }
                 Outcome::TimedOut => {
                     bump(&stats.timed_out);
                     tracing::debug!(target_url = %self.state.url, probe = job.probe, "copy timed out");
-                    false
                 }
-            };
+            }
             self.after(
                 self.state
                     .breaker
