@@ -41,12 +41,17 @@ pub struct Lending {
 
 impl Lending {
     /// The body a copy keeps: the chunk itself when its targets are
-    /// `keeping_up` and fewer than [`LENT_AT_ONCE`] copies hold one (with
-    /// the [`Lent`] that says so), otherwise a copy in its own allocation.
-    pub fn keep(self: &Arc<Self>, body: CollectedBody, keeping_up: bool) -> (Bytes, Option<Lent>) {
+    /// `keeping_up` (asked only for such a chunk) and fewer than
+    /// [`LENT_AT_ONCE`] copies hold one (with the [`Lent`] that says so),
+    /// otherwise a copy in its own allocation.
+    pub fn keep(
+        self: &Arc<Self>,
+        body: CollectedBody,
+        keeping_up: impl FnOnce() -> bool,
+    ) -> (Bytes, Option<Lent>) {
         match body {
             CollectedBody::Own(body) => (body, None),
-            CollectedBody::Read(chunk) => match keeping_up.then(|| self.borrow()).flatten() {
+            CollectedBody::Read(chunk) => match keeping_up().then(|| self.borrow()).flatten() {
                 Some(lent) => (chunk, Some(lent)),
                 None => (Bytes::copy_from_slice(&chunk), None),
             },
@@ -63,7 +68,8 @@ impl Lending {
     }
 
     /// Copies holding a read buffer now.
-    pub fn lent(&self) -> usize {
+    #[cfg(test)]
+    fn lent(&self) -> usize {
         self.lent.load(Ordering::Acquire)
     }
 }
@@ -89,17 +95,17 @@ mod tests {
         let chunk = buffer.slice(8..16);
         let mut held = Vec::new();
         for _ in 0..LENT_AT_ONCE {
-            let (body, lent) = lending.keep(CollectedBody::Read(chunk.clone()), true);
+            let (body, lent) = lending.keep(CollectedBody::Read(chunk.clone()), || true);
             assert_eq!(body.as_ptr(), chunk.as_ptr(), "the chunk itself");
             held.push(lent.expect("room to lend"));
         }
-        let (body, lent) = lending.keep(CollectedBody::Read(chunk.clone()), true);
+        let (body, lent) = lending.keep(CollectedBody::Read(chunk.clone()), || true);
         assert!(lent.is_none());
         assert_ne!(body.as_ptr(), chunk.as_ptr(), "a copy of its own");
         assert_eq!(body, chunk);
         held.pop();
         assert_eq!(lending.lent(), LENT_AT_ONCE - 1);
-        let (_, lent) = lending.keep(CollectedBody::Read(chunk), true);
+        let (_, lent) = lending.keep(CollectedBody::Read(chunk), || true);
         assert!(lent.is_some(), "a place given back is taken again");
     }
 
@@ -107,7 +113,7 @@ mod tests {
     fn copies_for_targets_falling_behind_are_copied() {
         let lending = Arc::new(Lending::default());
         let chunk = Bytes::from(vec![1u8; 32]).slice(4..20);
-        let (body, lent) = lending.keep(CollectedBody::Read(chunk.clone()), false);
+        let (body, lent) = lending.keep(CollectedBody::Read(chunk.clone()), || false);
         assert!(lent.is_none());
         assert_ne!(body.as_ptr(), chunk.as_ptr());
         assert_eq!(body, chunk);
@@ -117,7 +123,9 @@ mod tests {
     #[test]
     fn own_bodies_take_no_place() {
         let lending = Arc::new(Lending::default());
-        let (body, lent) = lending.keep(CollectedBody::Own(Bytes::from_static(b"abc")), true);
+        let (body, lent) = lending.keep(CollectedBody::Own(Bytes::from_static(b"abc")), || {
+            panic!("the targets are not asked about a body of its own")
+        });
         assert_eq!(&body[..], b"abc");
         assert!(lent.is_none());
         assert_eq!(lending.lent(), 0);

@@ -506,8 +506,11 @@ impl PendingCopy {
     /// `body`: the copy's own in an allocation of its size, or the one
     /// chunk it came in, kept while the mirror may lend one more read buffer.
     pub fn dispatch(self, body: lending::CollectedBody, trailers: Option<HeaderMap>) {
-        let keeping_up = self.targets.iter().all(|t| t.keeping_up());
-        let (body, lent) = self.mirror.lending.keep(body, keeping_up);
+        let targets = &self.targets;
+        let (body, lent) = self
+            .mirror
+            .lending
+            .keep(body, || targets.iter().all(|t| t.keeping_up()));
         tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = body.len(), lent = lent.is_some(), "copy complete");
         let edits = self.mirror.options.edits.clone();
         // `replace_body` would break a gRPC message's length prefix (and

@@ -37,7 +37,7 @@ const H2_MAX_ERROR_RESETS: usize = 1024;
 /// hyper's HTTP/1.1 options, the same for a connection served by the
 /// HTTP/1.1 builder and by the auto builder's HTTP/1.1 side.
 macro_rules! http1_options {
-    ($builder:expr, $limits:expr) => {
+    ($builder:expr) => {
         $builder
             .timer(TokioTimer::new())
             // TimedIo times request heads and idle connections; hyper's own
@@ -71,7 +71,7 @@ pub struct Builders {
 impl Builders {
     pub fn new(limits: &Limits) -> Self {
         let mut http1 = http1::Builder::new();
-        http1_options!(http1, limits)
+        http1_options!(http1)
             // The head's size is checked once it is parsed, so the read
             // buffer can be larger than a head may be.
             .max_buf_size(HTTP1_READ_BUFFER.max(limits.max_header_size))
@@ -79,7 +79,7 @@ impl Builders {
         let mut auto = auto::Builder::new(TokioExecutor::new());
         // hyper-util's auto builder cannot check a parsed head's size: its
         // buffer limit is the head's limit, and it reads no more at once.
-        http1_options!(auto.http1(), limits).max_buf_size(limits.max_header_size);
+        http1_options!(auto.http1()).max_buf_size(limits.max_header_size);
         auto.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_size as u32)
