@@ -6,6 +6,15 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The most an HTTP/1.1 connection reads at once, once its reads have grown
+/// (hyper starts at 8 KiB and doubles while reads fill the buffer, up to
+/// this): the largest buffer a chunk of a body read from it is a slice of.
+/// Room for a 64 KiB body and a head of up to 16 KiB, so such a request is
+/// read and forwarded whole: with 64 KiB, the last hundred bytes of a
+/// 64 KiB upload took a read, a write upstream and a wake-up of their own.
+/// Not more: a connection keeps its buffer while it is open.
+pub const READ_BUFFER_AT_MOST: usize = 80 * 1024;
+
 /// A request body passed the `request_body` limit.
 #[derive(Debug, thiserror::Error)]
 #[error("request body too large")]

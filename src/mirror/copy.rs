@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body::{Frame, SizeHint};
 
 use super::compare::Comparison;
+pub use super::copy_bytes::CopyBytes;
 use super::copy_edits::CopyEdits;
 use super::grpc::Protocol;
 use crate::message::header_ops::HeaderOps;
@@ -22,14 +23,14 @@ use crate::message::placeholders::RequestVars;
 #[derive(Debug)]
 pub struct CopyRequest {
     extras: CopyExtras,
-    rewritten: OnceLock<Bytes>,
+    rewritten: OnceLock<CopyBytes>,
     pub method: Method,
     /// Path and query (origin form); each target adds its own authority.
     pub uri: Uri,
     /// After hop-by-hop treatment, forwarded headers and the mirror's
     /// `header_up`; `Host` is set per target.
     pub headers: HeaderMap,
-    pub body: Bytes,
+    pub body: CopyBytes,
     pub trailers: Option<HeaderMap>,
     /// Whether the client sent a `Content-Length`; if not, the copy is sent
     /// chunked as well, so the target sees the framing the primary saw.
@@ -41,7 +42,7 @@ impl CopyRequest {
         method: Method,
         uri: Uri,
         headers: HeaderMap,
-        body: Bytes,
+        body: CopyBytes,
         trailers: Option<HeaderMap>,
         had_length: bool,
         extras: CopyExtras,
@@ -59,10 +60,12 @@ impl CopyRequest {
     }
 
     /// The body the targets get: the client's, or the `replace_body` result.
-    pub fn sent_body(&self) -> &Bytes {
+    pub fn sent_body(&self) -> &CopyBytes {
         match &self.extras.body_rewrite {
             None => &self.body,
-            Some(rewrite) => self.rewritten.get_or_init(|| rewrite.body(&self.body)),
+            Some(rewrite) => self
+                .rewritten
+                .get_or_init(|| CopyBytes::One(rewrite.body(&self.body.joined()))),
         }
     }
 
@@ -109,9 +112,9 @@ impl CopyRequest {
     }
 
     pub fn body(&self) -> CopyBody {
-        let body = self.sent_body();
         CopyBody {
-            data: (!body.is_empty()).then(|| body.clone()),
+            data: self.sent_body().clone(),
+            next: 0,
             trailers: self.trailers.clone(),
             announce_length: self.had_length,
         }
@@ -155,10 +158,36 @@ impl std::fmt::Debug for CopyExtras {
 /// The default is no body at all.
 #[derive(Default)]
 pub struct CopyBody {
-    data: Option<Bytes>,
+    data: CopyBytes,
+    /// The next chunk of `data` to send.
+    next: usize,
     trailers: Option<HeaderMap>,
     /// Whether to announce the length, as the original did.
     announce_length: bool,
+}
+
+impl CopyBody {
+    /// The next chunk with bytes in it, skipping empty ones.
+    fn next_data(&mut self) -> Option<Bytes> {
+        while let Some(chunk) = self.data.chunk(self.next) {
+            self.next += 1;
+            if !chunk.is_empty() {
+                return Some(chunk.clone());
+            }
+        }
+        None
+    }
+
+    fn data_left(&self) -> bool {
+        let mut next = self.next;
+        while let Some(chunk) = self.data.chunk(next) {
+            if !chunk.is_empty() {
+                return true;
+            }
+            next += 1;
+        }
+        false
+    }
 }
 
 impl http_body::Body for CopyBody {
@@ -169,20 +198,63 @@ impl http_body::Body for CopyBody {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(data) = self.data.take() {
+        if let Some(data) = self.next_data() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
+        !self.data_left() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.announce_length {
-            true => SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64)),
+            true => SizeHint::with_exact(self.data.len() as u64),
             false => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+
+    fn replay(data: CopyBytes, announce_length: bool) -> CopyBody {
+        CopyBody {
+            data,
+            next: 0,
+            trailers: None,
+            announce_length,
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_are_replayed_in_order_and_as_they_are() {
+        let chunks: Arc<[Bytes]> = vec![
+            Bytes::from_static(b"abc"),
+            Bytes::new(),
+            Bytes::from_static(b"de"),
+        ]
+        .into();
+        let mut body = replay(CopyBytes::Chunks(chunks.clone()), true);
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.as_ptr(), chunks[0].as_ptr(), "the chunk itself");
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&second[..], b"de");
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_is_over_before_it_starts() {
+        let body = replay(CopyBytes::default(), true);
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        let chunks = replay(CopyBytes::Chunks(vec![Bytes::new()].into()), false);
+        assert!(chunks.is_end_stream());
     }
 }

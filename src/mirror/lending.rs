@@ -1,24 +1,30 @@
-//! Copies that keep the very chunk the connection read, instead of their
-//! own copy of it.
+//! Copies that keep the very chunks the connection read, instead of their
+//! own copy of them.
 //!
 //! A body that arrives in one chunk (the usual request up to 64 KiB over
-//! HTTP/1.1) can go to the targets as it is: no copy on the serving thread.
-//! But that chunk is a slice of the connection's read buffer, which it
-//! keeps whole for as long as the copy lives. So a copy keeps the chunk
-//! only when its targets are keeping up (each answered the last copy it
-//! was sent and holds fewer than [`SHALLOW_BACKLOG`] copies, so this one
-//! will be sent soon), and only [`LENT_AT_ONCE`] copies per mirror hold one
-//! at a time. The rest are copied into an allocation of their size as
-//! before: a target that hangs fills its backlog with copies of their own
-//! size only.
+//! HTTP/1.1), or in large ones (an upload, read 80 KiB at a time), can go
+//! to the targets as it came: no copy on the serving thread. But each chunk
+//! is a slice of a connection's read buffer, which it keeps whole for as
+//! long as the copy lives. So a copy keeps its chunks only when its targets
+//! are keeping up (each answered the last copy it was sent and holds fewer
+//! than [`SHALLOW_BACKLOG`] copies, so this one will be sent soon), and
+//! the copies of one mirror hold read buffers of at most [`LENT_BYTES`] at
+//! a time. The rest are copied into an
+//! allocation of their size as before: a target that hangs fills its
+//! backlog with copies of their own size only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// Copies of one mirror that may hold a connection's read buffer at once.
-pub const LENT_AT_ONCE: usize = 128;
+use super::copy_bytes::{join, CopyBytes};
+use crate::message::body::READ_BUFFER_AT_MOST;
+
+/// The read buffers the copies of one mirror may hold at once, counting
+/// each chunk as the largest buffer it can be a slice of: 400 small
+/// bodies, or 30 of 1 MiB.
+pub const LENT_BYTES: usize = 32 << 20;
 
 /// A target holding fewer copies than this (queued and in flight) is
 /// keeping up: a copy for it is sent before long.
@@ -29,58 +35,84 @@ pub const SHALLOW_BACKLOG: usize = 64;
 pub enum CollectedBody {
     /// In the copy's own allocation, of its size.
     Own(Bytes),
-    /// The one chunk the body came in, still part of the reader's buffer.
-    Read(Bytes),
+    /// The chunks the body came in, still part of the reader's buffers.
+    Read(CopyBytes),
 }
 
-/// How many copies of one mirror hold a read buffer.
+/// The read buffers the copies of one mirror hold.
 #[derive(Debug, Default)]
 pub struct Lending {
-    lent: AtomicUsize,
+    held: AtomicUsize,
 }
 
 impl Lending {
-    /// The body a copy keeps: the chunk itself when its targets are
-    /// `keeping_up` (asked only for such a chunk) and fewer than
-    /// [`LENT_AT_ONCE`] copies hold one (with the [`Lent`] that says so),
-    /// otherwise a copy in its own allocation.
+    /// The body a copy keeps: its chunks themselves when its targets are
+    /// `keeping_up` (asked only for such a body) and there is room (with
+    /// the [`Lent`] that holds it), otherwise a copy in its own allocation.
     pub fn keep(
         self: &Arc<Self>,
         body: CollectedBody,
         keeping_up: impl FnOnce() -> bool,
-    ) -> (Bytes, Option<Lent>) {
+    ) -> (CopyBytes, Option<Lent>) {
         match body {
-            CollectedBody::Own(body) => (body, None),
-            CollectedBody::Read(chunk) => match keeping_up().then(|| self.borrow()).flatten() {
-                Some(lent) => (chunk, Some(lent)),
-                None => (Bytes::copy_from_slice(&chunk), None),
-            },
+            CollectedBody::Own(body) => (CopyBytes::One(body), None),
+            CollectedBody::Read(chunks) => {
+                match keeping_up().then(|| self.borrow(&chunks)).flatten() {
+                    Some(lent) => (chunks, Some(lent)),
+                    None => (CopyBytes::One(own(&chunks)), None),
+                }
+            }
         }
     }
 
-    fn borrow(self: &Arc<Self>) -> Option<Lent> {
-        self.lent
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |lent| {
-                (lent < LENT_AT_ONCE).then_some(lent + 1)
+    fn borrow(self: &Arc<Self>, chunks: &CopyBytes) -> Option<Lent> {
+        let bytes = buffers_held(chunks);
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + bytes <= LENT_BYTES).then_some(held + bytes)
             })
             .ok()
-            .map(|_| Lent(self.clone()))
+            .map(|_| Lent {
+                lending: self.clone(),
+                bytes,
+            })
     }
 
-    /// Copies holding a read buffer now.
+    /// The read buffers counted as held now.
     #[cfg(test)]
-    fn lent(&self) -> usize {
-        self.lent.load(Ordering::Acquire)
+    fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
     }
 }
 
-/// One copy's hold on a read buffer, given back when the copy is dropped.
+/// The most the buffers behind `chunks` can hold: each chunk may be a
+/// slice of a read buffer of its own.
+fn buffers_held(chunks: &CopyBytes) -> usize {
+    let one = |chunk: &Bytes| chunk.len().max(READ_BUFFER_AT_MOST);
+    match chunks {
+        CopyBytes::One(chunk) => one(chunk),
+        CopyBytes::Chunks(chunks) => chunks.iter().map(one).sum(),
+    }
+}
+
+/// `chunks` copied into an allocation of their size.
+fn own(chunks: &CopyBytes) -> Bytes {
+    match chunks {
+        CopyBytes::One(chunk) => Bytes::copy_from_slice(chunk),
+        CopyBytes::Chunks(chunks) => join(chunks),
+    }
+}
+
+/// One copy's hold on read buffers, given back when the copy is dropped.
 #[derive(Debug)]
-pub struct Lent(Arc<Lending>);
+pub struct Lent {
+    lending: Arc<Lending>,
+    bytes: usize,
+}
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        self.0.lent.fetch_sub(1, Ordering::AcqRel);
+        self.lending.held.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -88,36 +120,70 @@ impl Drop for Lent {
 mod tests {
     use super::*;
 
+    fn one(chunk: &Bytes) -> CollectedBody {
+        CollectedBody::Read(CopyBytes::One(chunk.clone()))
+    }
+
+    fn first(body: &CopyBytes) -> *const u8 {
+        match body {
+            CopyBytes::One(one) => one.as_ptr(),
+            CopyBytes::Chunks(chunks) => chunks[0].as_ptr(),
+        }
+    }
+
     #[test]
-    fn lends_at_most_lent_at_once_then_copies() {
+    fn lends_up_to_lent_bytes_then_copies() {
         let lending = Arc::new(Lending::default());
         let buffer = Bytes::from(vec![7u8; 64]);
         let chunk = buffer.slice(8..16);
         let mut held = Vec::new();
-        for _ in 0..LENT_AT_ONCE {
-            let (body, lent) = lending.keep(CollectedBody::Read(chunk.clone()), || true);
-            assert_eq!(body.as_ptr(), chunk.as_ptr(), "the chunk itself");
+        for _ in 0..LENT_BYTES / READ_BUFFER_AT_MOST {
+            let (body, lent) = lending.keep(one(&chunk), || true);
+            assert_eq!(first(&body), chunk.as_ptr(), "the chunk itself");
             held.push(lent.expect("room to lend"));
         }
-        let (body, lent) = lending.keep(CollectedBody::Read(chunk.clone()), || true);
+        let (body, lent) = lending.keep(one(&chunk), || true);
         assert!(lent.is_none());
-        assert_ne!(body.as_ptr(), chunk.as_ptr(), "a copy of its own");
-        assert_eq!(body, chunk);
+        assert_ne!(first(&body), chunk.as_ptr(), "a copy of its own");
+        assert_eq!(body.joined(), chunk);
         held.pop();
-        assert_eq!(lending.lent(), LENT_AT_ONCE - 1);
-        let (_, lent) = lending.keep(CollectedBody::Read(chunk), || true);
+        let (_, lent) = lending.keep(one(&chunk), || true);
         assert!(lent.is_some(), "a place given back is taken again");
+    }
+
+    #[test]
+    fn each_chunk_counts_as_a_read_buffer() {
+        let lending = Arc::new(Lending::default());
+        let big = Bytes::from(vec![3u8; READ_BUFFER_AT_MOST + 10]);
+        let chunks = CopyBytes::Chunks(vec![big.clone(), Bytes::from_static(b"end")].into());
+        let (body, lent) = lending.keep(CollectedBody::Read(chunks), || true);
+        assert!(lent.is_some());
+        assert_eq!(first(&body), big.as_ptr());
+        assert_eq!(lending.held(), 2 * READ_BUFFER_AT_MOST + 10);
+        drop(lent);
+        assert_eq!(lending.held(), 0, "given back whole");
+    }
+
+    #[test]
+    fn chunks_not_lent_are_joined_into_one_copy() {
+        let lending = Arc::new(Lending::default());
+        let chunks =
+            CopyBytes::Chunks(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")].into());
+        let (body, lent) = lending.keep(CollectedBody::Read(chunks), || false);
+        assert!(lent.is_none());
+        assert!(matches!(&body, CopyBytes::One(one) if &one[..] == b"abcde"));
+        assert_eq!(lending.held(), 0, "no place kept");
     }
 
     #[test]
     fn copies_for_targets_falling_behind_are_copied() {
         let lending = Arc::new(Lending::default());
         let chunk = Bytes::from(vec![1u8; 32]).slice(4..20);
-        let (body, lent) = lending.keep(CollectedBody::Read(chunk.clone()), || false);
+        let (body, lent) = lending.keep(one(&chunk), || false);
         assert!(lent.is_none());
-        assert_ne!(body.as_ptr(), chunk.as_ptr());
-        assert_eq!(body, chunk);
-        assert_eq!(lending.lent(), 0, "no place kept");
+        assert_ne!(first(&body), chunk.as_ptr());
+        assert_eq!(body.joined(), chunk);
+        assert_eq!(lending.held(), 0, "no place kept");
     }
 
     #[test]
@@ -126,8 +192,8 @@ mod tests {
         let (body, lent) = lending.keep(CollectedBody::Own(Bytes::from_static(b"abc")), || {
             panic!("the targets are not asked about a body of its own")
         });
-        assert_eq!(&body[..], b"abc");
+        assert_eq!(&body.joined()[..], b"abc");
         assert!(lent.is_none());
-        assert_eq!(lending.lent(), 0);
+        assert_eq!(lending.held(), 0);
     }
 }

@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod compare;
 pub mod copy;
+mod copy_bytes;
 pub mod copy_edits;
 pub mod gate;
 pub mod grpc;
@@ -507,11 +508,12 @@ impl PendingCopy {
     /// chunk it came in, kept while the mirror may lend one more read buffer.
     pub fn dispatch(self, body: lending::CollectedBody, trailers: Option<HeaderMap>) {
         let targets = &self.targets;
+        let as_read = matches!(body, lending::CollectedBody::Read(_));
         let (body, lent) = self
             .mirror
             .lending
             .keep(body, || targets.iter().all(|t| t.keeping_up()));
-        tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = body.len(), lent = lent.is_some(), "copy complete");
+        tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = body.len(), as_read, lent = lent.is_some(), "copy complete");
         let edits = self.mirror.options.edits.clone();
         // `replace_body` would break a gRPC message's length prefix (and
         // protobuf's own), and a compressed body's bytes are no text to

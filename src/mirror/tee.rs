@@ -1,15 +1,14 @@
 //! The request body as the primary reads it, with a copy kept on the side.
 //!
 //! Frames pass through untouched and in step with the primary: the tee
-//! never waits for the whole body. A body that comes whole in one chunk is
-//! kept as that chunk (see [`super::lending`] for when it is copied after
-//! all). Otherwise data is copied as it passes into the copy's own buffer
-//! (sized from `Content-Length` when there is one), up to `max_body`; past
-//! that the copy is abandoned and the primary goes on unaffected. Keeping
-//! many chunks would pin as many of hyper's read buffers until the body
-//! ends, so that every read needs a fresh one. This is the one copy such a
-//! body needs, made as the chunks pass instead of all at once at the end.
-//! If the primary stops reading early (a `respond` that never
+//! never waits for the whole body. A body that comes in up to
+//! [`KEPT_CHUNKS_AT_MOST`] chunks is kept as those chunks (see
+//! [`super::lending`] for when it is copied after all), but for a small
+//! one in its middle (under [`KEPT_CHUNK_AT_LEAST`]), which is copied: it
+//! would keep a read buffer many times its size. A body in more chunks is
+//! copied into the copy's own buffer (sized from `Content-Length` when
+//! there is one) as it passes. Past `max_body` the copy is abandoned and
+//! the primary goes on unaffected. If the primary stops reading early (a `respond` that never
 //! looks at the body, an upstream that answers before the upload ends), the
 //! tee finishes reading in a task of its own so the copy is still whole.
 
@@ -25,6 +24,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
+use super::copy_bytes::CopyBytes;
 use super::grpc::{Framing, NotUnary, Protocol};
 use super::lending::CollectedBody;
 use super::PendingCopy;
@@ -50,23 +50,40 @@ pub enum Abandon {
 /// The most a copy's buffer is given before its body has come.
 const PREALLOCATE_AT_MOST: u64 = 8 << 20;
 
+/// The smallest chunk a copy keeps as it came, unless it ends the body
+/// (the usual body, in one chunk): it keeps a read buffer of at most five
+/// times its size
+/// ([`READ_BUFFER_AT_MOST`](crate::message::body::READ_BUFFER_AT_MOST)).
+pub const KEPT_CHUNK_AT_LEAST: usize = 16 << 10;
+
+/// The most chunks a copy keeps as they came (a 1 MiB upload comes in 13
+/// of 80 KiB); a body in more is copied.
+pub const KEPT_CHUNKS_AT_MOST: usize = 32;
+
 /// What a copy holds of the body so far.
 enum Collected {
     Nothing,
-    /// The whole body, which came in one chunk.
-    Whole(Bytes),
+    /// The chunk the body came in so far.
+    Read(Bytes),
+    /// The chunks the body came in so far (small ones copied).
+    ReadMany(Vec<Bytes>),
     /// Copied chunk by chunk.
     Copied(BytesMut),
+}
+
+/// The copy's body so far.
+struct Collecting {
+    body: Collected,
+    /// What the body says of its length, to tell its last chunk or to size
+    /// the copy's buffer.
+    expected: Option<u64>,
+    len: u64,
 }
 
 /// The copy being collected.
 pub struct Capture {
     pending: PendingCopy,
-    body: Collected,
-    /// What the body says of its length, to keep a whole one as it is or to
-    /// size the copy's buffer.
-    expected: Option<u64>,
-    len: u64,
+    collecting: Collecting,
     trailers: Option<HeaderMap>,
     /// For a gRPC call: its message framing, checked as the body goes past.
     framing: Option<Framing>,
@@ -80,9 +97,7 @@ impl Capture {
         let framing = (pending.protocol() == Protocol::Grpc).then(Framing::default);
         Capture {
             pending,
-            body: Collected::Nothing,
-            expected: size.exact(),
-            len: 0,
+            collecting: Collecting::new(size.exact()),
             trailers: None,
             framing,
             refusal,
@@ -92,46 +107,18 @@ impl Capture {
     /// Keeps what a frame holds, or says why the copy must be given up.
     fn observe(&mut self, frame: &Frame<Bytes>) -> Result<(), Abandon> {
         if let Some(data) = frame.data_ref() {
-            self.len += data.len() as u64;
             if let Some(framing) = self.framing.as_mut() {
                 framing.push(data).map_err(Abandon::Streaming)?;
             }
-            if self.len > self.pending.max_body() {
+            if self.collecting.len + data.len() as u64 > self.pending.max_body() {
                 return Err(Abandon::TooLarge);
             }
-            self.keep(data);
+            self.collecting.keep(data);
         } else if let Some(trailers) = frame.trailers_ref() {
             // Like the headers, not slices of the connection's buffers.
             self.trailers = Some(crate::message::detached(trailers, 0));
         }
         Ok(())
-    }
-
-    /// Adds `data` (already counted in `len`) to the copy.
-    fn keep(&mut self, data: &Bytes) {
-        match &mut self.body {
-            Collected::Nothing if self.expected == Some(data.len() as u64) => {
-                self.body = Collected::Whole(data.clone());
-            }
-            Collected::Nothing => {
-                // A body that says it is over `max_body` never gets here
-                // (the mirror handler gives it up first). A large body's
-                // room is made as it comes, not on the client's word.
-                let room = self.expected.unwrap_or(0).min(PREALLOCATE_AT_MOST) as usize;
-                let mut copied = BytesMut::with_capacity(room.max(data.len()));
-                copied.extend_from_slice(data);
-                self.body = Collected::Copied(copied);
-            }
-            // More than the length said: hyper and h2 refuse such a body,
-            // but the copy stays whole if some reader does not.
-            Collected::Whole(whole) => {
-                let mut copied = BytesMut::with_capacity(whole.len() + data.len());
-                copied.extend_from_slice(whole);
-                copied.extend_from_slice(data);
-                self.body = Collected::Copied(copied);
-            }
-            Collected::Copied(copied) => copied.extend_from_slice(data),
-        }
     }
 
     /// The body has ended: the copy is sent, unless it is a gRPC call that
@@ -143,16 +130,74 @@ impl Capture {
         if let Some(Err(why)) = self.framing.as_ref().map(Framing::finish) {
             return self.pending.abandon(Abandon::Streaming(why));
         }
-        let body = match self.body {
-            Collected::Nothing => CollectedBody::Own(Bytes::new()),
-            Collected::Whole(whole) => CollectedBody::Read(whole),
-            Collected::Copied(copied) => CollectedBody::Own(exact(copied)),
-        };
-        self.pending.dispatch(body, self.trailers)
+        self.pending
+            .dispatch(self.collecting.finish(), self.trailers)
     }
 
     fn abandon(self, why: Abandon) {
         self.pending.abandon(why);
+    }
+}
+
+impl Collecting {
+    fn new(expected: Option<u64>) -> Self {
+        Collecting {
+            body: Collected::Nothing,
+            expected,
+            len: 0,
+        }
+    }
+
+    /// Adds `data` to the copy.
+    fn keep(&mut self, data: &Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len() as u64;
+        // A small chunk in the middle of a body gets an allocation of its
+        // own size rather than keep a whole read buffer.
+        let last = self.expected == Some(self.len);
+        let chunk = || match data.len() >= KEPT_CHUNK_AT_LEAST || last {
+            true => data.clone(),
+            false => Bytes::copy_from_slice(data),
+        };
+        self.body = match std::mem::replace(&mut self.body, Collected::Nothing) {
+            Collected::Nothing => Collected::Read(chunk()),
+            Collected::Read(first) => Collected::ReadMany(vec![first, chunk()]),
+            Collected::ReadMany(mut chunks) if chunks.len() < KEPT_CHUNKS_AT_MOST => {
+                chunks.push(chunk());
+                Collected::ReadMany(chunks)
+            }
+            Collected::ReadMany(chunks) => {
+                let mut copied = self.copy_buffer();
+                chunks.iter().for_each(|c| copied.extend_from_slice(c));
+                copied.extend_from_slice(data);
+                Collected::Copied(copied)
+            }
+            Collected::Copied(mut copied) => {
+                copied.extend_from_slice(data);
+                Collected::Copied(copied)
+            }
+        };
+    }
+
+    /// A buffer for the body copied: its length when it says one (up to
+    /// [`PREALLOCATE_AT_MOST`]: a large body's room is made as it comes,
+    /// not on the client's word), and room for what came so far. A body
+    /// that says it is over `max_body` never gets here (the mirror handler
+    /// gives it up first).
+    fn copy_buffer(&self) -> BytesMut {
+        let room = self.expected.unwrap_or(0).min(PREALLOCATE_AT_MOST);
+        BytesMut::with_capacity(room.max(self.len) as usize)
+    }
+
+    fn finish(self) -> CollectedBody {
+        match self.body {
+            Collected::Nothing => CollectedBody::Own(Bytes::new()),
+            Collected::Read(whole) => CollectedBody::Read(CopyBytes::One(whole)),
+            Collected::ReadMany(chunks) => CollectedBody::Read(CopyBytes::Chunks(chunks.into())),
+            Collected::Copied(copied) => CollectedBody::Own(exact(copied)),
+        }
     }
 }
 
@@ -307,4 +352,79 @@ async fn read_rest(mut body: Body, mut capture: Capture, rest: Arc<RestOfBody>) 
     // next must not answer before that mirror knows.
     drop(body);
     rest.done.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(expected: Option<u64>, chunks: &[&Bytes]) -> CollectedBody {
+        let mut collecting = Collecting::new(expected);
+        chunks.iter().for_each(|chunk| collecting.keep(chunk));
+        collecting.finish()
+    }
+
+    fn read(len: usize, byte: u8) -> Bytes {
+        // A slice of a larger buffer, as a connection's reads are.
+        Bytes::from(vec![byte; len + 100]).slice(50..50 + len)
+    }
+
+    fn chunks(body: &CollectedBody) -> Vec<(*const u8, Bytes)> {
+        match body {
+            CollectedBody::Read(CopyBytes::One(one)) => vec![(one.as_ptr(), one.clone())],
+            CollectedBody::Read(CopyBytes::Chunks(chunks)) => {
+                chunks.iter().map(|c| (c.as_ptr(), c.clone())).collect()
+            }
+            CollectedBody::Own(own) => panic!("copied: {} bytes", own.len()),
+        }
+    }
+
+    #[test]
+    fn a_body_in_one_chunk_is_kept_as_it_came_whatever_its_size() {
+        let small = read(10, b'a');
+        let kept = chunks(&collect(Some(10), &[&small]));
+        assert_eq!(kept, vec![(small.as_ptr(), small.clone())]);
+    }
+
+    #[test]
+    fn large_chunks_are_kept_and_a_small_one_in_the_middle_is_copied() {
+        let (big, small, last) = (
+            read(KEPT_CHUNK_AT_LEAST, b'a'),
+            read(5, b'b'),
+            read(3, b'c'),
+        );
+        let expected = (big.len() + small.len() + big.len() + last.len()) as u64;
+        let kept = chunks(&collect(Some(expected), &[&big, &small, &big, &last]));
+        let pointers: Vec<_> = kept.iter().map(|(p, _)| *p).collect();
+        assert_eq!(pointers[0], big.as_ptr());
+        assert_ne!(
+            pointers[1],
+            small.as_ptr(),
+            "a small chunk gets its own copy"
+        );
+        assert_eq!(pointers[2], big.as_ptr());
+        assert_eq!(pointers[3], last.as_ptr(), "the last one is kept");
+        let bytes: Vec<u8> = kept.iter().flat_map(|(_, c)| c.to_vec()).collect();
+        assert_eq!(bytes, [&big[..], &small[..], &big[..], &last[..]].concat());
+    }
+
+    #[test]
+    fn a_body_in_many_chunks_is_copied_into_one_buffer() {
+        let chunk = read(KEPT_CHUNK_AT_LEAST, b'x');
+        let many = vec![&chunk; KEPT_CHUNKS_AT_MOST + 1];
+        let expected = (chunk.len() * many.len()) as u64;
+        match collect(Some(expected), &many) {
+            CollectedBody::Own(own) => {
+                assert_eq!(own.len() as u64, expected);
+                assert!(own.iter().all(|b| *b == b'x'));
+            }
+            CollectedBody::Read(_) => panic!("{} chunks kept", many.len()),
+        }
+    }
+
+    #[test]
+    fn no_body_is_an_empty_one_of_its_own() {
+        let empty = Bytes::new();
+        assert!(matches!(collect(None, &[&empty]), CollectedBody::Own(b) if b.is_empty()));
+    }
 }

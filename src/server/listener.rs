@@ -25,7 +25,7 @@ use super::limits::{ConnLimits, ConnState, Slot, TimedIo};
 use super::router::AddressRouter;
 use crate::accept_backoff::{accept_next, AcceptBackoff};
 use crate::config::Limits;
-use crate::message::body::Guarded;
+use crate::message::body::{Guarded, READ_BUFFER_AT_MOST};
 use crate::message::{body, ConnInfo};
 
 /// HTTP/2 streams a client may reset before its response starts (the
@@ -52,14 +52,6 @@ macro_rules! http1_options {
     };
 }
 
-/// The most hyper reads from a connection at once, once its reads have
-/// grown (hyper starts at 8 KiB and doubles while reads fill the buffer,
-/// up to this). Room for a 64 KiB body and a head of up to 16 KiB, so such
-/// a request is read and forwarded whole: with 64 KiB, the last hundred
-/// bytes of a 64 KiB upload took a read, a write upstream and a wake-up of
-/// their own. Not more: a connection keeps its buffer while it is open.
-const HTTP1_READ_BUFFER: usize = 80 * 1024;
-
 /// How connections on one address are served.
 pub struct Builders {
     /// A plain connection that cannot be HTTP/2 (see [`sniff`]).
@@ -74,7 +66,7 @@ impl Builders {
         http1_options!(http1)
             // The head's size is checked once it is parsed, so the read
             // buffer can be larger than a head may be.
-            .max_buf_size(HTTP1_READ_BUFFER.max(limits.max_header_size))
+            .max_buf_size(READ_BUFFER_AT_MOST.max(limits.max_header_size))
             .max_header_size(limits.max_header_size);
         let mut auto = auto::Builder::new(TokioExecutor::new());
         // hyper-util's auto builder cannot check a parsed head's size: its
