@@ -504,15 +504,17 @@ impl PendingCopy {
         self.mirror.options.max_body
     }
 
+    /// Whether every target answered the last copy it was sent and holds
+    /// few copies: one for them may keep the chunks its body is read in.
+    pub fn targets_keeping_up(&self) -> bool {
+        self.targets.iter().all(|t| t.keeping_up())
+    }
+
     /// `body`: the copy's own in an allocation of its size, or the one
     /// chunk it came in, kept while the mirror may lend one more read buffer.
     pub fn dispatch(self, body: lending::CollectedBody, trailers: Option<HeaderMap>) {
-        let targets = &self.targets;
         let as_read = matches!(body, lending::CollectedBody::Read(_));
-        let (body, lent) = self
-            .mirror
-            .lending
-            .keep(body, || targets.iter().all(|t| t.keeping_up()));
+        let (body, lent) = self.mirror.lending.keep(body, || self.targets_keeping_up());
         tracing::trace!(mirror = %self.mirror.label, uri = %self.uri, bytes = body.len(), as_read, lent = lent.is_some(), "copy complete");
         let edits = self.mirror.options.edits.clone();
         // `replace_body` would break a gRPC message's length prefix (and

@@ -1,12 +1,12 @@
 //! The request body as the primary reads it, with a copy kept on the side.
 //!
 //! Frames pass through untouched and in step with the primary: the tee
-//! never waits for the whole body. A body that comes in up to
-//! [`KEPT_CHUNKS_AT_MOST`] chunks is kept as those chunks (see
+//! never waits for the whole body. While the targets keep up, a body that
+//! comes in up to [`KEPT_CHUNKS_AT_MOST`] chunks is kept as those chunks (see
 //! [`super::lending`] for when it is copied after all), but for a small
 //! one in its middle (under [`KEPT_CHUNK_AT_LEAST`]), which is copied: it
-//! would keep a read buffer many times its size. A body in more chunks is
-//! copied into the copy's own buffer (sized from `Content-Length` when
+//! would keep a read buffer many times its size. A body for targets falling
+//! behind, or in more chunks, is copied into the copy's own buffer (sized from `Content-Length` when
 //! there is one) as it passes. Past `max_body` the copy is abandoned and
 //! the primary goes on unaffected. If the primary stops reading early (a `respond` that never
 //! looks at the body, an upstream that answers before the upload ends), the
@@ -78,6 +78,11 @@ struct Collecting {
     /// the copy's buffer.
     expected: Option<u64>,
     len: u64,
+    /// Whether the chunks may be kept as they came: the targets kept up
+    /// when the body started. If not, no read buffer is held even while
+    /// the body comes, and the copy is made as it passes, as it will be
+    /// sent from its own allocation anyway.
+    keep_read: bool,
 }
 
 /// The copy being collected.
@@ -95,9 +100,10 @@ impl Capture {
     /// `refusal`: what a later `request_body` sets when it refuses it.
     pub fn new(pending: PendingCopy, size: &SizeHint, refusal: BodyRefusal) -> Self {
         let framing = (pending.protocol() == Protocol::Grpc).then(Framing::default);
+        let keep_read = size.exact() != Some(0) && pending.targets_keeping_up();
         Capture {
             pending,
-            collecting: Collecting::new(size.exact()),
+            collecting: Collecting::new(size.exact(), keep_read),
             trailers: None,
             framing,
             refusal,
@@ -140,11 +146,12 @@ impl Capture {
 }
 
 impl Collecting {
-    fn new(expected: Option<u64>) -> Self {
+    fn new(expected: Option<u64>, keep_read: bool) -> Self {
         Collecting {
             body: Collected::Nothing,
             expected,
             len: 0,
+            keep_read,
         }
     }
 
@@ -162,6 +169,15 @@ impl Collecting {
             false => Bytes::copy_from_slice(data),
         };
         self.body = match std::mem::replace(&mut self.body, Collected::Nothing) {
+            Collected::Copied(mut copied) => {
+                copied.extend_from_slice(data);
+                Collected::Copied(copied)
+            }
+            Collected::Nothing if !self.keep_read => {
+                let mut copied = self.copy_buffer();
+                copied.extend_from_slice(data);
+                Collected::Copied(copied)
+            }
             Collected::Nothing => Collected::Read(chunk()),
             Collected::Read(first) => Collected::ReadMany(vec![first, chunk()]),
             Collected::ReadMany(mut chunks) if chunks.len() < KEPT_CHUNKS_AT_MOST => {
@@ -171,10 +187,6 @@ impl Collecting {
             Collected::ReadMany(chunks) => {
                 let mut copied = self.copy_buffer();
                 chunks.iter().for_each(|c| copied.extend_from_slice(c));
-                copied.extend_from_slice(data);
-                Collected::Copied(copied)
-            }
-            Collected::Copied(mut copied) => {
                 copied.extend_from_slice(data);
                 Collected::Copied(copied)
             }
@@ -359,7 +371,11 @@ mod tests {
     use super::*;
 
     fn collect(expected: Option<u64>, chunks: &[&Bytes]) -> CollectedBody {
-        let mut collecting = Collecting::new(expected);
+        collect_if(true, expected, chunks)
+    }
+
+    fn collect_if(keep_read: bool, expected: Option<u64>, chunks: &[&Bytes]) -> CollectedBody {
+        let mut collecting = Collecting::new(expected, keep_read);
         chunks.iter().for_each(|chunk| collecting.keep(chunk));
         collecting.finish()
     }
@@ -419,6 +435,15 @@ mod tests {
                 assert!(own.iter().all(|b| *b == b'x'));
             }
             CollectedBody::Read(_) => panic!("{} chunks kept", many.len()),
+        }
+    }
+
+    #[test]
+    fn for_targets_falling_behind_the_body_is_copied_as_it_passes() {
+        let chunk = read(KEPT_CHUNK_AT_LEAST, b'y');
+        match collect_if(false, Some(chunk.len() as u64 * 2), &[&chunk, &chunk]) {
+            CollectedBody::Own(own) => assert_eq!(own, [&chunk[..], &chunk[..]].concat()),
+            CollectedBody::Read(_) => panic!("read buffers kept for targets falling behind"),
         }
     }
 
