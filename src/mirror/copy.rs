@@ -167,26 +167,11 @@ pub struct CopyBody {
 }
 
 impl CopyBody {
-    /// The next chunk with bytes in it, skipping empty ones.
-    fn next_data(&mut self) -> Option<Bytes> {
-        while let Some(chunk) = self.data.chunk(self.next) {
-            self.next += 1;
-            if !chunk.is_empty() {
-                return Some(chunk.clone());
-            }
-        }
-        None
-    }
-
-    fn data_left(&self) -> bool {
-        let mut next = self.next;
-        while let Some(chunk) = self.data.chunk(next) {
-            if !chunk.is_empty() {
-                return true;
-            }
-            next += 1;
-        }
-        false
+    /// The next chunk with bytes in it, and where it is, if one is left.
+    fn next_with_data(&self) -> Option<(usize, &Bytes)> {
+        (self.next..)
+            .map_while(|index| self.data.chunk(index).map(|chunk| (index, chunk)))
+            .find(|(_, chunk)| !chunk.is_empty())
     }
 }
 
@@ -198,14 +183,16 @@ impl http_body::Body for CopyBody {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(data) = self.next_data() {
+        if let Some((index, data)) = self.next_with_data() {
+            let data = data.clone();
+            self.next = index + 1;
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        !self.data_left() && self.trailers.is_none()
+        self.next_with_data().is_none() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -38,7 +38,16 @@ impl CopyBytes {
         }
     }
 
-    /// The chunk at `index`, skipping empty ones; `None` past the end.
+    /// The body copied into one allocation of its size, which holds none
+    /// of the buffers its chunks are slices of.
+    pub fn copied(&self) -> Bytes {
+        match self {
+            CopyBytes::One(one) => Bytes::copy_from_slice(one),
+            CopyBytes::Chunks(chunks) => join(chunks),
+        }
+    }
+
+    /// The chunk at `index` (empty ones included); `None` past the end.
     pub(super) fn chunk(&self, index: usize) -> Option<&Bytes> {
         match self {
             CopyBytes::One(one) => (index == 0).then_some(one),
@@ -48,7 +57,7 @@ impl CopyBytes {
 }
 
 /// `chunks` in one allocation of their size.
-pub fn join(chunks: &[Bytes]) -> Bytes {
+fn join(chunks: &[Bytes]) -> Bytes {
     let mut joined = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
     chunks
         .iter()

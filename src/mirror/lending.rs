@@ -9,16 +9,16 @@
 //! are keeping up (each answered the last copy it was sent and holds fewer
 //! than [`SHALLOW_BACKLOG`] copies, so this one will be sent soon), and
 //! the copies of one mirror hold read buffers of at most [`LENT_BYTES`] at
-//! a time. The rest are copied into an
-//! allocation of their size as before: a target that hangs fills its
-//! backlog with copies of their own size only.
+//! a time. The rest are copied into an allocation of their size as before:
+//! a target that hangs fills its backlog with copies of their own size
+//! only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::copy_bytes::{join, CopyBytes};
+use super::copy_bytes::CopyBytes;
 use crate::message::body::READ_BUFFER_AT_MOST;
 
 /// The read buffers the copies of one mirror may hold at once, counting
@@ -59,7 +59,7 @@ impl Lending {
             CollectedBody::Read(chunks) => {
                 match keeping_up().then(|| self.borrow(&chunks)).flatten() {
                     Some(lent) => (chunks, Some(lent)),
-                    None => (CopyBytes::One(own(&chunks)), None),
+                    None => (CopyBytes::One(chunks.copied()), None),
                 }
             }
         }
@@ -92,14 +92,6 @@ fn buffers_held(chunks: &CopyBytes) -> usize {
     match chunks {
         CopyBytes::One(chunk) => one(chunk),
         CopyBytes::Chunks(chunks) => chunks.iter().map(one).sum(),
-    }
-}
-
-/// `chunks` copied into an allocation of their size.
-fn own(chunks: &CopyBytes) -> Bytes {
-    match chunks {
-        CopyBytes::One(chunk) => Bytes::copy_from_slice(chunk),
-        CopyBytes::Chunks(chunks) => join(chunks),
     }
 }
 

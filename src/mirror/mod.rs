@@ -510,8 +510,9 @@ impl PendingCopy {
         self.targets.iter().all(|t| t.keeping_up())
     }
 
-    /// `body`: the copy's own in an allocation of its size, or the one
-    /// chunk it came in, kept while the mirror may lend one more read buffer.
+    /// `body`: the copy's own in an allocation of its size, or the chunks
+    /// it came in, kept while the targets keep up and the mirror may lend
+    /// their read buffers (see [`lending`]).
     pub fn dispatch(self, body: lending::CollectedBody, trailers: Option<HeaderMap>) {
         let as_read = matches!(body, lending::CollectedBody::Read(_));
         let (body, lent) = self.mirror.lending.keep(body, || self.targets_keeping_up());

@@ -2,13 +2,14 @@
 //!
 //! Frames pass through untouched and in step with the primary: the tee
 //! never waits for the whole body. While the targets keep up, a body that
-//! comes in up to [`KEPT_CHUNKS_AT_MOST`] chunks is kept as those chunks (see
-//! [`super::lending`] for when it is copied after all), but for a small
-//! one in its middle (under [`KEPT_CHUNK_AT_LEAST`]), which is copied: it
-//! would keep a read buffer many times its size. A body for targets falling
-//! behind, or in more chunks, is copied into the copy's own buffer (sized from `Content-Length` when
-//! there is one) as it passes. Past `max_body` the copy is abandoned and
-//! the primary goes on unaffected. If the primary stops reading early (a `respond` that never
+//! comes in up to [`KEPT_CHUNKS_AT_MOST`] chunks is kept as those chunks
+//! (see [`super::lending`] for when it is copied after all), but for a
+//! small one in its middle (under [`KEPT_CHUNK_AT_LEAST`]), which is
+//! copied: it would keep a read buffer many times its size. A body for
+//! targets falling behind, or in more chunks, is copied into the copy's
+//! own buffer (sized from `Content-Length` when there is one) as it
+//! passes. Past `max_body` the copy is abandoned and the primary goes on
+//! unaffected. If the primary stops reading early (a `respond` that never
 //! looks at the body, an upstream that answers before the upload ends), the
 //! tee finishes reading in a task of its own so the copy is still whole.
 
