@@ -106,6 +106,43 @@ async fn chunked_body_is_copied_whole_and_stays_chunked() {
     assert_eq!(c.header("content-length"), None);
 }
 
+/// While the shadow keeps up, a copy keeps the chunks the body came in
+/// (small ones in its middle copied, and a body in more than 32 copied
+/// whole): every mix reaches the shadow byte for byte.
+#[tokio::test]
+async fn bodies_in_large_and_small_chunks_reach_the_shadow_whole() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let running = start_route(Chain::new().mirror(Mirror::to(&shadow)).proxy(&primary)).await;
+    let client = Client::http1();
+    let url = format!("{}/upload", base_url(&running));
+    // A first copy answered, so that the next ones may keep their chunks.
+    let warm_up = client::req("GET", &url).body(client::full("")).unwrap();
+    client.send(warm_up).await.expect("request");
+    shadow.wait_for(1).await;
+    let sizes: [&[usize]; 3] = [
+        &[40_000, 7, 70_000, 3, 20_000, 1],
+        &[16_384, 16_383, 16_385, 0, 50_000],
+        &[17_000; 40],
+    ];
+    for (i, sizes) in sizes.iter().enumerate() {
+        let pieces: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(j, len)| Bytes::from(random_bytes(*len, (i * 100 + j) as u64)))
+            .collect();
+        let whole: Vec<u8> = pieces.iter().flat_map(|p| p.to_vec()).collect();
+        let req = client::req("POST", &url)
+            .body(client::chunks(pieces))
+            .unwrap();
+        assert_eq!(client.send(req).await.expect("request").status, 200);
+        let p = primary.wait_for(i + 2).await.remove(i + 1);
+        let c = shadow.wait_for(i + 2).await.remove(i + 1);
+        assert_eq!(p.body.as_ref(), whole.as_slice(), "primary, case {i}");
+        assert_eq!(c.body.as_ref(), whole.as_slice(), "copy, case {i}");
+    }
+}
+
 #[tokio::test]
 async fn header_up_and_host_apply_to_copies_only() {
     let primary = Backend::ok().await;
