@@ -37,7 +37,10 @@ pub struct PoolSettings {
     pub h2c: bool,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
-    /// Idle connections kept per worker; more are closed.
+    /// Idle connections kept per worker; more are closed. A pool holds no
+    /// more idle than were busy at once, so this only bounds what a burst
+    /// leaves behind; set below the usual number of requests in flight, it
+    /// closes connections that the next moment opens again.
     pub max_idle: usize,
 }
 
@@ -47,7 +50,12 @@ impl Default for PoolSettings {
             keepalive: true,
             h2c: false,
             idle_timeout: Duration::from_secs(90),
-            max_idle: 256,
+            // As many as Envoy's default connection limit per upstream.
+            // At 256, 1024 busy clients made about 4 new upstream
+            // connections per 100 requests (0.7 at 1024): some 800 a
+            // second, each closed one left in TIME_WAIT for a minute,
+            // which nears the kernel's range of local ports.
+            max_idle: 1024,
         }
     }
 }
