@@ -22,6 +22,7 @@ use tokio::task::AbortHandle;
 use super::breaker::{Admit, Breaker, BreakerConfig, Transition};
 use super::compare::Shadow;
 use super::copy::{CopyBody, CopyRequest};
+use super::copy_timer::CopyTimer;
 use super::grpc::Protocol;
 use super::policy::RateLimit;
 use super::stats::{bump, TargetStats};
@@ -324,6 +325,7 @@ enum Outcome {
 
 impl Worker {
     async fn run(self) {
+        let mut timer = CopyTimer::default();
         loop {
             let job = { self.rx.lock().await.recv().await };
             let Some(job) = job else { return };
@@ -340,9 +342,10 @@ impl Worker {
             bump(&stats.sent);
             self.state.in_flight.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(self.timeout, self.send(&job.copy)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Outcome::TimedOut,
+            let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+            let outcome = match timer.within(deadline, self.send(&job.copy)).await {
+                Some(outcome) => outcome,
+                None => Outcome::TimedOut,
             };
             stats.latency.record(started.elapsed());
             self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
