@@ -17,6 +17,7 @@ pub mod counters;
 pub mod diff;
 pub mod fnv;
 pub mod handlers;
+pub mod lazy_timer;
 pub mod lines;
 pub mod logging;
 pub mod message;

@@ -21,7 +21,7 @@ use std::path::Path;
 #[rustfmt::skip]
 const LAYERS: &[(u8, &str, &[&str])] = &[
     (0, "base", &[
-        "message", "certs", "workers", "accept_backoff", "bounded_read", "safe_write", "fnv",
+        "message", "certs", "workers", "accept_backoff", "bounded_read", "safe_write", "fnv", "lazy_timer",
         "lines", "counters", "chain", "passwords", "allocator", "diff", "suggest",
     ]),
     (1, "engines", &["upstream", "mirror", "state_file"]),

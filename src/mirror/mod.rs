@@ -13,7 +13,6 @@ pub mod compare;
 pub mod copy;
 mod copy_bytes;
 pub mod copy_edits;
-mod copy_timer;
 pub mod gate;
 pub mod grpc;
 pub mod lending;

@@ -22,11 +22,11 @@ use tokio::task::AbortHandle;
 use super::breaker::{Admit, Breaker, BreakerConfig, Transition};
 use super::compare::Shadow;
 use super::copy::{CopyBody, CopyRequest};
-use super::copy_timer::CopyTimer;
 use super::grpc::Protocol;
 use super::policy::RateLimit;
 use super::stats::{bump, TargetStats};
 use super::TargetSet;
+use crate::lazy_timer::LazyTimer;
 use crate::message::error_chain;
 use crate::message::header_ops::HeaderOps;
 use crate::upstream::url::UpstreamUrl;
@@ -325,7 +325,8 @@ enum Outcome {
 
 impl Worker {
     async fn run(self) {
-        let mut timer = CopyTimer::default();
+        // One timer for all its copies, moved only when it must be.
+        let mut timer = LazyTimer::default();
         loop {
             let job = { self.rx.lock().await.recv().await };
             let Some(job) = job else { return };
@@ -343,7 +344,8 @@ impl Worker {
             self.state.in_flight.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-            let outcome = match timer.within(deadline, self.send(&job.copy)).await {
+            let sending = std::pin::pin!(self.send(&job.copy));
+            let outcome = match timer.within(deadline, || deadline, sending).await {
                 Some(outcome) => outcome,
                 None => Outcome::TimedOut,
             };

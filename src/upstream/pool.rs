@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
 use super::tls_connector::Connector;
+use crate::lazy_timer::{self, LazyTimer};
 use crate::message::{error_chain, BoxError};
 
 /// How a pool treats its connections.
@@ -264,7 +265,7 @@ where
                     false => None,
                 };
                 let sent = std::pin::pin!(conn.send.try_send_request(req));
-                match conn.head_timer.wait(sent, deadline.as_ref()).await? {
+                match on_timer(&mut conn.head_timer, deadline.as_ref(), sent).await? {
                     Ok(response) => {
                         return Ok(self.pooled(response, conn, &self.worker().idle, now))
                     }
@@ -473,7 +474,7 @@ where
         });
         Ok(Opened::H1(H1Conn {
             send: conn,
-            head_timer: HeadTimer::default(),
+            head_timer: LazyTimer::default(),
         }))
     }
 
@@ -592,9 +593,25 @@ async fn within<T>(
         if let Poll::Ready(out) = future.as_mut().poll(cx) {
             return Poll::Ready(out);
         }
-        deadline.poll_passed(timer.as_mut(), cx)
+        lazy_timer::poll_until(timer.as_mut(), cx, || deadline.due())
+            .map(|()| Err(SendError::Timeout))
     })
     .await
+}
+
+/// [`within`] on a connection's kept timer.
+async fn on_timer<F: Future>(
+    timer: &mut LazyTimer,
+    deadline: Option<&Deadline>,
+    future: Pin<&mut F>,
+) -> Result<F::Output, SendError> {
+    match deadline {
+        None => Ok(future.await),
+        Some(deadline) => timer
+            .within(deadline.first, || deadline.due(), future)
+            .await
+            .ok_or(SendError::Timeout),
+    }
 }
 
 /// When an exchange that has no response head yet fails with
@@ -614,27 +631,6 @@ impl Deadline {
         match &self.upload {
             None => self.first,
             Some(upload) => upload.due(),
-        }
-    }
-
-    /// Polls `timer` (armed no later than the deadline): ready with the
-    /// timeout once the deadline has passed, else re-armed for it.
-    fn poll_passed<T>(
-        &self,
-        mut timer: Pin<&mut tokio::time::Sleep>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<T, SendError>> {
-        loop {
-            match timer.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) => {
-                    let due = self.due();
-                    if tokio::time::Instant::now() >= due {
-                        return Poll::Ready(Err(SendError::Timeout));
-                    }
-                    timer.as_mut().reset(due);
-                }
-            }
         }
     }
 }
@@ -712,50 +708,9 @@ impl<B: http_body::Body> http_body::Body for Uploading<B> {
 /// An HTTP/1.1 connection and the timer its exchanges wait on.
 struct H1Conn<B> {
     send: http1::SendRequest<B>,
-    head_timer: HeadTimer,
-}
-
-/// A timer kept with a connection and moved lazily: a new timer per
-/// request costs a registration with tokio's timer wheel and its removal
-/// (two locks), where this one is set only when it came due early, about
-/// once per `timeout` on a busy connection.
-///
-/// It never runs later than the exchange's deadline: it is moved earlier
-/// when needed, and when it fires before the deadline it is set to it.
-/// Left armed while the connection is idle, it may wake the task that last
-/// used it once; that task finds nothing to do.
-#[derive(Default)]
-struct HeadTimer(Option<Pin<Box<tokio::time::Sleep>>>);
-
-impl HeadTimer {
-    /// `future` comes pinned by the caller, so that this future holds a
-    /// pointer to it rather than a copy.
-    async fn wait<F: Future>(
-        &mut self,
-        mut future: Pin<&mut F>,
-        deadline: Option<&Deadline>,
-    ) -> Result<F::Output, SendError> {
-        let Some(deadline) = deadline else {
-            return Ok(future.await);
-        };
-        let first = deadline.first;
-        let timer = match &mut self.0 {
-            Some(timer) => {
-                if timer.is_elapsed() || timer.deadline() > first {
-                    timer.as_mut().reset(first);
-                }
-                timer
-            }
-            None => self.0.insert(Box::pin(tokio::time::sleep_until(first))),
-        };
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = future.as_mut().poll(cx) {
-                return Poll::Ready(Ok(out));
-            }
-            deadline.poll_passed(timer.as_mut(), cx)
-        })
-        .await
-    }
+    /// Times the response heads of the connection's exchanges, kept from
+    /// one exchange to the next (see [`LazyTimer`]).
+    head_timer: LazyTimer,
 }
 
 /// A connection just opened.
