@@ -1,6 +1,7 @@
 //! A finished copy of a request, shared by every target of a mirror, and the
 //! body that replays it.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -70,29 +71,32 @@ impl CopyRequest {
     }
 
     /// The headers the targets get: a rewritten body gets its new length.
-    pub fn sent_headers(&self) -> HeaderMap {
-        let mut headers = self.headers.clone();
-        if self.extras.body_rewrite.is_some() && self.had_length {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(self.sent_body().len()));
+    fn sent_headers(&self) -> Cow<'_, HeaderMap> {
+        if self.extras.body_rewrite.is_none() || !self.had_length {
+            return Cow::Borrowed(&self.headers);
         }
-        headers
+        let mut headers = self.headers.clone();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(self.sent_body().len()));
+        Cow::Owned(headers)
     }
 
     /// The headers one target gets: [`sent_headers`] with the target's own
     /// `header_up` made last. The loop marker is put back afterwards, so no
-    /// target's edits can send an unmarked copy.
+    /// target's edits can send an unmarked copy. Without edits to make,
+    /// the copy's own headers, not a copy of them.
     ///
     /// [`sent_headers`]: CopyRequest::sent_headers
-    pub fn headers_for(&self, target_ops: &HeaderOps) -> HeaderMap {
-        let mut headers = self.sent_headers();
+    pub fn headers_for(&self, target_ops: &HeaderOps) -> Cow<'_, HeaderMap> {
+        let headers = self.sent_headers();
         if target_ops.is_empty() {
             return headers;
         }
+        let mut headers = headers.into_owned();
         target_ops.apply(&mut headers, self.extras.vars.as_ref());
         if let Some(marker) = &self.extras.marker {
             headers.insert(marker.clone(), HeaderValue::from_static("1"));
         }
-        headers
+        Cow::Owned(headers)
     }
 
     /// With `host_suffix`: the client's host with the suffix, the copies'
@@ -167,6 +171,23 @@ pub struct CopyBody {
 }
 
 impl CopyBody {
+    /// The chunks with bytes in them, in order, as they are kept.
+    pub fn data_chunks(&self) -> impl Iterator<Item = &Bytes> {
+        (0..)
+            .map_while(|index| self.data.chunk(index))
+            .filter(|chunk| !chunk.is_empty())
+    }
+
+    /// Whether there is no byte to send (trailers aside).
+    pub fn has_no_data(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The client's trailers, sent only with a chunked body.
+    pub fn trailers(&self) -> Option<&HeaderMap> {
+        self.trailers.as_ref()
+    }
+
     /// The next chunk with bytes in it, and where it is, if one is left.
     fn next_with_data(&self) -> Option<(usize, &Bytes)> {
         (self.next..)

@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod compare;
 pub mod copy;
 mod copy_bytes;
+mod copy_conn;
 pub mod copy_edits;
 pub mod gate;
 pub mod grpc;

@@ -22,6 +22,7 @@ use tokio::task::AbortHandle;
 use super::breaker::{Admit, Breaker, BreakerConfig, Transition};
 use super::compare::Shadow;
 use super::copy::{CopyBody, CopyRequest};
+use super::copy_conn::{CopyConn, CopyHead};
 use super::grpc::Protocol;
 use super::policy::RateLimit;
 use super::stats::{bump, TargetStats};
@@ -176,12 +177,23 @@ impl Target {
         let (tx, rx) = mpsc::channel(state.backlog);
         let rx = Arc::new(Mutex::new(rx));
         let runtime = super::runtime::handle();
+        // A plain HTTP/1.1 target gets a connection per worker, spoken to
+        // without hyper's client (see `copy_conn`).
+        let own_connection = state.url.scheme == http::uri::Scheme::HTTP && !settings.h2c;
         let workers = (0..settings.concurrency.max(1))
             .map(|_| {
+                let transport = match own_connection {
+                    true => Transport::Own(CopyConn::new(
+                        state.url.origin(),
+                        client.connector.clone(),
+                        client.settings,
+                    )),
+                    false => Transport::Pool(pool.clone()),
+                };
                 let worker = Worker {
                     state: state.clone(),
                     rx: rx.clone(),
-                    pool: pool.clone(),
+                    transport,
                     timeout: settings.timeout,
                     set: Arc::downgrade(set),
                 };
@@ -310,10 +322,23 @@ impl Target {
 struct Worker {
     state: Arc<TargetState>,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
-    pool: Arc<CopyPool>,
+    transport: Transport,
     timeout: Duration,
     /// To take the target out of its mirror when the breaker says so.
     set: std::sync::Weak<TargetSet>,
+}
+
+/// How a worker reaches its target.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per worker, made once and never moved after"
+)]
+enum Transport {
+    /// A plain `http://` target: the worker's own connection.
+    Own(CopyConn),
+    /// Over TLS or HTTP/2: hyper's client, on connections the target's
+    /// workers share.
+    Pool(Arc<CopyPool>),
 }
 
 /// How one copy went.
@@ -324,7 +349,7 @@ enum Outcome {
 }
 
 impl Worker {
-    async fn run(self) {
+    async fn run(mut self) {
         // One timer for all its copies, moved only when it must be.
         let mut timer = LazyTimer::default();
         loop {
@@ -344,11 +369,11 @@ impl Worker {
             self.state.in_flight.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-            let sending = std::pin::pin!(self.send(&job.copy));
-            let outcome = match timer.within(deadline, || deadline, sending).await {
-                Some(outcome) => outcome,
-                None => Outcome::TimedOut,
+            let outcome = {
+                let sending = std::pin::pin!(send(&self.state, &mut self.transport, &job.copy));
+                timer.within(deadline, || deadline, sending).await
             };
+            let outcome = outcome.unwrap_or(Outcome::TimedOut);
             stats.latency.record(started.elapsed());
             self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
             let success = matches!(outcome, Outcome::Succeeded);
@@ -394,80 +419,123 @@ impl Worker {
             }
         }
     }
+}
 
-    async fn send(&self, copy: &CopyRequest) -> Outcome {
-        let mut req = Request::new(copy.body());
-        *req.method_mut() = copy.method.clone();
-        *req.uri_mut() = pool::origin_form(&copy.uri).unwrap_or_else(|| Uri::from_static("/"));
-        *req.headers_mut() = copy.headers_for(&self.state.header_up);
-        if copy.protocol() == Protocol::Grpc {
-            // The client then refuses a connection that ALPN made HTTP/1.1
-            // rather than send gRPC where it cannot work.
-            *req.version_mut() = Version::HTTP_2;
-        }
-        // The copy has no Host unless a header_up set one; then `host`
-        // (the target's or the mirror's), the mirror's `host_suffix`, and
-        // last the target's own name.
-        if !req.headers().contains_key(header::HOST) {
-            let host = self
-                .state
-                .host
-                .as_ref()
-                .or(copy.suffixed_host())
-                .unwrap_or(&self.state.authority);
-            req.headers_mut().insert(header::HOST, host.clone());
-        }
-        let response = match self.pool.send(req).await {
-            Ok(response) => response,
-            Err(err) if copy.protocol() == Protocol::Grpc => {
-                return Outcome::Failed(format!(
-                    "{} (a gRPC copy; it needs HTTP/2)",
-                    error_chain(&err)
-                ))
-            }
-            Err(err) => return Outcome::Failed(error_chain(&err)),
-        };
-        let status = response.status();
-        let (parts, mut body) = response.into_parts();
-        let comparison = copy.comparison();
-        let mut collector = comparison.map(|c| c.collector());
-        let mut read = 0;
-        let mut whole = false;
-        while read <= DRAIN_CAP {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        read += data.len();
-                        if let Some(collector) = collector.as_mut() {
-                            collector.push(data);
-                        }
-                    }
+/// Sends one copy to the target and reads its answer.
+async fn send(state: &TargetState, transport: &mut Transport, copy: &CopyRequest) -> Outcome {
+    let headers = copy.headers_for(&state.header_up);
+    // The copy has no Host unless a header_up set one; then `host` (the
+    // target's or the mirror's), the mirror's `host_suffix`, and last the
+    // target's own name.
+    let host = (!headers.contains_key(header::HOST)).then(|| {
+        state
+            .host
+            .as_ref()
+            .or(copy.suffixed_host())
+            .unwrap_or(&state.authority)
+    });
+    let comparison = copy.comparison();
+    let mut collector = comparison.map(|c| c.collector());
+    let answered = match transport {
+        Transport::Own(conn) => {
+            let head = CopyHead {
+                method: &copy.method,
+                target: copy.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                headers: &headers,
+                host,
+            };
+            let mut collect = |data: &[u8]| {
+                if let Some(collector) = collector.as_mut() {
+                    collector.push(data);
                 }
-                Some(Err(err)) => return Outcome::Failed(format!("response body: {err}")),
-                None => {
-                    whole = true;
-                    break;
-                }
-            }
+            };
+            conn.exchange(
+                &head,
+                &copy.body(),
+                comparison.is_some(),
+                DRAIN_CAP,
+                &mut collect,
+            )
+            .await
+            .map(|answer| (answer.status, answer.headers, answer.whole))
+            .map_err(|err| err.to_string())
         }
-        if let (Some(comparison), Some(collector)) = (comparison, collector) {
-            match whole {
-                true => comparison.shadow_done(
-                    &Shadow {
-                        url: self.state.url.clone(),
-                        stats: self.state.stats.clone(),
-                    },
-                    collector.finish(status, parts.headers),
-                ),
-                false => comparison.shadow_unreadable(&self.state.stats),
+        Transport::Pool(pool) => {
+            let mut req = Request::new(copy.body());
+            *req.method_mut() = copy.method.clone();
+            *req.uri_mut() = pool::origin_form(&copy.uri).unwrap_or_else(|| Uri::from_static("/"));
+            *req.headers_mut() = headers.into_owned();
+            if let Some(host) = host {
+                req.headers_mut().insert(header::HOST, host.clone());
             }
+            if copy.protocol() == Protocol::Grpc {
+                // The client then refuses a connection that ALPN made
+                // HTTP/1.1 rather than send gRPC where it cannot work.
+                *req.version_mut() = Version::HTTP_2;
+            }
+            send_pooled(pool, req, copy.protocol(), collector.as_mut()).await
         }
-        if status.is_server_error() {
-            Outcome::Failed(format!("status {status}"))
-        } else {
-            Outcome::Succeeded
+    };
+    let (status, headers, whole) = match answered {
+        Ok(answered) => answered,
+        Err(why) => return Outcome::Failed(why),
+    };
+    if let (Some(comparison), Some(collector)) = (comparison, collector) {
+        match whole {
+            true => comparison.shadow_done(
+                &Shadow {
+                    url: state.url.clone(),
+                    stats: state.stats.clone(),
+                },
+                collector.finish(status, headers),
+            ),
+            false => comparison.shadow_unreadable(&state.stats),
         }
     }
+    if status.is_server_error() {
+        Outcome::Failed(format!("status {status}"))
+    } else {
+        Outcome::Succeeded
+    }
+}
+
+/// Sends a copy with hyper's client and reads the answer's body (up to
+/// [`DRAIN_CAP`], into `collector` with `compare`): its status, headers and
+/// whether the body was read whole, or why there is no answer.
+async fn send_pooled(
+    pool: &CopyPool,
+    req: Request<CopyBody>,
+    protocol: Protocol,
+    mut collector: Option<&mut crate::diff::BodyCollector>,
+) -> Result<(http::StatusCode, http::HeaderMap, bool), String> {
+    let response = match pool.send(req).await {
+        Ok(response) => response,
+        Err(err) if protocol == Protocol::Grpc => {
+            return Err(format!(
+                "{} (a gRPC copy; it needs HTTP/2)",
+                error_chain(&err)
+            ))
+        }
+        Err(err) => return Err(error_chain(&err)),
+    };
+    let status = response.status();
+    let (parts, mut body) = response.into_parts();
+    let mut read = 0;
+    while read <= DRAIN_CAP {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len();
+                    if let Some(collector) = collector.as_mut() {
+                        collector.push(data);
+                    }
+                }
+            }
+            Some(Err(err)) => return Err(format!("response body: {err}")),
+            None => return Ok((status, parts.headers, true)),
+        }
+    }
+    Ok((status, parts.headers, false))
 }
 
 /// The targets a gRPC call can be copied to: those reached over HTTP/2.

@@ -1,0 +1,1034 @@
+//! A mirror worker's own HTTP/1.1 connection to a plain `http://` target.
+//!
+//! A worker sends one copy at a time, so it needs one connection, not a
+//! pool, and a copy's answer is only read to be counted (and, with
+//! `compare`, collected): no response object, no header map, no body
+//! stream, no task of its own. hyper's client does all of that for every
+//! copy, and on the one core a mirror shares with the requests it cost
+//! about half of a copy's user time (callgrind: 15.5k instructions per
+//! copy on the copy thread). Here the head is written with the body in one
+//! `writev`, and the answer is parsed in place with `httparse`, hyper's own
+//! parser. Targets over TLS or HTTP/2 keep hyper's client
+//! ([`crate::upstream::pool`]).
+//!
+//! The framing follows RFC 9112: the request is sent with the client's
+//! `Content-Length`, chunked (with its trailers) when the client sent none
+//! and there is a body, and bare otherwise; the answer's length comes from
+//! `Transfer-Encoding`, then `Content-Length`, then the connection's close,
+//! and HEAD, 1xx, 204 and 304 answers have none.
+
+use std::io::IoSlice;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use std::mem::MaybeUninit;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use super::copy::CopyBody;
+use crate::message::error_chain;
+use crate::upstream::pool::PoolSettings;
+use crate::upstream::tls_connector::Connector;
+
+/// A response head longer than this is refused (hyper's default limit).
+const MAX_HEAD: usize = 64 * 1024;
+/// Header lines a response head may have (hyper's default limit).
+const MAX_HEADERS: usize = 100;
+/// Reads are at least this large.
+const READ_CHUNK: usize = 8 * 1024;
+/// A kept connection idle this long may be closed by the target just as a
+/// copy goes out on it (see `crate::upstream::pool`'s `RACY_IDLE`).
+const RACY_IDLE: Duration = Duration::from_secs(1);
+
+/// Why a copy got no complete answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed before a response")]
+    ClosedBeforeAnswer,
+    #[error("connection closed in the response body")]
+    ClosedInBody,
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+}
+
+/// A copy's request head, as one target gets it.
+pub struct CopyHead<'a> {
+    pub method: &'a Method,
+    /// Origin form: `/path?query`.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    /// Written after `headers`, which then hold none.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// What a target answered.
+pub struct Answer {
+    pub status: StatusCode,
+    /// Only when asked for (`compare`); empty otherwise.
+    pub headers: HeaderMap,
+    /// Whether the body was read to its end (not cut at the caller's cap).
+    pub whole: bool,
+}
+
+/// One worker's connection, opened on first use and kept while the target
+/// keeps it alive.
+pub struct CopyConn {
+    origin: Uri,
+    connector: Connector,
+    settings: PoolSettings,
+    live: Option<Live>,
+    /// What was read and not yet used.
+    input: BytesMut,
+    /// The request head (and chunk-size lines) being written.
+    output: Vec<u8>,
+}
+
+struct Live {
+    stream: TcpStream,
+    idle_since: Instant,
+}
+
+/// How the answer's body ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+impl CopyConn {
+    /// `origin`: an `http://` URL's scheme and authority.
+    pub fn new(origin: Uri, connector: Connector, settings: PoolSettings) -> Self {
+        CopyConn {
+            origin,
+            connector,
+            settings,
+            live: None,
+            input: BytesMut::new(),
+            output: Vec::new(),
+        }
+    }
+
+    /// Sends the copy and reads the answer:
+    /// its body goes to `on_body` up to `cap` bytes (more is not read, and
+    /// the connection is closed). A future dropped part way drops the
+    /// connection with it: the next copy opens a new one.
+    pub async fn exchange(
+        &mut self,
+        head: &CopyHead<'_>,
+        body: &CopyBody,
+        want_headers: bool,
+        cap: usize,
+        on_body: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<Answer, ExchangeError> {
+        let (mut live, idle_for) = match self.take_live() {
+            Some((live, idle_for)) => (live, Some(idle_for)),
+            None => (self.connect().await?, None),
+        };
+        let result = match self
+            .round_trip(&mut live, head, body, want_headers, cap, on_body)
+            .await
+        {
+            // The target closed the kept connection as the copy went out
+            // (its idle timeout raced ours): a bodyless idempotent copy goes
+            // once more on a new one, as the upstream pool does.
+            Err(ExchangeError::ClosedBeforeAnswer)
+                if idle_for.is_some_and(|idle| idle >= RACY_IDLE)
+                    && body.has_no_data()
+                    && head.method.is_idempotent() =>
+            {
+                tracing::debug!(target_url = %self.origin, "kept-alive connection closed under a copy; sending it again");
+                live = self.connect().await?;
+                self.round_trip(&mut live, head, body, want_headers, cap, on_body)
+                    .await
+            }
+            other => other,
+        };
+        let (answer, reusable) = result?;
+        if reusable && self.settings.keepalive {
+            live.idle_since = Instant::now();
+            self.live = Some(live);
+        }
+        Ok(answer)
+    }
+
+    /// The kept connection, unless it is too old or the target has closed
+    /// it (or sent something unasked, which makes it useless too).
+    fn take_live(&mut self) -> Option<(Live, Duration)> {
+        let live = self.live.take()?;
+        let idle_for = live.idle_since.elapsed();
+        if idle_for > self.settings.idle_timeout {
+            return None;
+        }
+        // Readiness is what the runtime last heard from epoll: no system
+        // call unless it says there is something to read.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        if live.stream.poll_read_ready(&mut cx).is_pending() {
+            return Some((live, idle_for));
+        }
+        let mut probe = [0u8; 1];
+        match live.stream.try_read(&mut probe) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Some((live, idle_for)),
+            _ => None,
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Live, ExchangeError> {
+        self.input.clear();
+        let io = self
+            .connector
+            .call(self.origin.clone())
+            .await
+            .map_err(|err| ExchangeError::Connect(error_chain(err.as_ref())))?;
+        match io {
+            MaybeHttpsStream::Http(io) => Ok(Live {
+                stream: TokioIo::into_inner(io),
+                idle_since: Instant::now(),
+            }),
+            MaybeHttpsStream::Https(_) => Err(ExchangeError::Connect(
+                "a TLS connection where plain HTTP was asked for".into(),
+            )),
+        }
+    }
+
+    /// One request and its answer on `live`; whether the connection can
+    /// carry another.
+    async fn round_trip(
+        &mut self,
+        live: &mut Live,
+        head: &CopyHead<'_>,
+        body: &CopyBody,
+        want_headers: bool,
+        cap: usize,
+        on_body: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<(Answer, bool), ExchangeError> {
+        self.input.clear();
+        self.write_request(&mut live.stream, head, body).await?;
+        let answer = loop {
+            let answer = self.read_head(&mut live.stream, want_headers).await?;
+            match answer.status.as_u16() {
+                // Interim answers (100 Continue, 103 Early Hints) come
+                // before the final one.
+                100 | 102..=199 => continue,
+                _ => break answer,
+            }
+        };
+        if answer.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ExchangeError::Invalid(
+                "101 to a copy that asked no upgrade",
+            ));
+        }
+        let framing = match *head.method == Method::HEAD
+            || answer.status == StatusCode::NO_CONTENT
+            || answer.status == StatusCode::NOT_MODIFIED
+        {
+            true => Framing::Empty,
+            false => answer.framing,
+        };
+        let whole = self
+            .read_body(&mut live.stream, framing, cap, on_body)
+            .await?;
+        let reusable = answer.keep_alive && whole && framing != Framing::UntilClose;
+        let answer = Answer {
+            status: answer.status,
+            headers: answer.headers,
+            whole,
+        };
+        Ok((answer, reusable && self.input.is_empty()))
+    }
+
+    async fn write_request(
+        &mut self,
+        stream: &mut TcpStream,
+        head: &CopyHead<'_>,
+        body: &CopyBody,
+    ) -> Result<(), ExchangeError> {
+        let out = &mut self.output;
+        out.clear();
+        out.extend_from_slice(head.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(head.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in head.headers {
+            if name == TRANSFER_ENCODING {
+                continue;
+            }
+            header_line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(host) = head.host {
+            header_line(out, b"host", host.as_bytes());
+        }
+        let chunked = !head.headers.contains_key(CONTENT_LENGTH)
+            && (!body.has_no_data() || body.trailers().is_some());
+        if chunked {
+            header_line(out, b"transfer-encoding", b"chunked");
+        }
+        out.extend_from_slice(b"\r\n");
+        let head_len = out.len();
+        if !chunked {
+            let mut slices = Vec::with_capacity(2);
+            slices.push(IoSlice::new(&out[..head_len]));
+            slices.extend(body.data_chunks().map(|c| IoSlice::new(c)));
+            return write_all_vectored(stream, &mut slices).await;
+        }
+        // Each chunk's size line, then after them all the last chunk and
+        // the trailers, are written into `out` behind the head.
+        let mut framing = Vec::new();
+        for chunk in body.data_chunks() {
+            let start = out.len();
+            out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            framing.push(start..out.len());
+        }
+        let end_start = out.len();
+        out.extend_from_slice(b"0\r\n");
+        if let Some(trailers) = body.trailers() {
+            for (name, value) in trailers {
+                header_line(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        let mut slices = Vec::with_capacity(2 + 3 * framing.len());
+        slices.push(IoSlice::new(&out[..head_len]));
+        for (chunk, size_line) in body.data_chunks().zip(framing) {
+            slices.push(IoSlice::new(&out[size_line]));
+            slices.push(IoSlice::new(chunk));
+            slices.push(IoSlice::new(b"\r\n"));
+        }
+        slices.push(IoSlice::new(&out[end_start..]));
+        write_all_vectored(stream, &mut slices).await
+    }
+
+    /// Reads until `input` holds a whole head, and takes it out.
+    async fn read_head(
+        &mut self,
+        stream: &mut TcpStream,
+        want_headers: bool,
+    ) -> Result<Head, ExchangeError> {
+        loop {
+            if let Some(head) = parse_head(&mut self.input, want_headers)? {
+                return Ok(head);
+            }
+            if self.input.len() >= MAX_HEAD {
+                return Err(ExchangeError::Invalid("response head too large"));
+            }
+            if self.fill(stream).await? == 0 {
+                return Err(match self.input.is_empty() {
+                    true => ExchangeError::ClosedBeforeAnswer,
+                    false => ExchangeError::Invalid("connection closed in the response head"),
+                });
+            }
+        }
+    }
+
+    /// Reads the body as `framing` says, giving `on_body` at most `cap`
+    /// bytes; false if it stopped at the cap.
+    async fn read_body(
+        &mut self,
+        stream: &mut TcpStream,
+        framing: Framing,
+        cap: usize,
+        on_body: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<bool, ExchangeError> {
+        let mut read = 0usize;
+        let mut give = |data: &[u8]| -> bool {
+            read += data.len();
+            if read > cap {
+                return false;
+            }
+            on_body(data);
+            true
+        };
+        match framing {
+            Framing::Empty => Ok(true),
+            Framing::Length(mut left) => loop {
+                let take = (self.input.len() as u64).min(left) as usize;
+                if take > 0 {
+                    let data = self.input.split_to(take);
+                    left -= take as u64;
+                    if !give(&data) {
+                        return Ok(false);
+                    }
+                }
+                if left == 0 {
+                    return Ok(true);
+                }
+                if self.fill(stream).await? == 0 {
+                    return Err(ExchangeError::ClosedInBody);
+                }
+            },
+            Framing::UntilClose => loop {
+                if !self.input.is_empty() {
+                    let data = self.input.split();
+                    if !give(&data) {
+                        return Ok(false);
+                    }
+                }
+                if self.fill(stream).await? == 0 {
+                    return Ok(true);
+                }
+            },
+            Framing::Chunked => {
+                // Bytes of the current chunk still to come; then its CRLF.
+                let mut left: u64 = 0;
+                let mut after_data = false;
+                loop {
+                    if left > 0 {
+                        if !self.input.is_empty() {
+                            let take = (self.input.len() as u64).min(left) as usize;
+                            let data = self.input.split_to(take);
+                            left -= take as u64;
+                            after_data = left == 0;
+                            if !give(&data) {
+                                return Ok(false);
+                            }
+                            continue;
+                        }
+                    } else {
+                        match next_chunk(&mut self.input, after_data)? {
+                            Some(ChunkStep::Data(size)) => {
+                                left = size;
+                                after_data = false;
+                                continue;
+                            }
+                            Some(ChunkStep::End) => return Ok(true),
+                            None if self.input.len() >= MAX_HEAD => {
+                                return Err(ExchangeError::Invalid("chunk framing too long"))
+                            }
+                            None => {}
+                        }
+                    }
+                    if self.fill(stream).await? == 0 {
+                        return Err(ExchangeError::ClosedInBody);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One read into `input`; 0 at the end of the stream.
+    async fn fill(&mut self, stream: &mut TcpStream) -> Result<usize, ExchangeError> {
+        if self.input.capacity() - self.input.len() < READ_CHUNK {
+            self.input.reserve(READ_CHUNK);
+        }
+        Ok(stream.read_buf(&mut self.input).await?)
+    }
+}
+
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> Result<(), ExchangeError> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let written = stream.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}
+
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// A whole response head at the front of `input`, taken out of it; `None`
+/// while it is incomplete.
+fn parse_head(input: &mut BytesMut, want_headers: bool) -> Result<Option<Head>, ExchangeError> {
+    if input.is_empty() {
+        return Ok(None);
+    }
+    // Left uninitialized: httparse writes the lines it finds.
+    let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        input,
+        &mut lines,
+    );
+    let length = match parsed {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ExchangeError::Invalid("too many headers"))
+        }
+        Err(_) => return Err(ExchangeError::Invalid("not an HTTP/1 response head")),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(ExchangeError::Invalid("bad status code"))?;
+    // HTTP/1.1 keeps the connection unless told to close; 1.0 closes
+    // unless told to keep it.
+    let mut keep_alive = response.version == Some(1);
+    let mut length_seen: Option<u64> = None;
+    let mut chunked = false;
+    let mut encoded = false;
+    let mut headers = HeaderMap::new();
+    for line in response.headers.iter() {
+        let name = line.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let value = std::str::from_utf8(line.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(ExchangeError::Invalid("bad Content-Length"))?;
+            if length_seen.is_some_and(|seen| seen != value) {
+                return Err(ExchangeError::Invalid("conflicting Content-Length"));
+            }
+            length_seen = Some(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            encoded = true;
+            // Chunked must be the last coding; anything after it means the
+            // body ends with the connection.
+            chunked = tokens(line.value)
+                .last()
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in tokens(line.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && response.version == Some(0) {
+                    keep_alive = true;
+                }
+            }
+        }
+        if want_headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_bytes(line.value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+    }
+    let framing = match (encoded, chunked, length_seen) {
+        (true, true, _) => Framing::Chunked,
+        (true, false, _) => Framing::UntilClose,
+        (false, _, Some(length)) => Framing::Length(length),
+        (false, _, None) => Framing::UntilClose,
+    };
+    // Both lengths at once: read as chunked, never trusted for another.
+    if encoded && length_seen.is_some() {
+        keep_alive = false;
+    }
+    input.advance(length);
+    Ok(Some(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The comma-separated tokens of a header value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+enum ChunkStep {
+    /// A chunk of this many bytes follows (its CRLF is checked after).
+    Data(u64),
+    /// The last chunk and the trailers are read.
+    End,
+}
+
+/// Reads the next chunk's size line from `input` (`after_data`: after the
+/// CRLF that ends the chunk before it); `None` until it is all there.
+fn next_chunk(input: &mut BytesMut, after_data: bool) -> Result<Option<ChunkStep>, ExchangeError> {
+    let at = match after_data {
+        false => 0,
+        true if input.starts_with(b"\r\n") => 2,
+        true if input.is_empty() || input[..] == b"\r"[..] => return Ok(None),
+        true => return Err(ExchangeError::Invalid("no CRLF after a chunk")),
+    };
+    let (length, size) = match httparse::parse_chunk_size(&input[at..]) {
+        Ok(httparse::Status::Complete(found)) => found,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ExchangeError::Invalid("bad chunk size")),
+    };
+    if size > 0 {
+        input.advance(at + length);
+        return Ok(Some(ChunkStep::Data(size)));
+    }
+    // The last chunk: trailers until an empty line.
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(&input[at + length..], &mut lines) {
+        Ok(httparse::Status::Complete((trailers, _))) => {
+            input.advance(at + length + trailers);
+            Ok(Some(ChunkStep::End))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(ExchangeError::Invalid("bad trailers")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::copy::{CopyBytes, CopyExtras, CopyRequest};
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::net::TcpListener;
+
+    /// One exchange a scripted target expects on a connection: the request
+    /// bytes it must receive, and what it answers (in separate writes);
+    /// `close` ends the connection after the answer.
+    struct Step {
+        expect: &'static [u8],
+        answer: &'static [&'static [u8]],
+        close: bool,
+    }
+
+    /// A target on 127.0.0.1 that plays one script per connection, in
+    /// order, and counts the connections.
+    async fn scripted(connections: Vec<Vec<Step>>) -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            for script in connections {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    for step in script {
+                        let mut got = vec![0u8; step.expect.len()];
+                        if stream.read_exact(&mut got).await.is_err() {
+                            return;
+                        }
+                        assert_eq!(
+                            String::from_utf8_lossy(&got),
+                            String::from_utf8_lossy(step.expect)
+                        );
+                        for part in step.answer {
+                            stream.write_all(part).await.unwrap();
+                            stream.flush().await.unwrap();
+                            tokio::task::yield_now().await;
+                        }
+                        if step.close {
+                            return;
+                        }
+                    }
+                    // Held open until the client goes.
+                    let _ = stream.read(&mut [0u8; 1]).await;
+                });
+            }
+        });
+        (origin, accepted)
+    }
+
+    fn conn(origin: Uri) -> CopyConn {
+        let connector = crate::upstream::tls_connector::UpstreamTls::default()
+            .connector(Duration::from_secs(5), false)
+            .unwrap();
+        CopyConn::new(origin, connector, PoolSettings::default())
+    }
+
+    fn copy(method: Method, body: &'static [u8], length: bool) -> CopyRequest {
+        let mut headers = HeaderMap::new();
+        if length {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let trailers = (!length && !body.is_empty()).then(|| {
+            let mut t = HeaderMap::new();
+            t.insert("x-sum", HeaderValue::from_static("7"));
+            t
+        });
+        CopyRequest::new(
+            method,
+            Uri::from_static("/p?q=1"),
+            headers,
+            CopyBytes::Chunks(
+                vec![
+                    Bytes::from_static(&body[..body.len() / 2]),
+                    Bytes::from_static(&body[body.len() / 2..]),
+                ]
+                .into(),
+            ),
+            trailers,
+            length,
+            CopyExtras::default(),
+        )
+    }
+
+    /// Sends `copy` on `conn`: the status, the body read, and whether whole.
+    async fn send(
+        conn: &mut CopyConn,
+        copy: &CopyRequest,
+        cap: usize,
+    ) -> Result<(u16, Vec<u8>, bool), ExchangeError> {
+        let host = HeaderValue::from_static("shadow");
+        let head = CopyHead {
+            method: &copy.method,
+            target: copy.uri.path_and_query().unwrap().as_str(),
+            headers: &copy.headers,
+            host: Some(&host),
+        };
+        let mut body = Vec::new();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            conn.exchange(&head, &copy.body(), false, cap, &mut |d: &[u8]| {
+                body.extend_from_slice(d)
+            }),
+        )
+        .await
+        .expect("an exchange that ends")?;
+        Ok((answer.status.as_u16(), body, answer.whole))
+    }
+
+    const GET: &[u8] = b"GET /p?q=1 HTTP/1.1\r\nhost: shadow\r\n\r\n";
+
+    #[tokio::test]
+    async fn bodies_go_out_with_the_framing_the_client_used() {
+        let (origin, _) = scripted(vec![vec![
+            Step {
+                expect: b"POST /p?q=1 HTTP/1.1\r\ncontent-length: 5\r\nhost: shadow\r\n\r\nhello",
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+                close: false,
+            },
+            Step {
+                expect: b"POST /p?q=1 HTTP/1.1\r\nhost: shadow\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\nx-sum: 7\r\n\r\n",
+                answer: &[b"HTTP/1.1 204 No Content\r\n\r\n"],
+                close: false,
+            },
+        ]])
+        .await;
+        let mut conn = conn(origin);
+        let sent = send(&mut conn, &copy(Method::POST, b"hello", true), 1024)
+            .await
+            .unwrap();
+        assert_eq!(sent, (200, b"ok".to_vec(), true));
+        let sent = send(&mut conn, &copy(Method::POST, b"hello", false), 1024)
+            .await
+            .unwrap();
+        assert_eq!(sent, (204, Vec::new(), true));
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_copies_while_the_target_keeps_it() {
+        let (origin, accepted) = scripted(vec![
+            vec![
+                Step {
+                    expect: GET,
+                    // Interim answers first; the chunks and trailers split
+                    // across writes.
+                    answer: &[
+                        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab",
+                        b"cd\r",
+                        b"\n3;x=y\r\nefg\r\n0\r\nx-t",
+                        b": 1\r\n\r\n",
+                    ],
+                    close: false,
+                },
+                Step {
+                    expect: GET,
+                    answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nxyz"],
+                    close: true,
+                },
+            ],
+            vec![Step {
+                expect: GET,
+                // No length: the body ends with the connection.
+                answer: &[b"HTTP/1.1 200 OK\r\n\r\nto the end"],
+                close: true,
+            }],
+            vec![Step {
+                expect: GET,
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+                close: false,
+            }],
+        ])
+        .await;
+        let mut conn = conn(origin);
+        let get = copy(Method::GET, b"", true);
+        let get = CopyRequest::new(
+            Method::GET,
+            get.uri.clone(),
+            HeaderMap::new(),
+            CopyBytes::default(),
+            None,
+            false,
+            CopyExtras::default(),
+        );
+        assert_eq!(
+            send(&mut conn, &get, 1024).await.unwrap(),
+            (200, b"abcdefg".to_vec(), true)
+        );
+        assert_eq!(
+            send(&mut conn, &get, 1024).await.unwrap(),
+            (200, b"xyz".to_vec(), true)
+        );
+        assert_eq!(
+            send(&mut conn, &get, 1024).await.unwrap(),
+            (200, b"to the end".to_vec(), true)
+        );
+        assert_eq!(
+            send(&mut conn, &get, 1024).await.unwrap(),
+            (200, Vec::new(), true)
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "kept until `close`, the close-delimited body, and after"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_not_used_again() {
+        let (origin, accepted) = scripted(vec![
+            vec![Step {
+                expect: GET,
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"],
+                close: true,
+            }],
+            vec![Step {
+                expect: GET,
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"],
+                close: false,
+            }],
+        ])
+        .await;
+        let mut conn = conn(origin);
+        let get = CopyRequest::new(
+            Method::GET,
+            Uri::from_static("/p?q=1"),
+            HeaderMap::new(),
+            CopyBytes::default(),
+            None,
+            false,
+            CopyExtras::default(),
+        );
+        assert_eq!(send(&mut conn, &get, 1024).await.unwrap().1, b"a");
+        // Until the close has reached this side.
+        for _ in 0..200 {
+            if conn
+                .take_live()
+                .map(|live| conn.live = Some(live.0))
+                .is_none()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(send(&mut conn, &get, 1024).await.unwrap().1, b"b");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_cap_is_not_read_and_its_connection_not_kept() {
+        let (origin, accepted) = scripted(vec![
+            vec![Step {
+                expect: GET,
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"],
+                close: false,
+            }],
+            vec![Step {
+                expect: b"HEAD /p?q=1 HTTP/1.1\r\nhost: shadow\r\n\r\n",
+                // A HEAD answer's length has no body behind it.
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"],
+                close: false,
+            }],
+        ])
+        .await;
+        let mut conn = conn(origin);
+        let get = CopyRequest::new(
+            Method::GET,
+            Uri::from_static("/p?q=1"),
+            HeaderMap::new(),
+            CopyBytes::default(),
+            None,
+            false,
+            CopyExtras::default(),
+        );
+        let (_, body, whole) = send(&mut conn, &get, 4).await.unwrap();
+        assert!(!whole);
+        assert!(body.len() <= 4, "{body:?}");
+        let head = CopyRequest::new(
+            Method::HEAD,
+            Uri::from_static("/p?q=1"),
+            HeaderMap::new(),
+            CopyBytes::default(),
+            None,
+            false,
+            CopyExtras::default(),
+        );
+        assert_eq!(
+            send(&mut conn, &head, 4).await.unwrap(),
+            (200, Vec::new(), true)
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn broken_answers_are_errors() {
+        let (origin, _) = scripted(vec![
+            vec![Step {
+                expect: GET,
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"],
+                close: true,
+            }],
+            vec![Step {
+                expect: GET,
+                answer: &[],
+                close: true,
+            }],
+            vec![Step {
+                expect: GET,
+                answer: &[b"HTTP/1.1 101 Switching Protocols\r\n\r\n"],
+                close: false,
+            }],
+            vec![Step {
+                expect: GET,
+                answer: &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX"],
+                close: false,
+            }],
+        ])
+        .await;
+        let mut conn = conn(origin);
+        let get = CopyRequest::new(
+            Method::GET,
+            Uri::from_static("/p?q=1"),
+            HeaderMap::new(),
+            CopyBytes::default(),
+            None,
+            false,
+            CopyExtras::default(),
+        );
+        let errors = [
+            "connection closed in the response body",
+            "connection closed before a response",
+            "invalid response: 101 to a copy that asked no upgrade",
+            "invalid response: no CRLF after a chunk",
+        ];
+        for expected in errors {
+            let err = send(&mut conn, &get, 1024).await.unwrap_err();
+            assert_eq!(err.to_string(), expected);
+        }
+    }
+
+    fn head(bytes: &[u8]) -> Result<Option<Head>, ExchangeError> {
+        parse_head(&mut BytesMut::from(bytes), true)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let of = |bytes: &[u8]| head(bytes).unwrap().unwrap().framing;
+        assert_eq!(
+            of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            of(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Framing::Chunked
+        );
+        assert_eq!(
+            of(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            Framing::UntilClose
+        );
+        assert_eq!(of(b"HTTP/1.1 200 OK\r\n\r\n"), Framing::UntilClose);
+        let both =
+            head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(both.framing, Framing::Chunked);
+        assert!(!both.keep_alive, "never trusted for another request");
+    }
+
+    #[test]
+    fn keep_alive_by_version_and_connection() {
+        let keep = |bytes: &[u8]| head(bytes).unwrap().unwrap().keep_alive;
+        assert!(keep(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\n\r\n"
+        ));
+        assert!(!keep(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(keep(
+            b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
+        assert!(
+            head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
+        );
+        assert!(head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: y\r\n")).collect();
+        assert!(head(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes()).is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Len").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_head_is_taken_out_and_the_body_left() {
+        let mut input =
+            BytesMut::from(&b"HTTP/1.1 201 Created\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nhi"[..]);
+        let head = parse_head(&mut input, true).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.headers["x-a"], "1");
+        assert_eq!(&input[..], b"hi");
+        let mut input = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n"[..]);
+        assert!(parse_head(&mut input, false)
+            .unwrap()
+            .unwrap()
+            .headers
+            .is_empty());
+    }
+
+    #[test]
+    fn chunks_step_through_sizes_and_trailers() {
+        let mut input = BytesMut::from(&b"5;ext=1\r\nhello"[..]);
+        assert!(matches!(
+            next_chunk(&mut input, false),
+            Ok(Some(ChunkStep::Data(5)))
+        ));
+        assert_eq!(&input[..], b"hello");
+        input.advance(5);
+        assert!(
+            next_chunk(&mut input, true).unwrap().is_none(),
+            "the CRLF is still to come"
+        );
+        input.extend_from_slice(b"\r\n0\r\nX-T: 1\r\n");
+        assert!(
+            next_chunk(&mut input, true).unwrap().is_none(),
+            "the trailers are not over"
+        );
+        input.extend_from_slice(b"\r\nnext");
+        assert!(matches!(
+            next_chunk(&mut input, true),
+            Ok(Some(ChunkStep::End))
+        ));
+        assert_eq!(&input[..], b"next");
+        assert!(next_chunk(&mut BytesMut::from(&b"zz\r\n"[..]), false).is_err());
+        assert!(next_chunk(&mut BytesMut::from(&b"xy5\r\n"[..]), true).is_err());
+    }
+}
