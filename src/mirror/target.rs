@@ -194,6 +194,7 @@ impl Target {
                     state: state.clone(),
                     rx: rx.clone(),
                     transport,
+                    behind: (settings.concurrency.max(1) * 4).min(state.backlog / 2),
                     timeout: settings.timeout,
                     set: Arc::downgrade(set),
                 };
@@ -323,6 +324,9 @@ struct Worker {
     state: Arc<TargetState>,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     transport: Transport,
+    /// Copies held by the target past which it is behind: four rounds of
+    /// its workers, or half its backlog if that is less.
+    behind: usize,
     timeout: Duration,
     /// To take the target out of its mirror when the breaker says so.
     set: std::sync::Weak<TargetSet>,
@@ -394,6 +398,7 @@ impl Worker {
                     .breaker
                     .record(success, job.probe, Instant::now()),
             );
+            super::runtime::keep_pace(self.state.held.load(Ordering::Relaxed) > self.behind);
         }
     }
 
