@@ -183,6 +183,16 @@ impl CopyBody {
         self.data.is_empty()
     }
 
+    /// The bytes to send.
+    pub fn data_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the client gave the body's length, which the copy then gives.
+    pub fn announces_length(&self) -> bool {
+        self.announce_length
+    }
+
     /// The client's trailers, sent only with a chunked body.
     pub fn trailers(&self) -> Option<&HeaderMap> {
         self.trailers.as_ref()

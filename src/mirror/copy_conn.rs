@@ -21,7 +21,10 @@ use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, HOST, MAX_FORWARDS, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
+};
 use std::mem::MaybeUninit;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -36,8 +39,15 @@ use crate::message::error_chain;
 use crate::upstream::pool::PoolSettings;
 use crate::upstream::tls_connector::Connector;
 
-/// A response head longer than this is refused (hyper's default limit).
-const MAX_HEAD: usize = 64 * 1024;
+/// A response head longer than this is refused (hyper's default read
+/// buffer limit, which bounds its heads).
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// Interim (1xx) answers before the final one, at most.
+const MAX_INTERIM: usize = 16;
+/// A body up to this size is written before the answer is read; a larger
+/// one is written while reading, so an answer given before the target has
+/// read it all (a 413, say) ends the copy instead of a blocked write.
+const WRITE_THEN_READ: usize = 64 * 1024;
 /// Header lines a response head may have (hyper's default limit).
 const MAX_HEADERS: usize = 100;
 /// Reads are at least this large.
@@ -171,13 +181,8 @@ impl CopyConn {
         if idle_for > self.settings.idle_timeout {
             return None;
         }
-        // Readiness is what the runtime last heard from epoll: no system
-        // call unless it says there is something to read.
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        if live.stream.poll_read_ready(&mut cx).is_pending() {
-            return Some((live, idle_for));
-        }
+        // Only tried when the runtime last heard from epoll that there is
+        // something to read: no system call otherwise.
         let mut probe = [0u8; 1];
         match live.stream.try_read(&mut probe) {
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Some((live, idle_for)),
@@ -215,13 +220,15 @@ impl CopyConn {
         on_body: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<(Answer, bool), ExchangeError> {
         self.input.clear();
-        self.write_request(&mut live.stream, head, body).await?;
+        let sent_whole = self.write_request(&mut live.stream, head, body).await?;
+        let mut interim = 0;
         let answer = loop {
             let answer = self.read_head(&mut live.stream, want_headers).await?;
             match answer.status.as_u16() {
                 // Interim answers (100 Continue, 103 Early Hints) come
                 // before the final one.
-                100 | 102..=199 => continue,
+                100 | 102..=199 if interim < MAX_INTERIM => interim += 1,
+                100 | 102..=199 => return Err(ExchangeError::Invalid("too many interim answers")),
                 _ => break answer,
             }
         };
@@ -235,12 +242,18 @@ impl CopyConn {
             || answer.status == StatusCode::NOT_MODIFIED
         {
             true => Framing::Empty,
-            false => answer.framing,
+            false => answer.framing.map_err(ExchangeError::Invalid)?,
         };
         let whole = self
             .read_body(&mut live.stream, framing, cap, on_body)
             .await?;
-        let reusable = answer.keep_alive && whole && framing != Framing::UntilClose;
+        // A copy answered before its body was all sent leaves the rest of
+        // the body unsent: the connection cannot carry another.
+        let reusable = answer.keep_alive
+            && whole
+            && sent_whole
+            && framing != Framing::UntilClose
+            && !asks_close(head.headers);
         let answer = Answer {
             status: answer.status,
             headers: answer.headers,
@@ -249,12 +262,18 @@ impl CopyConn {
         Ok((answer, reusable && self.input.is_empty()))
     }
 
+    /// Writes the request: its body with a length when the client gave
+    /// one (the length of what is sent, which `header_up` cannot make
+    /// wrong), chunked with the trailers it announces when not, and none
+    /// for a GET, HEAD or CONNECT without a length, as hyper's client sends
+    /// them to the primary. False when an answer came before the body was
+    /// all written, which then stopped.
     async fn write_request(
         &mut self,
         stream: &mut TcpStream,
         head: &CopyHead<'_>,
         body: &CopyBody,
-    ) -> Result<(), ExchangeError> {
+    ) -> Result<bool, ExchangeError> {
         let out = &mut self.output;
         out.clear();
         out.extend_from_slice(head.method.as_str().as_bytes());
@@ -262,7 +281,7 @@ impl CopyConn {
         out.extend_from_slice(head.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in head.headers {
-            if name == TRANSFER_ENCODING {
+            if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
                 continue;
             }
             header_line(out, name.as_str().as_bytes(), value.as_bytes());
@@ -270,44 +289,74 @@ impl CopyConn {
         if let Some(host) = head.host {
             header_line(out, b"host", host.as_bytes());
         }
-        let chunked = !head.headers.contains_key(CONTENT_LENGTH)
-            && (!body.has_no_data() || body.trailers().is_some());
-        if chunked {
+        let length = body.data_len();
+        let framing = if body.announces_length() || head.headers.contains_key(CONTENT_LENGTH) {
+            header_line(out, b"content-length", length.to_string().as_bytes());
+            BodyFraming::Length
+        } else if matches!(*head.method, Method::GET | Method::HEAD | Method::CONNECT)
+            || (length == 0 && body.trailers().is_none())
+        {
+            BodyFraming::None
+        } else {
             header_line(out, b"transfer-encoding", b"chunked");
-        }
+            BodyFraming::Chunked
+        };
         out.extend_from_slice(b"\r\n");
         let head_len = out.len();
-        if !chunked {
-            let mut slices = Vec::with_capacity(2);
-            slices.push(IoSlice::new(&out[..head_len]));
-            slices.extend(body.data_chunks().map(|c| IoSlice::new(c)));
-            return write_all_vectored(stream, &mut slices).await;
-        }
-        // Each chunk's size line, then after them all the last chunk and
-        // the trailers, are written into `out` behind the head.
-        let mut framing = Vec::new();
-        for chunk in body.data_chunks() {
+        let mut sizes = Vec::new();
+        let mut end = head_len..head_len;
+        if framing == BodyFraming::Chunked {
+            // Each chunk's size line, then the last chunk and the trailers,
+            // go into `out` behind the head.
+            for chunk in body.data_chunks() {
+                let start = out.len();
+                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                sizes.push(start..out.len());
+            }
             let start = out.len();
-            out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-            framing.push(start..out.len());
+            out.extend_from_slice(b"0\r\n");
+            if let Some(trailers) = body.trailers() {
+                write_trailers(out, head.headers, trailers);
+            }
+            out.extend_from_slice(b"\r\n");
+            end = start..out.len();
         }
-        let end_start = out.len();
-        out.extend_from_slice(b"0\r\n");
-        if let Some(trailers) = body.trailers() {
-            for (name, value) in trailers {
-                header_line(out, name.as_str().as_bytes(), value.as_bytes());
+        let out = &self.output;
+        let mut slices = Vec::with_capacity(2 + 3 * sizes.len());
+        slices.push(IoSlice::new(&out[..head_len]));
+        match framing {
+            BodyFraming::None => {}
+            BodyFraming::Length => slices.extend(body.data_chunks().map(|c| IoSlice::new(c))),
+            BodyFraming::Chunked => {
+                for (chunk, size) in body.data_chunks().zip(sizes) {
+                    slices.push(IoSlice::new(&out[size]));
+                    slices.push(IoSlice::new(chunk));
+                    slices.push(IoSlice::new(b"\r\n"));
+                }
+                slices.push(IoSlice::new(&out[end]));
             }
         }
-        out.extend_from_slice(b"\r\n");
-        let mut slices = Vec::with_capacity(2 + 3 * framing.len());
-        slices.push(IoSlice::new(&out[..head_len]));
-        for (chunk, size_line) in body.data_chunks().zip(framing) {
-            slices.push(IoSlice::new(&out[size_line]));
-            slices.push(IoSlice::new(chunk));
-            slices.push(IoSlice::new(b"\r\n"));
+        if framing == BodyFraming::None || length <= WRITE_THEN_READ {
+            write_all_vectored(stream, &mut slices).await?;
+            return Ok(true);
         }
-        slices.push(IoSlice::new(&out[end_start..]));
-        write_all_vectored(stream, &mut slices).await
+        // Written while reading: bytes that arrive are the answer's (or
+        // trouble), and stop the writing.
+        let input = &mut self.input;
+        let (mut reader, mut writer) = stream.split();
+        let writing = write_all_vectored(&mut writer, &mut slices);
+        tokio::pin!(writing);
+        if input.capacity() - input.len() < READ_CHUNK {
+            input.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            written = &mut writing => written.map(|()| true),
+            read = reader.read_buf(input) => match read? {
+                // Closed for reading: what is left to write may still go.
+                0 => writing.await.map(|()| true),
+                _ => Ok(false),
+            },
+        }
     }
 
     /// Reads until `input` holds a whole head, and takes it out.
@@ -426,6 +475,55 @@ impl CopyConn {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BodyFraming {
+    None,
+    Length,
+    Chunked,
+}
+
+/// The trailers the request's `Trailer` header announces, but those no
+/// trailer may carry (RFC 9110 §6.5.1; the list hyper's client keeps).
+fn write_trailers(out: &mut Vec<u8>, headers: &HeaderMap, trailers: &HeaderMap) {
+    let announced = |name: &HeaderName| {
+        headers
+            .get_all(TRAILER)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|listed| listed.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    for (name, value) in trailers {
+        let forbidden = matches!(
+            *name,
+            AUTHORIZATION
+                | CACHE_CONTROL
+                | CONTENT_ENCODING
+                | CONTENT_LENGTH
+                | CONTENT_RANGE
+                | CONTENT_TYPE
+                | HOST
+                | MAX_FORWARDS
+                | SET_COOKIE
+                | TRAILER
+                | TRANSFER_ENCODING
+                | TE
+        );
+        if !forbidden && announced(name) {
+            header_line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+}
+
+/// Whether the request's own `Connection` header closes the connection.
+fn asks_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| tokens(value.as_bytes()))
+        .any(|token| token.eq_ignore_ascii_case(b"close"))
+}
+
 fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -434,7 +532,7 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 async fn write_all_vectored(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWriteExt + Unpin),
     mut slices: &mut [IoSlice<'_>],
 ) -> Result<(), ExchangeError> {
     IoSlice::advance_slices(&mut slices, 0);
@@ -451,7 +549,9 @@ async fn write_all_vectored(
 struct Head {
     status: StatusCode,
     headers: HeaderMap,
-    framing: Framing,
+    /// Why the body's length cannot be known, if it cannot; it matters
+    /// only to an answer that has a body.
+    framing: Result<Framing, &'static str>,
     keep_alive: bool,
 }
 
@@ -484,21 +584,25 @@ fn parse_head(input: &mut BytesMut, want_headers: bool) -> Result<Option<Head>, 
     // HTTP/1.1 keeps the connection unless told to close; 1.0 closes
     // unless told to keep it.
     let mut keep_alive = response.version == Some(1);
-    let mut length_seen: Option<u64> = None;
+    let mut length_seen: Result<Option<u64>, &'static str> = Ok(None);
     let mut chunked = false;
     let mut encoded = false;
     let mut headers = HeaderMap::new();
     for line in response.headers.iter() {
         let name = line.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let value = std::str::from_utf8(line.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(ExchangeError::Invalid("bad Content-Length"))?;
-            if length_seen.is_some_and(|seen| seen != value) {
-                return Err(ExchangeError::Invalid("conflicting Content-Length"));
+            // Digits only; a list of the same length counts as one.
+            for item in line.value.split(|b| *b == b',') {
+                let value = content_length(item.trim_ascii());
+                length_seen = match (length_seen, value) {
+                    (Err(why), _) => Err(why),
+                    (_, None) => Err("bad Content-Length"),
+                    (Ok(Some(seen)), Some(value)) if seen != value => {
+                        Err("conflicting Content-Length")
+                    }
+                    (Ok(_), Some(value)) => Ok(Some(value)),
+                };
             }
-            length_seen = Some(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             encoded = true;
             // Chunked must be the last coding; anything after it means the
@@ -525,13 +629,15 @@ fn parse_head(input: &mut BytesMut, want_headers: bool) -> Result<Option<Head>, 
         }
     }
     let framing = match (encoded, chunked, length_seen) {
-        (true, true, _) => Framing::Chunked,
-        (true, false, _) => Framing::UntilClose,
-        (false, _, Some(length)) => Framing::Length(length),
-        (false, _, None) => Framing::UntilClose,
+        (true, true, _) => Ok(Framing::Chunked),
+        (true, false, _) => Ok(Framing::UntilClose),
+        (false, _, Ok(Some(length))) => Ok(Framing::Length(length)),
+        (false, _, Ok(None)) => Ok(Framing::UntilClose),
+        (false, _, Err(why)) => Err(why),
     };
-    // Both lengths at once: read as chunked, never trusted for another.
-    if encoded && length_seen.is_some() {
+    // Both lengths at once, or a coding in HTTP/1.0 (RFC 9112 §6.1): read
+    // as the coding says, never trusted for another.
+    if encoded && (length_seen != Ok(None) || response.version == Some(0)) {
         keep_alive = false;
     }
     input.advance(length);
@@ -541,6 +647,14 @@ fn parse_head(input: &mut BytesMut, want_headers: bool) -> Result<Option<Head>, 
         framing,
         keep_alive,
     }))
+}
+
+/// A `Content-Length` value: ASCII digits only (no sign, no space).
+fn content_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// The comma-separated tokens of a header value.
@@ -567,6 +681,12 @@ fn next_chunk(input: &mut BytesMut, after_data: bool) -> Result<Option<ChunkStep
         true if input.is_empty() || input[..] == b"\r"[..] => return Ok(None),
         true => return Err(ExchangeError::Invalid("no CRLF after a chunk")),
     };
+    // httparse takes an empty size line for 0; hyper does not, nor this.
+    match input.get(at) {
+        None => return Ok(None),
+        Some(b) if !b.is_ascii_hexdigit() => return Err(ExchangeError::Invalid("bad chunk size")),
+        Some(_) => {}
+    }
     let (length, size) = match httparse::parse_chunk_size(&input[at..]) {
         Ok(httparse::Status::Complete(found)) => found,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -653,14 +773,27 @@ mod tests {
         CopyConn::new(origin, connector, PoolSettings::default())
     }
 
-    fn copy(method: Method, body: &'static [u8], length: bool) -> CopyRequest {
+    /// A copy of `body` in two chunks; with `length` its `Content-Length`
+    /// is `stated` (which the copy corrects), without it the client sent it
+    /// chunked, with trailers (one announced, one announced but never
+    /// allowed in trailers, one not announced).
+    fn copy_stating(
+        method: Method,
+        body: &'static [u8],
+        length: bool,
+        stated: usize,
+    ) -> CopyRequest {
         let mut headers = HeaderMap::new();
         if length {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(stated));
+        } else {
+            headers.insert(TRAILER, HeaderValue::from_static("x-sum, content-type"));
         }
-        let trailers = (!length && !body.is_empty()).then(|| {
+        let trailers = (!length).then(|| {
             let mut t = HeaderMap::new();
             t.insert("x-sum", HeaderValue::from_static("7"));
+            t.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            t.insert("x-other", HeaderValue::from_static("1"));
             t
         });
         CopyRequest::new(
@@ -678,6 +811,10 @@ mod tests {
             length,
             CopyExtras::default(),
         )
+    }
+
+    fn copy(method: Method, body: &'static [u8], length: bool) -> CopyRequest {
+        copy_stating(method, body, length, body.len())
     }
 
     /// Sends `copy` on `conn`: the status, the body read, and whether whole.
@@ -711,26 +848,75 @@ mod tests {
     async fn bodies_go_out_with_the_framing_the_client_used() {
         let (origin, _) = scripted(vec![vec![
             Step {
-                expect: b"POST /p?q=1 HTTP/1.1\r\ncontent-length: 5\r\nhost: shadow\r\n\r\nhello",
+                expect: b"POST /p?q=1 HTTP/1.1\r\nhost: shadow\r\ncontent-length: 5\r\n\r\nhello",
                 answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
                 close: false,
             },
             Step {
-                expect: b"POST /p?q=1 HTTP/1.1\r\nhost: shadow\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\nx-sum: 7\r\n\r\n",
+                expect: b"POST /p?q=1 HTTP/1.1\r\ntrailer: x-sum, content-type\r\nhost: shadow\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\nx-sum: 7\r\n\r\n",
                 answer: &[b"HTTP/1.1 204 No Content\r\n\r\n"],
+                close: false,
+            },
+            Step {
+                // Without a length a GET has no body, as hyper sends it.
+                expect: GET,
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
                 close: false,
             },
         ]])
         .await;
         let mut conn = conn(origin);
-        let sent = send(&mut conn, &copy(Method::POST, b"hello", true), 1024)
-            .await
-            .unwrap();
+        // The length the client stated was edited (`header_up`): the copy
+        // states the length it sends.
+        let sent = send(
+            &mut conn,
+            &copy_stating(Method::POST, b"hello", true, 99),
+            1024,
+        )
+        .await
+        .unwrap();
         assert_eq!(sent, (200, b"ok".to_vec(), true));
         let sent = send(&mut conn, &copy(Method::POST, b"hello", false), 1024)
             .await
             .unwrap();
         assert_eq!(sent, (204, Vec::new(), true));
+        let mut get = copy(Method::GET, b"hello", false);
+        get.headers.clear();
+        let sent = send(&mut conn, &get, 1024).await.unwrap();
+        assert_eq!(sent, (200, Vec::new(), true));
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_is_all_read_ends_the_copy() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let (done, hold) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                stream.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            // Refused without reading the body, which is larger than the
+            // sockets' buffers, and the connection held open.
+            stream
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = hold.await;
+        });
+        let body: &'static [u8] = vec![b'a'; 32 << 20].leak();
+        let mut conn = conn(origin);
+        let sent = send(&mut conn, &copy(Method::POST, body, true), 1024)
+            .await
+            .unwrap();
+        assert_eq!(sent, (413, Vec::new(), true));
+        assert!(conn.live.is_none(), "half a body sent: not kept");
+        drop(done);
     }
 
     #[tokio::test]
@@ -941,7 +1127,7 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let of = |bytes: &[u8]| head(bytes).unwrap().unwrap().framing;
+        let of = |bytes: &[u8]| head(bytes).unwrap().unwrap().framing.unwrap();
         assert_eq!(
             of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
             Framing::Length(5)
@@ -959,7 +1145,7 @@ mod tests {
             head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
                 .unwrap()
                 .unwrap();
-        assert_eq!(both.framing, Framing::Chunked);
+        assert_eq!(both.framing, Ok(Framing::Chunked));
         assert!(!both.keep_alive, "never trusted for another request");
     }
 
@@ -978,9 +1164,22 @@ mod tests {
 
     #[test]
     fn bad_heads_are_refused() {
-        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
-        assert!(
-            head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
+        let framing = |bytes: &[u8]| head(bytes).unwrap().unwrap().framing;
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
+            Err("bad Content-Length")
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n"),
+            Err("bad Content-Length")
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Err("conflicting Content-Length")
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
+            Ok(Framing::Length(5))
         );
         assert!(head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: y\r\n")).collect();
@@ -1030,5 +1229,7 @@ mod tests {
         assert_eq!(&input[..], b"next");
         assert!(next_chunk(&mut BytesMut::from(&b"zz\r\n"[..]), false).is_err());
         assert!(next_chunk(&mut BytesMut::from(&b"xy5\r\n"[..]), true).is_err());
+        // An empty size line is no last chunk.
+        assert!(next_chunk(&mut BytesMut::from(&b"\r\n\r\n\r\n"[..]), true).is_err());
     }
 }

@@ -65,25 +65,32 @@ fn yield_to_serving() {
 }
 
 /// Called by a worker after each copy: `behind` when its target's backlog
-/// holds several rounds of copies. Costs a system call only when the
-/// thread changes policy.
+/// holds several rounds of copies while the target answers quickly (a slow
+/// target is not helped by a faster thread). Costs a system call only
+/// when the thread changes policy.
 pub fn keep_pace(behind: bool) {
     match (PACE.get(), behind) {
         (Pace::Fixed, _) => {}
         (Pace::Yielding, false) => {}
-        (Pace::Yielding, true) => {
-            if set_policy(Policy::Normal).is_ok() {
+        (Pace::Yielding, true) => PACE.set(match set_policy(Policy::Normal) {
+            Ok(()) => {
                 tracing::debug!("mirror thread falls behind; no longer yields to serving threads");
-                PACE.set(Pace::CatchingUp(Instant::now()));
+                Pace::CatchingUp(Instant::now())
             }
-        }
+            // Refused now: not tried again for every copy.
+            Err(_) => Pace::Fixed,
+        }),
         (Pace::CatchingUp(_), true) => PACE.set(Pace::CatchingUp(Instant::now())),
-        (Pace::CatchingUp(since), false) => {
-            if since.elapsed() >= CATCH_UP && set_policy(Policy::Batch).is_ok() {
-                tracing::debug!("mirror thread caught up; yields to serving threads again");
-                PACE.set(Pace::Yielding);
-            }
+        (Pace::CatchingUp(since), false) if since.elapsed() >= CATCH_UP => {
+            PACE.set(match set_policy(Policy::Batch) {
+                Ok(()) => {
+                    tracing::debug!("mirror thread caught up; yields to serving threads again");
+                    Pace::Yielding
+                }
+                Err(_) => Pace::Fixed,
+            })
         }
+        (Pace::CatchingUp(_), false) => {}
     }
 }
 

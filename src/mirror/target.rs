@@ -46,6 +46,11 @@ pub struct CopyClient {
 
 type CopyPool = UpstreamPool<CopyBody>;
 
+/// A copy answered within this is not held up by its target: if copies
+/// pile up meanwhile, the copy thread is what is slow (see
+/// [`super::runtime::keep_pace`]).
+const QUICK_ANSWER: Duration = Duration::from_millis(10);
+
 /// A shadow's response body is read (so the connection can be reused) up to
 /// this much, then dropped: an endless response costs nothing more.
 const DRAIN_CAP: usize = 1 << 20;
@@ -194,7 +199,9 @@ impl Target {
                     state: state.clone(),
                     rx: rx.clone(),
                     transport,
-                    behind: (settings.concurrency.max(1) * 4).min(state.backlog / 2),
+                    behind: (settings.concurrency.max(1) * 4)
+                        .min(state.backlog / 2)
+                        .max(1),
                     timeout: settings.timeout,
                     set: Arc::downgrade(set),
                 };
@@ -324,8 +331,8 @@ struct Worker {
     state: Arc<TargetState>,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     transport: Transport,
-    /// Copies held by the target past which it is behind: four rounds of
-    /// its workers, or half its backlog if that is less.
+    /// Copies waiting past which the target is behind: four rounds of its
+    /// workers, or half its backlog if that is less (and at least one).
     behind: usize,
     timeout: Duration,
     /// To take the target out of its mirror when the breaker says so.
@@ -378,7 +385,8 @@ impl Worker {
                 timer.within(deadline, || deadline, sending).await
             };
             let outcome = outcome.unwrap_or(Outcome::TimedOut);
-            stats.latency.record(started.elapsed());
+            let took = started.elapsed();
+            stats.latency.record(took);
             self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
             let success = matches!(outcome, Outcome::Succeeded);
             self.state.answering.store(success, Ordering::Relaxed);
@@ -398,7 +406,15 @@ impl Worker {
                     .breaker
                     .record(success, job.probe, Instant::now()),
             );
-            super::runtime::keep_pace(self.state.held.load(Ordering::Relaxed) > self.behind);
+            // Behind: copies are waiting (besides those in flight and this
+            // one) while the target answers quickly, so the wait is this
+            // thread's, not the target's.
+            let waiting = self
+                .state
+                .held
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.state.in_flight.load(Ordering::Relaxed) as usize + 1);
+            super::runtime::keep_pace(waiting > self.behind && took < QUICK_ANSWER);
         }
     }
 
