@@ -340,22 +340,26 @@ impl CopyConn {
             write_all_vectored(stream, &mut slices).await?;
             return Ok(true);
         }
-        // Written while reading: bytes that arrive are the answer's (or
-        // trouble), and stop the writing.
+        // Written while reading: a final answer (or trouble) stops the
+        // writing; an interim one (100 Continue) asks for the rest of it.
         let input = &mut self.input;
         let (mut reader, mut writer) = stream.split();
         let writing = write_all_vectored(&mut writer, &mut slices);
         tokio::pin!(writing);
-        if input.capacity() - input.len() < READ_CHUNK {
-            input.reserve(READ_CHUNK);
-        }
-        tokio::select! {
-            written = &mut writing => written.map(|()| true),
-            read = reader.read_buf(input) => match read? {
-                // Closed for reading: what is left to write may still go.
-                0 => writing.await.map(|()| true),
-                _ => Ok(false),
-            },
+        loop {
+            tokio::select! {
+                written = &mut writing => return written.map(|()| true),
+                read = fill_from(&mut reader, input) => match read? {
+                    // Closed for reading: what is left to write may still go.
+                    0 => return writing.await.map(|()| true),
+                    // Interim answers past a head's limit: stopped too, and
+                    // refused when read.
+                    _ if input.len() >= MAX_HEAD || final_answer_begun(input) => {
+                        return Ok(false)
+                    }
+                    _ => {}
+                },
+            }
         }
     }
 
@@ -402,10 +406,7 @@ impl CopyConn {
         match framing {
             Framing::Empty => Ok(true),
             Framing::Length(mut left) => loop {
-                let take = (self.input.len() as u64).min(left) as usize;
-                if take > 0 {
-                    let data = self.input.split_to(take);
-                    left -= take as u64;
+                if let Some(data) = take_data(&mut self.input, &mut left) {
                     if !give(&data) {
                         return Ok(false);
                     }
@@ -434,10 +435,7 @@ impl CopyConn {
                 let mut after_data = false;
                 loop {
                     if left > 0 {
-                        if !self.input.is_empty() {
-                            let take = (self.input.len() as u64).min(left) as usize;
-                            let data = self.input.split_to(take);
-                            left -= take as u64;
+                        if let Some(data) = take_data(&mut self.input, &mut left) {
                             after_data = left == 0;
                             if !give(&data) {
                                 return Ok(false);
@@ -468,10 +466,59 @@ impl CopyConn {
 
     /// One read into `input`; 0 at the end of the stream.
     async fn fill(&mut self, stream: &mut TcpStream) -> Result<usize, ExchangeError> {
-        if self.input.capacity() - self.input.len() < READ_CHUNK {
-            self.input.reserve(READ_CHUNK);
+        fill_from(stream, &mut self.input).await
+    }
+}
+
+/// Up to `left` bytes from the front of `input`, if it holds any.
+fn take_data(input: &mut BytesMut, left: &mut u64) -> Option<BytesMut> {
+    let take = (input.len() as u64).min(*left) as usize;
+    *left -= take as u64;
+    (take > 0).then(|| input.split_to(take))
+}
+
+/// One read from `reader` into `input`; 0 at the end of the stream.
+async fn fill_from(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    input: &mut BytesMut,
+) -> Result<usize, ExchangeError> {
+    if input.capacity() - input.len() < READ_CHUNK {
+        input.reserve(READ_CHUNK);
+    }
+    Ok(reader.read_buf(input).await?)
+}
+
+/// Whether `input` holds more than whole interim (1xx) heads: the start
+/// of the final answer, or bytes that are no HTTP at all.
+fn final_answer_begun(input: &[u8]) -> bool {
+    let mut at = 0;
+    loop {
+        let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &input[at..],
+            &mut lines,
+        );
+        match parsed {
+            Ok(httparse::Status::Complete(length))
+                if response
+                    .code
+                    .is_some_and(|code| (100..200).contains(&code) && code != 101) =>
+            {
+                at += length;
+                if at == input.len() {
+                    return false;
+                }
+            }
+            // Still coming: interim until it says otherwise.
+            Ok(httparse::Status::Partial) => {
+                return response
+                    .code
+                    .is_some_and(|code| !(100..200).contains(&code))
+            }
+            _ => return true,
         }
-        Ok(stream.read_buf(&mut self.input).await?)
     }
 }
 
@@ -813,6 +860,19 @@ mod tests {
         )
     }
 
+    /// A copy with no body and no header.
+    fn bodyless(method: Method) -> CopyRequest {
+        CopyRequest::new(
+            method,
+            Uri::from_static("/p?q=1"),
+            HeaderMap::new(),
+            CopyBytes::default(),
+            None,
+            false,
+            CopyExtras::default(),
+        )
+    }
+
     fn copy(method: Method, body: &'static [u8], length: bool) -> CopyRequest {
         copy_stating(method, body, length, body.len())
     }
@@ -887,6 +947,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_interim_answer_during_a_large_body_lets_it_all_go() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        const LENGTH: usize = 8 << 20;
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                stream.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            // As for `Expect: 100-continue`: go on, then read it all.
+            stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .unwrap();
+            let mut body = vec![0u8; LENGTH];
+            stream.read_exact(&mut body).await.unwrap();
+            assert!(body.iter().all(|b| *b == b'a'));
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let _ = stream.read(&mut [0u8; 1]).await;
+        });
+        let body: &'static [u8] = vec![b'a'; LENGTH].leak();
+        let mut conn = conn(origin);
+        let sent = send(&mut conn, &copy(Method::POST, body, true), 1024)
+            .await
+            .unwrap();
+        assert_eq!(sent, (200, b"ok".to_vec(), true));
+        assert!(conn.live.is_some(), "all of it sent: kept");
+    }
+
+    #[test]
+    fn only_a_final_answer_stops_the_body() {
+        assert!(!final_answer_begun(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        assert!(!final_answer_begun(b"HTTP/1.1 100 Cont"));
+        assert!(!final_answer_begun(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 1"
+        ));
+        assert!(final_answer_begun(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 "
+        ));
+        assert!(final_answer_begun(
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+        ));
+        assert!(final_answer_begun(b"garbage\r\n"));
+    }
+
+    #[tokio::test]
     async fn an_answer_before_the_body_is_all_read_ends_the_copy() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
@@ -955,16 +1069,7 @@ mod tests {
         ])
         .await;
         let mut conn = conn(origin);
-        let get = copy(Method::GET, b"", true);
-        let get = CopyRequest::new(
-            Method::GET,
-            get.uri.clone(),
-            HeaderMap::new(),
-            CopyBytes::default(),
-            None,
-            false,
-            CopyExtras::default(),
-        );
+        let get = bodyless(Method::GET);
         assert_eq!(
             send(&mut conn, &get, 1024).await.unwrap(),
             (200, b"abcdefg".to_vec(), true)
@@ -1004,15 +1109,7 @@ mod tests {
         ])
         .await;
         let mut conn = conn(origin);
-        let get = CopyRequest::new(
-            Method::GET,
-            Uri::from_static("/p?q=1"),
-            HeaderMap::new(),
-            CopyBytes::default(),
-            None,
-            false,
-            CopyExtras::default(),
-        );
+        let get = bodyless(Method::GET);
         assert_eq!(send(&mut conn, &get, 1024).await.unwrap().1, b"a");
         // Until the close has reached this side.
         for _ in 0..200 {
@@ -1046,27 +1143,11 @@ mod tests {
         ])
         .await;
         let mut conn = conn(origin);
-        let get = CopyRequest::new(
-            Method::GET,
-            Uri::from_static("/p?q=1"),
-            HeaderMap::new(),
-            CopyBytes::default(),
-            None,
-            false,
-            CopyExtras::default(),
-        );
+        let get = bodyless(Method::GET);
         let (_, body, whole) = send(&mut conn, &get, 4).await.unwrap();
         assert!(!whole);
         assert!(body.len() <= 4, "{body:?}");
-        let head = CopyRequest::new(
-            Method::HEAD,
-            Uri::from_static("/p?q=1"),
-            HeaderMap::new(),
-            CopyBytes::default(),
-            None,
-            false,
-            CopyExtras::default(),
-        );
+        let head = bodyless(Method::HEAD);
         assert_eq!(
             send(&mut conn, &head, 4).await.unwrap(),
             (200, Vec::new(), true)
@@ -1100,15 +1181,7 @@ mod tests {
         ])
         .await;
         let mut conn = conn(origin);
-        let get = CopyRequest::new(
-            Method::GET,
-            Uri::from_static("/p?q=1"),
-            HeaderMap::new(),
-            CopyBytes::default(),
-            None,
-            false,
-            CopyExtras::default(),
-        );
+        let get = bodyless(Method::GET);
         let errors = [
             "connection closed in the response body",
             "connection closed before a response",

@@ -168,32 +168,35 @@ impl Target {
             answering: AtomicBool::new(false),
             backlog: settings.backlog.max(1),
         });
-        // The copy runtime's threads are not serving workers: one idle list.
-        let pool = Arc::new(CopyPool::new(
-            state.url.origin(),
-            client.connector.clone(),
-            PoolSettings {
-                h2c: settings.h2c,
-                ..client.settings
-            },
-            1,
-        ));
+        // A plain HTTP/1.1 target gets a connection per worker, spoken to
+        // without hyper's client (see `copy_conn`); the others a pool
+        // (the copy runtime's threads are not serving workers: one idle
+        // list).
+        let own_connections = state.url.scheme == http::uri::Scheme::HTTP && !settings.h2c;
+        let pool = (!own_connections).then(|| {
+            Arc::new(CopyPool::new(
+                state.url.origin(),
+                client.connector.clone(),
+                PoolSettings {
+                    h2c: settings.h2c,
+                    ..client.settings
+                },
+                1,
+            ))
+        });
         // Never full: a copy needs a place (see `held`) before it is sent.
         let (tx, rx) = mpsc::channel(state.backlog);
         let rx = Arc::new(Mutex::new(rx));
         let runtime = super::runtime::handle();
-        // A plain HTTP/1.1 target gets a connection per worker, spoken to
-        // without hyper's client (see `copy_conn`).
-        let own_connection = state.url.scheme == http::uri::Scheme::HTTP && !settings.h2c;
         let workers = (0..settings.concurrency.max(1))
             .map(|_| {
-                let transport = match own_connection {
-                    true => Transport::Own(CopyConn::new(
+                let transport = match &pool {
+                    Some(pool) => Transport::Pool(pool.clone()),
+                    None => Transport::Own(CopyConn::new(
                         state.url.origin(),
                         client.connector.clone(),
                         client.settings,
                     )),
-                    false => Transport::Pool(pool.clone()),
                 };
                 let worker = Worker {
                     state: state.clone(),
