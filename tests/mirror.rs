@@ -896,3 +896,57 @@ async fn shutdown_drops_and_counts_what_cannot_drain() {
     assert_eq!(after.target(&shadow.url()).dropped, 5);
     gate.open();
 }
+
+#[tokio::test]
+async fn copies_waiting_behind_a_slow_one_go_out_together_each_in_order_and_counted() {
+    let primary = Backend::ok().await;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let shadow = Backend::with(move |req| match req.path_and_query() {
+        "/0" => Reply::ok("slow").hold(&held),
+        _ => Reply::ok("quick"),
+    })
+    .await;
+    let mirror = Mirror::to(&shadow).opt("concurrency 1").opt("backlog 100");
+    let running = start_route(Chain::new().mirror(mirror).proxy(&primary)).await;
+    let client = Client::http1();
+    client.get(&format!("{}/0", base_url(&running))).await;
+    shadow.wait_for(1).await;
+    // Twenty copies wait while the only worker waits for the first answer;
+    // then they go out on its connection, eight at a time, before their
+    // answers come.
+    for i in 1..=20 {
+        client
+            .get(&format!("{}/{i}?n={i}", base_url(&running)))
+            .await;
+    }
+    let target = shadow.url();
+    metrics::target_until(&running, &target, "twenty copies waiting", |c| {
+        c.backlog == 20
+    })
+    .await;
+    gate.open();
+    let seen = shadow.wait_for(21).await;
+    let paths: Vec<_> = seen
+        .iter()
+        .map(|r| r.path_and_query().to_string())
+        .collect();
+    let expected: Vec<_> = std::iter::once("/0".to_string())
+        .chain((1..=20).map(|i| format!("/{i}?n={i}")))
+        .collect();
+    assert_eq!(paths, expected);
+    assert!(seen.iter().all(|r| r.conn == 0), "one connection");
+    assert!(seen
+        .iter()
+        .all(|r| r.body.is_empty() && r.method == Method::GET));
+    metrics::target_until(&running, &target, "every copy answered", |c| {
+        c.succeeded == 21
+    })
+    .await;
+    let c = metrics::target(&running, &target).await;
+    assert_eq!(
+        (c.sent, c.failed, c.timed_out, c.dropped),
+        (21, 0, 0, 0),
+        "{c:?}"
+    );
+}

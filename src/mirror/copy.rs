@@ -115,6 +115,11 @@ impl CopyRequest {
         self.extras.protocol
     }
 
+    /// Whether the copy goes without a body: no data, no trailers.
+    pub fn has_no_body(&self) -> bool {
+        self.sent_body().is_empty() && self.trailers.is_none()
+    }
+
     pub fn body(&self) -> CopyBody {
         CopyBody {
             data: self.sent_body().clone(),

@@ -69,6 +69,9 @@ pub enum ExchangeError {
     ClosedInBody,
     #[error("invalid response: {0}")]
     Invalid(&'static str),
+    /// What ended a pipeline, for each copy it left unanswered.
+    #[error("{0}")]
+    Pipeline(String),
 }
 
 /// A copy's request head, as one target gets it.
@@ -97,6 +100,8 @@ pub struct CopyConn {
     connector: Connector,
     settings: PoolSettings,
     live: Option<Live>,
+    /// Whether copies may be pipelined (see [`CopyConn::exchange_pipelined`]).
+    pipelining: bool,
     /// What was read and not yet used.
     input: BytesMut,
     /// The request head (and chunk-size lines) being written.
@@ -125,6 +130,7 @@ impl CopyConn {
             connector,
             settings,
             live: None,
+            pipelining: true,
             input: BytesMut::new(),
             output: Vec::new(),
         }
@@ -221,9 +227,27 @@ impl CopyConn {
     ) -> Result<(Answer, bool), ExchangeError> {
         self.input.clear();
         let sent_whole = self.write_request(&mut live.stream, head, body).await?;
+        let (answer, reusable) = self
+            .read_answer(&mut live.stream, head, want_headers, cap, on_body)
+            .await?;
+        // A copy answered before its body was all sent leaves the rest of
+        // the body unsent: the connection cannot carry another.
+        Ok((answer, reusable && sent_whole && self.input.is_empty()))
+    }
+
+    /// Reads the answer to `head` (after any interim ones); whether the
+    /// connection may carry another request as far as this answer says.
+    async fn read_answer(
+        &mut self,
+        stream: &mut TcpStream,
+        head: &CopyHead<'_>,
+        want_headers: bool,
+        cap: usize,
+        on_body: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<(Answer, bool), ExchangeError> {
         let mut interim = 0;
         let answer = loop {
-            let answer = self.read_head(&mut live.stream, want_headers).await?;
+            let answer = self.read_head(stream, want_headers).await?;
             match answer.status.as_u16() {
                 // Interim answers (100 Continue, 103 Early Hints) come
                 // before the final one.
@@ -244,14 +268,9 @@ impl CopyConn {
             true => Framing::Empty,
             false => answer.framing.map_err(ExchangeError::Invalid)?,
         };
-        let whole = self
-            .read_body(&mut live.stream, framing, cap, on_body)
-            .await?;
-        // A copy answered before its body was all sent leaves the rest of
-        // the body unsent: the connection cannot carry another.
+        let whole = self.read_body(stream, framing, cap, on_body).await?;
         let reusable = answer.keep_alive
             && whole
-            && sent_whole
             && framing != Framing::UntilClose
             && !asks_close(head.headers);
         let answer = Answer {
@@ -259,7 +278,88 @@ impl CopyConn {
             headers: answer.headers,
             whole,
         };
-        Ok((answer, reusable && self.input.is_empty()))
+        Ok((answer, reusable))
+    }
+
+    /// Sends `heads`, copies without a body that may be sent again
+    /// ([`CopyHead::pipelines`]), in one write before any answer comes
+    /// (HTTP/1.1 pipelining, RFC 9112 §9.3.2), and reads their answers in
+    /// order, giving each to `on_answer` with its index as it comes. A
+    /// target that closes the connection before answering them all gets the
+    /// rest on a new one (once, unless it asked to close); one that does so
+    /// unasked is not sent pipelines again by this worker.
+    pub async fn exchange_pipelined(
+        &mut self,
+        copies: &[(CopyHead<'_>, CopyBody)],
+        cap: usize,
+        on_answer: &mut (dyn FnMut(usize, Result<Answer, ExchangeError>) + Send),
+    ) {
+        let mut answered = 0;
+        let mut sent_again = false;
+        while answered < copies.len() {
+            let mut live = match self.take_live() {
+                Some((live, _)) => live,
+                None => match self.connect().await {
+                    Ok(live) => live,
+                    Err(err) => return fail_from(answered, copies.len(), &err, on_answer),
+                },
+            };
+            self.input.clear();
+            self.output.clear();
+            for (head, body) in &copies[answered..] {
+                encode_head(&mut self.output, head, body);
+            }
+            let on_this = answered;
+            let written =
+                write_all_vectored(&mut live.stream, &mut [IoSlice::new(&self.output)]).await;
+            let mut open = true;
+            let mut failure = written.err();
+            while failure.is_none() && open && answered < copies.len() {
+                let head = &copies[answered].0;
+                match self
+                    .read_answer(&mut live.stream, head, false, cap, &mut |_| {})
+                    .await
+                {
+                    Ok((answer, reusable)) => {
+                        on_answer(answered, Ok(answer));
+                        answered += 1;
+                        open = reusable;
+                    }
+                    Err(err) => failure = Some(err),
+                }
+            }
+            match failure {
+                None if answered == copies.len() => {
+                    if open && self.input.is_empty() && self.settings.keepalive {
+                        live.idle_since = Instant::now();
+                        self.live = Some(live);
+                    }
+                    return;
+                }
+                // Closed as the target asked: the rest go on a new connection.
+                None => {}
+                Some(ExchangeError::ClosedBeforeAnswer | ExchangeError::Io(_)) if !sent_again => {
+                    sent_again = true;
+                    if answered > on_this {
+                        // It answered some and dropped the rest unasked.
+                        self.pipelining = false;
+                        tracing::debug!(target_url = %self.origin, "the target dropped pipelined copies; sending them one at a time from now on");
+                    }
+                }
+                Some(err) => return fail_from(answered, copies.len(), &err, on_answer),
+            }
+        }
+    }
+
+    /// Whether this worker may still pipeline copies: not after its target
+    /// dropped a pipeline's requests unasked.
+    pub fn pipelines(&self) -> bool {
+        self.pipelining
+    }
+
+    /// Copies go one at a time from now on.
+    pub fn stop_pipelining(&mut self) {
+        self.pipelining = false;
     }
 
     /// Writes the request: its body with a length when the client gave
@@ -276,32 +376,8 @@ impl CopyConn {
     ) -> Result<bool, ExchangeError> {
         let out = &mut self.output;
         out.clear();
-        out.extend_from_slice(head.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(head.target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in head.headers {
-            if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
-                continue;
-            }
-            header_line(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-        if let Some(host) = head.host {
-            header_line(out, b"host", host.as_bytes());
-        }
+        let framing = encode_head(out, head, body);
         let length = body.data_len();
-        let framing = if body.announces_length() || head.headers.contains_key(CONTENT_LENGTH) {
-            header_line(out, b"content-length", length.to_string().as_bytes());
-            BodyFraming::Length
-        } else if matches!(*head.method, Method::GET | Method::HEAD | Method::CONNECT)
-            || (length == 0 && body.trailers().is_none())
-        {
-            BodyFraming::None
-        } else {
-            header_line(out, b"transfer-encoding", b"chunked");
-            BodyFraming::Chunked
-        };
-        out.extend_from_slice(b"\r\n");
         let head_len = out.len();
         let mut sizes = Vec::new();
         let mut end = head_len..head_len;
@@ -519,6 +595,51 @@ fn final_answer_begun(input: &[u8]) -> bool {
             }
             _ => return true,
         }
+    }
+}
+
+/// Writes the request line and headers, with the body's framing, to `out`;
+/// how the body is to be framed.
+fn encode_head(out: &mut Vec<u8>, head: &CopyHead<'_>, body: &CopyBody) -> BodyFraming {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in head.headers {
+        if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
+            continue;
+        }
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(host) = head.host {
+        header_line(out, b"host", host.as_bytes());
+    }
+    let length = body.data_len();
+    let framing = if body.announces_length() || head.headers.contains_key(CONTENT_LENGTH) {
+        header_line(out, b"content-length", length.to_string().as_bytes());
+        BodyFraming::Length
+    } else if matches!(*head.method, Method::GET | Method::HEAD | Method::CONNECT)
+        || (length == 0 && body.trailers().is_none())
+    {
+        BodyFraming::None
+    } else {
+        header_line(out, b"transfer-encoding", b"chunked");
+        BodyFraming::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// Gives every copy from `from` on the same failure.
+fn fail_from(
+    from: usize,
+    to: usize,
+    err: &ExchangeError,
+    on_answer: &mut (dyn FnMut(usize, Result<Answer, ExchangeError>) + Send),
+) {
+    let why = err.to_string();
+    for index in from..to {
+        on_answer(index, Err(ExchangeError::Pipeline(why.clone())));
     }
 }
 
@@ -1091,6 +1212,169 @@ mod tests {
             3,
             "kept until `close`, the close-delimited body, and after"
         );
+    }
+
+    /// `copies` as one pipeline on `conn`: each one's status, or error.
+    async fn pipeline(conn: &mut CopyConn, copies: &[(&str, Method)]) -> Vec<Result<u16, String>> {
+        let host = HeaderValue::from_static("shadow");
+        let headers = HeaderMap::new();
+        let copies: Vec<_> = copies
+            .iter()
+            .map(|(target, method)| {
+                let head = CopyHead {
+                    method,
+                    target,
+                    headers: &headers,
+                    host: Some(&host),
+                };
+                (head, bodyless(method.clone()).body())
+            })
+            .collect();
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            conn.exchange_pipelined(&copies, 1024, &mut |index, result| {
+                assert_eq!(index, got.len(), "answers in order");
+                got.push(result.map(|a| a.status.as_u16()).map_err(|e| e.to_string()));
+            }),
+        )
+        .await
+        .expect("a pipeline that ends");
+        got
+    }
+
+    fn request(method: &str, target: &str) -> String {
+        format!("{method} {target} HTTP/1.1\r\nhost: shadow\r\n\r\n")
+    }
+
+    fn leak(text: String) -> &'static [u8] {
+        Box::leak(text.into_bytes().into_boxed_slice())
+    }
+
+    #[tokio::test]
+    async fn pipelined_copies_go_out_in_one_write_and_their_answers_come_in_order() {
+        let all = [
+            request("GET", "/a"),
+            request("HEAD", "/b"),
+            request("DELETE", "/c"),
+        ]
+        .concat();
+        let (origin, accepted) = scripted(vec![vec![
+            Step {
+                // The scripted target reads all three before it answers:
+                // they came before any answer.
+                expect: leak(all),
+                answer: &[
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+                    b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+                ],
+                close: false,
+            },
+            Step {
+                expect: GET,
+                answer: &[b"HTTP/1.1 204 No Content\r\n\r\n"],
+                close: false,
+            },
+        ]])
+        .await;
+        let mut conn = conn(origin);
+        let answers = pipeline(
+            &mut conn,
+            &[
+                ("/a", Method::GET),
+                ("/b", Method::HEAD),
+                ("/c", Method::DELETE),
+            ],
+        )
+        .await;
+        assert_eq!(answers, vec![Ok(200), Ok(200), Ok(404)]);
+        // The connection is kept for what comes next.
+        assert_eq!(
+            send(&mut conn, &bodyless(Method::GET), 1024)
+                .await
+                .unwrap()
+                .0,
+            204
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert!(conn.pipelines());
+    }
+
+    #[tokio::test]
+    async fn copies_after_an_answer_that_closes_go_on_a_new_connection() {
+        let (origin, accepted) = scripted(vec![
+            vec![Step {
+                expect: leak([request("GET", "/1"), request("GET", "/2"), request("GET", "/3")].concat()),
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"],
+                close: true,
+            }],
+            vec![Step {
+                expect: leak([request("GET", "/2"), request("GET", "/3")].concat()),
+                answer: &[b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"],
+                close: false,
+            }],
+        ])
+        .await;
+        let mut conn = conn(origin);
+        let answers = pipeline(
+            &mut conn,
+            &[
+                ("/1", Method::GET),
+                ("/2", Method::GET),
+                ("/3", Method::GET),
+            ],
+        )
+        .await;
+        assert_eq!(answers, vec![Ok(200), Ok(201), Ok(202)]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(conn.pipelines(), "it said it would close");
+    }
+
+    #[tokio::test]
+    async fn a_target_that_drops_pipelined_copies_gets_them_once_more_and_no_more_pipelines() {
+        let one_answer: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"];
+        let (origin, accepted) = scripted(vec![
+            // Answers the first and closes, unasked.
+            vec![Step {
+                expect: leak(
+                    [
+                        request("GET", "/1"),
+                        request("GET", "/2"),
+                        request("GET", "/3"),
+                    ]
+                    .concat(),
+                ),
+                answer: one_answer,
+                close: true,
+            }],
+            // Once more: the same again.
+            vec![Step {
+                expect: leak([request("GET", "/2"), request("GET", "/3")].concat()),
+                answer: one_answer,
+                close: true,
+            }],
+        ])
+        .await;
+        let mut conn = conn(origin);
+        let answers = pipeline(
+            &mut conn,
+            &[
+                ("/1", Method::GET),
+                ("/2", Method::GET),
+                ("/3", Method::GET),
+            ],
+        )
+        .await;
+        assert_eq!(
+            answers,
+            vec![
+                Ok(200),
+                Ok(200),
+                Err("connection closed before a response".to_string())
+            ]
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(!conn.pipelines());
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::upstream::pool::{self, PoolSettings, UpstreamPool};
-use http::{header, HeaderValue, Request, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Uri, Version};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::AbortHandle;
@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 use super::breaker::{Admit, Breaker, BreakerConfig, Transition};
 use super::compare::Shadow;
 use super::copy::{CopyBody, CopyRequest};
-use super::copy_conn::{CopyConn, CopyHead};
+use super::copy_conn::{Answer, CopyConn, CopyHead, ExchangeError};
 use super::grpc::Protocol;
 use super::policy::RateLimit;
 use super::stats::{bump, TargetStats};
@@ -54,6 +54,16 @@ const QUICK_ANSWER: Duration = Duration::from_millis(10);
 /// A shadow's response body is read (so the connection can be reused) up to
 /// this much, then dropped: an endless response costs nothing more.
 const DRAIN_CAP: usize = 1 << 20;
+
+/// Copies a worker sends on its connection before their answers come, at
+/// most: those already waiting when it takes one, and only copies without
+/// a body that may be sent again (see [`CopyConn::exchange_pipelined`]).
+/// A copy thread that shares a core with the serving threads runs in
+/// turns; a worker that sent one copy per turn (16 workers: 16 copies) left
+/// the rest waiting for the next turn, and the thread then preempted the
+/// serving thread at every answer (a third of a context switch per
+/// mirrored GET) to keep up.
+const PIPELINE_AT_MOST: usize = 8;
 
 /// How one target is run. The mirror's options are every target's
 /// defaults (and all a runtime target gets); a `target` node changes some.
@@ -202,7 +212,7 @@ impl Target {
                     state: state.clone(),
                     rx: rx.clone(),
                     transport,
-                    behind: (settings.concurrency.max(1) * 4)
+                    behind: (settings.concurrency.max(1) * PIPELINE_AT_MOST * 4)
                         .min(state.backlog / 2)
                         .max(1),
                     timeout: settings.timeout,
@@ -335,7 +345,8 @@ struct Worker {
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     transport: Transport,
     /// Copies waiting past which the target is behind: four rounds of its
-    /// workers, or half its backlog if that is less (and at least one).
+    /// workers' pipelines, or half its backlog if that is less (and at
+    /// least one).
     behind: usize,
     timeout: Duration,
     /// To take the target out of its mirror when the breaker says so.
@@ -366,91 +377,245 @@ impl Worker {
     async fn run(mut self) {
         // One timer for all its copies, moved only when it must be.
         let mut timer = LazyTimer::default();
+        let mut batch = Vec::with_capacity(PIPELINE_AT_MOST);
+        // A copy taken while filling a batch that cannot join it.
+        let mut held_over = None;
         loop {
-            let job = { self.rx.lock().await.recv().await };
-            let Some(job) = job else { return };
-            let stats = &self.state.stats;
-            if self.state.removed.load(Ordering::Relaxed) {
-                bump(&stats.dropped);
-                continue;
-            }
-            // Copies queued before the target was paused are not sent.
-            if !job.probe && self.state.breaker.is_paused() {
-                bump(&stats.skipped_paused);
-                continue;
-            }
-            bump(&stats.sent);
-            self.state.in_flight.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-            let outcome = {
-                let sending = std::pin::pin!(send(&self.state, &mut self.transport, &job.copy));
-                timer.within(deadline, || deadline, sending).await
+            let job = match held_over.take() {
+                Some(job) => job,
+                None => {
+                    let mut rx = self.rx.lock().await;
+                    let Some(job) = rx.recv().await else { return };
+                    // Copies already waiting go out together, so one turn
+                    // of this thread sends many (see `PIPELINE_AT_MOST`).
+                    if self.pipelines(&job) {
+                        batch.push(job);
+                        while batch.len() < PIPELINE_AT_MOST {
+                            match rx.try_recv() {
+                                Ok(job) if self.pipelines(&job) => batch.push(job),
+                                Ok(job) => {
+                                    held_over = Some(job);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        drop(rx);
+                        batch.retain(|job| self.admit(job));
+                        match batch.len() {
+                            0 => {}
+                            1 => {
+                                let job = batch.pop().expect("one job");
+                                self.send_one(job, &mut timer).await;
+                            }
+                            _ => self.send_pipelined(&mut batch, &mut timer).await,
+                        }
+                        batch.clear();
+                        continue;
+                    }
+                    job
+                }
             };
-            let outcome = outcome.unwrap_or(Outcome::TimedOut);
-            let took = started.elapsed();
-            stats.latency.record(took);
-            self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-            let success = matches!(outcome, Outcome::Succeeded);
-            self.state.answering.store(success, Ordering::Relaxed);
-            match &outcome {
-                Outcome::Succeeded => bump(&stats.succeeded),
-                Outcome::Failed(why) => {
-                    bump(&stats.failed);
-                    tracing::debug!(target_url = %self.state.url, error = %why, probe = job.probe, "copy failed");
-                }
-                Outcome::TimedOut => {
-                    bump(&stats.timed_out);
-                    tracing::debug!(target_url = %self.state.url, probe = job.probe, "copy timed out");
-                }
+            if self.admit(&job) {
+                self.send_one(job, &mut timer).await;
             }
-            self.after(
-                self.state
-                    .breaker
-                    .record(success, job.probe, Instant::now()),
-            );
-            // Behind: copies are waiting (besides those in flight and this
-            // one) while the target answers quickly, so the wait is this
-            // thread's, not the target's.
-            let waiting = self
-                .state
-                .held
-                .load(Ordering::Relaxed)
-                .saturating_sub(self.state.in_flight.load(Ordering::Relaxed) as usize + 1);
-            super::runtime::keep_pace(waiting > self.behind && took < QUICK_ANSWER);
         }
     }
 
-    fn after(&self, transition: Transition) {
-        let url = &self.state.url;
-        match transition {
-            Transition::None => {}
-            Transition::Paused => {
-                bump(&self.state.stats.paused);
-                tracing::debug!(target_url = %url, "target paused after consecutive failures");
+    /// Whether `job` may go in a pipeline: a copy without a body that may
+    /// be sent again, not a breaker's probe, not compared (its latency
+    /// would include the copies ahead of it), on a worker's own
+    /// connection that still pipelines.
+    fn pipelines(&self, job: &Job) -> bool {
+        let Transport::Own(conn) = &self.transport else {
+            return false;
+        };
+        conn.pipelines()
+            && !job.probe
+            && job.copy.comparison().is_none()
+            && job.copy.method.is_idempotent()
+            && job.copy.method != Method::CONNECT
+            && job.copy.has_no_body()
+    }
+
+    /// Whether `job` is to be sent; if not, counted.
+    fn admit(&self, job: &Job) -> bool {
+        let stats = &self.state.stats;
+        if self.state.removed.load(Ordering::Relaxed) {
+            bump(&stats.dropped);
+            return false;
+        }
+        // Copies queued before the target was paused are not sent.
+        if !job.probe && self.state.breaker.is_paused() {
+            bump(&stats.skipped_paused);
+            return false;
+        }
+        true
+    }
+
+    async fn send_one(&mut self, job: Job, timer: &mut LazyTimer) {
+        bump(&self.state.stats.sent);
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+        let outcome = {
+            let sending = std::pin::pin!(send(&self.state, &mut self.transport, &job.copy));
+            timer.within(deadline, || deadline, sending).await
+        };
+        let took = started.elapsed();
+        settle(
+            &self.state,
+            &self.set,
+            job.probe,
+            outcome.unwrap_or(Outcome::TimedOut),
+            took,
+        );
+        self.keep_pace(took);
+    }
+
+    /// Sends `jobs` one after the other on the worker's connection before
+    /// their answers come; each is settled as its answer comes, and those
+    /// unanswered at the first one's deadline time out.
+    async fn send_pipelined(&mut self, jobs: &mut [Job], timer: &mut LazyTimer) {
+        let Transport::Own(conn) = &mut self.transport else {
+            return;
+        };
+        let state = &self.state;
+        state
+            .stats
+            .sent
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        state
+            .in_flight
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        let parts: Vec<_> = jobs
+            .iter()
+            .map(|job| head_parts(state, &job.copy))
+            .collect();
+        let copies: Vec<_> = jobs
+            .iter()
+            .zip(&parts)
+            .map(|(job, (headers, host))| {
+                let head = CopyHead {
+                    method: &job.copy.method,
+                    target: job.copy.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                    headers,
+                    host: *host,
+                };
+                (head, job.copy.body())
+            })
+            .collect();
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+        let mut answered = 0;
+        let set = &self.set;
+        let finished = {
+            let mut on_answer = |index: usize, result: Result<Answer, ExchangeError>| {
+                let outcome = match result {
+                    Ok(answer) => outcome_of(answer.status),
+                    Err(err) => Outcome::Failed(err.to_string()),
+                };
+                settle(state, set, false, outcome, started.elapsed());
+                answered = index + 1;
+            };
+            let sending =
+                std::pin::pin!(conn.exchange_pipelined(&copies, DRAIN_CAP, &mut on_answer));
+            timer.within(deadline, || deadline, sending).await
+        };
+        let took = started.elapsed();
+        if finished.is_none() {
+            // An answer, then silence: perhaps a target that drops what it
+            // reads past one request. Copies go one at a time from now on.
+            if answered > 0 {
+                conn.stop_pipelining();
             }
-            Transition::Resumed => {
-                tracing::info!(target_url = %url, "target answers again; copies resumed")
+            for _ in answered..jobs.len() {
+                settle(state, set, false, Outcome::TimedOut, took);
             }
-            Transition::Remove => {
-                if let Some(set) = self.set.upgrade() {
-                    // This target, not one added again under its URL
-                    // while its last probe was out.
-                    if set.remove_exact(&self.state) {
-                        tracing::warn!(target_url = %url, "target removed: it has been failing for too long");
-                    }
+        }
+        self.keep_pace(took);
+    }
+
+    /// Behind: copies are waiting (besides those in flight) while the
+    /// target answers quickly, so the wait is this thread's, not the
+    /// target's.
+    fn keep_pace(&self, took: Duration) {
+        let waiting = self
+            .state
+            .held
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.state.in_flight.load(Ordering::Relaxed) as usize + 1);
+        super::runtime::keep_pace(waiting > self.behind && took < QUICK_ANSWER);
+    }
+}
+
+/// Counts how a copy went and tells the breaker.
+fn settle(
+    state: &Arc<TargetState>,
+    set: &std::sync::Weak<TargetSet>,
+    probe: bool,
+    outcome: Outcome,
+    took: Duration,
+) {
+    let stats = &state.stats;
+    stats.latency.record(took);
+    state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let success = matches!(outcome, Outcome::Succeeded);
+    state.answering.store(success, Ordering::Relaxed);
+    match &outcome {
+        Outcome::Succeeded => bump(&stats.succeeded),
+        Outcome::Failed(why) => {
+            bump(&stats.failed);
+            tracing::debug!(target_url = %state.url, error = %why, probe, "copy failed");
+        }
+        Outcome::TimedOut => {
+            bump(&stats.timed_out);
+            tracing::debug!(target_url = %state.url, probe, "copy timed out");
+        }
+    }
+    let url = &state.url;
+    match state.breaker.record(success, probe, Instant::now()) {
+        Transition::None => {}
+        Transition::Paused => {
+            bump(&stats.paused);
+            tracing::debug!(target_url = %url, "target paused after consecutive failures");
+        }
+        Transition::Resumed => {
+            tracing::info!(target_url = %url, "target answers again; copies resumed")
+        }
+        Transition::Remove => {
+            if let Some(set) = set.upgrade() {
+                // This target, not one added again under its URL
+                // while its last probe was out.
+                if set.remove_exact(state) {
+                    tracing::warn!(target_url = %url, "target removed: it has been failing for too long");
                 }
             }
         }
     }
 }
 
-/// Sends one copy to the target and reads its answer.
-async fn send(state: &TargetState, transport: &mut Transport, copy: &CopyRequest) -> Outcome {
+/// A target answering with a server error failed the copy.
+fn outcome_of(status: http::StatusCode) -> Outcome {
+    if status.is_server_error() {
+        Outcome::Failed(format!("status {status}"))
+    } else {
+        Outcome::Succeeded
+    }
+}
+
+/// The headers a copy goes to `state`'s target with, and the Host to add.
+/// The copy has no Host unless a header_up set one; then `host` (the
+/// target's or the mirror's), the mirror's `host_suffix`, and last the
+/// target's own name.
+fn head_parts<'a>(
+    state: &'a TargetState,
+    copy: &'a CopyRequest,
+) -> (
+    std::borrow::Cow<'a, http::HeaderMap>,
+    Option<&'a HeaderValue>,
+) {
     let headers = copy.headers_for(&state.header_up);
-    // The copy has no Host unless a header_up set one; then `host` (the
-    // target's or the mirror's), the mirror's `host_suffix`, and last the
-    // target's own name.
     let host = (!headers.contains_key(header::HOST)).then(|| {
         state
             .host
@@ -458,6 +623,12 @@ async fn send(state: &TargetState, transport: &mut Transport, copy: &CopyRequest
             .or(copy.suffixed_host())
             .unwrap_or(&state.authority)
     });
+    (headers, host)
+}
+
+/// Sends one copy to the target and reads its answer.
+async fn send(state: &TargetState, transport: &mut Transport, copy: &CopyRequest) -> Outcome {
+    let (headers, host) = head_parts(state, copy);
     let comparison = copy.comparison();
     let mut collector = comparison.map(|c| c.collector());
     let answered = match transport {
@@ -516,11 +687,7 @@ async fn send(state: &TargetState, transport: &mut Transport, copy: &CopyRequest
             false => comparison.shadow_unreadable(&state.stats),
         }
     }
-    if status.is_server_error() {
-        Outcome::Failed(format!("status {status}"))
-    } else {
-        Outcome::Succeeded
-    }
+    outcome_of(status)
 }
 
 /// Sends a copy with hyper's client and reads the answer's body (up to
