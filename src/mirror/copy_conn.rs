@@ -111,6 +111,8 @@ pub struct CopyConn {
 struct Live {
     stream: TcpStream,
     idle_since: Instant,
+    /// Answers read on it so far.
+    answers: usize,
 }
 
 /// How the answer's body ends.
@@ -172,6 +174,7 @@ impl CopyConn {
             other => other,
         };
         let (answer, reusable) = result?;
+        live.answers += 1;
         if reusable && self.settings.keepalive {
             live.idle_since = Instant::now();
             self.live = Some(live);
@@ -207,6 +210,7 @@ impl CopyConn {
             MaybeHttpsStream::Http(io) => Ok(Live {
                 stream: TokioIo::into_inner(io),
                 idle_since: Instant::now(),
+                answers: 0,
             }),
             MaybeHttpsStream::Https(_) => Err(ExchangeError::Connect(
                 "a TLS connection where plain HTTP was asked for".into(),
@@ -281,13 +285,17 @@ impl CopyConn {
         Ok((answer, reusable))
     }
 
-    /// Sends `heads`, copies without a body that may be sent again
-    /// ([`CopyHead::pipelines`]), in one write before any answer comes
-    /// (HTTP/1.1 pipelining, RFC 9112 §9.3.2), and reads their answers in
-    /// order, giving each to `on_answer` with its index as it comes. A
-    /// target that closes the connection before answering them all gets the
-    /// rest on a new one (once, unless it asked to close); one that does so
-    /// unasked is not sent pipelines again by this worker.
+    /// Sends `copies`, bodyless copies with safe methods (GET, HEAD,
+    /// OPTIONS, TRACE), in one write before any answer comes (HTTP/1.1
+    /// pipelining, RFC 9112 §9.3.2), and reads their answers in order,
+    /// giving each to `on_answer` with its index as it comes.
+    ///
+    /// Copies left unanswered when a connection ends go on a new one:
+    /// after an answer that closes it (as it said, or cut at `cap`), and
+    /// once after the target closed it unasked having answered some (then
+    /// this worker pipelines no more: the rest go one at a time) or having
+    /// kept it idle long enough to close it just then. Other failures end
+    /// the copies not yet answered.
     pub async fn exchange_pipelined(
         &mut self,
         copies: &[(CopyHead<'_>, CopyBody)],
@@ -297,51 +305,66 @@ impl CopyConn {
         let mut answered = 0;
         let mut sent_again = false;
         while answered < copies.len() {
-            let mut live = match self.take_live() {
-                Some((live, _)) => live,
+            let (mut live, idle_for) = match self.take_live() {
+                Some((live, idle_for)) => (live, Some(idle_for)),
                 None => match self.connect().await {
-                    Ok(live) => live,
+                    Ok(live) => (live, None),
                     Err(err) => return fail_from(answered, copies.len(), &err, on_answer),
                 },
             };
             self.input.clear();
             self.output.clear();
+            // Nothing goes behind a request that closes the connection.
+            let mut end = answered;
             for (head, body) in &copies[answered..] {
                 encode_head(&mut self.output, head, body);
+                end += 1;
+                if !self.pipelining || asks_close(head.headers) {
+                    break;
+                }
             }
             let on_this = answered;
             let written =
                 write_all_vectored(&mut live.stream, &mut [IoSlice::new(&self.output)]).await;
             let mut open = true;
+            let mut cut = false;
             let mut failure = written.err();
-            while failure.is_none() && open && answered < copies.len() {
+            while failure.is_none() && open && answered < end {
                 let head = &copies[answered].0;
                 match self
                     .read_answer(&mut live.stream, head, false, cap, &mut |_| {})
                     .await
                 {
                     Ok((answer, reusable)) => {
+                        cut = !answer.whole;
                         on_answer(answered, Ok(answer));
                         answered += 1;
+                        live.answers += 1;
                         open = reusable;
                     }
                     Err(err) => failure = Some(err),
                 }
             }
             match failure {
-                None if answered == copies.len() => {
+                None => {
                     if open && self.input.is_empty() && self.settings.keepalive {
                         live.idle_since = Instant::now();
                         self.live = Some(live);
+                    } else if live.answers == 1 && answered < end && !cut {
+                        // A target that keeps no connection would get
+                        // the rest of every pipeline written again for
+                        // each answer.
+                        self.pipelining = false;
                     }
-                    return;
+                    // The rest, if any, on a connection that can take them.
                 }
-                // Closed as the target asked: the rest go on a new connection.
-                None => {}
-                Some(ExchangeError::ClosedBeforeAnswer | ExchangeError::Io(_)) if !sent_again => {
+                Some(ExchangeError::ClosedBeforeAnswer | ExchangeError::Io(_))
+                    if !sent_again
+                        && (answered > on_this
+                            || idle_for.is_some_and(|idle| idle >= RACY_IDLE)) =>
+                {
                     sent_again = true;
                     if answered > on_this {
-                        // It answered some and dropped the rest unasked.
                         self.pipelining = false;
                         tracing::debug!(target_url = %self.origin, "the target dropped pipelined copies; sending them one at a time from now on");
                     }
@@ -1256,7 +1279,7 @@ mod tests {
         let all = [
             request("GET", "/a"),
             request("HEAD", "/b"),
-            request("DELETE", "/c"),
+            request("OPTIONS", "/c"),
         ]
         .concat();
         let (origin, accepted) = scripted(vec![vec![
@@ -1283,7 +1306,7 @@ mod tests {
             &[
                 ("/a", Method::GET),
                 ("/b", Method::HEAD),
-                ("/c", Method::DELETE),
+                ("/c", Method::OPTIONS),
             ],
         )
         .await;
@@ -1304,12 +1327,20 @@ mod tests {
     async fn copies_after_an_answer_that_closes_go_on_a_new_connection() {
         let (origin, accepted) = scripted(vec![
             vec![Step {
-                expect: leak([request("GET", "/1"), request("GET", "/2"), request("GET", "/3")].concat()),
-                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"],
+                expect: leak(
+                    [
+                        request("GET", "/1"),
+                        request("GET", "/2"),
+                        request("GET", "/3"),
+                        request("GET", "/4"),
+                    ]
+                    .concat(),
+                ),
+                answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"],
                 close: true,
             }],
             vec![Step {
-                expect: leak([request("GET", "/2"), request("GET", "/3")].concat()),
+                expect: leak([request("GET", "/3"), request("GET", "/4")].concat()),
                 answer: &[b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"],
                 close: false,
             }],
@@ -1322,17 +1353,18 @@ mod tests {
                 ("/1", Method::GET),
                 ("/2", Method::GET),
                 ("/3", Method::GET),
+                ("/4", Method::GET),
             ],
         )
         .await;
-        assert_eq!(answers, vec![Ok(200), Ok(201), Ok(202)]);
+        assert_eq!(answers, vec![Ok(200), Ok(200), Ok(201), Ok(202)]);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert!(conn.pipelines(), "it said it would close");
     }
 
     #[tokio::test]
-    async fn a_target_that_drops_pipelined_copies_gets_them_once_more_and_no_more_pipelines() {
-        let one_answer: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"];
+    async fn a_target_that_drops_pipelined_copies_gets_them_once_more_one_at_a_time() {
+        let ok: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"];
         let (origin, accepted) = scripted(vec![
             // Answers the first and closes, unasked.
             vec![Step {
@@ -1344,13 +1376,89 @@ mod tests {
                     ]
                     .concat(),
                 ),
-                answer: one_answer,
+                answer: ok,
                 close: true,
             }],
-            // Once more: the same again.
+            // The rest, one request at a time.
+            vec![
+                Step {
+                    expect: leak(request("GET", "/2")),
+                    answer: ok,
+                    close: false,
+                },
+                Step {
+                    expect: leak(request("GET", "/3")),
+                    answer: ok,
+                    close: false,
+                },
+            ],
+        ])
+        .await;
+        let mut conn = conn(origin);
+        let answers = pipeline(
+            &mut conn,
+            &[
+                ("/1", Method::GET),
+                ("/2", Method::GET),
+                ("/3", Method::GET),
+            ],
+        )
+        .await;
+        assert_eq!(answers, vec![Ok(200), Ok(200), Ok(200)]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(!conn.pipelines());
+    }
+
+    #[tokio::test]
+    async fn copies_behind_an_answer_cut_at_the_cap_go_on_a_new_connection() {
+        let (origin, accepted) = scripted(vec![
             vec![Step {
-                expect: leak([request("GET", "/2"), request("GET", "/3")].concat()),
-                answer: one_answer,
+                expect: leak([request("GET", "/big"), request("GET", "/a")].concat()),
+                answer: &[
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2048\r\n\r\n",
+                    &[b'x'; 2048],
+                ],
+                close: false,
+            }],
+            vec![Step {
+                expect: leak(request("GET", "/a")),
+                answer: &[b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"],
+                close: false,
+            }],
+        ])
+        .await;
+        let mut conn = conn(origin);
+        let answers = pipeline(&mut conn, &[("/big", Method::GET), ("/a", Method::GET)]).await;
+        assert_eq!(answers, vec![Ok(200), Ok(201)]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(conn.pipelines());
+    }
+
+    #[tokio::test]
+    async fn a_target_that_keeps_no_connection_gets_no_more_pipelines() {
+        let close: &[&[u8]] =
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"];
+        let (origin, accepted) = scripted(vec![
+            vec![Step {
+                expect: leak(
+                    [
+                        request("GET", "/1"),
+                        request("GET", "/2"),
+                        request("GET", "/3"),
+                    ]
+                    .concat(),
+                ),
+                answer: close,
+                close: true,
+            }],
+            vec![Step {
+                expect: leak(request("GET", "/2")),
+                answer: close,
+                close: true,
+            }],
+            vec![Step {
+                expect: leak(request("GET", "/3")),
+                answer: close,
                 close: true,
             }],
         ])
@@ -1365,15 +1473,8 @@ mod tests {
             ],
         )
         .await;
-        assert_eq!(
-            answers,
-            vec![
-                Ok(200),
-                Ok(200),
-                Err("connection closed before a response".to_string())
-            ]
-        );
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(answers, vec![Ok(200), Ok(200), Ok(200)]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
         assert!(!conn.pipelines());
     }
 

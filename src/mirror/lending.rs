@@ -27,8 +27,11 @@ use crate::message::body::READ_BUFFER_AT_MOST;
 pub const LENT_BYTES: usize = 32 << 20;
 
 /// A target holding fewer copies than this (queued and in flight) is
-/// keeping up: a copy for it is sent before long.
-pub const SHALLOW_BACKLOG: usize = 64;
+/// keeping up: a copy for it is sent before long. A copy thread that runs
+/// in turns on a busy core leaves a hundred copies or so waiting between
+/// them (30k a second, a few milliseconds apart); what they may hold is
+/// bounded by [`LENT_BYTES`] all the same.
+pub const SHALLOW_BACKLOG: usize = 256;
 
 /// A copy's body, as the tee collected it.
 #[derive(Debug)]
