@@ -52,6 +52,9 @@ const WRITE_THEN_READ: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Reads are at least this large.
 const READ_CHUNK: usize = 8 * 1024;
+/// How long a worker sends copies one at a time after its target dropped
+/// pipelined requests.
+const NO_PIPELINES_FOR: Duration = Duration::from_secs(30);
 /// A kept connection idle this long may be closed by the target just as a
 /// copy goes out on it (see `crate::upstream::pool`'s `RACY_IDLE`).
 const RACY_IDLE: Duration = Duration::from_secs(1);
@@ -69,8 +72,9 @@ pub enum ExchangeError {
     ClosedInBody,
     #[error("invalid response: {0}")]
     Invalid(&'static str),
-    /// What ended a pipeline, for each copy it left unanswered.
-    #[error("{0}")]
+    /// What failed the copy ahead in the pipeline, for each copy behind
+    /// it.
+    #[error("{0} (ahead in its pipeline)")]
     Pipeline(String),
 }
 
@@ -101,7 +105,9 @@ pub struct CopyConn {
     settings: PoolSettings,
     live: Option<Live>,
     /// Whether copies may be pipelined (see [`CopyConn::exchange_pipelined`]).
-    pipelining: bool,
+    /// Until when copies go one at a time (see
+    /// [`CopyConn::exchange_pipelined`]).
+    no_pipelines_until: Option<Instant>,
     /// What was read and not yet used.
     input: BytesMut,
     /// The request head (and chunk-size lines) being written.
@@ -132,7 +138,7 @@ impl CopyConn {
             connector,
             settings,
             live: None,
-            pipelining: true,
+            no_pipelines_until: None,
             input: BytesMut::new(),
             output: Vec::new(),
         }
@@ -293,9 +299,10 @@ impl CopyConn {
     /// Copies left unanswered when a connection ends go on a new one:
     /// after an answer that closes it (as it said, or cut at `cap`), and
     /// once after the target closed it unasked having answered some (then
-    /// this worker pipelines no more: the rest go one at a time) or having
-    /// kept it idle long enough to close it just then. Other failures end
-    /// the copies not yet answered.
+    /// this worker sends one at a time for [`NO_PIPELINES_FOR`]) or having
+    /// kept it idle long enough to close it just then. Another failure
+    /// goes to the first copy not yet answered, and ends those behind it
+    /// with [`ExchangeError::Pipeline`].
     pub async fn exchange_pipelined(
         &mut self,
         copies: &[(CopyHead<'_>, CopyBody)],
@@ -309,7 +316,7 @@ impl CopyConn {
                 Some((live, idle_for)) => (live, Some(idle_for)),
                 None => match self.connect().await {
                     Ok(live) => (live, None),
-                    Err(err) => return fail_from(answered, copies.len(), &err, on_answer),
+                    Err(err) => return fail_from(answered, copies.len(), err, on_answer),
                 },
             };
             self.input.clear();
@@ -319,7 +326,7 @@ impl CopyConn {
             for (head, body) in &copies[answered..] {
                 encode_head(&mut self.output, head, body);
                 end += 1;
-                if !self.pipelining || asks_close(head.headers) {
+                if !self.pipelines() || asks_close(head.headers) {
                     break;
                 }
             }
@@ -327,7 +334,8 @@ impl CopyConn {
             let written =
                 write_all_vectored(&mut live.stream, &mut [IoSlice::new(&self.output)]).await;
             let mut open = true;
-            let mut cut = false;
+            // The last answer's status, and whether it was cut at `cap`.
+            let mut last = (StatusCode::OK, false);
             let mut failure = written.err();
             while failure.is_none() && open && answered < end {
                 let head = &copies[answered].0;
@@ -336,7 +344,7 @@ impl CopyConn {
                     .await
                 {
                     Ok((answer, reusable)) => {
-                        cut = !answer.whole;
+                        last = (answer.status, !answer.whole);
                         on_answer(answered, Ok(answer));
                         answered += 1;
                         live.answers += 1;
@@ -350,11 +358,15 @@ impl CopyConn {
                     if open && self.input.is_empty() && self.settings.keepalive {
                         live.idle_since = Instant::now();
                         self.live = Some(live);
-                    } else if live.answers == 1 && answered < end && !cut {
-                        // A target that keeps no connection would get
-                        // the rest of every pipeline written again for
-                        // each answer.
-                        self.pipelining = false;
+                    } else if live.answers == 1
+                        && answered < end
+                        && last.0.as_u16() < 400
+                        && !last.1
+                    {
+                        // A target that keeps no connection (but after an
+                        // error, which many close on) would get the rest
+                        // of every pipeline written again for each answer.
+                        self.stop_pipelining();
                     }
                     // The rest, if any, on a connection that can take them.
                 }
@@ -365,24 +377,26 @@ impl CopyConn {
                 {
                     sent_again = true;
                     if answered > on_this {
-                        self.pipelining = false;
-                        tracing::debug!(target_url = %self.origin, "the target dropped pipelined copies; sending them one at a time from now on");
+                        self.stop_pipelining();
+                        tracing::debug!(target_url = %self.origin, "the target dropped pipelined copies; sending them one at a time for a while");
                     }
                 }
-                Some(err) => return fail_from(answered, copies.len(), &err, on_answer),
+                Some(err) => return fail_from(answered, copies.len(), err, on_answer),
             }
         }
     }
 
-    /// Whether this worker may still pipeline copies: not after its target
-    /// dropped a pipeline's requests unasked.
+    /// Whether this worker may pipeline copies: not for a while after its
+    /// target dropped a pipeline's requests unasked.
     pub fn pipelines(&self) -> bool {
-        self.pipelining
+        self.no_pipelines_until
+            .is_none_or(|until| Instant::now() >= until)
     }
 
-    /// Copies go one at a time from now on.
+    /// Copies go one at a time for [`NO_PIPELINES_FOR`]: the target may
+    /// have restarted or been overloaded, or may not take pipelines at all.
     pub fn stop_pipelining(&mut self) {
-        self.pipelining = false;
+        self.no_pipelines_until = Some(Instant::now() + NO_PIPELINES_FOR);
     }
 
     /// Writes the request: its body with a length when the client gave
@@ -654,14 +668,17 @@ fn encode_head(out: &mut Vec<u8>, head: &CopyHead<'_>, body: &CopyBody) -> BodyF
 }
 
 /// Gives every copy from `from` on the same failure.
+/// Gives the copy at `from` `err`, and those behind it up to `to`
+/// [`ExchangeError::Pipeline`] with its reason.
 fn fail_from(
     from: usize,
     to: usize,
-    err: &ExchangeError,
+    err: ExchangeError,
     on_answer: &mut (dyn FnMut(usize, Result<Answer, ExchangeError>) + Send),
 ) {
     let why = err.to_string();
-    for index in from..to {
+    on_answer(from, Err(err));
+    for index in from + 1..to {
         on_answer(index, Err(ExchangeError::Pipeline(why.clone())));
     }
 }

@@ -18,9 +18,11 @@
 //! with every worker waiting for an answer, that wait bounds how many
 //! copies a second a target gets: at 1024 busy connections the backlog
 //! filled and up to a quarter of the copies were dropped, with the CPU
-//! share to send them unused. So a thread whose targets fall behind
-//! ([`keep_pace`]) turns normal, and is woken at once, until none has been
-//! behind for a while. Either way it has the same share of the CPU.
+//! share to send them unused. Workers of plain `http://` targets now send
+//! the bodyless GETs waiting for them as one pipeline, so a turn sends
+//! many; and a thread whose targets still fall behind ([`keep_pace`])
+//! turns normal, and is woken at once, until none has been behind for a
+//! while. Either way it has the same share of the CPU.
 
 use std::cell::Cell;
 use std::sync::OnceLock;

@@ -389,7 +389,9 @@ impl Worker {
         // One timer for all its copies, moved only when it must be.
         let mut timer = LazyTimer::default();
         let mut batch = Vec::with_capacity(PIPELINE_AT_MOST);
-        // A copy taken while filling a batch that cannot join it.
+        // A copy taken while filling a batch that cannot join it: it goes
+        // next, after the pipeline (a few milliseconds with a healthy
+        // target, at most `timeout`).
         let mut held_over = None;
         loop {
             let job = match held_over.take() {
@@ -524,11 +526,28 @@ impl Worker {
         let set = &self.set;
         let finished = {
             let mut on_answer = |index: usize, result: Result<Answer, ExchangeError>| {
-                let outcome = match result {
-                    Ok(answer) => outcome_of(answer.status),
-                    Err(err) => Outcome::Failed(err.to_string()),
-                };
-                settle(state, set, false, outcome, started.elapsed());
+                match result {
+                    Ok(answer) => settle(
+                        state,
+                        set,
+                        false,
+                        outcome_of(answer.status),
+                        started.elapsed(),
+                    ),
+                    // The copy ahead failed with the breaker: one failure,
+                    // as if they had gone one at a time.
+                    Err(err @ ExchangeError::Pipeline(_)) => {
+                        tracing::debug!(target_url = %state.url, error = %err, "copy failed");
+                        count_behind(state, &state.stats.failed, started.elapsed());
+                    }
+                    Err(err) => settle(
+                        state,
+                        set,
+                        false,
+                        Outcome::Failed(err.to_string()),
+                        started.elapsed(),
+                    ),
+                }
                 places[index] = None;
                 answered = index + 1;
             };
@@ -549,11 +568,7 @@ impl Worker {
             for (index, place) in places.iter_mut().enumerate().skip(answered) {
                 match index == answered {
                     true => settle(state, set, false, Outcome::TimedOut, took),
-                    false => {
-                        state.stats.latency.record(took);
-                        state.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        bump(&state.stats.timed_out);
-                    }
+                    false => count_behind(state, &state.stats.timed_out, took),
                 }
                 *place = None;
             }
@@ -618,6 +633,14 @@ fn settle(
             }
         }
     }
+}
+
+/// Counts a copy that a pipeline left unanswered behind one that failed
+/// (which told the breaker): `counter` and its latency only.
+fn count_behind(state: &TargetState, counter: &AtomicU64, took: Duration) {
+    state.stats.latency.record(took);
+    state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    bump(counter);
 }
 
 /// A target answering with a server error failed the copy.
