@@ -88,6 +88,23 @@ pub struct CopyHead<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
+impl<'a> CopyHead<'a> {
+    /// `copy`'s head as one target gets it: `headers` and `host` from
+    /// the target's edits.
+    pub fn of(
+        copy: &'a super::copy::CopyRequest,
+        headers: &'a HeaderMap,
+        host: Option<&'a HeaderValue>,
+    ) -> Self {
+        CopyHead {
+            method: &copy.method,
+            target: copy.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            headers,
+            host,
+        }
+    }
+}
+
 /// What a target answered.
 pub struct Answer {
     pub status: StatusCode,
@@ -156,10 +173,7 @@ impl CopyConn {
         cap: usize,
         on_body: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<Answer, ExchangeError> {
-        let (mut live, idle_for) = match self.take_live() {
-            Some((live, idle_for)) => (live, Some(idle_for)),
-            None => (self.connect().await?, None),
-        };
+        let (mut live, racy) = self.kept_or_new().await?;
         let result = match self
             .round_trip(&mut live, head, body, want_headers, cap, on_body)
             .await
@@ -168,9 +182,7 @@ impl CopyConn {
             // (its idle timeout raced ours): a bodyless idempotent copy goes
             // once more on a new one, as the upstream pool does.
             Err(ExchangeError::ClosedBeforeAnswer)
-                if idle_for.is_some_and(|idle| idle >= RACY_IDLE)
-                    && body.has_no_data()
-                    && head.method.is_idempotent() =>
+                if racy && body.has_no_data() && head.method.is_idempotent() =>
             {
                 tracing::debug!(target_url = %self.origin, "kept-alive connection closed under a copy; sending it again");
                 live = self.connect().await?;
@@ -186,6 +198,16 @@ impl CopyConn {
             self.live = Some(live);
         }
         Ok(answer)
+    }
+
+    /// The kept connection, else a new one; and whether it was kept idle
+    /// so long that the target may close it just as a request goes out
+    /// ([`RACY_IDLE`]).
+    async fn kept_or_new(&mut self) -> Result<(Live, bool), ExchangeError> {
+        match self.take_live() {
+            Some((live, idle_for)) => Ok((live, idle_for >= RACY_IDLE)),
+            None => Ok((self.connect().await?, false)),
+        }
     }
 
     /// The kept connection, unless it is too old or the target has closed
@@ -312,12 +334,9 @@ impl CopyConn {
         let mut answered = 0;
         let mut sent_again = false;
         while answered < copies.len() {
-            let (mut live, idle_for) = match self.take_live() {
-                Some((live, idle_for)) => (live, Some(idle_for)),
-                None => match self.connect().await {
-                    Ok(live) => (live, None),
-                    Err(err) => return fail_from(answered, copies.len(), err, on_answer),
-                },
+            let (mut live, racy) = match self.kept_or_new().await {
+                Ok(kept_or_new) => kept_or_new,
+                Err(err) => return fail_from(answered, copies.len(), err, on_answer),
             };
             self.input.clear();
             self.output.clear();
@@ -371,9 +390,7 @@ impl CopyConn {
                     // The rest, if any, on a connection that can take them.
                 }
                 Some(ExchangeError::ClosedBeforeAnswer | ExchangeError::Io(_))
-                    if !sent_again
-                        && (answered > on_this
-                            || idle_for.is_some_and(|idle| idle >= RACY_IDLE)) =>
+                    if !sent_again && (answered > on_this || racy) =>
                 {
                     sent_again = true;
                     if answered > on_this {
@@ -1291,6 +1308,17 @@ mod tests {
         Box::leak(text.into_bytes().into_boxed_slice())
     }
 
+    /// GETs of `paths`, one after the other, as the target receives them.
+    fn gets(paths: &[&str]) -> &'static [u8] {
+        leak(paths.iter().map(|path| request("GET", path)).collect())
+    }
+
+    /// GETs of `paths` as one pipeline on `conn`.
+    async fn pipeline_gets(conn: &mut CopyConn, paths: &[&str]) -> Vec<Result<u16, String>> {
+        let copies: Vec<_> = paths.iter().map(|path| (*path, Method::GET)).collect();
+        pipeline(conn, &copies).await
+    }
+
     #[tokio::test]
     async fn pipelined_copies_go_out_in_one_write_and_their_answers_come_in_order() {
         let all = [
@@ -1344,36 +1372,19 @@ mod tests {
     async fn copies_after_an_answer_that_closes_go_on_a_new_connection() {
         let (origin, accepted) = scripted(vec![
             vec![Step {
-                expect: leak(
-                    [
-                        request("GET", "/1"),
-                        request("GET", "/2"),
-                        request("GET", "/3"),
-                        request("GET", "/4"),
-                    ]
-                    .concat(),
-                ),
+                expect: gets(&["/1", "/2", "/3", "/4"]),
                 answer: &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"],
                 close: true,
             }],
             vec![Step {
-                expect: leak([request("GET", "/3"), request("GET", "/4")].concat()),
+                expect: gets(&["/3", "/4"]),
                 answer: &[b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"],
                 close: false,
             }],
         ])
         .await;
         let mut conn = conn(origin);
-        let answers = pipeline(
-            &mut conn,
-            &[
-                ("/1", Method::GET),
-                ("/2", Method::GET),
-                ("/3", Method::GET),
-                ("/4", Method::GET),
-            ],
-        )
-        .await;
+        let answers = pipeline_gets(&mut conn, &["/1", "/2", "/3", "/4"]).await;
         assert_eq!(answers, vec![Ok(200), Ok(200), Ok(201), Ok(202)]);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert!(conn.pipelines(), "it said it would close");
@@ -1385,26 +1396,19 @@ mod tests {
         let (origin, accepted) = scripted(vec![
             // Answers the first and closes, unasked.
             vec![Step {
-                expect: leak(
-                    [
-                        request("GET", "/1"),
-                        request("GET", "/2"),
-                        request("GET", "/3"),
-                    ]
-                    .concat(),
-                ),
+                expect: gets(&["/1", "/2", "/3"]),
                 answer: ok,
                 close: true,
             }],
             // The rest, one request at a time.
             vec![
                 Step {
-                    expect: leak(request("GET", "/2")),
+                    expect: gets(&["/2"]),
                     answer: ok,
                     close: false,
                 },
                 Step {
-                    expect: leak(request("GET", "/3")),
+                    expect: gets(&["/3"]),
                     answer: ok,
                     close: false,
                 },
@@ -1412,15 +1416,7 @@ mod tests {
         ])
         .await;
         let mut conn = conn(origin);
-        let answers = pipeline(
-            &mut conn,
-            &[
-                ("/1", Method::GET),
-                ("/2", Method::GET),
-                ("/3", Method::GET),
-            ],
-        )
-        .await;
+        let answers = pipeline_gets(&mut conn, &["/1", "/2", "/3"]).await;
         assert_eq!(answers, vec![Ok(200), Ok(200), Ok(200)]);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert!(!conn.pipelines());
@@ -1430,7 +1426,7 @@ mod tests {
     async fn copies_behind_an_answer_cut_at_the_cap_go_on_a_new_connection() {
         let (origin, accepted) = scripted(vec![
             vec![Step {
-                expect: leak([request("GET", "/big"), request("GET", "/a")].concat()),
+                expect: gets(&["/big", "/a"]),
                 answer: &[
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2048\r\n\r\n",
                     &[b'x'; 2048],
@@ -1438,14 +1434,14 @@ mod tests {
                 close: false,
             }],
             vec![Step {
-                expect: leak(request("GET", "/a")),
+                expect: gets(&["/a"]),
                 answer: &[b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"],
                 close: false,
             }],
         ])
         .await;
         let mut conn = conn(origin);
-        let answers = pipeline(&mut conn, &[("/big", Method::GET), ("/a", Method::GET)]).await;
+        let answers = pipeline_gets(&mut conn, &["/big", "/a"]).await;
         assert_eq!(answers, vec![Ok(200), Ok(201)]);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert!(conn.pipelines());
@@ -1457,39 +1453,24 @@ mod tests {
             &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"];
         let (origin, accepted) = scripted(vec![
             vec![Step {
-                expect: leak(
-                    [
-                        request("GET", "/1"),
-                        request("GET", "/2"),
-                        request("GET", "/3"),
-                    ]
-                    .concat(),
-                ),
+                expect: gets(&["/1", "/2", "/3"]),
                 answer: close,
                 close: true,
             }],
             vec![Step {
-                expect: leak(request("GET", "/2")),
+                expect: gets(&["/2"]),
                 answer: close,
                 close: true,
             }],
             vec![Step {
-                expect: leak(request("GET", "/3")),
+                expect: gets(&["/3"]),
                 answer: close,
                 close: true,
             }],
         ])
         .await;
         let mut conn = conn(origin);
-        let answers = pipeline(
-            &mut conn,
-            &[
-                ("/1", Method::GET),
-                ("/2", Method::GET),
-                ("/3", Method::GET),
-            ],
-        )
-        .await;
+        let answers = pipeline_gets(&mut conn, &["/1", "/2", "/3"]).await;
         assert_eq!(answers, vec![Ok(200), Ok(200), Ok(200)]);
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         assert!(!conn.pipelines());

@@ -399,31 +399,11 @@ impl Worker {
                 None => {
                     let mut rx = self.rx.lock().await;
                     let Some(job) = rx.recv().await else { return };
-                    // Copies already waiting go out together, so one turn
-                    // of this thread sends many (see `PIPELINE_AT_MOST`).
                     if self.pipelines(&job) {
                         batch.push(job);
-                        while batch.len() < PIPELINE_AT_MOST {
-                            match rx.try_recv() {
-                                Ok(job) if self.pipelines(&job) => batch.push(job),
-                                Ok(job) => {
-                                    held_over = Some(job);
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        held_over = self.take_waiting(&mut rx, &mut batch);
                         drop(rx);
-                        batch.retain(|job| self.admit(job));
-                        match batch.len() {
-                            0 => {}
-                            1 => {
-                                let job = batch.pop().expect("one job");
-                                self.send_one(job, &mut timer).await;
-                            }
-                            _ => self.send_pipelined(&mut batch, &mut timer).await,
-                        }
-                        batch.clear();
+                        self.send_batch(&mut batch, &mut timer).await;
                         continue;
                     }
                     job
@@ -449,6 +429,35 @@ impl Worker {
             && job.copy.comparison().is_none()
             && job.copy.method.is_safe()
             && job.copy.has_no_body()
+    }
+
+    /// Adds the copies already waiting that can join `batch`, so one turn
+    /// of this thread sends many (see [`PIPELINE_AT_MOST`]); the first that
+    /// cannot, if it took one.
+    fn take_waiting(&self, rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) -> Option<Job> {
+        while batch.len() < PIPELINE_AT_MOST {
+            match rx.try_recv() {
+                Ok(job) if self.pipelines(&job) => batch.push(job),
+                Ok(job) => return Some(job),
+                Err(_) => break,
+            }
+        }
+        None
+    }
+
+    /// Sends the copies of `batch` still to be sent, one alone or as a
+    /// pipeline, and empties it.
+    async fn send_batch(&mut self, batch: &mut Vec<Job>, timer: &mut LazyTimer) {
+        batch.retain(|job| self.admit(job));
+        match batch.len() {
+            0 => {}
+            1 => {
+                let job = batch.pop().expect("one job");
+                self.send_one(job, timer).await;
+            }
+            _ => self.send_pipelined(batch, timer).await,
+        }
+        batch.clear();
     }
 
     /// Whether `job` is to be sent; if not, counted.
@@ -511,13 +520,7 @@ impl Worker {
             .iter()
             .zip(&parts)
             .map(|(job, (headers, host))| {
-                let head = CopyHead {
-                    method: &job.copy.method,
-                    target: job.copy.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-                    headers,
-                    host: *host,
-                };
-                (head, job.copy.body())
+                (CopyHead::of(&job.copy, headers, *host), job.copy.body())
             })
             .collect();
         let started = Instant::now();
@@ -538,7 +541,7 @@ impl Worker {
                     // as if they had gone one at a time.
                     Err(err @ ExchangeError::Pipeline(_)) => {
                         tracing::debug!(target_url = %state.url, error = %err, "copy failed");
-                        count_behind(state, &state.stats.failed, started.elapsed());
+                        count(state, &state.stats.failed, started.elapsed());
                     }
                     Err(err) => settle(
                         state,
@@ -568,7 +571,7 @@ impl Worker {
             for (index, place) in places.iter_mut().enumerate().skip(answered) {
                 match index == answered {
                     true => settle(state, set, false, Outcome::TimedOut, took),
-                    false => count_behind(state, &state.stats.timed_out, took),
+                    false => count(state, &state.stats.timed_out, took),
                 }
                 *place = None;
             }
@@ -598,21 +601,20 @@ fn settle(
     took: Duration,
 ) {
     let stats = &state.stats;
-    stats.latency.record(took);
-    state.in_flight.fetch_sub(1, Ordering::Relaxed);
     let success = matches!(outcome, Outcome::Succeeded);
     state.answering.store(success, Ordering::Relaxed);
-    match &outcome {
-        Outcome::Succeeded => bump(&stats.succeeded),
+    let counter = match &outcome {
+        Outcome::Succeeded => &stats.succeeded,
         Outcome::Failed(why) => {
-            bump(&stats.failed);
             tracing::debug!(target_url = %state.url, error = %why, probe, "copy failed");
+            &stats.failed
         }
         Outcome::TimedOut => {
-            bump(&stats.timed_out);
             tracing::debug!(target_url = %state.url, probe, "copy timed out");
+            &stats.timed_out
         }
-    }
+    };
+    count(state, counter, took);
     let url = &state.url;
     match state.breaker.record(success, probe, Instant::now()) {
         Transition::None => {}
@@ -635,9 +637,10 @@ fn settle(
     }
 }
 
-/// Counts a copy that a pipeline left unanswered behind one that failed
-/// (which told the breaker): `counter` and its latency only.
-fn count_behind(state: &TargetState, counter: &AtomicU64, took: Duration) {
+/// Counts a copy done, as `counter` says, with its latency. Alone, for a
+/// copy a pipeline left unanswered behind one that failed (which told the
+/// breaker).
+fn count(state: &TargetState, counter: &AtomicU64, took: Duration) {
     state.stats.latency.record(took);
     state.in_flight.fetch_sub(1, Ordering::Relaxed);
     bump(counter);
@@ -681,12 +684,7 @@ async fn send(state: &TargetState, transport: &mut Transport, copy: &CopyRequest
     let mut collector = comparison.map(|c| c.collector());
     let answered = match transport {
         Transport::Own(conn) => {
-            let head = CopyHead {
-                method: &copy.method,
-                target: copy.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-                headers: &headers,
-                host,
-            };
+            let head = CopyHead::of(copy, &headers, host);
             let mut collect = |data: &[u8]| {
                 if let Some(collector) = collector.as_mut() {
                     collector.push(data);
