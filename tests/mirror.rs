@@ -143,6 +143,44 @@ async fn bodies_in_large_and_small_chunks_reach_the_shadow_whole() {
     }
 }
 
+/// With `limits { read_buffer "256KiB" }` a connection reads larger
+/// chunks of an upload; the copies that keep them (counted as whole
+/// 256 KiB buffers) and the primary still get every byte, in order.
+#[tokio::test]
+async fn a_larger_read_buffer_passes_uploads_whole_to_primary_and_shadow() {
+    let primary = Backend::ok().await;
+    let shadow = Backend::ok().await;
+    let site = Site::new()
+        .admin(Admin::open())
+        .limits(r#"read_buffer "256KiB""#)
+        .route(
+            "/*",
+            Chain::new().mirror(Mirror::to(&shadow)).proxy(&primary),
+        );
+    let running = start(&site.to_kdl()).await;
+    let client = Client::http1();
+    let url = format!("{}/upload", base_url(&running));
+    let warm_up = client::req("GET", &url).body(client::full("")).unwrap();
+    client.send(warm_up).await.expect("request");
+    shadow.wait_for(1).await;
+    let bodies = [
+        random_bytes(1 << 20, 11),
+        random_bytes(300_000, 12),
+        random_bytes(65_536, 13),
+        random_bytes(700_001, 14),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let req = client::req("PUT", &url)
+            .body(client::full(body.clone()))
+            .unwrap();
+        assert_eq!(client.send(req).await.expect("request").status, 200);
+        let p = primary.wait_for(i + 2).await.remove(i + 1);
+        let c = shadow.wait_for(i + 2).await.remove(i + 1);
+        assert_eq!(p.body.as_ref(), body.as_slice(), "primary, body {i}");
+        assert_eq!(c.body.as_ref(), body.as_slice(), "copy, body {i}");
+    }
+}
+
 #[tokio::test]
 async fn header_up_and_host_apply_to_copies_only() {
     let primary = Backend::ok().await;

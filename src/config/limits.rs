@@ -15,6 +15,7 @@ use super::value;
 /// What `limits` takes, in the order its diagnostics list it.
 pub static OPTIONS: &Table = &[
     &MAX_HEADER_SIZE,
+    &READ_BUFFER,
     &READ_HEADER_TIMEOUT,
     &READ_BODY_TIMEOUT,
     &IDLE_TIMEOUT,
@@ -22,11 +23,23 @@ pub static OPTIONS: &Table = &[
     &H2_MAX_CONCURRENT_STREAMS,
 ];
 
-static MAX_HEADER_SIZE: Spec<HeaderSize> = Spec::once(
+static MAX_HEADER_SIZE: Spec<SizeIn> = Spec::once(
     "max_header_size",
-    HeaderSize,
+    SizeIn {
+        help: "request heads are rarely over 8 KiB; the default is \"64KiB\"",
+    },
     Unset::Default("64KiB"),
     "Request line plus headers (HTTP/2: the header list); larger: 431.",
+);
+
+static READ_BUFFER: Spec<SizeIn> = Spec::once(
+    "read_buffer",
+    SizeIn {
+        help: "the default \"80KiB\" reads a 64 KiB upload and its head at once; \
+               \"256KiB\" or more suits large uploads",
+    },
+    Unset::Default("80KiB"),
+    "The most an HTTP/1.1 connection reads at once (or max_header_size, if larger).",
 );
 
 static READ_HEADER_TIMEOUT: Spec<o::Duration> = Spec::once(
@@ -80,6 +93,7 @@ pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
     );
     let opts = o::read(node, OPTIONS, r);
     let max_header_size = opts.get(r, &MAX_HEADER_SIZE);
+    let read_buffer = opts.get(r, &READ_BUFFER);
     let read_header_timeout = opts.get(r, &READ_HEADER_TIMEOUT);
     let read_body_timeout = opts.get(r, &READ_BODY_TIMEOUT);
     let idle_timeout = opts.get(r, &IDLE_TIMEOUT);
@@ -87,6 +101,7 @@ pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
     let streams = opts.get(r, &H2_MAX_CONCURRENT_STREAMS);
     Some(Limits {
         max_header_size: max_header_size?,
+        read_buffer: read_buffer?,
         read_header_timeout: read_header_timeout?,
         read_body_timeout: read_body_timeout?,
         idle_timeout: idle_timeout?,
@@ -95,11 +110,13 @@ pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
     })
 }
 
-/// A request head's size: hyper needs room for at least 8 KiB of it.
+/// A buffer's size, 8 KiB (the least hyper takes) to 16 MiB.
 #[derive(Debug)]
-struct HeaderSize;
+struct SizeIn {
+    help: &'static str,
+}
 
-impl Value for HeaderSize {
+impl Value for SizeIn {
     type Out = usize;
     fn describe(&self) -> Cow<'static, str> {
         "size, 8KiB–16MiB".into()
@@ -116,7 +133,7 @@ impl Value for HeaderSize {
                     format!("{size} bytes is out of range"),
                 )
                 .label("expected 8KiB to 16MiB")
-                .help("request heads are rarely over 8 KiB; the default is \"64KiB\""),
+                .help(self.help),
             );
             return None;
         }
@@ -156,6 +173,7 @@ mod tests {
     fn an_unwritten_block_gets_the_declared_defaults() {
         let limits = Limits::default();
         assert_eq!(limits.max_header_size, 64 * 1024);
+        assert_eq!(limits.read_buffer, 80 * 1024);
         assert_eq!(limits.read_header_timeout.as_secs(), 10);
         assert_eq!(limits.read_body_timeout.as_secs(), 60);
         assert_eq!(limits.idle_timeout.as_secs(), 120);

@@ -40,6 +40,9 @@ pub struct Global {
 pub struct Limits {
     /// Request line plus headers; larger: 431.
     pub max_header_size: usize,
+    /// The most an HTTP/1.1 connection reads at once (at least
+    /// `max_header_size`: see [`Limits::read_buffer_at_most`]).
+    pub read_buffer: usize,
     /// A request head not complete this long after its first byte: 408,
     /// closed (slowloris).
     pub read_header_timeout: Duration,
@@ -51,6 +54,15 @@ pub struct Limits {
     /// Connections served at once; at the limit, accepting pauses.
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
+}
+
+impl Limits {
+    /// The most an HTTP/1.1 connection reads at once: `read_buffer`, or
+    /// `max_header_size` when that is larger (hyper's buffer must hold a
+    /// whole head).
+    pub fn read_buffer_at_most(&self) -> usize {
+        self.read_buffer.max(self.max_header_size)
+    }
 }
 
 /// `global { log … }`; a file without it gets the declared defaults.

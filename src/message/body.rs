@@ -1,19 +1,42 @@
 //! The one body type handlers pass around: boxed, streamed, never buffered
 //! unless a handler decides to.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The most an HTTP/1.1 connection reads at once, once its reads have grown
-/// (hyper starts at 8 KiB and doubles while reads fill the buffer, up to
-/// this): the largest buffer a chunk of a body read from it is a slice of.
-/// Room for a 64 KiB body and a head of up to 16 KiB, so such a request is
-/// read and forwarded whole: with 64 KiB, the last hundred bytes of a
-/// 64 KiB upload took a read, a write upstream and a wake-up of their own.
-/// Not more: a connection keeps its buffer while it is open.
-pub const READ_BUFFER_AT_MOST: usize = 80 * 1024;
+/// What an HTTP/1.1 connection reads at most at once unless `limits {
+/// read_buffer }` says otherwise (hyper starts at 8 KiB and doubles while
+/// reads fill its buffer, up to this): room for a 64 KiB body and a head of
+/// up to 16 KiB, so such a request is read and forwarded whole (with
+/// 64 KiB, the last hundred bytes of a 64 KiB upload took a read, a write
+/// upstream and a wake-up of their own). Not more by default: a connection
+/// keeps its buffer while it is open, and hyper's doubling would give a
+/// connection carrying 64 KiB uploads 128 KiB buffers (README, Performance).
+pub const DEFAULT_READ_BUFFER: usize = 80 * 1024;
+
+/// The largest read buffer any connection of this process may have: the
+/// largest [`Limits::read_buffer_at_most`] any listener was built with. It
+/// only grows: after a reload that lowers it, connections opened before
+/// keep their buffers. A body chunk is a slice of such a buffer, and keeps
+/// it whole while it lives, so what kept chunks may hold is counted with it
+/// (see `mirror::lending`).
+///
+/// [`Limits::read_buffer_at_most`]: crate::config::model::Limits::read_buffer_at_most
+static READ_BUFFER_AT_MOST: AtomicUsize = AtomicUsize::new(DEFAULT_READ_BUFFER);
+
+/// See [`READ_BUFFER_AT_MOST`].
+pub fn read_buffer_at_most() -> usize {
+    READ_BUFFER_AT_MOST.load(Ordering::Relaxed)
+}
+
+/// A listener is about to serve connections that read up to `bytes` at once.
+pub fn note_read_buffer(bytes: usize) {
+    READ_BUFFER_AT_MOST.fetch_max(bytes, Ordering::Relaxed);
+}
 
 /// A request body passed the `request_body` limit.
 #[derive(Debug, thiserror::Error)]

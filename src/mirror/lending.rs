@@ -5,7 +5,7 @@
 //! HTTP/1.1), or in large ones (an upload, read 80 KiB at a time), can go
 //! to the targets as it came: no copy on the serving thread. But each chunk
 //! is a slice of a connection's read buffer, which it keeps whole for as
-//! long as the copy lives. So a copy keeps its chunks only when its targets
+//! long as the copy lives (a buffer of up to `limits { read_buffer }`). So a copy keeps its chunks only when its targets
 //! are keeping up (each answered the last copy it was sent and holds fewer
 //! than [`SHALLOW_BACKLOG`] copies, so this one will be sent soon), and
 //! the copies of one mirror hold read buffers of at most [`LENT_BYTES`] at
@@ -19,11 +19,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::copy_bytes::CopyBytes;
-use crate::message::body::READ_BUFFER_AT_MOST;
+use crate::message::body::read_buffer_at_most;
 
 /// The read buffers the copies of one mirror may hold at once, counting
-/// each chunk as the largest buffer it can be a slice of: 400 small
-/// bodies, or 30 of 1 MiB.
+/// each chunk as the largest buffer it can be a slice of: with the default
+/// `read_buffer`, 400 small bodies, or 30 of 1 MiB.
 pub const LENT_BYTES: usize = 32 << 20;
 
 /// A target holding fewer copies than this (queued and in flight) is
@@ -43,9 +43,20 @@ pub enum CollectedBody {
 }
 
 /// The read buffers the copies of one mirror hold.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lending {
     held: AtomicUsize,
+    /// The largest read buffer a chunk can be a slice of, as it is now.
+    buffer_at_most: fn() -> usize,
+}
+
+impl Default for Lending {
+    fn default() -> Self {
+        Lending {
+            held: AtomicUsize::new(0),
+            buffer_at_most: read_buffer_at_most,
+        }
+    }
 }
 
 impl Lending {
@@ -69,7 +80,7 @@ impl Lending {
     }
 
     fn borrow(self: &Arc<Self>, chunks: &CopyBytes) -> Option<Lent> {
-        let bytes = buffers_held(chunks);
+        let bytes = buffers_held(chunks, (self.buffer_at_most)());
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 (held + bytes <= LENT_BYTES).then_some(held + bytes)
@@ -89,9 +100,9 @@ impl Lending {
 }
 
 /// The most the buffers behind `chunks` can hold: each chunk may be a
-/// slice of a read buffer of its own.
-fn buffers_held(chunks: &CopyBytes) -> usize {
-    let one = |chunk: &Bytes| chunk.len().max(READ_BUFFER_AT_MOST);
+/// slice of a read buffer of its own, of up to `buffer` bytes.
+fn buffers_held(chunks: &CopyBytes, buffer: usize) -> usize {
+    let one = |chunk: &Bytes| chunk.len().max(buffer);
     match chunks {
         CopyBytes::One(chunk) => one(chunk),
         CopyBytes::Chunks(chunks) => chunks.iter().map(one).sum(),
@@ -115,6 +126,17 @@ impl Drop for Lent {
 mod tests {
     use super::*;
 
+    /// Read buffers as large as the default `read_buffer`, whatever other
+    /// tests in this process serve with.
+    const READ_BUFFER_AT_MOST: usize = crate::message::body::DEFAULT_READ_BUFFER;
+
+    fn lending() -> Arc<Lending> {
+        Arc::new(Lending {
+            held: AtomicUsize::new(0),
+            buffer_at_most: || READ_BUFFER_AT_MOST,
+        })
+    }
+
     fn one(chunk: &Bytes) -> CollectedBody {
         CollectedBody::Read(CopyBytes::One(chunk.clone()))
     }
@@ -128,7 +150,7 @@ mod tests {
 
     #[test]
     fn lends_up_to_lent_bytes_then_copies() {
-        let lending = Arc::new(Lending::default());
+        let lending = lending();
         let buffer = Bytes::from(vec![7u8; 64]);
         let chunk = buffer.slice(8..16);
         let mut held = Vec::new();
@@ -148,7 +170,7 @@ mod tests {
 
     #[test]
     fn each_chunk_counts_as_a_read_buffer() {
-        let lending = Arc::new(Lending::default());
+        let lending = lending();
         let big = Bytes::from(vec![3u8; READ_BUFFER_AT_MOST + 10]);
         let chunks = CopyBytes::Chunks(vec![big.clone(), Bytes::from_static(b"end")].into());
         let (body, lent) = lending.keep(CollectedBody::Read(chunks), || true);
@@ -161,7 +183,7 @@ mod tests {
 
     #[test]
     fn chunks_not_lent_are_joined_into_one_copy() {
-        let lending = Arc::new(Lending::default());
+        let lending = lending();
         let chunks =
             CopyBytes::Chunks(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")].into());
         let (body, lent) = lending.keep(CollectedBody::Read(chunks), || false);
@@ -172,7 +194,7 @@ mod tests {
 
     #[test]
     fn copies_for_targets_falling_behind_are_copied() {
-        let lending = Arc::new(Lending::default());
+        let lending = lending();
         let chunk = Bytes::from(vec![1u8; 32]).slice(4..20);
         let (body, lent) = lending.keep(one(&chunk), || false);
         assert!(lent.is_none());
@@ -183,7 +205,7 @@ mod tests {
 
     #[test]
     fn own_bodies_take_no_place() {
-        let lending = Arc::new(Lending::default());
+        let lending = lending();
         let (body, lent) = lending.keep(CollectedBody::Own(Bytes::from_static(b"abc")), || {
             panic!("the targets are not asked about a body of its own")
         });

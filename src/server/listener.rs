@@ -25,7 +25,7 @@ use super::limits::{ConnLimits, ConnState, Slot, TimedIo};
 use super::router::AddressRouter;
 use crate::accept_backoff::{accept_next, AcceptBackoff};
 use crate::config::Limits;
-use crate::message::body::{Guarded, READ_BUFFER_AT_MOST};
+use crate::message::body::Guarded;
 use crate::message::{body, ConnInfo};
 
 /// HTTP/2 streams a client may reset before its response starts (the
@@ -62,11 +62,12 @@ pub struct Builders {
 
 impl Builders {
     pub fn new(limits: &Limits) -> Self {
+        body::note_read_buffer(limits.read_buffer_at_most());
         let mut http1 = http1::Builder::new();
         http1_options!(http1)
             // The head's size is checked once it is parsed, so the read
             // buffer can be larger than a head may be.
-            .max_buf_size(READ_BUFFER_AT_MOST.max(limits.max_header_size))
+            .max_buf_size(limits.read_buffer_at_most())
             .max_header_size(limits.max_header_size);
         let mut auto = auto::Builder::new(TokioExecutor::new());
         // hyper-util's auto builder cannot check a parsed head's size: its
