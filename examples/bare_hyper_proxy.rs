@@ -113,6 +113,17 @@ fn addresses(args: &[String]) -> Result<(String, String), Error> {
         );
     }
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    // What the bench adds for its other rows, which this proxy does not do.
+    for unsupported in ["tls", "mirror"] {
+        if text
+            .lines()
+            .any(|line| line.trim_start().starts_with(unsupported))
+        {
+            return Err(
+                format!("{file}: `{unsupported}` is not supported, only plain proxying").into(),
+            );
+        }
+    }
     let listen = quoted_after(&text, "site \"").ok_or("no `site \"ADDRESS\"` in the file")?;
     let upstream = quoted_after(&text, "reverse_proxy \"http://")
         .ok_or("no `reverse_proxy \"http://ADDRESS\"` in the file")?;
@@ -126,16 +137,28 @@ async fn serve(listen: String, upstream: String) -> Result<(), Error> {
     };
     let listener = TcpListener::bind(&listen).await?;
     loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+        // A client gone before it was accepted, or no file descriptor left
+        // for now, ends that connection, not the proxy.
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                eprintln!("bare_hyper_proxy: accept: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
         let pool = pool.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let pool = pool.clone();
                 async move { pool.forward(req).await }
             });
+            // teebox's settings for a plain HTTP/1.1 connection: one write per
+            // response, reads of at most 80 KiB.
             let _ = hyper::server::conn::http1::Builder::new()
                 .writev(false)
+                .max_buf_size(80 * 1024)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -145,24 +145,26 @@ async fn bodies_in_large_and_small_chunks_reach_the_shadow_whole() {
 
 /// With `limits { read_buffer "256KiB" }` a connection reads larger
 /// chunks of an upload; the copies that keep them (counted as whole
-/// 256 KiB buffers) and the primary still get every byte, in order.
+/// grown 256 KiB buffers) and the primary still get every byte, in order.
 #[tokio::test]
 async fn a_larger_read_buffer_passes_uploads_whole_to_primary_and_shadow() {
     let primary = Backend::ok().await;
     let shadow = Backend::ok().await;
-    let site = Site::new()
-        .admin(Admin::open())
-        .limits(r#"read_buffer "256KiB""#)
-        .route(
-            "/*",
-            Chain::new().mirror(Mirror::to(&shadow)).proxy(&primary),
-        );
+    let site = Site::new().limits(r#"read_buffer "256KiB""#).route(
+        "/*",
+        Chain::new().mirror(Mirror::to(&shadow)).proxy(&primary),
+    );
     let running = start(&site.to_kdl()).await;
     let client = Client::http1();
     let url = format!("{}/upload", base_url(&running));
     let warm_up = client::req("GET", &url).body(client::full("")).unwrap();
     client.send(warm_up).await.expect("request");
     shadow.wait_for(1).await;
+    // Noted by the listener before it served a connection with them.
+    assert!(
+        teebox::message::body::read_buffer_at_most() >= 256 << 10,
+        "kept chunks are counted against the larger buffers"
+    );
     let bodies = [
         random_bytes(1 << 20, 11),
         random_bytes(300_000, 12),

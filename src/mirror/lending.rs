@@ -5,7 +5,8 @@
 //! HTTP/1.1), or in large ones (an upload, read 80 KiB at a time), can go
 //! to the targets as it came: no copy on the serving thread. But each chunk
 //! is a slice of a connection's read buffer, which it keeps whole for as
-//! long as the copy lives (a buffer of up to `limits { read_buffer }`). So a copy keeps its chunks only when its targets
+//! long as the copy lives (a buffer of up to about twice `limits {
+//! read_buffer }`). So a copy keeps its chunks only when its targets
 //! are keeping up (each answered the last copy it was sent and holds fewer
 //! than [`SHALLOW_BACKLOG`] copies, so this one will be sent soon), and
 //! the copies of one mirror hold read buffers of at most [`LENT_BYTES`] at
@@ -24,7 +25,14 @@ use crate::message::body::read_buffer_at_most;
 /// The read buffers the copies of one mirror may hold at once, counting
 /// each chunk as the largest buffer it can be a slice of: with the default
 /// `read_buffer`, 400 small bodies, or 30 of 1 MiB.
-pub const LENT_BYTES: usize = 32 << 20;
+pub const LENT_BYTES: usize = 64 << 20;
+
+/// How much larger than the most it reads at once a connection's buffer
+/// can be: hyper reads into all of its buffer's spare room, and `bytes`
+/// grows that buffer in doublings when it cannot reuse the consumed
+/// start (a read of 90 KiB out of a 160 KiB buffer with the default
+/// 80 KiB `read_buffer`).
+const BUFFER_GROWTH: usize = 2;
 
 /// A target holding fewer copies than this (queued and in flight) is
 /// keeping up: a copy for it is sent before long. A copy thread that runs
@@ -80,7 +88,7 @@ impl Lending {
     }
 
     fn borrow(self: &Arc<Self>, chunks: &CopyBytes) -> Option<Lent> {
-        let bytes = buffers_held(chunks, (self.buffer_at_most)());
+        let bytes = buffers_held(chunks, BUFFER_GROWTH * (self.buffer_at_most)());
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 (held + bytes <= LENT_BYTES).then_some(held + bytes)
@@ -154,7 +162,7 @@ mod tests {
         let buffer = Bytes::from(vec![7u8; 64]);
         let chunk = buffer.slice(8..16);
         let mut held = Vec::new();
-        for _ in 0..LENT_BYTES / READ_BUFFER_AT_MOST {
+        for _ in 0..LENT_BYTES / (BUFFER_GROWTH * READ_BUFFER_AT_MOST) {
             let (body, lent) = lending.keep(one(&chunk), || true);
             assert_eq!(first(&body), chunk.as_ptr(), "the chunk itself");
             held.push(lent.expect("room to lend"));
@@ -169,14 +177,15 @@ mod tests {
     }
 
     #[test]
-    fn each_chunk_counts_as_a_read_buffer() {
+    fn each_chunk_counts_as_a_grown_read_buffer() {
         let lending = lending();
-        let big = Bytes::from(vec![3u8; READ_BUFFER_AT_MOST + 10]);
+        let grown = BUFFER_GROWTH * READ_BUFFER_AT_MOST;
+        let big = Bytes::from(vec![3u8; grown + 10]);
         let chunks = CopyBytes::Chunks(vec![big.clone(), Bytes::from_static(b"end")].into());
         let (body, lent) = lending.keep(CollectedBody::Read(chunks), || true);
         assert!(lent.is_some());
         assert_eq!(first(&body), big.as_ptr());
-        assert_eq!(lending.held(), 2 * READ_BUFFER_AT_MOST + 10);
+        assert_eq!(lending.held(), 2 * grown + 10);
         drop(lent);
         assert_eq!(lending.held(), 0, "given back whole");
     }

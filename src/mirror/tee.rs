@@ -53,9 +53,10 @@ const PREALLOCATE_AT_MOST: u64 = 8 << 20;
 
 /// The smallest chunk a copy keeps as it came, unless it ends the body
 /// (the usual body, in one chunk): with the default `read_buffer`
-/// ([`DEFAULT_READ_BUFFER`](crate::message::body::DEFAULT_READ_BUFFER)), it
-/// keeps a read buffer of at most five times its size. (A larger
-/// `read_buffer` is counted whole against the lending bound all the same.)
+/// ([`DEFAULT_READ_BUFFER`](crate::message::body::DEFAULT_READ_BUFFER),
+/// in a buffer that can grow to twice that), it keeps a read buffer of at
+/// most ten times its size. (A larger `read_buffer` is counted whole
+/// against the lending bound all the same.)
 pub const KEPT_CHUNK_AT_LEAST: usize = 16 << 10;
 
 /// The most chunks a copy keeps as they came (a 1 MiB upload comes in 13
