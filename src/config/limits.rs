@@ -99,6 +99,13 @@ pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
     let idle_timeout = opts.get(r, &IDLE_TIMEOUT);
     let max_connections = opts.get(r, &MAX_CONNECTIONS);
     let streams = opts.get(r, &H2_MAX_CONCURRENT_STREAMS);
+    if let (Some(buffer), Some(head), Some(written)) =
+        (read_buffer, max_header_size, opts.node(&READ_BUFFER))
+    {
+        if buffer < head {
+            r.push(read_buffer_below_head(written, head));
+        }
+    }
     Some(Limits {
         max_header_size: max_header_size?,
         read_buffer: read_buffer?,
@@ -108,6 +115,19 @@ pub fn decode(node: &KdlNode, r: &mut Reader) -> Option<Limits> {
         max_connections: max_connections? as usize,
         h2_max_concurrent_streams: streams? as u32,
     })
+}
+
+/// hyper's buffer must hold a whole head, so a smaller `read_buffer` is
+/// not what connections get: worth a word, not a refusal.
+fn read_buffer_below_head(written: &KdlNode, head: usize) -> Problem {
+    Problem::warning(
+        written.span(),
+        format!(
+            "read_buffer is below max_header_size: connections read up to {head} bytes at once"
+        ),
+    )
+    .label("smaller than max_header_size")
+    .help("a read buffer must hold a whole request head; raise read_buffer or leave it out")
 }
 
 /// A buffer's size, 8 KiB (the least hyper takes) to 16 MiB.
@@ -166,6 +186,30 @@ mod tests {
     #[test]
     fn the_table_is_sound() {
         o::check_table(OPTIONS).unwrap();
+    }
+
+    fn read(kdl: &str) -> (Option<Limits>, Vec<Problem>) {
+        let doc: kdl::KdlDocument = kdl.parse().expect("test KDL parses");
+        let node = doc.nodes().first().expect("a limits node");
+        let mut problems = crate::config::diag::Problems::default();
+        let limits = decode(
+            node,
+            &mut Reader::new(&mut problems, std::path::PathBuf::from(".")),
+        );
+        (limits, problems.into_vec())
+    }
+
+    #[test]
+    fn a_read_buffer_below_the_head_limit_is_a_warning_and_the_head_limit_wins() {
+        let (limits, problems) = read("limits { read_buffer \"16KiB\"; }");
+        let limits = limits.expect("a warning only");
+        assert_eq!(limits.read_buffer_at_most(), 64 * 1024);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(!problems[0].is_error());
+        let (limits, problems) =
+            read("limits { read_buffer \"256KiB\"; max_header_size \"16KiB\"; }");
+        assert_eq!(limits.map(|l| l.read_buffer_at_most()), Some(256 * 1024));
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     /// Each declared default lands in its own field.
