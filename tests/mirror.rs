@@ -116,10 +116,7 @@ async fn bodies_in_large_and_small_chunks_reach_the_shadow_whole() {
     let running = start_route(Chain::new().mirror(Mirror::to(&shadow)).proxy(&primary)).await;
     let client = Client::http1();
     let url = format!("{}/upload", base_url(&running));
-    // A first copy answered, so that the next ones may keep their chunks.
-    let warm_up = client::req("GET", &url).body(client::full("")).unwrap();
-    client.send(warm_up).await.expect("request");
-    shadow.wait_for(1).await;
+    warm_up(&client, &url, &shadow).await;
     let sizes: [&[usize]; 3] = [
         &[40_000, 7, 70_000, 3, 20_000, 1],
         &[16_384, 16_383, 16_385, 0, 50_000],
@@ -135,12 +132,33 @@ async fn bodies_in_large_and_small_chunks_reach_the_shadow_whole() {
         let req = client::req("POST", &url)
             .body(client::chunks(pieces))
             .unwrap();
-        assert_eq!(client.send(req).await.expect("request").status, 200);
-        let p = primary.wait_for(i + 2).await.remove(i + 1);
-        let c = shadow.wait_for(i + 2).await.remove(i + 1);
-        assert_eq!(p.body.as_ref(), whole.as_slice(), "primary, case {i}");
-        assert_eq!(c.body.as_ref(), whole.as_slice(), "copy, case {i}");
+        let what = format!("case {i}");
+        both_receive(&client, req, (&primary, &shadow), i + 1, &whole, &what).await;
     }
+}
+
+/// A first copy answered, so that the next ones may keep their chunks.
+async fn warm_up(client: &Client, url: &str, shadow: &Backend) {
+    let warm_up = client::req("GET", url).body(client::full("")).unwrap();
+    client.send(warm_up).await.expect("request");
+    shadow.wait_for(1).await;
+}
+
+/// Sends `req`, answered 200, and checks that the primary and the shadow
+/// each got `body` whole as their request number `nth` (from 0).
+async fn both_receive(
+    client: &Client,
+    req: http::Request<teebox::message::Body>,
+    (primary, shadow): (&Backend, &Backend),
+    nth: usize,
+    body: &[u8],
+    what: &str,
+) {
+    assert_eq!(client.send(req).await.expect("request").status, 200);
+    let p = primary.wait_for(nth + 1).await.remove(nth);
+    let c = shadow.wait_for(nth + 1).await.remove(nth);
+    assert_eq!(p.body.as_ref(), body, "primary, {what}");
+    assert_eq!(c.body.as_ref(), body, "copy, {what}");
 }
 
 /// With `limits { read_buffer "256KiB" }` a connection reads larger
@@ -157,9 +175,7 @@ async fn a_larger_read_buffer_passes_uploads_whole_to_primary_and_shadow() {
     let running = start(&site.to_kdl()).await;
     let client = Client::http1();
     let url = format!("{}/upload", base_url(&running));
-    let warm_up = client::req("GET", &url).body(client::full("")).unwrap();
-    client.send(warm_up).await.expect("request");
-    shadow.wait_for(1).await;
+    warm_up(&client, &url, &shadow).await;
     // Noted by the listener before it served a connection with them.
     assert!(
         teebox::message::body::read_buffer_at_most() >= 256 << 10,
@@ -175,11 +191,8 @@ async fn a_larger_read_buffer_passes_uploads_whole_to_primary_and_shadow() {
         let req = client::req("PUT", &url)
             .body(client::full(body.clone()))
             .unwrap();
-        assert_eq!(client.send(req).await.expect("request").status, 200);
-        let p = primary.wait_for(i + 2).await.remove(i + 1);
-        let c = shadow.wait_for(i + 2).await.remove(i + 1);
-        assert_eq!(p.body.as_ref(), body.as_slice(), "primary, body {i}");
-        assert_eq!(c.body.as_ref(), body.as_slice(), "copy, body {i}");
+        let what = format!("body {i}");
+        both_receive(&client, req, (&primary, &shadow), i + 1, body, &what).await;
     }
 }
 

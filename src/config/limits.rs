@@ -167,16 +167,22 @@ impl Value for SizeIn {
 #[cfg(test)]
 impl Default for Limits {
     fn default() -> Self {
-        let mut problems = super::diag::Problems::default();
-        let limits = decode(
-            &KdlNode::new("limits"),
-            &mut Reader::new(&mut problems, std::path::PathBuf::from(".")),
-        );
-        match limits {
-            Some(limits) if !problems.has_errors() => limits,
-            _ => panic!("the declared limits do not read: {:?}", problems.into_vec()),
+        match decode_alone(&KdlNode::new("limits")) {
+            (Some(limits), problems) if !problems.iter().any(Problem::is_error) => limits,
+            (_, problems) => panic!("the declared limits do not read: {problems:?}"),
         }
     }
+}
+
+/// `node` decoded on its own, with what was said about it.
+#[cfg(test)]
+fn decode_alone(node: &KdlNode) -> (Option<Limits>, Vec<Problem>) {
+    let mut problems = super::diag::Problems::default();
+    let limits = decode(
+        node,
+        &mut Reader::new(&mut problems, std::path::PathBuf::from(".")),
+    );
+    (limits, problems.into_vec())
 }
 
 #[cfg(test)]
@@ -190,13 +196,7 @@ mod tests {
 
     fn read(kdl: &str) -> (Option<Limits>, Vec<Problem>) {
         let doc: kdl::KdlDocument = kdl.parse().expect("test KDL parses");
-        let node = doc.nodes().first().expect("a limits node");
-        let mut problems = crate::config::diag::Problems::default();
-        let limits = decode(
-            node,
-            &mut Reader::new(&mut problems, std::path::PathBuf::from(".")),
-        );
-        (limits, problems.into_vec())
+        decode_alone(doc.nodes().first().expect("a limits node"))
     }
 
     #[test]
